@@ -1,0 +1,75 @@
+"""Image decoding and the resize policy shared by every stage that looks at pixels."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+class ImageError(ValueError):
+    """An input image that cannot be used; the message names the file."""
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image file to ``(H, W, 3)`` uint8 RGB.
+
+    Grayscale and RGBA inputs are converted (VOC and COCO both hold a few grayscale
+    JPEGs); a missing, empty or undecodable file raises ``ImageError`` naming it.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ImageError(f"{p}: image file not found")
+    buf = np.fromfile(str(p), dtype=np.uint8)
+    if buf.size == 0:
+        raise ImageError(f"{p}: image file is empty")
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ImageError(f"{p}: not a decodable image (corrupt or unsupported format)")
+    if img.dtype != np.uint8:
+        img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    if img.shape[2] == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def patch_grid_size(height: int, width: int, patch: int, long_side: int | None) -> tuple[int, int]:
+    """Input size ``(h, w)`` for the backbone under the default policy.
+
+    The longer side is scaled to ``long_side`` (``None`` keeps the original size), the
+    aspect ratio is kept, and each side is rounded down to a multiple of ``patch``.
+    A side that would fall below one patch is a clear error rather than an empty grid.
+    """
+    if height <= 0 or width <= 0:
+        raise ImageError(f"image size {height}x{width} is empty")
+    scale = 1.0 if long_side is None else long_side / max(height, width)
+    h = int(round(height * scale)) // patch * patch
+    w = int(round(width * scale)) // patch * patch
+    if h < patch or w < patch:
+        raise ImageError(
+            f"image of {height}x{width} px resized to {long_side} on the long side is smaller "
+            f"than one {patch}px patch"
+        )
+    return h, w
+
+
+def resize_for_backbone(img: np.ndarray, patch: int, long_side: int | None) -> np.ndarray:
+    """``(H, W, 3)`` uint8 -> ``(h, w, 3)`` uint8 resized per ``patch_grid_size``."""
+    h, w = patch_grid_size(img.shape[0], img.shape[1], patch, long_side)
+    if (h, w) == img.shape[:2]:
+        return img
+    interp = cv2.INTER_AREA if h * w < img.shape[0] * img.shape[1] else cv2.INTER_CUBIC
+    return cv2.resize(img, (w, h), interpolation=interp)
+
+
+def normalize(img: np.ndarray) -> np.ndarray:
+    """``(h, w, 3)`` uint8 RGB -> ``(3, h, w)`` float32 with ImageNet mean/std."""
+    x = (img.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    return np.ascontiguousarray(x.transpose(2, 0, 1))

@@ -1,0 +1,174 @@
+"""One way to write and read every lcseg Zarr store.
+
+Per-patch arrays of a shard are stored flat ("ragged"): an array of shape
+``(patches_in_shard, dim)`` plus ``offsets`` ``(images + 1,)`` int64 and ``grid``
+``(images, 2)`` int32 (rows, cols), so image ``i`` owns rows
+``offsets[i]:offsets[i + 1]`` laid out row-major on ``grid[i]``.
+
+Stores are written to a temporary sibling and renamed into place when complete, so a
+killed job never leaves a half store that looks finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from lcseg_steps import __version__
+
+DEFAULT_CHUNK_ROWS = 16384
+
+
+def _jsonable(value: Any) -> Any:
+    """Zarr attrs must be JSON: turn numpy scalars, paths and tuples into plain types."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _row_chunks(shape: tuple[int, ...], chunk_rows: int) -> tuple[int, ...]:
+    return (max(1, min(chunk_rows, max(shape[0], 1))),) + tuple(shape[1:])
+
+
+class StoreWriter:
+    """Builds a store at ``<path>.tmp-<pid>`` and renames it to ``path`` on ``close``.
+
+    Use as a context manager: on an exception the temporary store is removed and any
+    previous complete store at ``path`` is left untouched.
+    """
+
+    def __init__(self, path: str | os.PathLike, attrs: Mapping[str, Any] | None = None):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.group = zarr.open_group(str(self.tmp), mode="w")
+        self.group.attrs.update({"lcseg_version": __version__})
+        if attrs:
+            self.update_attrs(attrs)
+
+    def update_attrs(self, attrs: Mapping[str, Any]) -> None:
+        self.group.attrs.update(_jsonable(dict(attrs)))
+
+    def write(
+        self, name: str, data: np.ndarray, chunk_rows: int = DEFAULT_CHUNK_ROWS
+    ) -> None:
+        """Write a whole array at once, chunked along its first axis."""
+        data = np.asarray(data)
+        dtype = data.dtype
+        if dtype.kind in "UO":
+            # variable-length UTF-8 has a Zarr v3 spec; fixed-width numpy unicode does not
+            dtype, data = str, data.astype(object)
+        arr = self.group.create_array(
+            name,
+            shape=data.shape,
+            dtype=dtype,
+            chunks=_row_chunks(data.shape, chunk_rows) if data.ndim else (),
+        )
+        if data.size:
+            arr[...] = data
+
+    def create_growing(
+        self, name: str, tail_shape: tuple[int, ...], dtype, chunk_rows: int = DEFAULT_CHUNK_ROWS
+    ) -> zarr.Array:
+        """An array that starts with 0 rows and grows by ``append``."""
+        return self.group.create_array(
+            name, shape=(0, *tail_shape), dtype=dtype, chunks=(chunk_rows, *tail_shape)
+        )
+
+    def append(self, name: str, data: np.ndarray) -> None:
+        self.group[name].append(np.asarray(data))
+
+    def close(self) -> Path:
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_store(
+    path: str | os.PathLike,
+    arrays: Mapping[str, np.ndarray],
+    attrs: Mapping[str, Any] | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> Path:
+    """Write ``arrays`` and ``attrs`` as one complete store (atomically renamed)."""
+    with StoreWriter(path, attrs) as w:
+        for name, data in arrays.items():
+            w.write(name, data, chunk_rows)
+    return Path(path)
+
+
+def open_store(path: str | os.PathLike) -> zarr.Group:
+    """Open a finished store read-only, with a clear error when it is missing or not Zarr."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such store")
+    try:
+        return zarr.open_group(str(p), mode="r")
+    except Exception as exc:  # zarr raises several types for a non-store directory
+        raise ValueError(f"{p}: not a readable Zarr store ({exc})") from exc
+
+
+def offsets_from_sizes(sizes) -> np.ndarray:
+    """``(n,)`` patch counts -> ``(n + 1,)`` int64 offsets starting at 0."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    out = np.zeros(len(sizes) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=out[1:])
+    return out
+
+
+def image_rows(store: zarr.Group, name: str, i: int) -> np.ndarray:
+    """Rows of ragged array ``name`` owned by image ``i``, shape ``(patches_i, ...)``."""
+    off = store["offsets"]
+    lo, hi = int(off[i]), int(off[i + 1])
+    return np.asarray(store[name][lo:hi])
+
+
+def image_grid_array(store: zarr.Group, name: str, i: int) -> np.ndarray:
+    """Image ``i``'s rows of ragged array ``name`` reshaped to its grid ``(rows, cols, ...)``."""
+    rows = image_rows(store, name, i)
+    gh, gw = (int(x) for x in store["grid"][i])
+    return rows.reshape(gh, gw, *rows.shape[1:])
+
+
+def iter_row_blocks(array: zarr.Array, block_rows: int | None = None) -> Iterator[np.ndarray]:
+    """Stream a 2-D array in blocks aligned to its chunks (memory bounded by one block)."""
+    step = block_rows or array.chunks[0]
+    for lo in range(0, array.shape[0], step):
+        yield np.asarray(array[lo : lo + step])
+
+
+def image_index(store: zarr.Group, image_id: str) -> int:
+    ids = [str(x) for x in np.asarray(store["image_ids"][:])]
+    with contextlib.suppress(ValueError):
+        return ids.index(str(image_id))
+    raise KeyError(f"image {image_id!r} is not in this store (it holds {len(ids)} images)")
