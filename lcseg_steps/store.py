@@ -66,9 +66,7 @@ class StoreWriter:
     def update_attrs(self, attrs: Mapping[str, Any]) -> None:
         self.group.attrs.update(_jsonable(dict(attrs)))
 
-    def write(
-        self, name: str, data: np.ndarray, chunk_rows: int = DEFAULT_CHUNK_ROWS
-    ) -> None:
+    def write(self, name: str, data: np.ndarray, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> None:
         """Write a whole array at once, chunked along its first axis."""
         data = np.asarray(data)
         dtype = data.dtype

@@ -1,0 +1,115 @@
+"""Class assignment: cluster the CLS-token descriptors of object regions into classes.
+
+Each cluster is one predicted class; ``evaluate`` later matches clusters to gt classes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+METHODS = ("spectral", "kmeans")
+
+
+def _check_descriptors(descriptors: np.ndarray, n_classes: int) -> np.ndarray:
+    x = np.asarray(descriptors)
+    if x.ndim != 2 or x.shape[1] < 1:
+        raise ValueError(f"descriptors must be (n_regions, D) with D >= 1, got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"descriptors must be floating point, got dtype {x.dtype}")
+    if n_classes < 1:
+        raise ValueError(f"n_classes must be >= 1, got {n_classes}")
+    n = x.shape[0]
+    if n < n_classes:
+        raise ValueError(
+            f"only {n} object regions to split into {n_classes} classes; lower n_classes "
+            f"or add images (or relax the mask stages so more regions survive)"
+        )
+    x = x.astype(np.float64)
+    finite = np.isfinite(x).all(axis=1)
+    if not finite.all():
+        raise ValueError(
+            f"{int((~finite).sum())} descriptors contain NaN/inf (first at row "
+            f"{int(np.flatnonzero(~finite)[0])})"
+        )
+    norms = np.linalg.norm(x, axis=1)
+    zero = norms == 0
+    if zero.any():
+        raise ValueError(
+            f"{int(zero.sum())} descriptors are all-zero, cosine similarity is undefined "
+            f"(first at row {int(np.flatnonzero(zero)[0])})"
+        )
+    return x / norms[:, None]
+
+
+def cosine_knn_affinity(x: np.ndarray, n_neighbors: int):
+    """Symmetric kNN affinity on unit vectors, as a scipy CSR matrix ``(n, n)`` float64.
+
+    Each point links to its ``n_neighbors`` nearest points by cosine distance (itself
+    excluded) with weight 1 (connectivity, as sklearn's ``affinity="nearest_neighbors"``),
+    then ``A = (A + A.T) / 2`` so mutual neighbours weigh 1 and one-way neighbours 0.5.
+    Connectivity rather than similarity weights: CLS-token cosines sit in a narrow band,
+    so similarity weights barely differ from 1 and add nothing but scale sensitivity.
+    """
+    from sklearn.neighbors import kneighbors_graph
+
+    a = kneighbors_graph(x, n_neighbors, mode="connectivity", metric="cosine", include_self=False)
+    return (0.5 * (a + a.T)).tocsr()
+
+
+def assign_classes(
+    descriptors: np.ndarray,
+    n_classes: int,
+    *,
+    method: str = "spectral",
+    n_neighbors: int = 10,
+    seed: int = 0,
+    assign_labels: str = "cluster_qr",
+) -> np.ndarray:
+    """Cluster region descriptors into ``n_classes`` classes.
+
+    Args:
+        descriptors: ``(n_regions, D)`` float, one CLS token per object region; compared
+            by cosine (rows are L2-normalised here).
+        n_classes: number of classes (clusters) to form.
+        method: ``"spectral"`` (sklearn ``SpectralClustering`` on the cosine kNN graph of
+            ``cosine_knn_affinity``, ``affinity="precomputed"``) or ``"kmeans"``
+            (``lcseg_steps.kmeans.cosine_kmeans``).
+        n_neighbors: kNN graph degree for spectral, clipped to ``n_regions - 1``.
+        seed: random state; the same seed gives identical labels.
+        assign_labels: spectral-embedding labelling, ``"cluster_qr"`` (deterministic,
+            no extra parameters) or ``"kmeans"``.
+
+    Returns:
+        ``(n_regions,)`` int64 labels in ``[0, n_classes)``.
+
+    Raises:
+        ValueError: fewer regions than classes, bad shape/dtype, NaN or all-zero rows,
+        unknown method.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown class assignment method {method!r}; expected one of {METHODS}")
+    x = _check_descriptors(descriptors, n_classes)
+    n = x.shape[0]
+    if n_classes == 1:
+        return np.zeros(n, dtype=np.int64)
+
+    if method == "kmeans":
+        from lcseg_steps.kmeans import cosine_kmeans
+
+        labels = cosine_kmeans(x.astype(np.float32), n_classes, seed=seed).labels
+        if hasattr(labels, "get"):  # cupy array on GPU
+            labels = labels.get()
+        return np.asarray(labels, dtype=np.int64)
+
+    from sklearn.cluster import SpectralClustering
+
+    if n_neighbors < 1:
+        raise ValueError(f"n_neighbors must be >= 1, got {n_neighbors}")
+    affinity = cosine_knn_affinity(x, min(n_neighbors, n - 1))
+    model = SpectralClustering(
+        n_clusters=n_classes,
+        affinity="precomputed",
+        assign_labels=assign_labels,
+        random_state=seed,
+    )
+    return model.fit_predict(affinity).astype(np.int64)

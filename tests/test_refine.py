@@ -1,0 +1,151 @@
+import cv2
+import numpy as np
+import pytest
+
+from lcseg_steps.images import ImageError
+from lcseg_steps.refine import (
+    CRFParams,
+    crf_refine,
+    pack_masks,
+    refine_images,
+    refine_mask,
+    unpack_mask,
+    upsample_score,
+)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(bool), b.astype(bool)
+    return (a & b).sum() / (a | b).sum()
+
+
+def _disk_scene(seed: int = 0, h: int = 96, w: int = 128):
+    """A bright disk on a dark noisy background and its 16 px patch-grid coverage."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    disk = (yy - 45) ** 2 + (xx - 70) ** 2 < 28**2
+    img = np.where(disk[..., None], 200.0, 40.0) + rng.normal(0, 10, (h, w, 3))
+    img = np.clip(img, 0, 255).astype(np.uint8)
+    cover = cv2.resize(disk.astype(np.float32), (w // 16, h // 16), interpolation=cv2.INTER_AREA)
+    return img, disk, cover, rng
+
+
+def test_upsample_constant_and_shape():
+    up = upsample_score(np.full((4, 6), 0.3), (50, 77))
+    assert up.shape == (50, 77) and up.dtype == np.float32
+    np.testing.assert_allclose(up, 0.3, atol=1e-6)
+
+
+def test_upsample_hot_patch_peaks_at_centre_and_is_symmetric():
+    grid = np.zeros((5, 5))
+    grid[2, 2] = 1.0
+    up = upsample_score(grid, (80, 80))  # 16 px per patch; centre of patch 2 is at 40.0
+    # the continuous centre 40.0 lies between pixel centres 39.5 and 40.5
+    peak = np.unravel_index(np.argmax(up), up.shape)
+    assert peak[0] in (39, 40) and peak[1] in (39, 40)
+    np.testing.assert_allclose(up[39:41, 39:41], up.max(), atol=1e-6)
+    np.testing.assert_allclose(up, up[::-1, :], atol=1e-6)
+    np.testing.assert_allclose(up, up[:, ::-1], atol=1e-6)
+    np.testing.assert_allclose(up, up.T, atol=1e-6)
+    # independent reference: the tent 1 - |x + 0.5 - 40| / 16 (pixel centres at x + 0.5)
+    x = np.arange(80) + 0.5
+    tent = np.clip(1 - np.abs(x - 40) / 16, 0, None)
+    np.testing.assert_allclose(up, np.outer(tent, tent), atol=1e-3)
+
+
+def test_upsample_non_integer_scale_matches_patch_centre_interpolation():
+    # 7 patches spread over 50 px: patch j's centre is at (j + 0.5) * 50 / 7
+    grid = np.tile(np.array([0.0, 0.1, 0.5, 0.2, 0.9, 1.0, 0.3]), (3, 1))
+    up = upsample_score(grid, (10, 50))
+    centres = (np.arange(7) + 0.5) * 50 / 7
+    ref = np.interp(np.arange(50) + 0.5, centres, grid[0])  # holds edge values outside
+    np.testing.assert_allclose(up, np.broadcast_to(ref, (10, 50)), atol=1e-3)
+
+
+def test_upsample_clips_and_rejects_bad_input():
+    up = upsample_score(np.array([[-0.5, 1.5]]), (4, 8))
+    assert up.min() >= 0 and up.max() <= 1
+    with pytest.raises(ValueError):
+        upsample_score(np.zeros(5), (4, 4))
+
+
+def test_crf_recovers_disk_better_than_threshold():
+    img, disk, cover, rng = _disk_scene()
+    grid = np.clip(cover + rng.normal(0, 0.15, cover.shape), 0, 1)
+    prob = upsample_score(grid, disk.shape)
+    prob = np.clip(cv2.GaussianBlur(prob, (0, 0), 4) + rng.normal(0, 0.2, prob.shape), 0, 1)
+    mask = crf_refine(img, prob, CRFParams())
+    assert mask.shape == disk.shape and mask.dtype == np.uint8
+    assert set(np.unique(mask)) <= {0, 1}
+    crf_iou, thr_iou = _iou(mask, disk), _iou(prob >= 0.5, disk)
+    assert crf_iou > 0.9
+    assert crf_iou > thr_iou + 0.05
+
+
+def test_crf_uninformative_input_does_not_crash():
+    img = np.full((20, 30, 3), 128, np.uint8)
+    mask = crf_refine(img, np.full((20, 30), 0.5), CRFParams(iterations=3))
+    assert mask.shape == (20, 30) and set(np.unique(mask)) <= {0, 1}
+
+
+def test_crf_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="does not match"):
+        crf_refine(np.zeros((10, 10, 3), np.uint8), np.zeros((10, 11)), CRFParams())
+
+
+def test_refine_mask_threshold_path():
+    img, disk, cover, _ = _disk_scene()
+    m = refine_mask(img, cover, crf=False, threshold=0.5)
+    np.testing.assert_array_equal(m, (upsample_score(cover, disk.shape) >= 0.5).astype(np.uint8))
+
+
+def _write_scene(tmp_path, n: int):
+    items = []
+    for i in range(n):
+        img, _, cover, rng = _disk_scene(seed=i, h=64 + 16 * (i % 2), w=96)
+        path = tmp_path / f"im{i}.png"
+        cv2.imwrite(str(path), img[..., ::-1])
+        items.append((str(path), np.clip(cover + rng.normal(0, 0.1, cover.shape), 0, 1)))
+    return items
+
+
+def test_refine_images_pool_equals_inline(tmp_path):
+    items = _write_scene(tmp_path, 5)
+    logs: list[str] = []
+    inline = refine_images(items, processes=1, log=logs.append)
+    pooled = refine_images(items, processes=2, log=lambda s: None)
+    assert len(inline) == len(pooled) == 5
+    for i, (a, b) in enumerate(zip(inline, pooled)):
+        assert a.shape == cv2.imread(items[i][0]).shape[:2]
+        np.testing.assert_array_equal(a, b)
+    assert logs and logs[-1] == "refine: 5/5 images"
+
+
+def test_refine_images_bad_path_is_named(tmp_path):
+    items = _write_scene(tmp_path, 2)
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    items.append((str(bad), items[0][1]))
+    for processes in (1, 2):
+        with pytest.raises(ImageError, match="broken.jpg"):
+            refine_images(items, processes=processes, log=lambda s: None)
+
+
+def test_refine_images_other_failure_is_named(tmp_path):
+    items = _write_scene(tmp_path, 1)
+    items = [(items[0][0], np.zeros(7))]  # 1-D grid
+    with pytest.raises(RuntimeError, match="im0.png"):
+        refine_images(items, processes=1, log=lambda s: None)
+
+
+def test_pack_unpack_round_trip():
+    rng = np.random.default_rng(1)
+    masks = [rng.integers(0, 2, size=s).astype(np.uint8) for s in [(3, 5), (7, 2), (1, 1)]]
+    flat, offsets, sizes = pack_masks(masks)
+    assert flat.dtype == np.uint8 and flat.shape == (15 + 14 + 1,)
+    assert offsets.dtype == np.int64 and offsets.tolist() == [0, 15, 29, 30]
+    assert sizes.dtype == np.int32 and sizes.tolist() == [[3, 5], [7, 2], [1, 1]]
+    for i, m in enumerate(masks):
+        np.testing.assert_array_equal(unpack_mask(flat, offsets, sizes, i), m)
+    f0, o0, s0 = pack_masks([])
+    assert f0.shape == (0,) and o0.tolist() == [0] and s0.shape == (0, 2)
