@@ -204,9 +204,7 @@ def majority_match(conf: np.ndarray) -> np.ndarray:
     return mapping
 
 
-def scores(
-    conf: np.ndarray, mapping: np.ndarray, class_names: Sequence[str] | None = None
-) -> dict:
+def scores(conf: np.ndarray, mapping: np.ndarray, class_names: Sequence[str] | None = None) -> dict:
     """Per-class IoU, mIoU and pixel accuracy after remapping predicted ids.
 
     Column ``p`` of ``conf`` is added to gt class ``mapping[p]``. Pixels of an unmatched
@@ -303,8 +301,9 @@ def plot_per_class_iou(result: dict, path: str | os.PathLike) -> None:
     ax.barh(y, vals, color="tab:blue")
     for i, v in enumerate(ious):
         label = "absent" if math.isnan(v) else f"{100 * v:.1f}"
-        ax.text(min(v, 1.0) + 0.01 if not math.isnan(v) else 0.01, i, label, va="center",
-                fontsize=8)
+        ax.text(
+            min(v, 1.0) + 0.01 if not math.isnan(v) else 0.01, i, label, va="center", fontsize=8
+        )
     miou = result.get("miou")
     if miou is not None and not math.isnan(miou):
         ax.axvline(miou, color="tab:red", linestyle="--", label=f"mIoU {100 * miou:.1f}")
@@ -337,7 +336,7 @@ def plot_confusion(result: dict, path: str | os.PathLike) -> None:
     fig = _figure(side + 1.0, side)
     ax = fig.add_subplot()
     im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of gt pixels")
+    fig.colorbar(im, ax=ax, shrink=0.8, label="fraction of gt pixels")
     ticks = np.arange(n)
     ax.set_xticks(ticks, names, rotation=90, fontsize=8)
     ax.set_yticks(ticks, names, fontsize=8)
@@ -347,7 +346,14 @@ def plot_confusion(result: dict, path: str | os.PathLike) -> None:
         for i in range(n):
             for j in range(n):
                 if norm[i, j] >= 0.01:
-                    ax.text(j, i, f"{100 * norm[i, j]:.0f}", ha="center", va="center",
-                            fontsize=6, color="white" if norm[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{100 * norm[i, j]:.0f}",
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        color="white" if norm[i, j] > 0.5 else "black",
+                    )
     ax.set_title("Confusion after matching (row %)")
     fig.savefig(os.fspath(path), format="png")

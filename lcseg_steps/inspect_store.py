@@ -133,10 +133,15 @@ def render_image(
     if "image_ids" not in store or "grid" not in store:
         raise ValueError(f"{path}: no per-image patch grids to draw")
     i = image_index(store, image_id)
-    records = {r.image_id: r for r in read_index(_index_for(path, index))}
+    index_path = _index_for(path, index)
+    records = {r.image_id: r for r in read_index(index_path)}
     if image_id not in records:
         raise KeyError(f"image {image_id!r} is not in the index")
-    img = read_rgb(records[image_id].path)
+    img_path = Path(records[image_id].path)
+    if not img_path.is_absolute() and not img_path.exists():
+        # the index holds paths relative to the workflow directory, results/<run>/../..
+        img_path = index_path.resolve().parents[2] / img_path
+    img = read_rgb(img_path)
     gh, gw = (int(x) for x in store["grid"][i])
     off = np.asarray(store["offsets"][:])
     panels = [("image", img, None)]

@@ -42,7 +42,7 @@ def object_regions(
 def region_box(region: np.ndarray, margin: float = 0.1) -> tuple[int, int, int, int]:
     """Bounding box ``(y0, x0, y1, x1)`` of a ``(H, W)`` bool region, ends exclusive.
 
-    Each side grows by ``round(margin * box height/width)`` pixels and is clipped to the
+    Each side grows by ``margin * box height/width`` (rounded half up) pixels and is clipped to the
     image, so ``image[y0:y1, x0:x1]`` is always valid. An empty region is an error.
     """
     region = np.asarray(region)
@@ -53,8 +53,8 @@ def region_box(region: np.ndarray, margin: float = 0.1) -> tuple[int, int, int, 
         raise ValueError("region is empty: no bounding box")
     y0, y1 = int(ys[0]), int(ys[-1]) + 1
     x0, x1 = int(xs[0]), int(xs[-1]) + 1
-    dy = int(round(margin * (y1 - y0)))
-    dx = int(round(margin * (x1 - x0)))
+    dy = int(np.floor(margin * (y1 - y0) + 0.5))
+    dx = int(np.floor(margin * (x1 - x0) + 0.5))
     h, w = region.shape
     return max(0, y0 - dy), max(0, x0 - dx), min(h, y1 + dy), min(w, x1 + dx)
 

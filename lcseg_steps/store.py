@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,10 @@ import zarr
 from lcseg_steps import __version__
 
 DEFAULT_CHUNK_ROWS = 16384
+
+# Snakemake drops a .snakemake_timestamp file into directory() outputs; zarr warns about
+# it on every listing of a store.
+warnings.filterwarnings("ignore", message=".*snakemake_timestamp")
 
 
 def _jsonable(value: Any) -> Any:

@@ -70,8 +70,9 @@ def test_confusion_errors():
 
 def test_accumulator_equals_concatenation_and_roundtrips(tmp_path):
     rng = np.random.default_rng(2)
-    pairs = [_random_pair(rng, 4, 6, shape=(rng.integers(5, 20), rng.integers(5, 20)))
-             for _ in range(5)]
+    pairs = [
+        _random_pair(rng, 4, 6, shape=(rng.integers(5, 20), rng.integers(5, 20))) for _ in range(5)
+    ]
     ref = confusion(
         np.concatenate([g.ravel() for g, _ in pairs]),
         np.concatenate([p.ravel() for _, p in pairs]),
@@ -150,8 +151,9 @@ def _direct_iou(gt, pred, mapping, n_gt, void=255):
     return out, float((g == p).mean())
 
 
-@pytest.mark.parametrize("n_gt,n_pred,matcher", [(5, 5, "h"), (4, 7, "h"), (6, 3, "h"),
-                                                 (4, 7, "m")])
+@pytest.mark.parametrize(
+    "n_gt,n_pred,matcher", [(5, 5, "h"), (4, 7, "h"), (6, 3, "h"), (4, 7, "m")]
+)
 def test_scores_match_direct_iou(n_gt, n_pred, matcher):
     rng = np.random.default_rng(4)
     gt, pred = _random_pair(rng, n_gt, n_pred, shape=(40, 50))

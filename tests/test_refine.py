@@ -115,7 +115,7 @@ def test_refine_images_pool_equals_inline(tmp_path):
     inline = refine_images(items, processes=1, log=logs.append)
     pooled = refine_images(items, processes=2, log=lambda s: None)
     assert len(inline) == len(pooled) == 5
-    for i, (a, b) in enumerate(zip(inline, pooled)):
+    for i, (a, b) in enumerate(zip(inline, pooled, strict=True)):
         assert a.shape == cv2.imread(items[i][0]).shape[:2]
         np.testing.assert_array_equal(a, b)
     assert logs and logs[-1] == "refine: 5/5 images"

@@ -1,17 +1,10 @@
 import os
-import sys
 
 from snakemake.utils import validate
 
-# Scripts (also inside --use-conda environments) import lcseg_steps from this checkout.
-sys.path.insert(0, workflow.basedir)
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (workflow.basedir, os.environ.get("PYTHONPATH", "")) if p
-)
-
+# Snakemake puts the Snakefile's folder (the repository root) on sys.path while parsing.
 from lcseg_steps.data.index import list_images, shard_names
 from lcseg_steps.settings import settings_digest
-
 
 validate(config, schema="../schemas/config.schema.yaml")
 

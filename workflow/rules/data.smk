@@ -3,12 +3,12 @@ if config["dataset"]["name"] == "demo":
     rule demo_data:
         output:
             directory(config["dataset"]["root"]),
-        params:
-            demo=config["dataset"]["demo"],
         log:
             f"{LOGS}/demo_data.log",
         conda:
             "../../envs/base.yaml"
+        params:
+            demo=config["dataset"]["demo"],
         script:
             "../scripts/demo_data.py"
 
@@ -18,11 +18,11 @@ rule index:
         dataset_inputs,
     output:
         f"{RESULTS}/images.tsv",
-    params:
-        settings=index_settings(),
     log:
         f"{LOGS}/index.log",
     conda:
         "../../envs/base.yaml"
+    params:
+        settings=index_settings(),
     script:
         "../scripts/index.py"

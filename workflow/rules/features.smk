@@ -3,14 +3,14 @@ rule extract:
         index=f"{RESULTS}/images.tsv",
     output:
         directory(f"{RESULTS}/features/{{shard}}.zarr"),
-    params:
-        settings=extract_settings(),
     log:
         f"{LOGS}/extract/{{shard}}.log",
+    conda:
+        "../../envs/torch.yaml"
     threads: 2
     resources:
         gpu=1 if config["extract"]["device"] == "cuda" else 0,
-    conda:
-        "../../envs/torch.yaml"
+    params:
+        settings=extract_settings(),
     script:
         "../scripts/extract.py"

@@ -1,5 +1,7 @@
 """Snakemake adapter: generate the synthetic demo dataset (lcseg_steps.data.demo)."""
 
+import _repo  # noqa: F401  (must precede lcseg_steps imports)
+
 from lcseg_steps.data.demo import generate_demo
 from lcseg_steps.runlog import stage_log
 

@@ -1,5 +1,6 @@
 """Snakemake adapter: q/k/v attention features of one shard (lcseg_steps.extract)."""
 
+import _repo  # noqa: F401  (must precede lcseg_steps imports)
 import torch
 
 from lcseg_steps.backbone import load_backbone, resolve_device

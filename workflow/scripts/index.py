@@ -1,5 +1,7 @@
 """Snakemake adapter: list the dataset, read image sizes, assign shards, write images.tsv."""
 
+import _repo  # noqa: F401  (must precede lcseg_steps imports)
+
 from lcseg_steps.data.index import build_index, write_index
 from lcseg_steps.runlog import stage_log
 

@@ -1,0 +1,328 @@
+"""Per-patch q/k/v attention features, CLS token and CLS attention of a frozen ViT.
+
+``qkv_features`` runs one forward pass and reads q, k, v from a hook on the chosen
+block's ``attn.qkv`` projection. ``extract_shard`` does that for every image of a shard
+and writes a ragged feature store (layout in ``lcseg_steps.store``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lcseg_steps import __version__
+from lcseg_steps.images import ImageError, normalize, patch_grid_size, read_rgb, resize_for_backbone
+from lcseg_steps.store import StoreWriter, offsets_from_sizes
+
+FEATURES = ("q", "k", "v")
+LOG_EVERY_BATCHES = 10
+# Images grouped for batching at once; their rows are held in memory until written in
+# whole Zarr chunks (a partial-chunk write re-reads and re-compresses the whole chunk).
+WINDOW_BATCHES = 4
+
+
+def _attn_of(model: torch.nn.Module, layer: int) -> torch.nn.Module:
+    blocks = getattr(model, "blocks", None)
+    if blocks is None:
+        raise ValueError(f"{type(model).__name__} has no .blocks: not a timm ViT")
+    depth = len(blocks)
+    if not -depth <= layer < depth:
+        raise ValueError(f"layer {layer} out of range for a backbone of depth {depth}")
+    attn = getattr(blocks[layer], "attn", None)
+    if attn is None or not isinstance(getattr(attn, "qkv", None), torch.nn.Linear):
+        raise ValueError(
+            f"block {layer} of {type(model).__name__} has no fused attn.qkv Linear; "
+            "only timm ViT-style attention is supported"
+        )
+    return attn
+
+
+def qkv_dim(model: torch.nn.Module, layer: int = -1) -> int:
+    """Width D of the q/k/v features of block ``layer`` (heads * head_dim)."""
+    attn = _attn_of(model, layer)
+    return attn.qkv.out_features // 3
+
+
+def qkv_features(
+    model: torch.nn.Module, x: torch.Tensor, layer: int = -1
+) -> dict[str, torch.Tensor]:
+    """q, k, v of block ``layer``, the final CLS token and the CLS->patch attention.
+
+    ``x``: ``(B, 3, h, w)`` float, ImageNet-normalised, ``h``/``w`` multiples of the patch.
+    Returns float32 tensors on ``x``'s device:
+
+    - ``q``, ``k``, ``v``: ``(B, N, D)`` with heads concatenated (D = heads * head_dim) and
+      N = (h/p) * (w/p) patch tokens in row-major order; CLS and register tokens dropped.
+      q and k are taken after ``attn.q_norm``/``attn.k_norm`` when those are not Identity
+      (qk-norm models), i.e. exactly what the attention softmax sees. DINO and DINOv2
+      have none, so for them q/k/v are the raw ``qkv`` projection.
+    - ``cls``: ``(B, embed_dim)`` the final normalised CLS token, ``forward_features(x)[:, 0]``.
+    - ``cls_attn``: ``(B, N)`` CLS-query attention over patches, averaged over heads: the
+      softmax of ``q_cls . k^T * scale`` runs over ALL tokens (prefix included) and the
+      patch entries are kept, so a row sums to less than 1. It is recomputed from q and k
+      because fused attention never materialises the matrix.
+    """
+    attn = _attn_of(model, layer)
+    heads, head_dim = attn.num_heads, attn.qkv.out_features // 3 // attn.num_heads
+    n_prefix = int(getattr(model, "num_prefix_tokens", 1))
+    captured: list[torch.Tensor] = []
+    handle = attn.qkv.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        with torch.inference_mode():
+            tokens = model.forward_features(x)
+    finally:
+        handle.remove()
+    if len(captured) != 1:
+        raise RuntimeError(f"attn.qkv of block {layer} ran {len(captured)} times in one forward")
+
+    with torch.inference_mode():
+        qkv = captured[0].float()
+        b, t, _ = qkv.shape
+        qkv = qkv.reshape(b, t, 3, heads, head_dim)
+        q, k, v = qkv.unbind(2)  # each (B, T, heads, head_dim)
+        if not isinstance(attn.q_norm, torch.nn.Identity):
+            q = attn.q_norm.float()(q)
+        if not isinstance(attn.k_norm, torch.nn.Identity):
+            k = attn.k_norm.float()(k)
+        scale = float(getattr(attn, "scale", head_dim**-0.5))
+        logits = torch.einsum("bhd,bthd->bht", q[:, 0], k) * scale
+        cls_attn = logits.softmax(dim=-1).mean(dim=1)[:, n_prefix:]
+        return {
+            "q": q[:, n_prefix:].reshape(b, t - n_prefix, heads * head_dim),
+            "k": k[:, n_prefix:].reshape(b, t - n_prefix, heads * head_dim),
+            "v": v[:, n_prefix:].reshape(b, t - n_prefix, heads * head_dim),
+            "cls": tokens[:, 0].float(),
+            "cls_attn": cls_attn,
+        }
+
+
+# ---------------------------------------------------------------- shard extraction
+
+
+class _ImageDataset(torch.utils.data.Dataset):
+    """Decodes, checks, resizes and normalises record ``i`` -> ``(i, (3, h, w) float32)``."""
+
+    def __init__(self, records: Sequence[Any], patch: int, long_side: int | None):
+        self.records, self.patch, self.long_side = records, patch, long_side
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray]:
+        rec = self.records[i]
+        img = read_rgb(rec.path)
+        if img.shape[:2] != (int(rec.height), int(rec.width)):
+            raise ImageError(
+                f"{rec.path}: decoded image is {img.shape[0]}x{img.shape[1]} (HxW) but the "
+                f"index says {rec.height}x{rec.width}; the file changed after indexing, "
+                "rebuild the index"
+            )
+        return i, normalize(resize_for_backbone(img, self.patch, self.long_side))
+
+
+def _collate(items: list[tuple[int, np.ndarray]]) -> tuple[list[int], torch.Tensor]:
+    return [i for i, _ in items], torch.from_numpy(np.stack([x for _, x in items]))
+
+
+def plan_windows(grids: Sequence[tuple[int, int]], batch_size: int) -> list[list[list[int]]]:
+    """Consecutive windows of images, each split into batches of equal grid.
+
+    Returns ``windows[w][b]`` = image indices of batch ``b`` of window ``w``. Windows
+    cover ``batch_size * WINDOW_BATCHES`` consecutive images, so the rows a window
+    writes are contiguous and can be flushed in whole chunks, while same-grid images
+    inside it still batch together (in order of first appearance).
+    """
+    span = max(1, batch_size * WINDOW_BATCHES)
+    windows = []
+    for lo in range(0, len(grids), span):
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i in range(lo, min(lo + span, len(grids))):
+            groups.setdefault(tuple(grids[i]), []).append(i)
+        windows.append(
+            [g[j : j + batch_size] for g in groups.values() for j in range(0, len(g), batch_size)]
+        )
+    return windows
+
+
+class _ChunkWriter:
+    """Rows of one preallocated Zarr array, written only in whole chunks (plus the tail).
+
+    ``extend(end)`` makes rows up to ``end`` writable in memory; ``put`` fills them;
+    ``flush`` writes every completed chunk and keeps the partial one.
+    """
+
+    def __init__(self, array):
+        self.array, self.chunk = array, int(array.chunks[0])
+        self.start = 0  # first row not yet on disk, a chunk multiple until the final flush
+        self.buf = np.zeros((0, *array.shape[1:]), dtype=array.dtype)
+
+    def extend(self, end: int) -> None:
+        grown = np.zeros((end - self.start, *self.buf.shape[1:]), dtype=self.buf.dtype)
+        grown[: len(self.buf)] = self.buf
+        self.buf = grown
+
+    def put(self, lo: int, rows: np.ndarray) -> None:
+        self.buf[lo - self.start : lo - self.start + len(rows)] = rows
+
+    def flush(self, final: bool = False) -> None:
+        n = len(self.buf) if final else len(self.buf) // self.chunk * self.chunk
+        if n:
+            self.array[self.start : self.start + n] = self.buf[:n]
+        self.buf, self.start = self.buf[n:].copy(), self.start + n
+
+
+def extract_shard(
+    records: Iterable[Any],
+    model: torch.nn.Module,
+    info: Any,
+    out_path: str | Path,
+    *,
+    layer: int = -1,
+    long_side: int | None = 480,
+    store_features: Sequence[str] = FEATURES,
+    batch_size: int = 8,
+    num_workers: int = 0,
+    device: str = "cpu",
+    chunk_rows: int = 16384,
+    attrs: Mapping[str, Any] | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Extract features of ``records`` (``ImageRecord``s) into the store ``out_path``.
+
+    ``info`` is the ``BackboneInfo`` of ``model`` (which is moved to ``device``). Store contents,
+    in ``records`` order, P = total patches of the shard, n = images, D = q/k/v width:
+
+    - ``q``/``k``/``v`` (those in ``store_features``): ``(P, D)`` float16, row-chunked;
+    - ``cls``: ``(n, embed_dim)`` float16; ``cls_attn``: ``(P,)`` float32;
+    - ``offsets`` ``(n + 1,)`` int64; ``grid`` ``(n, 2)`` int32 patch rows/cols;
+      ``input_size`` ``(n, 2)`` int32 resized h/w in pixels; ``image_ids`` ``(n,)`` str.
+
+    Grids follow from the indexed sizes, so the arrays are preallocated; a decoded image
+    whose size differs from its record is an ``ImageError`` naming the file. Memory holds
+    about ``batch_size * WINDOW_BATCHES`` images' rows plus one chunk.
+    """
+    from lcseg_steps.backbone import resolve_device
+
+    records = list(records)
+    feats = tuple(store_features)
+    bad = [f for f in feats if f not in FEATURES]
+    if bad or len(set(feats)) != len(feats):
+        raise ValueError(f"store_features {list(feats)}: each must be one of {list(FEATURES)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    dev = torch.device(resolve_device(device))
+    model.to(dev)
+    patch = int(info.patch_size)
+    depth = len(model.blocks)
+    layer_index = layer % depth if -depth <= layer < depth else layer
+    dim = qkv_dim(model, layer)
+
+    sizes_px = []
+    for rec in records:
+        try:
+            sizes_px.append(patch_grid_size(int(rec.height), int(rec.width), patch, long_side))
+        except ImageError as exc:
+            raise ImageError(f"{rec.path}: {exc}") from exc
+    input_size = np.array(sizes_px, dtype=np.int32).reshape(-1, 2)
+    grid = (input_size // patch).astype(np.int32)
+    offsets = offsets_from_sizes(grid[:, 0].astype(np.int64) * grid[:, 1])
+    total = int(offsets[-1])
+    n = len(records)
+
+    store_attrs = {
+        "stage": "extract",
+        "backbone": info.name,
+        "timm_name": info.timm_name,
+        "weights": info.weights,
+        "weights_warning": info.weights_warning,
+        "layer": layer,
+        "layer_index": layer_index,
+        "patch_size": patch,
+        "embed_dim": int(info.embed_dim),
+        "num_heads": int(info.num_heads),
+        "num_prefix_tokens": int(info.num_prefix_tokens),
+        "qkv_dim": dim,
+        "long_side": long_side,
+        "store_features": list(feats),
+        "n_images": n,
+        "n_patches": total,
+        "lcseg_version": __version__,
+        **dict(attrs or {}),
+    }
+    windows = plan_windows([tuple(g) for g in grid], batch_size)
+    batches = [b for w in windows for b in w]
+    last_of_window = np.cumsum([len(w) for w in windows]) - 1
+    window_end_row = [int(offsets[max(max(b) for b in w) + 1]) for w in windows]
+
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext()
+    loader = torch.utils.data.DataLoader(
+        _ImageDataset(records, patch, long_side),
+        batch_sampler=batches,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        pin_memory=dev.type == "cuda",
+    )
+    cls = np.zeros((n, int(info.embed_dim)), dtype=np.float16)
+    row_chunk = max(1, min(chunk_rows, max(total, 1)))
+
+    with StoreWriter(out_path, store_attrs) as w:
+        writers = {
+            name: _ChunkWriter(
+                w.group.create_array(
+                    name,
+                    shape=(total, dim),
+                    dtype="float16",
+                    chunks=(row_chunk, dim),
+                    fill_value=0,
+                )
+            )
+            for name in feats
+        }
+        writers["cls_attn"] = _ChunkWriter(
+            w.group.create_array(
+                "cls_attn", shape=(total,), dtype="float32", chunks=(row_chunk,), fill_value=0
+            )
+        )
+        t0, done, win = time.perf_counter(), 0, 0
+        if windows:
+            for cw in writers.values():
+                cw.extend(window_end_row[0])
+        for bi, (idx, x) in enumerate(loader):
+            with torch.inference_mode(), autocast:
+                out = qkv_features(model, x.to(dev, non_blocking=True), layer)
+            out = {name: t.float().cpu().numpy() for name, t in out.items()}
+            for j, i in enumerate(idx):
+                lo, hi = int(offsets[i]), int(offsets[i + 1])
+                if out["cls_attn"].shape[1] != hi - lo:
+                    raise RuntimeError(
+                        f"{records[i].path}: backbone returned {out['cls_attn'].shape[1]} "
+                        f"patches, expected {hi - lo} for grid {tuple(grid[i])}"
+                    )
+                for name in feats:
+                    writers[name].put(lo, out[name][j].astype(np.float16))
+                writers["cls_attn"].put(lo, out["cls_attn"][j])
+                cls[i] = out["cls"][j]
+            done += len(idx)
+            if bi == last_of_window[win]:
+                win += 1
+                for cw in writers.values():
+                    cw.flush()
+                    if win < len(windows):
+                        cw.extend(window_end_row[win])
+            if (bi + 1) % LOG_EVERY_BATCHES == 0 or bi + 1 == len(batches):
+                rate = done / max(time.perf_counter() - t0, 1e-9)
+                log(f"extract: {done}/{n} images, {rate:.1f} img/s")
+        for cw in writers.values():
+            cw.flush(final=True)
+        w.write("cls", cls)
+        w.write("offsets", offsets)
+        w.write("grid", grid)
+        w.write("input_size", input_size)
+        w.write("image_ids", np.array([str(r.image_id) for r in records], dtype=object))
+    return Path(out_path)

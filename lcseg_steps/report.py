@@ -1,0 +1,287 @@
+"""The run report: one self-contained HTML page of run facts, scores, plots and overlays.
+
+Images are embedded as base64 PNG data URIs and the page needs no JavaScript, so the
+single file can be mailed, archived or opened from any directory.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from lcseg_steps.images import read_rgb
+
+VOID = 255
+VOID_RGB = np.array([255, 255, 255], dtype=np.float64)
+MASK_RGB = np.array([255, 40, 40], dtype=np.float64)
+PANEL_MAX_SIDE = 256
+PLOT_MAX_SIDE = 1024
+# Metrics keys shown in the facts list, in this order; other scalar keys follow them.
+FACT_KEYS = ("backbone", "weights", "matching", "seeds", "config_digest")
+SCORE_KEYS = ("miou", "pixel_accuracy", "per_class_iou", "class_names", "weights_warning")
+
+_CSS = """
+body { font-family: sans-serif; margin: 1.5em; color: #222; }
+table { border-collapse: collapse; }
+td, th { border: 1px solid #ccc; padding: 2px 8px; text-align: left; }
+td.num { text-align: right; font-family: monospace; }
+.warning { background: #fde2e1; border: 2px solid #c0392b; padding: 0.6em 1em;
+           margin: 1em 0; font-weight: bold; }
+.row { display: flex; flex-wrap: wrap; gap: 6px; margin-bottom: 1em; }
+figure { margin: 0; }
+figcaption { font-size: 0.8em; max-width: 256px; }
+dt { font-weight: bold; float: left; clear: left; width: 9em; }
+dd { margin-left: 10em; font-family: monospace; }
+"""
+
+
+# ---------------------------------------------------------------- image helpers
+
+
+def _check_image(image: np.ndarray, what: str = "image") -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or image.size == 0:
+        raise ValueError(f"{what} must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+    return image
+
+
+def _blend(base: np.ndarray, colour: np.ndarray, weight: np.ndarray | float) -> np.ndarray:
+    """``round((1 - weight) * base + weight * colour)`` as uint8 (rounding half up)."""
+    out = (1.0 - weight) * base.astype(np.float64) + weight * colour
+    return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
+
+
+def overlay(
+    image: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: float = 0.5
+) -> np.ndarray:
+    """Class labels drawn over an image.
+
+    image ``(H, W, 3)`` uint8 RGB, labels ``(H, W)`` integer ids in ``[0, 255]``, palette
+    ``(256, 3)`` uint8 -> ``(H, W, 3)`` uint8. Label 0 (background) leaves the pixel
+    unchanged; label c in 1..254 becomes ``round((1 - alpha) * pixel + alpha *
+    palette[c])``; 255 (void) is blended the same way with white.
+    """
+    image = _check_image(image)
+    labels = np.asarray(labels)
+    if labels.shape != image.shape[:2]:
+        raise ValueError(f"labels shape {labels.shape} does not match image {image.shape[:2]}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integer class ids, got dtype {labels.dtype}")
+    if labels.size and (labels.min() < 0 or labels.max() > VOID):
+        raise ValueError(f"labels must lie in [0, 255], got [{labels.min()}, {labels.max()}]")
+    palette = np.asarray(palette)
+    if palette.shape != (256, 3):
+        raise ValueError(f"palette must be (256, 3), got {palette.shape}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    colours = palette.astype(np.float64)
+    colours[VOID] = VOID_RGB
+    out = image.copy()
+    drawn = labels != 0
+    out[drawn] = _blend(image[drawn], colours[labels[drawn]], alpha)
+    return out
+
+
+def patch_mask_image(
+    image: np.ndarray, grid_mask: np.ndarray, alpha: float = 0.55, dim: float = 0.35
+) -> np.ndarray:
+    """A patch-level mask stretched over the image.
+
+    image ``(H, W, 3)`` uint8 RGB, grid_mask ``(gh, gw)`` bool or float in ``[0, 1]`` (a
+    soft score; NaN counts as 0) -> ``(H, W, 3)`` uint8. Patch ``(i, j)`` covers pixels
+    ``[i H/gh, (i+1) H/gh) x [j W/gw, (j+1) W/gw)`` (nearest stretch, the geometry of
+    ``refine.upsample_score``). A pixel of mask value m is tinted red by ``alpha * m`` and
+    darkened by ``dim * (1 - m)``, so foreground patches stand out from the background.
+    """
+    image = _check_image(image)
+    m = np.asarray(grid_mask)
+    if m.ndim != 2 or m.size == 0:
+        raise ValueError(f"grid_mask must be a non-empty (gh, gw) array, got shape {m.shape}")
+    m = np.nan_to_num(m.astype(np.float64), nan=0.0)
+    if m.min() < 0 or m.max() > 1:
+        raise ValueError(f"grid_mask values must lie in [0, 1], got [{m.min()}, {m.max()}]")
+    h, w = image.shape[:2]
+    gh, gw = m.shape
+    rows = np.arange(h) * gh // h
+    cols = np.arange(w) * gw // w
+    full = m[rows[:, None], cols[None, :]][..., None]  # (H, W, 1)
+    darker = image.astype(np.float64) * (1.0 - dim * (1.0 - full))
+    return _blend(darker, MASK_RGB, alpha * full)
+
+
+def thumbnail_size(height: int, width: int, max_side: int) -> tuple[int, int]:
+    """``(h, w)`` with the longer side at most ``max_side`` (never upscaled), ratio kept."""
+    scale = min(1.0, max_side / max(height, width))
+    return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
+
+
+def png_data_uri(image: np.ndarray, max_side: int = PANEL_MAX_SIDE) -> str:
+    """``(H, W, 3)`` uint8 RGB -> ``data:image/png;base64,...`` of the image downscaled
+    (``INTER_AREA``) to ``thumbnail_size(H, W, max_side)``."""
+    image = _check_image(image)
+    h, w = thumbnail_size(image.shape[0], image.shape[1], max_side)
+    if (h, w) != image.shape[:2]:
+        image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise RuntimeError(f"PNG encoding of a {image.shape} image failed")
+    return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
+
+
+# ---------------------------------------------------------------- page
+
+
+def _esc(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _num(x: Any) -> float | None:
+    """A finite float, or ``None`` for missing / None / NaN / non-numeric."""
+    if isinstance(x, bool) or x is None:
+        return None
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _pct(x: Any) -> str:
+    """A fraction as a percentage with one decimal (``0.4123`` -> ``"41.2"``), or ``"n/a"``."""
+    v = _num(x)
+    return "n/a" if v is None else f"{100 * v:.1f}"
+
+
+def _per_class(metrics: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """``(class name, IoU)`` pairs in the given order, from a ``{name: iou}`` dict or from
+    the evaluate stage's parallel ``per_class_iou`` / ``class_names`` lists."""
+    pc = metrics.get("per_class_iou")
+    if isinstance(pc, Mapping):
+        return list(pc.items())
+    if isinstance(pc, Sequence) and not isinstance(pc, str):
+        names = metrics.get("class_names") or []
+        return [(names[i] if i < len(names) else f"class_{i}", v) for i, v in enumerate(pc)]
+    return []
+
+
+def _facts(metrics: Mapping[str, Any]) -> str:
+    keys = [k for k in FACT_KEYS if k in metrics]
+    keys += [
+        k
+        for k, v in metrics.items()
+        if k not in FACT_KEYS
+        and k not in SCORE_KEYS
+        and (v is None or isinstance(v, (str, int, float, bool)))
+    ]
+    if not keys:
+        return ""
+    rows = []
+    for k in keys:
+        v = metrics[k]
+        if isinstance(v, (list, tuple)):
+            v = ", ".join(str(x) for x in v)
+        rows.append(f"<dt>{_esc(k)}</dt><dd>{_esc('n/a' if v is None else v)}</dd>")
+    return "<dl>\n" + "\n".join(rows) + "\n</dl>"
+
+
+def _scores(metrics: Mapping[str, Any]) -> str:
+    rows = [
+        f'<tr><th>mIoU</th><td class="num">{_pct(metrics.get("miou"))}</td></tr>',
+        f'<tr><th>pixel accuracy</th><td class="num">{_pct(metrics.get("pixel_accuracy"))}'
+        "</td></tr>",
+    ]
+    per_class = _per_class(metrics)
+    if per_class:
+        rows.append('<tr><th colspan="2">per-class IoU</th></tr>')
+        rows += [f'<tr><td>{_esc(n)}</td><td class="num">{_pct(v)}</td></tr>' for n, v in per_class]
+    return (
+        "<h2>Scores</h2>\n<p>Values in percent; n/a = class absent from ground truth and "
+        "prediction.</p>\n<table>\n" + "\n".join(rows) + "\n</table>"
+    )
+
+
+def _figure_html(caption: str, uri: str, alt: str) -> str:
+    return (
+        f'<figure><img src="{uri}" alt="{_esc(alt)}">'
+        f"<figcaption>{_esc(caption)}</figcaption></figure>"
+    )
+
+
+def _plots(plots: Sequence[tuple[str, str | os.PathLike]]) -> str:
+    if not plots:
+        return ""
+    figs = []
+    for caption, path in plots:
+        # read_rgb names the file if a plot is missing or unreadable
+        uri = png_data_uri(read_rgb(path), PLOT_MAX_SIDE)
+        figs.append(_figure_html(caption, uri, caption))
+    return "<h2>Plots</h2>\n" + "\n".join(figs)
+
+
+def _gallery(gallery: Sequence[Mapping[str, Any]]) -> str:
+    if not gallery:
+        return ""
+    parts = ["<h2>Gallery</h2>"]
+    for n, entry in enumerate(gallery):
+        image_id = str(entry.get("image_id", f"#{n}"))
+        figs = []
+        for caption, panel in entry.get("panels", ()):
+            try:
+                uri = png_data_uri(panel, PANEL_MAX_SIDE)
+            except ValueError as exc:
+                raise ValueError(f"gallery image {image_id!r}, panel {caption!r}: {exc}") from exc
+            figs.append(_figure_html(caption, uri, f"{image_id}: {caption}"))
+        parts.append(f'<h3>{_esc(image_id)}</h3>\n<div class="row">{"".join(figs)}</div>')
+    return "\n".join(parts)
+
+
+def build_report(
+    out_html: str | os.PathLike,
+    *,
+    title: str,
+    metrics: Mapping[str, Any],
+    plots: Sequence[tuple[str, str | os.PathLike]],
+    gallery: Sequence[Mapping[str, Any]],
+    notes: Sequence[str] = (),
+) -> Path:
+    """Write the report page to ``out_html`` (atomically) and return its path.
+
+    ``metrics``: the evaluate stage's metrics dict (``miou``, ``pixel_accuracy`` fractions;
+    ``per_class_iou`` a ``{name: iou}`` dict or a list beside ``class_names``; run facts
+    such as ``backbone``, ``weights``, ``weights_warning``, ``seeds``); any key may be
+    missing and any score None/NaN. ``plots``: ``(caption, PNG path)``, embedded with the
+    longer side capped at ``PLOT_MAX_SIDE``. ``gallery``: ``{"image_id": str, "panels":
+    [(caption, (H, W, 3) uint8 RGB), ...]}``, panels downscaled to ``PANEL_MAX_SIDE``.
+    A set ``weights_warning`` is shown in a warning box at the top.
+    """
+    out = Path(out_html)
+    warning = metrics.get("weights_warning")
+    body = [f"<h1>{_esc(title)}</h1>"]
+    if warning:
+        body.append(f'<div class="warning">Warning: {_esc(warning)}</div>')
+    body.append(_facts(metrics))
+    if notes:
+        body.append("<ul>" + "".join(f"<li>{_esc(n)}</li>" for n in notes) + "</ul>")
+    body += [_scores(metrics), _plots(plots), _gallery(gallery)]
+    page = (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{_esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        + "\n".join(b for b in body if b)
+        + "\n</body>\n</html>\n"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(page, encoding="utf-8")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out

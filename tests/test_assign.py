@@ -1,0 +1,128 @@
+"""Tests of lcseg_steps.assign: recovery of separated clusters, errors, determinism."""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from lcseg_steps.assign import assign_classes, cosine_knn_affinity
+
+HAVE_KMEANS = importlib.util.find_spec("lcseg_steps.kmeans") is not None
+METHODS = [
+    "spectral",
+    pytest.param(
+        "kmeans", marks=pytest.mark.skipif(not HAVE_KMEANS, reason="lcseg_steps.kmeans missing")
+    ),
+]
+
+
+def _sphere_blobs(n_clusters=4, per=40, dim=16, noise=0.05, seed=0):
+    """Points scattered around random unit centres, scaled by random norms.
+
+    Random positive scales check that only direction (cosine) matters.
+    """
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_clusters, dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    truth = np.repeat(np.arange(n_clusters), per)
+    x = centres[truth] + noise * rng.normal(size=(len(truth), dim))
+    x *= rng.uniform(0.5, 20.0, size=(len(truth), 1))
+    order = rng.permutation(len(truth))
+    return x[order].astype(np.float32), truth[order]
+
+
+@pytest.fixture(autouse=True)
+def _quiet_disconnected_graph():
+    # Well-separated blobs give a disconnected kNN graph, which sklearn warns about;
+    # that is the ideal case for spectral clustering, not a problem.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Graph is not fully connected")
+        yield
+
+
+@pytest.mark.parametrize("data_seed", [0, 6, 20])
+@pytest.mark.parametrize("method", METHODS)
+def test_recovers_separated_clusters(method, data_seed):
+    x, truth = _sphere_blobs(seed=data_seed)
+    labels = assign_classes(x, 4, method=method, seed=0)
+    assert labels.shape == truth.shape and labels.dtype == np.int64
+    assert labels.min() >= 0 and labels.max() < 4
+    assert adjusted_rand_score(truth, labels) == 1.0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_same_seed_same_labels(method):
+    x, _ = _sphere_blobs(noise=0.6, seed=1)  # overlapping, so the result is not forced
+    a = assign_classes(x, 5, method=method, seed=3)
+    b = assign_classes(x, 5, method=method, seed=3)
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(not HAVE_KMEANS, reason="lcseg_steps.kmeans missing")
+def test_kmeans_restarts_keep_best_objective():
+    from lcseg_steps.kmeans import cosine_kmeans
+
+    x, _ = _sphere_blobs(noise=0.6, seed=4)
+    runs = [cosine_kmeans(x, 5, seed=10 + i) for i in range(4)]
+    best = max(runs, key=lambda r: r.objective)
+    labels = assign_classes(x, 5, method="kmeans", seed=10, n_init=4)
+    np.testing.assert_array_equal(labels, best.labels)
+
+
+def test_spectral_kmeans_label_assignment_also_works():
+    x, truth = _sphere_blobs(seed=2)
+    labels = assign_classes(x, 4, assign_labels="kmeans", seed=0)
+    assert adjusted_rand_score(truth, labels) == 1.0
+
+
+def test_fewer_regions_than_classes():
+    x, _ = _sphere_blobs(per=1)
+    with pytest.raises(ValueError, match=r"only 4 object regions.*5 classes.*lower n_classes"):
+        assign_classes(x, 5)
+
+
+def test_neighbours_clipped_and_tiny_inputs():
+    x, truth = _sphere_blobs(n_clusters=3, per=2, noise=0.01)
+    labels = assign_classes(x, 3, n_neighbors=50)  # 6 regions: degree clipped to 5
+    assert adjusted_rand_score(truth, labels) == 1.0
+    np.testing.assert_array_equal(assign_classes(x[:1], 1), [0])
+
+
+def test_bad_inputs():
+    x, _ = _sphere_blobs()
+    with pytest.raises(ValueError, match="unknown class assignment method"):
+        assign_classes(x, 4, method="dbscan")
+    with pytest.raises(ValueError, match="shape"):
+        assign_classes(x[0], 4)
+    bad = x.copy()
+    bad[7] = np.nan
+    with pytest.raises(ValueError, match="row 7"):
+        assign_classes(bad, 4)
+    bad = x.copy()
+    bad[9] = 0
+    with pytest.raises(ValueError, match="all-zero.*row 9"):
+        assign_classes(bad, 4)
+    with pytest.raises(ValueError, match="floating"):
+        assign_classes(x.astype(np.int64), 4)
+
+
+def test_affinity_is_symmetric_knn_by_cosine():
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(30, 8))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    a = cosine_knn_affinity(x, 4).toarray()
+    np.testing.assert_array_equal(a, a.T)
+    assert np.all(np.diag(a) == 0)
+    # Brute-force reference: top-4 cosine neighbours of each point, weighted by their
+    # similarity (floored), symmetrised.
+    sim = x @ x.T
+    np.fill_diagonal(sim, -np.inf)
+    ref = np.zeros_like(sim)
+    for i in range(len(x)):
+        nn = np.argsort(-sim[i])[:4]
+        ref[i, nn] = np.maximum(sim[i, nn], 1e-6)
+    np.testing.assert_allclose(a, 0.5 * (ref + ref.T), atol=1e-12)

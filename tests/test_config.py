@@ -1,0 +1,57 @@
+import copy
+import os
+
+import pytest
+import yaml
+from snakemake.utils import validate
+
+SCHEMA = os.path.join(os.path.dirname(__file__), "..", "workflow", "schemas", "config.schema.yaml")
+CONFIG = os.path.join(os.path.dirname(__file__), "..", "config.yaml")
+
+
+def _load():
+    with open(CONFIG) as fh:
+        return yaml.safe_load(fh)
+
+
+def test_default_config_is_valid_and_defaults_fill_in():
+    cfg = _load()
+    validate(cfg, SCHEMA)
+    assert cfg["extract"]["batch_size"] == 8
+    assert cfg["dataset"]["demo"]["max_size"] == 400
+    bare = {}
+    validate(bare, SCHEMA)
+    assert bare["run"] == "demo" and bare["backbone"]["name"] == "dino_vits16"
+
+
+def test_every_schema_key_has_description_and_default():
+    with open(SCHEMA) as fh:
+        schema = yaml.safe_load(fh)
+
+    def walk(node, path):
+        for key, sub in node.get("properties", {}).items():
+            assert "default" in sub, f"{path}{key} has no default"
+            if sub.get("type") != "object" or "properties" not in sub:
+                assert "description" in sub, f"{path}{key} has no description"
+            walk(sub, f"{path}{key}.")
+
+    walk(schema, "")
+
+
+@pytest.mark.parametrize(
+    "mutate, key",
+    [
+        (lambda c: c.__setitem__("shard_size", "big"), "shard_size"),
+        (lambda c: c["extract"].__setitem__("long_side", 4.5), "long_side"),
+        (lambda c: c["dataset"].__setitem__("name", "imagenet"), "name"),
+        (lambda c: c["extract"].__setitem__("store_features", ["x"]), "store_features"),
+        (lambda c: c.__setitem__("typo_key", 1), "typo_key"),
+        (lambda c: c["backbone"].__setitem__("wieghts", "random"), "wieghts"),
+    ],
+)
+def test_wrong_types_and_unknown_keys_are_rejected_naming_the_key(mutate, key):
+    cfg = copy.deepcopy(_load())
+    mutate(cfg)
+    with pytest.raises(Exception) as err:
+        validate(cfg, SCHEMA)
+    assert key in str(err.value)

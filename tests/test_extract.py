@@ -1,0 +1,230 @@
+import math
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lcseg_steps.extract as extract_mod
+from lcseg_steps.backbone import load_backbone
+from lcseg_steps.data.index import ImageRecord
+from lcseg_steps.extract import extract_shard, plan_windows, qkv_features
+from lcseg_steps.images import (
+    ImageError,
+    normalize,
+    patch_grid_size,
+    read_rgb,
+    resize_for_backbone,
+)
+from lcseg_steps.store import image_grid_array, image_rows, open_store
+
+torch.set_num_threads(1)
+
+TINY = {"depth": 2, "embed_dim": 48, "num_heads": 2}
+
+
+@pytest.fixture(scope="module")
+def vit8():
+    return load_backbone("vit_small_patch8_224", "random", seed=0, overrides=TINY)
+
+
+def _reference(model, x, layer):
+    """q, k, v over ALL tokens, recomputed from the block input with norm1 + F.linear."""
+    block = model.blocks[layer]
+    seen = []
+    handle = block.register_forward_pre_hook(lambda _m, args: seen.append(args[0].clone()))
+    try:
+        with torch.inference_mode():
+            model.forward_features(x)
+    finally:
+        handle.remove()
+    (tokens,) = seen
+    with torch.inference_mode():
+        qkv = F.linear(block.norm1(tokens), block.attn.qkv.weight, block.attn.qkv.bias)
+    d = qkv.shape[-1] // 3
+    return qkv[..., :d], qkv[..., d : 2 * d], qkv[..., 2 * d :]
+
+
+def _cls_attention_loop(q, k, heads, n_prefix):
+    """Head-by-head CLS->token softmax, patch entries kept, averaged over heads."""
+    b, t, d = q.shape
+    hd = d // heads
+    out = torch.zeros(b, t - n_prefix)
+    for i in range(b):
+        for h in range(heads):
+            qc = q[i, 0, h * hd : (h + 1) * hd]
+            logits = torch.stack([qc @ k[i, j, h * hd : (h + 1) * hd] for j in range(t)])
+            out[i] += torch.softmax(logits / math.sqrt(hd), 0)[n_prefix:] / heads
+    return out
+
+
+@pytest.mark.parametrize("layer", [0, -1])
+def test_qkv_features_match_independent_recomputation(vit8, layer):
+    model, info = vit8
+    x = torch.randn(2, 3, 24, 40, generator=torch.Generator().manual_seed(1))
+    out = qkv_features(model, x, layer)
+    q, k, v = _reference(model, x, layer)
+    n = 3 * 5
+    assert out["q"].shape == (2, n, 48) and out["cls_attn"].shape == (2, n)
+    for name, ref in (("q", q), ("k", k), ("v", v)):
+        torch.testing.assert_close(out[name], ref[:, 1:], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        out["cls_attn"], _cls_attention_loop(q, k, info.num_heads, 1), rtol=1e-5, atol=1e-6
+    )
+    with torch.inference_mode():
+        torch.testing.assert_close(out["cls"], model.forward_features(x)[:, 0])
+    assert not model.blocks[layer].attn.qkv._forward_hooks  # hook removed
+
+
+def test_qkv_features_drop_register_tokens():
+    model, info = load_backbone(
+        "vit_small_patch14_reg4_dinov2", "random", seed=0, overrides={**TINY, "img_size": 56}
+    )
+    assert info.num_prefix_tokens == 5
+    x = torch.randn(1, 3, 42, 56, generator=torch.Generator().manual_seed(2))
+    out = qkv_features(model, x)
+    q, k, v = _reference(model, x, -1)
+    assert q.shape[1] == 5 + 12 and out["k"].shape == (1, 12, 48)
+    torch.testing.assert_close(out["k"], k[:, 5:], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out["v"], v[:, 5:], rtol=1e-5, atol=1e-5)
+    ref_attn = _cls_attention_loop(q, k, info.num_heads, 5)
+    torch.testing.assert_close(out["cls_attn"], ref_attn, rtol=1e-5, atol=1e-6)
+    assert float(out["cls_attn"].sum()) < 1.0  # registers took part of the softmax mass
+
+
+def test_qkv_features_apply_qk_norm():
+    model, info = load_backbone(
+        "vit_small_patch8_224", "random", seed=0, overrides={**TINY, "qk_norm": True}
+    )
+    attn = model.blocks[-1].attn
+    with torch.no_grad():  # non-trivial norm parameters so skipping them would show
+        attn.q_norm.weight.uniform_(0.5, 2.0)
+        attn.k_norm.bias.uniform_(-1.0, 1.0)
+    x = torch.randn(1, 3, 16, 24, generator=torch.Generator().manual_seed(3))
+    out = qkv_features(model, x)
+    q, k, v = _reference(model, x, -1)
+    hd = 48 // info.num_heads
+    with torch.inference_mode():
+        qn = torch.cat([attn.q_norm(q[..., h * hd : (h + 1) * hd]) for h in range(2)], -1)
+        kn = torch.cat([attn.k_norm(k[..., h * hd : (h + 1) * hd]) for h in range(2)], -1)
+    torch.testing.assert_close(out["q"], qn[:, 1:], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out["k"], kn[:, 1:], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out["v"], v[:, 1:], rtol=1e-5, atol=1e-5)
+
+
+def test_plan_windows_batches_equal_grids_in_contiguous_windows():
+    grids = [(5, 8), (8, 5), (5, 8), (8, 8), (5, 8), (5, 8), (8, 5), (2, 8), (5, 8)]
+    windows = plan_windows(grids, batch_size=2)
+    span = 2 * extract_mod.WINDOW_BATCHES
+    seen = []
+    for w, batches in enumerate(windows):
+        members = sorted(i for b in batches for i in b)
+        assert members == list(range(w * span, min((w + 1) * span, len(grids))))
+        for b in batches:
+            assert 1 <= len(b) <= 2 and len({grids[i] for i in b}) == 1
+        seen += members
+    assert seen == list(range(len(grids)))
+
+
+SIZES = [(37, 53), (50, 33), (40, 56), (64, 64), (20, 70)]  # first and third share a grid
+
+
+def _write_images(root, sizes=SIZES):
+    rng = np.random.default_rng(0)
+    records = []
+    for i, (h, w) in enumerate(sizes):
+        path = root / f"img{i}.png"
+        cv2.imwrite(str(path), rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        records.append(ImageRecord(f"id{i}", str(path), "", h, w, "s0"))
+    return records
+
+
+@pytest.mark.parametrize(
+    "batch_size,chunk_rows,window_batches,num_workers",
+    [(2, 16, 1, 0), (8, 16384, 4, 1)],
+)
+def test_extract_shard_round_trip(
+    tmp_path, vit8, monkeypatch, batch_size, chunk_rows, window_batches, num_workers
+):
+    monkeypatch.setattr(extract_mod, "WINDOW_BATCHES", window_batches)
+    model, info = vit8
+    records = _write_images(tmp_path)
+    # reversed order: the store must keep the caller's order, not the batching order
+    records = records[::-1]
+    logs = []
+    out = extract_shard(
+        records,
+        model,
+        info,
+        tmp_path / "s0.zarr",
+        long_side=64,
+        batch_size=batch_size,
+        chunk_rows=chunk_rows,
+        num_workers=num_workers,
+        attrs={"config_digest": "abc"},
+        log=logs.append,
+    )
+    store = open_store(out)
+    assert [str(s) for s in store["image_ids"][:]] == [r.image_id for r in records]
+    assert store.attrs["config_digest"] == "abc" and store.attrs["backbone"] == info.name
+    assert store.attrs["weights"] == "random:seed=0" and store.attrs["layer"] == -1
+    assert store.attrs["patch_size"] == 8 and store.attrs["long_side"] == 64
+    assert logs and logs[-1].startswith("extract: 5/5 images")
+    assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+
+    grids = [(r.height, r.width) for r in records]
+    want_px = [patch_grid_size(h, w, 8, 64) for h, w in grids]
+    np.testing.assert_array_equal(store["input_size"][:], want_px)
+    np.testing.assert_array_equal(store["grid"][:], np.array(want_px) // 8)
+    sizes = [h // 8 * (w // 8) for h, w in want_px]
+    np.testing.assert_array_equal(store["offsets"][:], np.cumsum([0, *sizes]))
+    assert store["k"].dtype == np.float16 and store["k"].shape == (sum(sizes), 48)
+    assert store["cls_attn"].dtype == np.float32 and store["cls"].shape == (5, 48)
+
+    for i, rec in enumerate(records):
+        x = torch.from_numpy(normalize(resize_for_backbone(read_rgb(rec.path), 8, 64)))[None]
+        ref = qkv_features(model, x)
+        for name in ("q", "k", "v"):
+            got = image_rows(store, name, i).astype(np.float32)
+            np.testing.assert_allclose(got, ref[name][0].numpy(), rtol=2e-3, atol=2e-3)
+        np.testing.assert_allclose(
+            image_rows(store, "cls_attn", i), ref["cls_attn"][0].numpy(), rtol=1e-4, atol=1e-6
+        )
+        np.testing.assert_allclose(
+            store["cls"][i].astype(np.float32), ref["cls"][0].numpy(), rtol=2e-3, atol=2e-3
+        )
+        gh, gw = store["grid"][i]
+        assert image_grid_array(store, "k", i).shape == (gh, gw, 48)
+
+
+def test_extract_shard_store_features_subset(tmp_path, vit8):
+    model, info = vit8
+    records = _write_images(tmp_path, SIZES[:2])
+    store = open_store(
+        extract_shard(
+            records,
+            model,
+            info,
+            tmp_path / "k.zarr",
+            long_side=64,
+            store_features=("k",),
+            log=lambda _m: None,
+        )
+    )
+    assert "k" in store and "q" not in store and "v" not in store
+    assert store.attrs["store_features"] == ["k"]
+    with pytest.raises(ValueError, match="store_features"):
+        extract_shard(records, model, info, tmp_path / "bad.zarr", store_features=("x",))
+
+
+def test_extract_shard_size_mismatch_names_file(tmp_path, vit8):
+    model, info = vit8
+    records = _write_images(tmp_path, SIZES[:3])
+    bad = records[1]
+    records[1] = ImageRecord(bad.image_id, bad.path, "", bad.height + 1, bad.width, "s0")
+    with pytest.raises(ImageError, match=r"img1\.png.*50x33.*51x33"):
+        extract_shard(records, model, info, tmp_path / "s.zarr", long_side=64, log=lambda _m: None)
+    assert not (tmp_path / "s.zarr").exists()
+    assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]

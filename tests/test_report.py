@@ -1,0 +1,192 @@
+import base64
+import math
+import re
+from html.parser import HTMLParser
+
+import cv2
+import numpy as np
+import pytest
+
+from lcseg_steps.report import build_report, overlay, patch_mask_image
+
+
+class _Collector(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.imgs, self.texts, self.classes = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.imgs.append(attrs)
+        if "class" in attrs:
+            self.classes.append(attrs["class"])
+
+    def handle_data(self, data):
+        self.texts.append(data)
+
+
+def _parse(text):
+    p = _Collector()
+    p.feed(text)
+    p.close()
+    return p
+
+
+def _decode(uri):
+    head, data = uri.split(",", 1)
+    assert head == "data:image/png;base64"
+    img = cv2.imdecode(np.frombuffer(base64.b64decode(data), np.uint8), cv2.IMREAD_COLOR)
+    assert img is not None
+    return img
+
+
+def _metrics(**kw):
+    m = {
+        "miou": 0.41234,
+        "pixel_accuracy": 0.8,
+        "per_class_iou": {"background": 0.7, "aeroplane": math.nan, "<b>bold</b>": None},
+        "matching": "hungarian",
+        "backbone": "dino_vits16",
+        "weights": "random:seed=0",
+        "weights_warning": None,
+        "seeds": [0],
+        "config_digest": "abc123",
+    }
+    m.update(kw)
+    return m
+
+
+@pytest.fixture
+def plot_png(tmp_path):
+    path = tmp_path / "plot.png"
+    img = np.zeros((300, 400, 3), np.uint8)
+    img[:, :200] = (0, 0, 255)
+    cv2.imwrite(str(path), img)
+    return path
+
+
+def _gallery():
+    rng = np.random.default_rng(0)
+    big = rng.integers(0, 256, size=(512, 384, 3), dtype=np.uint8)  # -> 256 x 192
+    wide = rng.integers(0, 256, size=(100, 1000, 3), dtype=np.uint8)  # -> 26 x 256
+    small = rng.integers(0, 256, size=(60, 100, 3), dtype=np.uint8)  # kept 60 x 100
+    return [
+        {"image_id": "2007_000032", "panels": [("image", big), ("gt", big), ("pred", wide)]},
+        {"image_id": "x&y", "panels": [("image", small)]},
+    ], [(256, 192), (256, 192), (26, 256), (60, 100)]
+
+
+def test_report_structure_and_images(tmp_path, plot_png):
+    gallery, sizes = _gallery()
+    out = build_report(
+        tmp_path / "sub" / "report.html",
+        title="lcseg <demo>",
+        metrics=_metrics(),
+        plots=[("per-class IoU", str(plot_png))],
+        gallery=gallery,
+        notes=["note & more"],
+    )
+    text = out.read_text(encoding="utf-8")
+    assert [p.name for p in out.parent.iterdir()] == ["report.html"]  # no temp file left
+    parsed = _parse(text)
+    assert len(parsed.imgs) == 1 + 4
+    got = [_decode(a["src"]).shape[:2] for a in parsed.imgs]
+    assert got == [(300, 400), *sizes]
+    # colours survive the RGB -> PNG round trip: the plot's left half is BGR red = RGB blue
+    plot = _decode(parsed.imgs[0]["src"])
+    np.testing.assert_array_equal(plot[0, 0], [0, 0, 255])
+
+    assert "41.2" in text and "80.0" in text
+    assert "<b>bold</b>" not in text and "&lt;b&gt;bold&lt;/b&gt;" in text
+    assert "lcseg &lt;demo&gt;" in text and "x&amp;y" in text
+    assert "n/a" in text  # NaN and None IoUs
+    assert "warning" not in parsed.classes
+    all_text = "".join(parsed.texts)
+    assert "dino_vits16" in all_text and "random:seed=0" in all_text
+    assert re.search(r"<script", text) is None
+    # per-class rows keep the given order
+    assert all_text.index("background") < all_text.index("aeroplane") < all_text.index("<b>bold")
+
+
+def test_warning_box_only_when_set(tmp_path):
+    msg = "random weights: scores are meaningless"
+    out = build_report(
+        tmp_path / "r.html", title="t", metrics=_metrics(weights_warning=msg), plots=[], gallery=[]
+    )
+    parsed = _parse(out.read_text(encoding="utf-8"))
+    assert parsed.classes.count("warning") == 1 and msg in "".join(parsed.texts)
+
+
+def test_tolerates_sparse_metrics_and_list_form(tmp_path):
+    out = build_report(tmp_path / "a.html", title="t", metrics={}, plots=[], gallery=[])
+    assert "n/a" in out.read_text(encoding="utf-8")
+    m = {"miou": None, "per_class_iou": [0.5, None], "class_names": ["bg", "cat"]}
+    text = build_report(tmp_path / "b.html", title="t", metrics=m, plots=[], gallery=[]).read_text()
+    assert "cat" in text and "50.0" in text
+
+
+def test_bad_panel_names_image_and_caption(tmp_path):
+    bad = [{"image_id": "im7", "panels": [("gt", np.zeros((5, 5), np.uint8))]}]
+    with pytest.raises(ValueError, match="im7.*gt"):
+        build_report(tmp_path / "r.html", title="t", metrics={}, plots=[], gallery=bad)
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_overlay_by_hand():
+    img = np.array([[[10, 20, 30], [100, 101, 102], [0, 0, 0]]], np.uint8)  # (1, 3, 3)
+    labels = np.array([[0, 3, 255]])
+    pal = np.zeros((256, 3), np.uint8)
+    pal[3] = (200, 0, 51)
+    out = overlay(img, labels, pal, alpha=0.25)
+    assert out.dtype == np.uint8 and out.shape == img.shape
+    np.testing.assert_array_equal(out[0, 0], [10, 20, 30])  # background untouched
+    # 0.75 * (100, 101, 102) + 0.25 * (200, 0, 51) = (125, 75.75, 89.25)
+    np.testing.assert_array_equal(out[0, 1], [125, 76, 89])
+    # void blends with white: 0.25 * 255 = 63.75
+    np.testing.assert_array_equal(out[0, 2], [64, 64, 64])
+    with pytest.raises(ValueError, match="shape"):
+        overlay(img, labels[:, :2], pal)
+
+
+def test_overlay_background_unchanged_large():
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, size=(20, 30, 3), dtype=np.uint8)
+    labels = rng.integers(0, 21, size=(20, 30))
+    pal = rng.integers(0, 256, size=(256, 3), dtype=np.uint8)
+    out = overlay(img, labels, pal, alpha=0.5)
+    np.testing.assert_array_equal(out[labels == 0], img[labels == 0])
+    ref = np.floor(0.5 * img.astype(float) + 0.5 * pal[labels].astype(float) + 0.5)
+    np.testing.assert_array_equal(out[labels != 0], ref[labels != 0].astype(np.uint8))
+
+
+def test_patch_mask_image_nearest_stretch():
+    img = np.full((30, 40, 3), 128, np.uint8)
+    grid = np.array([[1, 0], [0, 1]], bool)  # 2x2 patches of 15x20 px
+    out = patch_mask_image(img, grid)
+    assert out.shape == img.shape and out.dtype == np.uint8
+    fg = np.zeros((30, 40), bool)
+    fg[:15, :20] = fg[15:, 20:] = True
+    # every pixel of a patch gets the same colour, fg and bg colours differ
+    assert len(np.unique(out[fg], axis=0)) == 1 and len(np.unique(out[~fg], axis=0)) == 1
+    assert not np.array_equal(out[0, 0], out[0, 39])
+    assert out[0, 0, 0] > out[0, 0, 1]  # tinted red
+    soft = patch_mask_image(img, np.array([[0.5, np.nan]]))
+    assert soft.shape == img.shape
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        patch_mask_image(img, np.array([[2.0]]))
+
+
+def test_patch_mask_geometry_matches_patch_rectangles():
+    h, w, gh, gw = 31, 23, 3, 4
+    rng = np.random.default_rng(2)
+    grid = rng.random((gh, gw))
+    img = np.full((h, w, 3), 90, np.uint8)
+    out = patch_mask_image(img, grid)
+    for y in range(h):
+        for x in range(w):
+            # brute force: the patch whose rectangle [i h/gh, (i+1) h/gh) holds the pixel
+            i = next(i for i in range(gh) if i * h / gh <= y < (i + 1) * h / gh)
+            j = next(j for j in range(gw) if j * w / gw <= x < (j + 1) * w / gw)
+            ref = patch_mask_image(np.full((1, 1, 3), 90, np.uint8), grid[i : i + 1, j : j + 1])
+            np.testing.assert_array_equal(out[y, x], ref[0, 0])

@@ -1,0 +1,82 @@
+import os
+
+import numpy as np
+import pytest
+
+from lcseg_steps.store import (
+    StoreWriter,
+    image_grid_array,
+    image_index,
+    image_rows,
+    iter_row_blocks,
+    offsets_from_sizes,
+    open_store,
+    write_store,
+)
+
+
+def _ragged(tmp_path):
+    sizes = [6, 4, 9]
+    grids = np.array([[2, 3], [2, 2], [3, 3]], dtype=np.int32)
+    x = np.arange(19 * 3, dtype=np.float32).reshape(19, 3).astype(np.float16)
+    path = tmp_path / "s.zarr"
+    write_store(
+        path,
+        {
+            "x": x,
+            "offsets": offsets_from_sizes(sizes),
+            "grid": grids,
+            "image_ids": np.array(["a", "bb", "ccc"]),
+        },
+        {"backbone": "tiny", "n": np.int64(3)},
+        chunk_rows=4,
+    )
+    return path, x
+
+
+def test_offsets_from_sizes():
+    np.testing.assert_array_equal(offsets_from_sizes([3, 0, 2]), [0, 3, 3, 5])
+    assert offsets_from_sizes([]).tolist() == [0]
+
+
+def test_round_trip_ragged(tmp_path):
+    path, x = _ragged(tmp_path)
+    s = open_store(path)
+    assert s.attrs["backbone"] == "tiny" and s.attrs["n"] == 3
+    assert "lcseg_version" in s.attrs
+    assert s["x"].chunks == (4, 3)
+    np.testing.assert_array_equal(image_rows(s, "x", 1), x[6:10])
+    np.testing.assert_array_equal(image_grid_array(s, "x", 2), x[10:19].reshape(3, 3, 3))
+    assert image_index(s, "bb") == 1
+    with pytest.raises(KeyError, match="zz"):
+        image_index(s, "zz")
+    blocks = list(iter_row_blocks(s["x"]))
+    assert [b.shape[0] for b in blocks] == [4, 4, 4, 4, 3]
+    np.testing.assert_array_equal(np.concatenate(blocks), x)
+
+
+def test_failed_write_leaves_previous_store(tmp_path):
+    path, x = _ragged(tmp_path)
+    with pytest.raises(RuntimeError):
+        with StoreWriter(path) as w:
+            w.write("x", np.zeros((2, 3)))
+            raise RuntimeError("killed")
+    np.testing.assert_array_equal(open_store(path)["x"][:], x)
+    assert [p.name for p in tmp_path.iterdir()] == ["s.zarr"]
+
+
+def test_growing_arrays(tmp_path):
+    with StoreWriter(tmp_path / "g.zarr") as w:
+        w.create_growing("k", (2,), "float16", chunk_rows=3)
+        w.append("k", np.ones((2, 2)))
+        w.append("k", np.zeros((5, 2)))
+    k = open_store(tmp_path / "g.zarr")["k"]
+    assert k.shape == (7, 2) and float(k[:].sum()) == 4.0
+
+
+def test_open_missing_and_not_zarr(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.zarr"):
+        open_store(tmp_path / "nope.zarr")
+    os.makedirs(tmp_path / "empty.zarr")
+    with pytest.raises(ValueError, match="empty.zarr"):
+        open_store(tmp_path / "empty.zarr")

@@ -1,0 +1,132 @@
+"""Runs the Snakemake workflow end to end on a tiny generated demo set with a tiny random ViT."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from lcseg_steps.data.index import read_index
+from lcseg_steps.images import patch_grid_size
+from lcseg_steps.store import open_store
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.integration
+BIN = os.path.dirname(sys.executable)
+
+TINY = {
+    "run": "tiny",
+    "dataset": {
+        "name": "demo",
+        "demo": {"n_images": 6, "seed": 1, "min_size": 64, "max_size": 100},
+    },
+    "shard_size": 4,
+    "backbone": {
+        "name": "vit_small_patch16_224",
+        "weights": "random",
+        "overrides": {"depth": 2, "embed_dim": 48, "num_heads": 2},
+    },
+    "extract": {"long_side": 64, "batch_size": 4, "num_workers": 0},
+}
+
+
+def snakemake(workdir, config, *args):
+    cfg = os.path.join(workdir, "config.yaml")
+    with open(cfg, "w") as fh:
+        yaml.safe_dump(config, fh)
+    cmd = [os.path.join(BIN, "snakemake"), "-s", os.path.join(REPO, "Snakefile")]
+    cmd += ["--directory", str(workdir), "--configfile", cfg, "--cores", "2", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+
+
+def scheduled(result) -> dict[str, int]:
+    """Rule -> job count from a dry run's 'Job stats' table."""
+    out, jobs, on = result.stdout + result.stderr, {}, False
+    for line in out.splitlines():
+        if line.startswith("Job stats"):
+            on = True
+        elif on and line.strip() and not line.startswith(("job", "---")):
+            name, count = line.split()
+            if name == "total":
+                break
+            jobs[name] = int(count)
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    wd = tmp_path_factory.mktemp("tiny")
+    r = snakemake(wd, TINY)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return wd
+
+
+def test_features_for_every_shard(tiny_run):
+    res = tiny_run / "results" / "tiny"
+    records = read_index(res / "images.tsv")
+    assert [r.image_id for r in records] == [f"demo_{i:04d}" for i in range(6)]
+    assert [r.shard for r in records] == ["s0000"] * 4 + ["s0001"] * 2
+    for shard in ("s0000", "s0001"):
+        recs = [r for r in records if r.shard == shard]
+        s = open_store(res / "features" / f"{shard}.zarr")
+        assert list(s["image_ids"][:]) == [r.image_id for r in recs]
+        grids = [[d // 16 for d in patch_grid_size(r.height, r.width, 16, 64)] for r in recs]
+        np.testing.assert_array_equal(s["grid"][:], grids)
+        n = int(np.prod(grids, axis=1).sum())
+        assert s["offsets"][-1] == n
+        for name in ("q", "k", "v"):
+            assert s[name].shape == (n, 48) and s[name].dtype == np.float16
+        assert s["cls"].shape == (len(recs), 48)
+        assert np.isfinite(s["k"][:]).all()
+        attrs = dict(s.attrs)
+        assert attrs["weights"].startswith("random") and attrs["patch_size"] == 16
+        assert attrs["settings"]["backbone"]["weights"] == "random"
+    assert (res / "logs" / "extract" / "s0000.log").read_text().count("extract:") >= 2
+
+
+def test_inspect_cli_on_a_store(tiny_run):
+    store = tiny_run / "results" / "tiny" / "features" / "s0001.zarr"
+    lcseg = os.path.join(BIN, "lcseg")
+    r = subprocess.run([lcseg, "inspect", str(store)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "cls_attn" in r.stdout and "per-patch" in r.stdout and "random" in r.stdout
+    png = tiny_run / "view.png"
+    r = subprocess.run(
+        [lcseg, "inspect", str(store), "--image", "demo_0005", "--png", str(png)],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    assert png.stat().st_size > 1000 and "patch grid" in r.stdout
+    r = subprocess.run(
+        [lcseg, "inspect", str(store), "--image", "nope"], capture_output=True, text=True
+    )
+    assert r.returncode == 2 and "nope" in r.stderr
+
+
+def test_nothing_to_do_after_a_run(tiny_run):
+    r = snakemake(tiny_run, TINY, "-n")
+    assert r.returncode == 0 and scheduled(r) == {}, r.stdout
+
+
+def test_changing_an_extract_setting_reruns_extract_only(tiny_run):
+    cfg = {**TINY, "extract": {**TINY["extract"], "long_side": 48}}
+    r = snakemake(tiny_run, cfg, "-n")
+    assert r.returncode == 0, r.stderr
+    jobs = scheduled(r)
+    assert jobs.get("extract") == 2
+    assert "index" not in jobs and "demo_data" not in jobs
+
+
+def test_wrong_config_type_names_the_key(tmp_path):
+    r = snakemake(tmp_path, {**TINY, "shard_size": "many"}, "-n")
+    assert r.returncode != 0 and "shard_size" in r.stderr + r.stdout
+
+
+def test_missing_dataset_root_names_the_path(tmp_path):
+    cfg = {**TINY, "dataset": {"name": "voc12", "root": str(tmp_path / "VOCmissing")}}
+    r = snakemake(tmp_path, cfg, "-n")
+    out = r.stderr + r.stdout
+    assert r.returncode != 0 and "VOCmissing" in out and "dataset.root" in out
