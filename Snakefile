@@ -9,10 +9,11 @@ configfile: "config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/features.smk"
+include: "workflow/rules/clustering.smk"
 
 
 rule all:
     default_target: True
     input:
         f"{RESULTS}/images.tsv",
-        expand(f"{RESULTS}/features/{{shard}}.zarr", shard=SHARDS),
+        expand(f"{RESULTS}/patch_masks/{{shard}}.zarr", shard=SHARDS),

@@ -62,7 +62,7 @@ def describe(path: str | Path) -> str:
     for name in sorted(store.array_keys()):
         arr = store[name]
         kind = _array_kind(store, arr)
-        head = f"  {name:<12} {str(arr.shape):<18} {str(arr.dtype):<14} chunks={arr.chunks} {kind}"
+        head = f"  {name:<16} {str(arr.shape):<18} {str(arr.dtype):<14} chunks={arr.chunks} {kind}"
         if _is_numeric(arr):
             stats = _stats(iter_row_blocks(arr)) if arr.ndim else _stats([np.asarray(arr[...])])
             head += f"  {_fmt_stats(stats)}"
@@ -97,9 +97,9 @@ def describe_image(path: str | Path, image_id: str) -> str:
             continue
         if _is_numeric(arr):
             shown = rows.tolist() if rows.size <= 4 else _fmt_stats(_stats([rows]))
-            lines.append(f"  {name:<12} {str(rows.shape):<14} {shown}")
+            lines.append(f"  {name:<16} {str(rows.shape):<14} {shown}")
         else:
-            lines.append(f"  {name:<12} {rows}")
+            lines.append(f"  {name:<16} {rows}")
     return "\n".join(lines)
 
 

@@ -42,3 +42,19 @@ def stage_log(path: str | Path | None) -> Iterator[Callable[[str], None]]:
             raise
         finally:
             sys.stdout, sys.stderr = old_out, old_err
+
+
+def limit_threads(n: int) -> None:
+    """Use the cores Snakemake gave the rule (``threads:``) for BLAS and torch, no more."""
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(int(n))
+    except ImportError:  # threadpoolctl ships with scikit-learn; absent means no limit
+        pass
+    try:
+        import torch
+
+        torch.set_num_threads(int(n))
+    except ImportError:
+        pass

@@ -170,8 +170,13 @@ def iter_row_blocks(array: zarr.Array, block_rows: int | None = None) -> Iterato
         yield np.asarray(array[lo : lo + step])
 
 
+def read_ids(store: zarr.Group, name: str = "image_ids") -> np.ndarray:
+    """A string array of a store as a ``(n,)`` object array of Python ``str``."""
+    return np.array([str(x) for x in np.asarray(store[name][:])], dtype=object)
+
+
 def image_index(store: zarr.Group, image_id: str) -> int:
-    ids = [str(x) for x in np.asarray(store["image_ids"][:])]
+    ids = list(read_ids(store))
     with contextlib.suppress(ValueError):
         return ids.index(str(image_id))
     raise KeyError(f"image {image_id!r} is not in this store (it holds {len(ids)} images)")

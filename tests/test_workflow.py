@@ -29,6 +29,7 @@ TINY = {
         "overrides": {"depth": 2, "embed_dim": 48, "num_heads": 2},
     },
     "extract": {"long_side": 64, "batch_size": 4, "num_workers": 0},
+    "clustering": {"n_categories": 2},
 }
 
 
@@ -118,6 +119,40 @@ def test_changing_an_extract_setting_reruns_extract_only(tiny_run):
     jobs = scheduled(r)
     assert jobs.get("extract") == 2
     assert "index" not in jobs and "demo_data" not in jobs
+
+
+def test_patch_masks_for_every_shard(tiny_run):
+    res = tiny_run / "results" / "tiny"
+    for shard in ("s0000", "s0001"):
+        feats = open_store(res / "features" / f"{shard}.zarr")
+        pm = open_store(res / "patch_masks" / f"{shard}.zarr")
+        n = int(feats["offsets"][-1])
+        np.testing.assert_array_equal(pm["offsets"][:], feats["offsets"][:])
+        np.testing.assert_array_equal(pm["grid"][:], feats["grid"][:])
+        for name in ("mask_dataset", "mask_category", "mask_image", "merged", "score"):
+            assert pm[name].shape == (n,)
+        votes = pm["mask_dataset"][:] + pm["mask_category"][:] + pm["mask_image"][:]
+        np.testing.assert_array_equal(pm["merged"][:], votes >= 2)
+        np.testing.assert_allclose(pm["score"][:], votes / 3)
+    ds = open_store(res / "dataset_level.zarr")
+    assert ds["centroids"].shape == (2, 48)
+    cs = open_store(res / "category_level.zarr")
+    assert cs["centroids"].shape == (2, 2, 48) and cs["category"].shape == (6,)
+
+
+def test_changing_k_image_reruns_image_level_and_dependents_only(tiny_run):
+    cfg = {**TINY, "clustering": {**TINY["clustering"], "k_image": 3}}
+    jobs = scheduled(snakemake(tiny_run, cfg, "-n"))
+    expected = {"image_level": 2, "fit_dataset": 1, "fit_category": 1, "merge": 2, "all": 1}
+    assert {k: v for k, v in jobs.items() if k in expected} == expected
+    assert not {"demo_data", "index", "extract"} & set(jobs)
+
+
+def test_changing_consistency_reruns_merge_only(tiny_run):
+    cfg = {**TINY, "clustering": {**TINY["clustering"], "consistency": "union"}}
+    jobs = scheduled(snakemake(tiny_run, cfg, "-n"))
+    assert jobs.get("merge") == 2
+    assert not {"image_level", "fit_dataset", "fit_category", "extract"} & set(jobs)
 
 
 def test_wrong_config_type_names_the_key(tmp_path):

@@ -44,3 +44,21 @@ def index_settings():
 
 def extract_settings():
     return {"backbone": config["backbone"], "extract": config["extract"]}
+
+
+def clustering_settings(*keys):
+    """The clustering keys one stage uses, so a change reruns that stage and no other."""
+    return {key: config["clustering"][key] for key in keys}
+
+
+def merge_inputs(wildcards):
+    levels = config["clustering"]["levels"]
+    inputs = {
+        "features": f"{RESULTS}/features/{wildcards.shard}.zarr",
+        "image_level": f"{RESULTS}/image_level/{wildcards.shard}.zarr",
+    }
+    if "dataset" in levels:
+        inputs["dataset_level"] = f"{RESULTS}/dataset_level.zarr"
+    if "category" in levels:
+        inputs["category_level"] = f"{RESULTS}/category_level.zarr"
+    return inputs

@@ -1,0 +1,228 @@
+"""The three clustering levels and their multilevel merge into binary patch masks.
+
+Arrays follow the ragged layout of the feature stores (see ``lcseg_steps.store``):
+per-patch rows of all images of a shard, ``offsets`` ``(images + 1,)``, ``grid``
+``(images, 2)``. All choices here (fg rules, vote threshold, consistency rules) are
+lcseg's own defaults; the paper fixes none of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+
+from lcseg_steps.kmeans import KMeansResult, batched_kmeans, grouped_kmeans, l2_normalize
+
+LEVELS = ("dataset", "category", "image")
+
+
+# ---------------------------------------------------------------------------------------
+# image level
+
+
+def border_sides(grid: tuple[int, int]) -> np.ndarray:
+    """``(4, gh * gw)`` bool: which patches lie on the top, bottom, left and right border."""
+    gh, gw = grid
+    rows, cols = np.divmod(np.arange(gh * gw), gw)
+    return np.stack([rows == 0, rows == gh - 1, cols == 0, cols == gw - 1])
+
+
+def pick_image_foreground(
+    labels: np.ndarray, grid: tuple[int, int], cls_attn: np.ndarray, k: int, rule: str
+) -> int:
+    """Index of the foreground cluster of one image.
+
+    ``labels`` ``(gh * gw,)`` int cluster of each patch, ``cls_attn`` ``(gh * gw,)`` CLS
+    attention. ``attention``: the cluster with the highest mean CLS attention.
+    ``border``: the cluster touching the fewest image sides (ties: fewer border patches,
+    then higher attention), because objects are usually framed by background.
+    Empty clusters never win.
+    """
+    counts = np.bincount(labels, minlength=k).astype(np.float64)
+    present = counts > 0
+    attn = np.bincount(labels, weights=cls_attn.astype(np.float64), minlength=k)
+    mean_attn = np.where(present, attn / np.maximum(counts, 1), -np.inf)
+    if rule == "attention":
+        return int(np.argmax(mean_attn))
+    if rule != "border":
+        raise ValueError(f"fg_rule must be 'attention' or 'border', got {rule!r}")
+    sides = border_sides(grid)
+    onehot = labels[None, :] == np.arange(k)[:, None]  # (k, n)
+    touched = (onehot[:, None, :] & sides[None]).any(axis=2).sum(axis=1)  # (k,)
+    on_border = (onehot & sides.any(axis=0)[None]).sum(axis=1)
+    # lexicographic: fewest sides, fewest border patches, highest attention
+    keys = np.where(present, touched * 1e12 + on_border * 1e3 - mean_attn, np.inf)
+    return int(np.argmin(keys))
+
+
+def image_level(
+    X: np.ndarray,
+    offsets: np.ndarray,
+    grids: np.ndarray,
+    cls_attn: np.ndarray,
+    *,
+    k: int = 2,
+    fg_rule: str = "attention",
+    max_iter: int = 20,
+    tol: float = 1e-4,
+    seed: int = 0,
+    device: str = "auto",
+) -> dict[str, np.ndarray]:
+    """Per-image cosine k-means of one shard, batched, and each image's foreground cluster.
+
+    ``X`` ``(N, D)`` float16/32 patch features, ``offsets`` ``(n + 1,)``, ``grids``
+    ``(n, 2)``, ``cls_attn`` ``(N,)``. Returns ``labels`` ``(N,)`` int16, ``fg`` ``(N,)``
+    uint8 image-level foreground mask, ``fg_cluster`` ``(n,)`` int16 (-1 for an image
+    with fewer patches than ``k``, which is left all background), ``objective`` ``(n,)``.
+    """
+    offsets = np.asarray(offsets, dtype=np.int64)
+    sizes = np.diff(offsets)
+    n = len(sizes)
+    solvable = np.flatnonzero(sizes >= k)
+    labels = np.zeros(X.shape[0], dtype=np.int16)
+    objective = np.full(n, np.nan)
+    if len(solvable):
+        rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in solvable])
+        sub_off = np.concatenate([[0], np.cumsum(sizes[solvable])])
+        lab, _, obj, _ = batched_kmeans(
+            X[rows], sub_off, k, max_iter=max_iter, tol=tol, seed=seed, device=device
+        )
+        labels[rows] = lab
+        objective[solvable] = obj
+    fg_cluster = np.full(n, -1, dtype=np.int16)
+    fg = np.zeros(X.shape[0], dtype=np.uint8)
+    for i in solvable:
+        lo, hi = offsets[i], offsets[i + 1]
+        c = pick_image_foreground(labels[lo:hi], tuple(grids[i]), cls_attn[lo:hi], k, fg_rule)
+        fg_cluster[i] = c
+        fg[lo:hi] = labels[lo:hi] == c
+    return {"labels": labels, "fg": fg, "fg_cluster": fg_cluster, "objective": objective}
+
+
+# ---------------------------------------------------------------------------------------
+# dataset and category levels
+
+
+def nearest_centroid(X: np.ndarray, C: np.ndarray) -> np.ndarray:
+    """``(n, D)`` rows, ``(k, D)`` unit centroids -> ``(n,)`` int64 argmax cosine label."""
+    Xn = l2_normalize(np.asarray(X))
+    return np.argmax(Xn @ np.asarray(C, dtype=np.float32).T, axis=1)
+
+
+def nearest_centroid_grouped(X: np.ndarray, groups: np.ndarray, C: np.ndarray) -> np.ndarray:
+    """Label of each row among the centroids of its own group.
+
+    ``X`` ``(n, D)``, ``groups`` ``(n,)`` int in ``[0, G)``, ``C`` ``(G, k, D)`` -> ``(n,)``.
+    One matmul against all ``G * k`` centroids, then each row keeps its group's slice.
+    """
+    G, k, D = C.shape
+    Xn = l2_normalize(np.asarray(X))
+    sims = (Xn @ np.asarray(C, dtype=np.float32).reshape(G * k, D).T).reshape(-1, G, k)
+    return np.argmax(sims[np.arange(len(groups)), groups], axis=1)
+
+
+def vote_counts(labels: np.ndarray, fg: np.ndarray, n_clusters: int) -> np.ndarray:
+    """``(n_clusters, 2)`` int64: [patches, image-level foreground patches] per cluster."""
+    labels = np.asarray(labels, dtype=np.int64)
+    total = np.bincount(labels, minlength=n_clusters)
+    fgc = np.bincount(labels, weights=np.asarray(fg, dtype=np.float64), minlength=n_clusters)
+    return np.stack([total, fgc.astype(np.int64)], axis=1)
+
+
+def foreground_clusters(counts: np.ndarray, fg_vote: float) -> tuple[np.ndarray, np.ndarray]:
+    """Clusters whose share of image-level foreground patches exceeds ``fg_vote``.
+
+    ``counts`` ``(..., 2)`` from :func:`vote_counts` -> (``fg`` bool ``(...)``, ``fraction``
+    float64 ``(...)``; NaN for a cluster with no patches, which is never foreground).
+    """
+    total, fgc = counts[..., 0], counts[..., 1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = np.where(total > 0, fgc / np.maximum(total, 1), np.nan)
+    return np.nan_to_num(frac, nan=-1.0) > fg_vote, frac
+
+
+def sample_rows_by_group(
+    shards: Iterable[tuple[Callable[[], np.ndarray], np.ndarray]],
+    group_sizes: np.ndarray,
+    max_points: int | None,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded sample of at most about ``max_points`` rows per group, in one pass.
+
+    ``shards`` yields ``(load, row_groups)``: ``load()`` returns the shard's ``(n, D)`` rows,
+    ``row_groups`` ``(n,)`` their group. Each row of group g is kept with probability
+    ``max_points / group_sizes[g]`` (all rows when ``max_points`` is None or larger), so
+    the fit sees the whole dataset's variety without holding it. Returns float16 rows and
+    their groups.
+    """
+    rng = np.random.default_rng(seed)
+    keep_p = np.ones(len(group_sizes))
+    if max_points is not None:
+        keep_p = np.minimum(1.0, max_points / np.maximum(group_sizes, 1))
+    xs, gs = [], []
+    for load, row_groups in shards:
+        take = rng.random(len(row_groups)) < keep_p[row_groups]
+        if take.any():
+            xs.append(np.asarray(load()[take], dtype=np.float16))
+            gs.append(row_groups[take])
+    if not xs:
+        raise ValueError("no rows to sample: every group is empty")
+    return np.concatenate(xs), np.concatenate(gs)
+
+
+def fit_groups(
+    X: np.ndarray, groups: np.ndarray, n_groups: int, k: int, **kw
+) -> tuple[np.ndarray, list[KMeansResult]]:
+    """``k`` cosine centroids per group -> ``(n_groups, k, D)`` float32 and the fits.
+
+    A group with fewer than ``k`` sampled rows is a clear error (lower ``k_category`` or
+    ``n_categories``).
+    """
+    fits = grouped_kmeans(X, groups.astype(np.int64), k, **kw)
+    missing = sorted(set(range(n_groups)) - set(fits))
+    if missing:
+        raise ValueError(f"pseudo-categories {missing} have no patches")
+    C = np.stack([fits[g].centroids for g in range(n_groups)])
+    return C, [fits[g] for g in range(n_groups)]
+
+
+# ---------------------------------------------------------------------------------------
+# merge
+
+
+def merge_masks(
+    masks: dict[str, np.ndarray], consistency: str = "vote", min_levels: int = 2
+) -> tuple[np.ndarray, np.ndarray]:
+    """Combine per-level binary patch masks into one consistent mask and a soft score.
+
+    ``masks``: level name -> ``(N,)`` {0, 1}. ``vote``: foreground in at least
+    ``min_levels`` levels; ``intersect``: in all; ``union``: in any. The score ``(N,)``
+    float32 is the mean of the level masks. Returns (``merged`` uint8, ``score`` float32).
+    """
+    if not masks:
+        raise ValueError("merge needs at least one enabled level")
+    stack = np.stack([np.asarray(m, dtype=np.uint8) for m in masks.values()])
+    votes = stack.sum(axis=0)
+    n = len(masks)
+    if consistency == "vote":
+        if not 1 <= min_levels <= n:
+            raise ValueError(
+                f"clustering.min_levels={min_levels} but only {n} level(s) are enabled "
+                f"({', '.join(masks)})"
+            )
+        merged = votes >= min_levels
+    elif consistency == "intersect":
+        merged = votes == n
+    elif consistency == "union":
+        merged = votes >= 1
+    else:
+        raise ValueError(f"consistency must be vote, intersect or union, got {consistency!r}")
+    return merged.astype(np.uint8), (votes / n).astype(np.float32)
+
+
+def check_levels(levels: Sequence[str]) -> list[str]:
+    bad = [lv for lv in levels if lv not in LEVELS]
+    if bad or not levels:
+        raise ValueError(f"clustering.levels must be a non-empty subset of {LEVELS}, got {levels}")
+    return [lv for lv in LEVELS if lv in levels]

@@ -1,0 +1,85 @@
+rule image_level:
+    input:
+        features=f"{RESULTS}/features/{{shard}}.zarr",
+    output:
+        directory(f"{RESULTS}/image_level/{{shard}}.zarr"),
+    log:
+        f"{LOGS}/image_level/{{shard}}.log",
+    conda:
+        "../../envs/cluster.yaml"
+    threads: 2
+    params:
+        settings=clustering_settings(
+            "feature", "k_image", "fg_rule", "max_iter", "tol", "seed", "device"
+        ),
+    script:
+        "../scripts/image_level.py"
+
+
+rule fit_dataset:
+    input:
+        features=expand(f"{RESULTS}/features/{{shard}}.zarr", shard=SHARDS),
+        image_level=expand(f"{RESULTS}/image_level/{{shard}}.zarr", shard=SHARDS),
+    output:
+        directory(f"{RESULTS}/dataset_level.zarr"),
+    log:
+        f"{LOGS}/fit_dataset.log",
+    conda:
+        "../../envs/cluster.yaml"
+    threads: 2
+    params:
+        settings=clustering_settings(
+            "feature",
+            "k_dataset",
+            "fg_vote",
+            "max_points",
+            "max_iter",
+            "tol",
+            "seed",
+            "device",
+        ),
+    script:
+        "../scripts/fit_dataset.py"
+
+
+rule fit_category:
+    input:
+        features=expand(f"{RESULTS}/features/{{shard}}.zarr", shard=SHARDS),
+        image_level=expand(f"{RESULTS}/image_level/{{shard}}.zarr", shard=SHARDS),
+    output:
+        directory(f"{RESULTS}/category_level.zarr"),
+    log:
+        f"{LOGS}/fit_category.log",
+    conda:
+        "../../envs/cluster.yaml"
+    threads: 2
+    params:
+        settings=clustering_settings(
+            "feature",
+            "n_categories",
+            "category_clusterer",
+            "k_category",
+            "fg_vote",
+            "max_points",
+            "max_iter",
+            "tol",
+            "seed",
+            "device",
+        ),
+    script:
+        "../scripts/fit_category.py"
+
+
+rule merge:
+    input:
+        unpack(merge_inputs),
+    output:
+        directory(f"{RESULTS}/patch_masks/{{shard}}.zarr"),
+    log:
+        f"{LOGS}/merge/{{shard}}.log",
+    conda:
+        "../../envs/cluster.yaml"
+    params:
+        settings=clustering_settings("feature", "levels", "consistency", "min_levels"),
+    script:
+        "../scripts/merge.py"

@@ -1,0 +1,25 @@
+"""Snakemake adapter: per-image cosine k-means of one shard (lcseg_steps.levels)."""
+
+import _repo  # noqa: F401  (must precede lcseg_steps imports)
+
+from lcseg_steps.level_stages import run_image_level
+from lcseg_steps.runlog import limit_threads, stage_log
+from lcseg_steps.settings import settings_digest
+
+smk = snakemake  # noqa: F821
+with stage_log(smk.log[0]) as log:
+    limit_threads(smk.threads)
+    s = smk.params.settings
+    run_image_level(
+        smk.input.features,
+        smk.output[0],
+        feature=s["feature"],
+        k=s["k_image"],
+        fg_rule=s["fg_rule"],
+        max_iter=s["max_iter"],
+        tol=s["tol"],
+        seed=s["seed"],
+        device=s["device"],
+        attrs={"settings": s, "settings_digest": settings_digest(s)},
+        log=log,
+    )
