@@ -1,5 +1,7 @@
 """Runs the Snakemake workflow end to end on a tiny generated demo set with a tiny random ViT."""
 
+import itertools
+import json
 import os
 import subprocess
 import sys
@@ -8,7 +10,9 @@ import numpy as np
 import pytest
 import yaml
 
+from lcseg_steps.data.demo import DEMO_CLASSES
 from lcseg_steps.data.index import read_index
+from lcseg_steps.data.voc import read_label_png
 from lcseg_steps.images import patch_grid_size
 from lcseg_steps.store import open_store
 from tests.conftest import REPO
@@ -30,6 +34,9 @@ TINY = {
     },
     "extract": {"long_side": 64, "batch_size": 4, "num_workers": 0},
     "clustering": {"n_categories": 2},
+    "objects": {"long_side": 32, "min_region_area": 0.0},
+    "labels": {"n_classes": 2, "n_neighbors": 3},
+    "report": {"gallery": 3},
 }
 
 
@@ -125,7 +132,7 @@ def test_patch_masks_for_every_shard(tiny_run):
     res = tiny_run / "results" / "tiny"
     for shard in ("s0000", "s0001"):
         feats = open_store(res / "features" / f"{shard}.zarr")
-        pm = open_store(res / "patch_masks" / f"{shard}.zarr")
+        pm = open_store(res / "seed0" / "patch_masks" / f"{shard}.zarr")
         n = int(feats["offsets"][-1])
         np.testing.assert_array_equal(pm["offsets"][:], feats["offsets"][:])
         np.testing.assert_array_equal(pm["grid"][:], feats["grid"][:])
@@ -134,9 +141,9 @@ def test_patch_masks_for_every_shard(tiny_run):
         votes = pm["mask_dataset"][:] + pm["mask_category"][:] + pm["mask_image"][:]
         np.testing.assert_array_equal(pm["merged"][:], votes >= 2)
         np.testing.assert_allclose(pm["score"][:], votes / 3)
-    ds = open_store(res / "dataset_level.zarr")
+    ds = open_store(res / "seed0" / "dataset_level.zarr")
     assert ds["centroids"].shape == (2, 48)
-    cs = open_store(res / "category_level.zarr")
+    cs = open_store(res / "seed0" / "category_level.zarr")
     assert cs["centroids"].shape == (2, 2, 48) and cs["category"].shape == (6,)
 
 
@@ -145,6 +152,8 @@ def test_changing_k_image_reruns_image_level_and_dependents_only(tiny_run):
     jobs = scheduled(snakemake(tiny_run, cfg, "-n"))
     expected = {"image_level": 2, "fit_dataset": 1, "fit_category": 1, "merge": 2, "all": 1}
     assert {k: v for k, v in jobs.items() if k in expected} == expected
+    # and what depends on the masks: refinement, labelling and scoring
+    assert jobs.get("refine") == 2 and jobs.get("evaluate") == 1
     assert not {"demo_data", "index", "extract"} & set(jobs)
 
 
@@ -153,6 +162,52 @@ def test_changing_consistency_reruns_merge_only(tiny_run):
     jobs = scheduled(snakemake(tiny_run, cfg, "-n"))
     assert jobs.get("merge") == 2
     assert not {"image_level", "fit_dataset", "fit_category", "extract"} & set(jobs)
+
+
+def test_scores_and_report(tiny_run):
+    res = tiny_run / "results" / "tiny"
+    metrics = json.loads((res / "seed0" / "metrics.json").read_text())
+    assert 0.0 <= metrics["miou"] <= 1.0 and metrics["n_images_scored"] == 6
+    assert set(metrics["per_class_iou"]) == {"background", *DEMO_CLASSES}
+    assert metrics["weights"].startswith("random") and metrics["seed"] == 0
+    summary = json.loads((res / "metrics_summary.json").read_text())
+    assert summary["miou"]["per_seed"] == [metrics["miou"]]
+    page = (res / "report.html").read_text()
+    assert page.count("<img") >= 2 + 3 * 5 and "demo_0002" in page
+
+    # the scores follow from the written predictions: recompute them independently
+    conf = np.zeros((5, 3), dtype=np.int64)
+    for r in read_index(res / "images.tsv"):
+        pred = read_label_png(res / "seed0" / "pred" / r.shard / f"{r.image_id}.png")
+        gt = read_label_png(tiny_run / r.gt)
+        keep = gt != 255
+        np.add.at(conf, (gt[keep], pred[keep]), 1)
+    best = max(
+        (sum(conf[g, p] for p, g in enumerate(perm)), perm)
+        for perm in itertools.permutations(range(5), 3)
+    )[1]
+    ious = []
+    for g in range(5):
+        tp = sum(conf[g, p] for p, gg in enumerate(best) if gg == g)
+        pred_g = sum(conf[:, p].sum() for p, gg in enumerate(best) if gg == g)
+        union = conf[g].sum() + pred_g - tp
+        if union:
+            ious.append(tp / union)
+    assert metrics["miou"] == pytest.approx(np.mean(ious), abs=1e-9)
+
+
+def test_changing_a_crf_setting_reruns_refine_and_downstream_only(tiny_run):
+    cfg = {**TINY, "refine": {"iterations": 3}}
+    jobs = scheduled(snakemake(tiny_run, cfg, "-n"))
+    assert jobs.get("refine") == 2 and jobs.get("objects") == 2 and jobs.get("evaluate") == 1
+    assert not {"merge", "image_level", "extract"} & set(jobs)
+
+
+def test_two_seeds_give_a_summary(tiny_run):
+    jobs = scheduled(snakemake(tiny_run, {**TINY, "seeds": [0, 1]}, "-n"))
+    # seed 0 is done; only seed 1's chain and the summary/report run
+    assert jobs.get("image_level") == 2 and jobs.get("evaluate") == 1
+    assert jobs.get("summary") == 1 and "extract" not in jobs
 
 
 def test_wrong_config_type_names_the_key(tmp_path):

@@ -239,3 +239,27 @@ def load_ground_truth(record: ImageRecord) -> np.ndarray | None:
             f"{labels.shape[0]}x{labels.shape[1]} but the image is {expected[0]}x{expected[1]}"
         )
     return labels
+
+
+def class_names(dataset: dict) -> list[str]:
+    """Ground-truth class names of a dataset, index = class id (0 is background)."""
+    name = dataset["name"]
+    if name == "demo":
+        from lcseg_steps.data.demo import DEMO_CLASSES
+
+        return ["background", *DEMO_CLASSES]
+    if name == "voc12":
+        from lcseg_steps.data.voc import VOC_CLASSES
+
+        return list(VOC_CLASSES)
+    if name == "coco":
+        from lcseg_steps.data.coco import coco_category_map, coco_paths, read_coco_header
+
+        _, ann = coco_paths(dataset["root"], dataset["split"])
+        cats = read_coco_header(ann, ("categories",))["categories"]
+        mapping = coco_category_map(cats)
+        names = ["background"] + [""] * len(mapping)
+        for c in cats:
+            names[mapping[c["id"]]] = c["name"]
+        return names
+    raise ValueError(f"dataset.name must be demo, voc12 or coco, got {name!r}")

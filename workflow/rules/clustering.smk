@@ -2,15 +2,15 @@ rule image_level:
     input:
         features=f"{RESULTS}/features/{{shard}}.zarr",
     output:
-        directory(f"{RESULTS}/image_level/{{shard}}.zarr"),
+        directory(f"{SEEDED}/image_level/{{shard}}.zarr"),
     log:
-        f"{LOGS}/image_level/{{shard}}.log",
+        f"{SEEDED_LOGS}/image_level/{{shard}}.log",
     conda:
         "../../envs/cluster.yaml"
     threads: 2
     params:
         settings=clustering_settings(
-            "feature", "k_image", "fg_rule", "max_iter", "tol", "seed", "device"
+            "feature", "k_image", "fg_rule", "max_iter", "tol", "device"
         ),
     script:
         "../scripts/image_level.py"
@@ -19,11 +19,13 @@ rule image_level:
 rule fit_dataset:
     input:
         features=expand(f"{RESULTS}/features/{{shard}}.zarr", shard=SHARDS),
-        image_level=expand(f"{RESULTS}/image_level/{{shard}}.zarr", shard=SHARDS),
+        image_level=expand(
+            f"{SEEDED}/image_level/{{shard}}.zarr", shard=SHARDS, allow_missing=True
+        ),
     output:
-        directory(f"{RESULTS}/dataset_level.zarr"),
+        directory(f"{SEEDED}/dataset_level.zarr"),
     log:
-        f"{LOGS}/fit_dataset.log",
+        f"{SEEDED_LOGS}/fit_dataset.log",
     conda:
         "../../envs/cluster.yaml"
     threads: 2
@@ -35,7 +37,6 @@ rule fit_dataset:
             "max_points",
             "max_iter",
             "tol",
-            "seed",
             "device",
         ),
     script:
@@ -45,11 +46,13 @@ rule fit_dataset:
 rule fit_category:
     input:
         features=expand(f"{RESULTS}/features/{{shard}}.zarr", shard=SHARDS),
-        image_level=expand(f"{RESULTS}/image_level/{{shard}}.zarr", shard=SHARDS),
+        image_level=expand(
+            f"{SEEDED}/image_level/{{shard}}.zarr", shard=SHARDS, allow_missing=True
+        ),
     output:
-        directory(f"{RESULTS}/category_level.zarr"),
+        directory(f"{SEEDED}/category_level.zarr"),
     log:
-        f"{LOGS}/fit_category.log",
+        f"{SEEDED_LOGS}/fit_category.log",
     conda:
         "../../envs/cluster.yaml"
     threads: 2
@@ -63,7 +66,6 @@ rule fit_category:
             "max_points",
             "max_iter",
             "tol",
-            "seed",
             "device",
         ),
     script:
@@ -74,9 +76,9 @@ rule merge:
     input:
         unpack(merge_inputs),
     output:
-        directory(f"{RESULTS}/patch_masks/{{shard}}.zarr"),
+        directory(f"{SEEDED}/patch_masks/{{shard}}.zarr"),
     log:
-        f"{LOGS}/merge/{{shard}}.log",
+        f"{SEEDED_LOGS}/merge/{{shard}}.log",
     conda:
         "../../envs/cluster.yaml"
     params:

@@ -1,0 +1,32 @@
+rule assign:
+    input:
+        objects=expand(
+            f"{SEEDED}/objects/{{shard}}.zarr", shard=SHARDS, allow_missing=True
+        ),
+    output:
+        directory(f"{SEEDED}/classes.zarr"),
+    log:
+        f"{SEEDED_LOGS}/assign.log",
+    conda:
+        "../../envs/cluster.yaml"
+    threads: 2
+    params:
+        settings=stage_settings("labels", "n_classes", "class_clusterer", "n_neighbors"),
+        shards=SHARDS,
+    script:
+        "../scripts/assign.py"
+
+
+rule segment:
+    input:
+        objects=f"{SEEDED}/objects/{{shard}}.zarr",
+        classes=f"{SEEDED}/classes.zarr",
+    output:
+        semantic=directory(f"{SEEDED}/semantic/{{shard}}.zarr"),
+        pred=directory(f"{SEEDED}/pred/{{shard}}"),
+    log:
+        f"{SEEDED_LOGS}/segment/{{shard}}.log",
+    conda:
+        "../../envs/base.yaml"
+    script:
+        "../scripts/segment.py"

@@ -1,0 +1,33 @@
+rule refine:
+    input:
+        index=f"{RESULTS}/images.tsv",
+        patch_masks=f"{SEEDED}/patch_masks/{{shard}}.zarr",
+    output:
+        directory(f"{SEEDED}/pixel_masks/{{shard}}.zarr"),
+    log:
+        f"{SEEDED_LOGS}/refine/{{shard}}.log",
+    conda:
+        "../../envs/crf.yaml"
+    threads: 2
+    params:
+        settings=stage_settings("refine", *REFINE_KEYS, seeded=False),
+    script:
+        "../scripts/refine.py"
+
+
+rule objects:
+    input:
+        index=f"{RESULTS}/images.tsv",
+        pixel_masks=f"{SEEDED}/pixel_masks/{{shard}}.zarr",
+        features=f"{RESULTS}/features/{{shard}}.zarr",
+    output:
+        directory(f"{SEEDED}/objects/{{shard}}.zarr"),
+    log:
+        f"{SEEDED_LOGS}/objects/{{shard}}.log",
+    conda:
+        "../../envs/torch.yaml"
+    threads: 2
+    params:
+        settings=objects_settings,
+    script:
+        "../scripts/objects.py"
