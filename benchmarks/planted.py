@@ -23,6 +23,7 @@ foreground IoU over all patches of the dataset.
 
     python -m benchmarks.planted            # 200 images of ~30x40 patches, 6 noise levels
     python -m benchmarks.planted --quick    # 60 images of ~15x20 patches
+    python -m benchmarks.planted --k-dataset 8   # more dataset-level clusters, same votes
 """
 
 from __future__ import annotations
@@ -226,12 +227,18 @@ def verdict(rows: list[dict[str, float]], tie: float = 1e-3) -> str:
                 why.append(f"it ties the {n} level (both perfect)")
                 continue
             rel = "ties" if abs(r["vote"] - r[n]) <= tie else "trails"
-            why.append(
+            lost, won = r[f"loss_{n}"], r[f"gain_{n}"]
+            msg = (
                 f"it {rel} the {n} level ({r['vote']:.3f} vs {r[n]:.3f}): the {a} and {b} "
-                f"levels are wrong together on {r[f'loss_{n}']} patches where the {n} level "
-                f"is right, and right together on only {r[f'gain_{n}']} patches where it is "
-                "wrong"
+                f"levels are wrong together on {lost} patches where the {n} level is right "
+                f"(lost by the vote) and right together on {won} where it is wrong (won)"
             )
+            if rel == "trails" and won >= lost:
+                msg += (
+                    ", so the loss is in which patches, not how many: IoU counts a missed "
+                    "foreground patch and a false one differently"
+                )
+            why.append(msg)
         parts.append(f"at noise {noise} " + "; ".join(why))
     out = [
         "The 2-of-3 vote beats every single level "

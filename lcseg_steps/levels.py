@@ -51,9 +51,9 @@ def pick_image_foreground(
     onehot = labels[None, :] == np.arange(k)[:, None]  # (k, n)
     touched = (onehot[:, None, :] & sides[None]).any(axis=2).sum(axis=1)  # (k,)
     on_border = (onehot & sides.any(axis=0)[None]).sum(axis=1)
-    # lexicographic: fewest sides, fewest border patches, highest attention
-    keys = np.where(present, touched * 1e12 + on_border * 1e3 - mean_attn, np.inf)
-    return int(np.argmin(keys))
+    p = np.flatnonzero(present)
+    # lexicographic (last key sorts first): fewest sides, fewest border patches, most attention
+    return int(p[np.lexsort((-mean_attn[p], on_border[p], touched[p]))[0]])
 
 
 def image_level(

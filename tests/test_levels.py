@@ -139,13 +139,6 @@ def test_pick_image_foreground_border_prefers_the_framed_cluster():
     assert pick_image_foreground(labels, grid, attn, 2, "border") == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="levels.py pick_image_foreground border rule encodes (sides, border patches, "
-    "-attention) as touched*1e12 + on_border*1e3 - mean_attn in float64; at ~4e12 the "
-    "spacing of float64 is ~5e-4, so realistic CLS attention (softmax over ~1000 patches, "
-    "~1e-3) loses its tie-break. Fix: np.lexsort over the present clusters.",
-)
 def test_pick_image_foreground_border_tiebreak_survives_realistic_attention():
     # both halves touch 3 sides with 6 border patches; only attention separates them
     labels = (np.arange(16) % 4 >= 2).astype(np.int64)
