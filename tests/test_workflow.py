@@ -142,7 +142,7 @@ def test_patch_masks_for_every_shard(tiny_run):
         np.testing.assert_array_equal(pm["merged"][:], votes >= 2)
         np.testing.assert_allclose(pm["score"][:], votes / 3)
     ds = open_store(res / "seed0" / "dataset_level.zarr")
-    assert ds["centroids"].shape == (2, 48)
+    assert ds["centroids"].shape == (8, 48)
     cs = open_store(res / "seed0" / "category_level.zarr")
     assert cs["centroids"].shape == (2, 2, 48) and cs["category"].shape == (6,)
 
