@@ -104,11 +104,17 @@ def describe_image(path: str | Path, image_id: str) -> str:
 
 
 def _index_for(path: Path, index: str | Path | None) -> Path:
-    # stores live at results/<run>/<stage>/<shard>.zarr, next to results/<run>/images.tsv
-    cand = Path(index) if index else path.resolve().parent.parent / "images.tsv"
-    if not cand.is_file():
-        raise FileNotFoundError(f"{cand}: image index not found (pass --index images.tsv)")
-    return cand
+    """``images.tsv`` of the run a store belongs to: given, or found in a parent folder
+    (stores live at results/<run>/[seed<s>/]<stage>/<shard>.zarr)."""
+    if index:
+        cand = Path(index)
+        if not cand.is_file():
+            raise FileNotFoundError(f"{cand}: image index not found")
+        return cand
+    for parent in list(path.resolve().parents)[:4]:
+        if (parent / "images.tsv").is_file():
+            return parent / "images.tsv"
+    raise FileNotFoundError(f"no images.tsv above {path} (pass --index images.tsv)")
 
 
 def render_image(

@@ -29,6 +29,10 @@ Definitions shared by every driver (our choices; the paper only says "cosine k-m
   ``C_{t+1}`` = renormalised sum of the members of each cluster (a cluster whose members sum
   to ~0 keeps its centroid); each empty cluster is reseeded, in cluster order, with a distinct
   worst-fitting row (lowest similarity to its own centroid, ties by lowest row index).
+- Pass ``t >= 1`` re-scores only rows whose label a margin bound (best minus second-best
+  cosine, lowered by how far the centroids moved, with a float32 rounding slack) cannot
+  guarantee; the others provably keep their label, so every pass equals a full one. The
+  objective is computed as ``sum_j c_j . s_j / n`` from the member sums ``s_j``.
 - The result is ``C_t`` with the labels and objective of pass ``t``, so labels are always
   the argmax for the returned centroids; ``n_iter = t`` is the number of centroid updates.
   ``J_t`` is non-decreasing in exact arithmetic.
@@ -163,19 +167,35 @@ def _as_float32(a, xp, out=None):
     return out
 
 
-def _normalize_inplace(X, xp, eps: float = EPS):
-    """Scale the float32 rows of ``X`` ``(..., n, D)`` to unit norm in place.
+def _row_norms(X, xp):
+    """Euclidean norms ``(...,)`` float32 of the float32 rows of ``X`` ``(..., D)``.
 
-    Returns ``valid`` ``(..., n)`` bool (norm > eps) and ``bad`` ``(..., n)`` bool (non-finite
-    row). Rows with norm <= eps become exactly zero.
+    On CPU torch's vectorised reduction when importable (NumPy's einsum is ~1.3x slower
+    and a squared temporary costs a pass); the same function serves every driver, so the
+    same row gets the same norm whichever driver reads it.
     """
-    norm2 = xp.einsum("...d,...d->...", X, X)
-    bad = ~xp.isfinite(norm2)
-    norm = xp.sqrt(norm2)
-    valid = norm > eps
+    torch = _torch() if xp is np else False
+    if torch and X.size >= 4096:
+        return torch.linalg.vector_norm(torch.from_numpy(X), dim=-1).numpy()
+    return xp.sqrt(xp.einsum("...d,...d->...", X, X))
+
+
+def _prepare(raw, xp, out=None):
+    """Float32 rows and their inverse norms, without writing normalised rows.
+
+    ``raw`` ``(..., D)`` any real dtype -> ``X`` float32 (a copy, into ``out`` if given),
+    ``inv`` ``(...,)`` float32 (``1 / norm``, 0 for zero rows), ``valid`` ``(...,)`` bool
+    (norm > eps) and ``bad`` ``(...,)`` bool (non-finite row). The unit row is
+    ``X[i] * inv[i]``; the algorithm folds ``inv`` into ``(n,)`` vectors (scores, member
+    weights) instead of scaling the ``(n, D)`` rows, a broadcast multiply that costs more
+    than the matrix-vector product of an assignment.
+    """
+    X = _as_float32(raw, xp, out)
+    norm = _row_norms(X, xp)
+    bad = ~xp.isfinite(norm)
+    valid = norm > EPS
     inv = xp.where(valid, 1.0 / xp.where(valid, norm, 1.0), 0.0).astype(_F32)
-    X *= inv[..., None]
-    return valid, bad
+    return X, inv, valid, bad
 
 
 def l2_normalize(X, xp=np, eps: float = EPS):
@@ -184,10 +204,12 @@ def l2_normalize(X, xp=np, eps: float = EPS):
     Any float dtype in, float32 out, in namespace ``xp``. Non-finite rows are not checked
     here (the drivers reject them).
     """
-    Xf = _as_float32(X, xp)
-    if Xf.ndim == 0:
+    if getattr(X, "ndim", np.ndim(X)) == 0:
         raise ValueError("l2_normalize: expected an array of rows (..., D), got a scalar")
-    _normalize_inplace(Xf, xp, eps)
+    Xf = _as_float32(X, xp)
+    norm = _row_norms(Xf, xp)
+    valid = norm > eps
+    Xf *= xp.where(valid, 1.0 / xp.where(valid, norm, 1.0), 0.0).astype(_F32)[..., None]
     return Xf
 
 
@@ -223,82 +245,240 @@ def seeded_uniforms(seed: int, streams, count: int, domain: int = 0) -> np.ndarr
 
 
 # ---------------------------------------------------------------------------------------
-# the algorithm, on batches of problems (B, n, D)
+# the algorithm: k-means++, exact Lloyd passes that re-score only undecided rows
 
 
-def _nth_true(mask, r, xp):
-    """Index of the ``r[b]``-th (0-based) True of each row of ``mask`` ``(B, n)``."""
-    return xp.argmax(xp.cumsum(mask, axis=1) > r[:, None], axis=1)
+def _kmeanspp(X, inv, valid, u, xp):
+    """k-means++ (squared chordal distance) of one problem -> ``(k, D)`` float32 unit rows.
 
-
-def _kmeanspp(Xn, valid, u, xp):
-    """Batched k-means++ (squared chordal distance) -> ``(B, k, D)`` float32.
-
-    ``Xn`` ``(B, n, D)`` float32 unit or zero rows, ``valid`` ``(B, n)`` bool with at least
-    ``k`` True per problem, ``u`` ``(B, k)`` float64 host uniforms (one per centre).
+    ``X`` ``(n, D)`` float32 rows whose unit rows are ``X * inv[:, None]`` (``inv`` ``(n,)``
+    float32, 0 for zero rows), ``valid`` ``(n,)`` bool with at least ``k`` True, ``u``
+    ``(k,)`` float64 host uniforms (one per centre).
     """
-    B, n, D = Xn.shape
-    k = u.shape[1]
-    u = xp.asarray(u)
-    ar = xp.arange(B)
-    C = xp.empty((B, k, D), dtype=_F32)
-    chosen = xp.zeros((B, n), dtype=bool)
-    n_valid = xp.sum(valid, axis=1)
-    first = _nth_true(valid, xp.floor(u[:, 0] * n_valid).astype(np.int64), xp)
+    n, D = X.shape
+    k = len(u)
+    C = xp.empty((k, D), dtype=_F32)
+    chosen = xp.zeros(n, dtype=bool)
+    rows = xp.flatnonzero(valid)
+    idx = int(rows[int(np.floor(u[0] * rows.shape[0]))])
     d2 = None
     for j in range(k):
-        if j == 0:
-            idx = first
-        else:
-            cum = xp.cumsum(d2.astype(_F64), axis=1)
-            total = cum[:, -1]
-            # r < total strictly, so the first cum > r sits on a row with d2 > 0
-            r = xp.minimum(u[:, j] * total, xp.nextafter(total, xp.zeros_like(total)))
-            by_d2 = xp.sum(cum <= r[:, None], axis=1)
-            # all remaining valid rows coincide with chosen centres: pick uniformly instead
-            avail = valid & ~chosen
-            n_avail = xp.sum(avail, axis=1)
-            by_rank = _nth_true(avail, xp.floor(u[:, j] * n_avail).astype(np.int64), xp)
-            idx = xp.where(total > 0, by_d2, by_rank)
-        C[:, j] = Xn[ar, idx]
-        chosen[ar, idx] = True
+        if j > 0:
+            cum = xp.cumsum(d2, dtype=_F64)
+            total = float(cum[-1])
+            if total > 0:
+                # r < total strictly, so the first cum > r sits on a row with d2 > 0
+                r = min(float(u[j]) * total, float(np.nextafter(total, 0.0)))
+                idx = int(xp.searchsorted(cum, r, side="right"))
+            else:
+                # all remaining valid rows coincide with chosen centres: pick uniformly
+                avail = xp.flatnonzero(valid & ~chosen)
+                idx = int(avail[int(np.floor(u[j] * avail.shape[0]))])
+        C[j] = X[idx] * inv[idx]
+        chosen[idx] = True
         if j + 1 < k:
-            cos = xp.matmul(Xn, C[:, j, :, None])[..., 0]
-            dj = xp.maximum(2.0 - 2.0 * cos, 0.0).astype(_F32)
-            dj = xp.where(valid & ~chosen, dj, 0.0).astype(_F32)
+            cos = (X @ C[j]) * inv
+            dj = xp.where(valid & ~chosen, xp.maximum(2.0 - 2.0 * cos, 0.0), 0.0).astype(_F32)
             d2 = dj if d2 is None else xp.minimum(d2, dj)
     return C
 
 
-# OpenBLAS runs an (n, D) @ (D, k) product ~4x slower for k = 2 than k matrix-vector
-# products, which are as fast per column as k = 1; from k ~ 4 on the matrix product wins.
-_PER_COLUMN_K = 3
+def _slack(D: int) -> float:
+    """Margin below which a row's label is recomputed rather than inferred from bounds.
 
-
-def _assign(Xn, C, xp):
-    """Labels ``(B, n)`` int64 = argmax cosine, and that similarity ``(B, n)`` float32.
-
-    ``Xn`` ``(B, n, D)`` and ``C`` ``(B, k, D)`` float32; ties go to the lowest cluster.
+    A float32 dot product of a unit row with a vector of norm <= 2 errs by at most
+    ``~2 D u`` (``u = 2^-24``); a margin is a difference of two such products and the
+    test compares an old and a new margin, so ``8 D u`` covers rounding on both sides.
     """
-    k = C.shape[1]
-    if k <= _PER_COLUMN_K:
-        S = xp.concatenate([xp.matmul(Xn, C[:, j, :, None]) for j in range(k)], axis=2)
+    return 8.0 * D * 2.0**-24 + 2.0**-20
+
+
+def _score(X, inv, C, xp):
+    """Labels ``(m,)`` int64 and margins ``(m,)`` float32 of rows against one problem's ``C``.
+
+    ``X`` ``(m, D)`` float32 with inverse norms ``inv`` ``(m,)``, ``C`` ``(k, D)`` float32.
+    The label is the argmax cosine (ties to the lowest cluster); the margin is the gap
+    between the best and second-best cosine (``inf`` for k = 1). For k = 2 one product
+    with ``c1 - c0`` gives both (one matrix-vector product instead of two).
+    """
+    m, k = X.shape[0], C.shape[0]
+    if k == 1:
+        return xp.zeros(m, dtype=np.int64), xp.full(m, np.inf, dtype=_F32)
+    if k == 2:
+        s = (X @ (C[1] - C[0])) * inv
+        return (s > 0).astype(np.int64), xp.abs(s)
+    S = (X @ C.T) * inv[:, None]
+    lab = xp.argmax(S, axis=1)
+    ar = xp.arange(m)
+    best = S[ar, lab]
+    S[ar, lab] = -np.inf
+    return lab.astype(np.int64), (best - xp.max(S, axis=1)).astype(_F32)
+
+
+def _member_sums(X, inv, lab, k: int, xp):
+    """Sums of the unit member rows of each cluster ``(k, D)`` float64 (zero rows: weight 0)."""
+    if k == 1:
+        return (inv @ X)[None].astype(_F64)
+    if k == 2:
+        w1 = inv * lab.astype(_F32)
+        return xp.stack([(inv - w1) @ X, w1 @ X]).astype(_F64)
+    W = xp.zeros((k, X.shape[0]), dtype=_F32)
+    W[lab, xp.arange(X.shape[0])] = inv
+    return (W @ X).astype(_F64)
+
+
+def _first_pass(X, inv, valid, C, xp):
+    """Full assignment of one problem's rows (or a block of them) against ``C`` ``(k, D)``.
+
+    Returns labels ``(m,)`` int64, margins ``(m,)`` float32 (``inf`` for zero rows, which
+    never change label), member sums ``(k, D)`` float64 and counts ``(k,)`` int64.
+    """
+    k = C.shape[0]
+    lab, margin = _score(X, inv, C, xp)
+    margin = xp.where(valid, margin, np.inf).astype(_F32)
+    counts = xp.bincount(lab[valid], minlength=k).astype(np.int64)
+    return lab, margin, _member_sums(X, inv, lab, k, xp), counts
+
+
+@dataclass
+class _State:
+    """Per-row and per-cluster state of ``B`` problems whose rows are concatenated.
+
+    ``starts`` ``(B + 1,)`` host row offsets; ``inv`` ``(R,)`` float32 inverse norms;
+    ``lab`` ``(R,)`` int64 current labels; ``margin`` ``(R,)`` float32 lower bound on the
+    best-minus-second-best cosine of each row for the current centroids; ``sums``
+    ``(B * k, D)`` float64 and ``counts`` ``(B * k,)`` int64 member sums and counts of the
+    current labels; ``valid`` ``(R,)`` bool.
+    """
+
+    starts: np.ndarray
+    inv: object
+    valid: object
+    lab: object
+    margin: object
+    sums: object
+    counts: object
+    _pid: object = None
+
+    def pid(self, xp):
+        """Problem index of every row ``(R,)`` int64 (built once)."""
+        if self._pid is None:
+            self._pid = xp.asarray(np.repeat(np.arange(len(self.starts) - 1), np.diff(self.starts)))
+        return self._pid
+
+
+def _rescore(st: _State, rows, Xg, C, xp) -> None:
+    """Recompute labels and margins of global ``rows`` ``(m,)`` (sorted; raw rows ``Xg``).
+
+    Rows that change cluster move their unit vector between the member sums and counts.
+    """
+    B, k, D = C.shape
+    pg = st.pid(xp)[rows]
+    ig = st.inv[rows]
+    if k == 2:
+        # a row-wise product, the same arithmetic whatever problems the rows come from
+        dif = C[:, 1] - C[:, 0]
+        s = xp.einsum("ij,ij->i", Xg, dif[pg]) * ig
+        new, margin = (s > 0).astype(np.int64), xp.abs(s)
     else:
-        S = xp.matmul(Xn, xp.swapaxes(C, 1, 2))
-    return xp.argmax(S, axis=2).astype(np.int64), xp.max(S, axis=2)
+        new = xp.empty(rows.shape[0], dtype=np.int64)
+        margin = xp.empty(rows.shape[0], dtype=_F32)
+        bounds = _to_host(xp.searchsorted(pg, xp.arange(B + 1)))
+        for b in np.flatnonzero(np.diff(bounds)):
+            lo, hi = int(bounds[b]), int(bounds[b + 1])
+            new[lo:hi], margin[lo:hi] = _score(Xg[lo:hi], ig[lo:hi], C[b], xp)
+    old = st.lab[rows]
+    st.lab[rows] = new
+    st.margin[rows] = margin
+    ch = xp.flatnonzero(new != old)
+    if ch.shape[0]:
+        _move(st.sums, st.counts, Xg[ch], ig[ch], pg[ch] * k + old[ch], pg[ch] * k + new[ch], xp)
 
 
-def _membership(labels, valid, k: int, xp):
-    """Transposed one-hot membership ``(B, k, n)`` float32 (zero rows are not members)."""
-    return ((labels[:, None, :] == xp.arange(k)[None, :, None]) & valid[:, None, :]).astype(_F32)
+def _move(sums, counts, Xc, w, key_old, key_new, xp) -> None:
+    """Move unit rows ``Xc * w[:, None]`` ``(c, D)`` between clusters, in place.
+
+    ``sums`` ``(nk, D)`` float64 and ``counts`` ``(nk,)`` int64 (views allowed); row ``i``
+    leaves cluster ``key_old[i]`` for ``key_new[i]`` (``(c,)`` int64, never equal).
+    """
+    nk = sums.shape[0]
+    step = max(1, (1 << 20) // nk)  # bounds the (nk, step) signed membership matrix
+    for lo in range(0, Xc.shape[0], step):
+        hi = min(lo + step, Xc.shape[0])
+        E = xp.zeros((nk, hi - lo), dtype=_F32)
+        cols = xp.arange(hi - lo)
+        E[key_new[lo:hi], cols] = w[lo:hi]
+        E[key_old[lo:hi], cols] = -w[lo:hi]
+        sums += (E @ Xc[lo:hi]).astype(_F64)
+    counts += xp.bincount(key_new, minlength=nk) - xp.bincount(key_old, minlength=nk)
 
 
-def _member_sums(onehot_t, Xn, xp):
-    """Per-cluster sums of member rows ``(B, k, D)`` float32, as one-hot^T @ X."""
-    k = onehot_t.shape[1]
-    if k <= _PER_COLUMN_K:
-        return xp.concatenate([xp.matmul(onehot_t[:, j : j + 1], Xn) for j in range(k)], axis=1)
-    return xp.matmul(onehot_t, Xn)
+def _rescore_dense(st: _State, r0: int, Xc, C, b: int, xp) -> None:
+    """Recompute every row of the contiguous chunk ``Xc`` (global rows ``r0:``) of problem
+    ``b`` with one matrix product: cheaper than gathering once many rows are undecided."""
+    k = C.shape[1]
+    r1 = r0 + Xc.shape[0]
+    ic, vc = st.inv[r0:r1], st.valid[r0:r1]
+    new, margin = _score(Xc, ic, C[b], xp)
+    old = st.lab[r0:r1]
+    ch = xp.flatnonzero(new != old)  # zero rows score 0 -> label 0, never change
+    if ch.shape[0]:
+        _move(
+            st.sums[b * k : (b + 1) * k],
+            st.counts[b * k : (b + 1) * k],
+            Xc[ch],
+            ic[ch],
+            old[ch],
+            new[ch],
+            xp,
+        )
+    st.lab[r0:r1] = new
+    st.margin[r0:r1] = xp.where(vc, margin, np.inf)
+
+
+_DENSE = 1 / 6  # share of undecided rows above which a segment is re-scored whole
+
+
+def _drift(C_old, C_new, lab, st: _State, xp):
+    """Largest drop ``(R,)`` float32 of each row's margin when centroids move old -> new.
+
+    A unit row's cosine to ``c`` moves by at most ``|c' - c|``; for k = 2 the margin is
+    ``|x . (c1 - c0)|`` and moves by at most ``|(c1' - c0') - (c1 - c0)|``. A small
+    absolute term covers the float32 rounding of the running bound.
+    """
+    B, k, D = C_old.shape
+    pid = st.pid(xp)
+    if k == 2:
+        d = (C_new[:, 1].astype(_F64) - C_new[:, 0]) - (C_old[:, 1].astype(_F64) - C_old[:, 0])
+        per = xp.sqrt(xp.sum(d * d, axis=1)) + 2.0**-20
+        return per.astype(_F32)[pid]
+    delta = xp.sqrt(xp.sum((C_new.astype(_F64) - C_old) ** 2, axis=2))  # (B, k)
+    per_row = delta.reshape(-1)[pid * k + lab] + xp.max(delta, axis=1)[pid] + 2.0**-20
+    return per_row.astype(_F32)
+
+
+def _lowest_rows(rows_of, st: _State, b: int, C_b, m: int, xp):
+    """The ``m`` worst-fitting unit rows ``(m, D)`` float32 of problem ``b`` for ``C_b``.
+
+    Lowest cosine to the own centroid among valid rows, ties by lowest row index, over the
+    chunks ``(r0, X)`` that ``rows_of(b)`` yields (global row offset, raw float32 rows).
+    """
+    D = C_b.shape[1]
+    w_sim = np.empty(0, dtype=_F32)
+    w_idx = np.empty(0, dtype=np.int64)
+    w_vec = np.empty((0, D), dtype=_F32)
+    for r0, Xc in rows_of(b):
+        r1 = r0 + Xc.shape[0]
+        ic, lc = st.inv[r0:r1], st.lab[r0:r1]
+        sim = ((Xc @ C_b.T) * ic[:, None])[xp.arange(r1 - r0), lc]
+        idx, vals = _lowest(_to_host(sim), _to_host(st.valid[r0:r1]), m)
+        gi = xp.asarray(idx)
+        w_sim = np.concatenate([w_sim, vals])
+        w_idx = np.concatenate([w_idx, idx + r0])
+        w_vec = np.concatenate([w_vec, _to_host(Xc[gi] * ic[gi][:, None])])
+        keep = np.lexsort((w_idx, w_sim))[:m]
+        w_sim, w_idx, w_vec = w_sim[keep], w_idx[keep], w_vec[keep]
+    return xp.asarray(w_vec)
 
 
 def _renormalize(sums64, C_old, xp, eps: float = EPS):
@@ -333,6 +513,58 @@ def _stop(t: int, max_iter: int, J, J_prev, tol: float, n_empty):
     if t == 0:
         return np.zeros(J.shape, dtype=bool)
     return (np.asarray(n_empty) == 0) & (J - J_prev <= tol * np.abs(J_prev))
+
+
+def _lloyd(st: _State, C, max_iter: int, tol: float, xp, rescore, rows_of, on_pass=None):
+    """The Lloyd loop of ``B`` problems whose first pass is already in ``st``.
+
+    ``C`` ``(B, k, D)`` float32 centroids of that pass. Pass ``t >= 1`` recomputes only the
+    rows whose margin bound fell below :func:`_slack` (``rescore(st, rows, C)`` with their
+    sorted global indices; it may recompute more); every other row provably keeps its
+    label, so labels, sums and objectives are those of a full pass. The objective is
+    ``sum_j c_j . s_j / n`` (``s_j`` the member sums), equal to the mean best cosine.
+    ``rows_of(b)`` yields ``(r0, X)`` chunks of problem ``b`` (empty-cluster repair only).
+    ``on_pass(t, J, n_empty)`` is called for problem 0 after every pass.
+
+    Returns centroids ``(B, k, D)`` float32, objectives ``(B,)`` float64 and pass counts
+    ``(B,)`` int64 (host); the final labels are ``st.lab``.
+    """
+    B, k, D = C.shape
+    sizes = np.diff(st.starts).astype(_F64)
+    slack = _slack(D)
+    live = np.ones(B, dtype=bool)
+    J_prev = np.zeros(B, dtype=_F64)
+    J_out = np.zeros(B, dtype=_F64)
+    it_out = np.zeros(B, dtype=np.int64)
+    for t in range(max_iter + 1):
+        if t > 0:
+            rows = xp.flatnonzero(st.margin <= slack)
+            if rows.shape[0]:
+                rescore(st, rows, C)
+        S = st.sums.reshape(B, k, D)
+        J = _to_host(xp.einsum("bkd,bkd->b", C.astype(_F64), S)) / sizes
+        n_empty = _to_host(xp.sum(st.counts.reshape(B, k) == 0, axis=1))
+        if on_pass is not None:
+            on_pass(t, float(J[0]), int(n_empty[0]))
+        stop = _stop(t, max_iter, J, J_prev, tol, n_empty) & live
+        if stop.any():
+            J_out[stop], it_out[stop] = J[stop], t
+            for b in np.flatnonzero(stop):
+                st.margin[st.starts[b] : st.starts[b + 1]] = np.inf  # never re-scored
+            live &= ~stop
+        if not live.any():
+            break
+        J_prev = J
+        go = np.flatnonzero(live)
+        gi = xp.asarray(go)
+        C_new = C.copy()
+        C_new[gi] = _renormalize(S[gi], C[gi], xp)
+        for b in go[n_empty[go] > 0]:
+            empty = np.flatnonzero(_to_host(st.counts[b * k : (b + 1) * k]) == 0)
+            C_new[b, xp.asarray(empty)] = _lowest_rows(rows_of, st, int(b), C[b], len(empty), xp)
+        st.margin -= _drift(C, C_new, st.lab, st, xp)
+        C = C_new
+    return _to_host(C).astype(_F32), J_out, it_out
 
 
 # ---------------------------------------------------------------------------------------
@@ -398,7 +630,7 @@ def _init_kind(init, what: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------
-# single problem: k-means++ and the Lloyd loop over a sequence of row blocks
+# single problem in memory
 
 
 def kmeans_plusplus(X, k: int, seed: int, xp=np, *, stream: int = 0):
@@ -410,105 +642,41 @@ def kmeans_plusplus(X, k: int, seed: int, xp=np, *, stream: int = 0):
     """
     k = _check_k(k)
     X = _check_rows(X, "kmeans_plusplus")
-    Xn = _as_float32(X, xp)
-    valid, bad = _normalize_inplace(Xn, xp)
+    Xf, inv, valid, bad = _prepare(X, xp)
     if bool(xp.any(bad)):
         raise ValueError("kmeans_plusplus: X has non-finite values")
     _check_count(k, X.shape[0], int(xp.sum(valid)), "kmeans_plusplus")
-    u = seeded_uniforms(seed, [stream], k)
-    return _kmeanspp(Xn[None], valid[None], u, xp)[0]
+    return _kmeanspp(Xf, inv, valid, seeded_uniforms(seed, [stream], k)[0], xp)
 
 
-@dataclass
-class _Pass:
-    """Accumulated statistics of one pass over all rows for fixed centroids."""
-
-    n: int
-    n_valid: int
-    sim_sum: float
-    sums: object  # (k, D) float64, xp
-    counts: np.ndarray  # (k,) int64
-    worst: np.ndarray  # (<=k, D) float32 rows of lowest similarity, by (sim, row index)
-    labels: np.ndarray | None
+_CHUNK = 1 << 16  # rows per chunk of gathered rows (bounds temporaries)
+_STREAM_CHUNK = 2048  # rows converted and scored while in cache (3 MB float32 at D = 384)
 
 
-def _run_pass(blocks: Iterable[tuple[object, object]], C, k: int, xp, want_labels: bool) -> _Pass:
-    """Assign every row of ``blocks`` (pairs of unit rows ``(m, D)`` and valid ``(m,)``)."""
-    D = C.shape[1]
-    sums = xp.zeros((k, D), dtype=_F64)
-    counts = np.zeros(k, dtype=np.int64)
-    sim_sum, n = 0.0, 0
-    w_sim = np.empty(0, dtype=_F32)
-    w_idx = np.empty(0, dtype=np.int64)
-    w_vec = np.empty((0, D), dtype=_F32)
-    labels = []
-    for Xn, valid in blocks:
-        lab, sim = _assign(Xn[None], C[None], xp)
-        onehot = _membership(lab, valid[None], k, xp)
-        sums += _member_sums(onehot, Xn[None], xp)[0].astype(_F64)
-        counts += _to_host(xp.sum(onehot[0], axis=1)).astype(np.int64)
-        sim_sum += float(xp.sum(sim, dtype=_F64))
-        idx, vals = _lowest(_to_host(sim[0]), _to_host(valid), k)
-        # keep the k worst rows seen so far, ordered by (similarity, global row index)
-        w_sim = np.concatenate([w_sim, vals])
-        w_idx = np.concatenate([w_idx, idx + n])
-        w_vec = np.concatenate([w_vec, _to_host(Xn[xp.asarray(idx)])])
-        keep = np.lexsort((w_idx, w_sim))[:k]
-        w_sim, w_idx, w_vec = w_sim[keep], w_idx[keep], w_vec[keep]
-        if want_labels:
-            labels.append(_to_host(lab[0]))
-        n += Xn.shape[0]
-    return _Pass(
-        n=n,
-        n_valid=int(counts.sum()),
-        sim_sum=sim_sum,
-        sums=sums,
-        counts=counts,
-        worst=w_vec,
-        labels=np.concatenate(labels) if want_labels and labels else None,
-    )
+def _in_memory(Xf, starts, xp):
+    """``rescore`` and ``rows_of`` callables of :func:`_lloyd` for rows held in ``Xf``.
 
+    Problems with many undecided rows are re-scored whole, one contiguous product each;
+    the undecided rows of all other problems are gathered and re-scored together.
+    """
+    sizes = np.diff(starts)
 
-def _lloyd(
-    run_pass: Callable[[object, bool], _Pass],
-    C,
-    k: int,
-    max_iter: int,
-    tol: float,
-    xp,
-    want_labels: bool,
-    log: Callable[[str], None] | None,
-    what: str,
-) -> KMeansResult:
-    """The Lloyd loop of a single problem; ``run_pass(C, want_labels)`` does one pass."""
-    history: list[float] = []
-    J_prev = 0.0
-    n_first = None
-    for t in range(max_iter + 1):
-        p = run_pass(C, want_labels)
-        if n_first is None:
-            n_first = p.n
-            _check_count(k, p.n, p.n_valid, what)
-        elif p.n != n_first:
-            raise ValueError(f"{what}: pass {t} saw {p.n} rows, the first pass saw {n_first}")
-        J = p.sim_sum / p.n
-        history.append(J)
-        empty = np.flatnonzero(p.counts == 0)
-        if log is not None:
-            log(f"{what}: pass {t} objective {J:.6f} over {p.n} rows, {len(empty)} empty")
-        if _stop(t, max_iter, [J], [J_prev], tol, [len(empty)])[0]:
-            return KMeansResult(
-                centroids=_to_host(C).astype(_F32),
-                labels=p.labels,
-                objective=float(J),
-                n_iter=t,
-                history=history,
-            )
-        C = _renormalize(p.sums[None], C[None], xp)[0]
-        if len(empty):
-            C[xp.asarray(empty)] = xp.asarray(p.worst[: len(empty)])
-        J_prev = J
-    raise AssertionError("unreachable: the last pass always stops")
+    def rescore(st, rows, C):
+        per = np.diff(_to_host(xp.searchsorted(rows, xp.asarray(starts))))
+        dense = per > _DENSE * sizes
+        for b in np.flatnonzero(dense):
+            s, e = int(starts[b]), int(starts[b + 1])
+            _rescore_dense(st, s, Xf[s:e], C, int(b), xp)
+        if dense.any():
+            rows = rows[xp.asarray(~dense)[st.pid(xp)[rows]]]
+        for lo in range(0, rows.shape[0], _CHUNK):
+            sub = rows[lo : lo + _CHUNK]
+            _rescore(st, sub, Xf[sub], C, xp)
+
+    def rows_of(b):
+        yield int(starts[b]), Xf[starts[b] : starts[b + 1]]
+
+    return rescore, rows_of
 
 
 def cosine_kmeans(
@@ -531,21 +699,31 @@ def cosine_kmeans(
     X = _check_rows(X, "cosine_kmeans")
     kind = _init_kind(init, "cosine_kmeans")
     xp = array_namespace(device)
-    Xn = _as_float32(X, xp)
-    valid, bad = _normalize_inplace(Xn, xp)
+    Xf, inv, valid, bad = _prepare(X, xp)
     if bool(xp.any(bad)):
         rows = np.flatnonzero(_to_host(bad))
         raise ValueError(f"cosine_kmeans: non-finite values in rows {rows[:5].tolist()}...")
-    _check_count(k, X.shape[0], int(xp.sum(valid)), "cosine_kmeans")
+    n = X.shape[0]
+    _check_count(k, n, int(xp.sum(valid)), "cosine_kmeans")
     if kind == "array":
         C = _check_init(init, k, X.shape[1], xp, "cosine_kmeans")
     else:
-        C = _kmeanspp(Xn[None], valid[None], seeded_uniforms(seed, [0], k), xp)[0]
-
-    def run_pass(C, want_labels):
-        return _run_pass([(Xn, valid)], C, k, xp, want_labels)
-
-    return _lloyd(run_pass, C, k, max_iter, tol, xp, True, None, "cosine_kmeans")
+        C = _kmeanspp(Xf, inv, valid, seeded_uniforms(seed, [0], k)[0], xp)
+    lab, margin, sums, counts = _first_pass(Xf, inv, valid, C, xp)
+    starts = np.array([0, n])
+    st = _State(starts, inv, valid, lab, margin, sums, counts)
+    history: list[float] = []
+    rescore, rows_of = _in_memory(Xf, starts, xp)
+    C_out, J, it = _lloyd(
+        st, C[None], max_iter, tol, xp, rescore, rows_of, lambda t, J, e: history.append(J)
+    )
+    return KMeansResult(
+        centroids=C_out[0],
+        labels=_to_host(st.lab).astype(np.int64),
+        objective=float(J[0]),
+        n_iter=int(it[0]),
+        history=history,
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -628,14 +806,20 @@ def streaming_kmeans(
     device: str = "auto",
     return_labels: bool = False,
     log: Callable[[str], None] | None = None,
+    cache_bytes: int = 1 << 30,
 ) -> KMeansResult:
     """Cosine k-means over rows streamed from ``blocks()``, one pass per Lloyd iteration.
 
-    ``blocks()`` must return a fresh iterable of ``(n_i, D)`` float16/float32 arrays each call,
-    in the same order every time. Blocks are converted to float32 and normalised one at a
-    time, so memory is bounded by a block (plus ``(n,)`` labels if ``return_labels``).
-    k-means++ runs on a seeded uniform sample of at most ``max_points`` rows (None: all rows,
-    gathered as float32 for the init only). Same result as :func:`cosine_kmeans` on the
+    ``blocks()`` must return a fresh iterable of ``(n_i, D)`` float16/float32 arrays each call, in
+    the same order every time. Blocks are converted to float32 one at a time, so memory is bounded
+    by a block plus ``(n,)`` per-row state (int64 label, float32 inverse norm, float32 margin bound,
+    bool valid flag: about 17 bytes a row). After the first pass only rows whose label the margin
+    bound leaves undecided are re-scored: a block with few of them has just those rows gathered and
+    converted, a block with many is converted in cache-sized chunks. The float32 copies of the first
+    blocks are kept while their total stays within ``cache_bytes`` (default 1 GiB; 0 keeps none), so
+    those blocks are converted once; a dataset larger than the budget is never held whole as
+    float32. k-means++ runs on a seeded uniform sample of at most ``max_points`` rows (None: all
+    rows, gathered as float32 for the init only). Same result as :func:`cosine_kmeans` on the
     concatenated rows, up to float32 rounding of per-block sums.
     """
     what = "streaming_kmeans"
@@ -646,41 +830,110 @@ def streaming_kmeans(
     kind = _init_kind(init, what)
     xp = array_namespace(device)
     if kind == "array":
-        C = None
+        first = next(iter(_checked_blocks(blocks, what)), None)
+        if first is None:
+            raise ValueError(f"{what}: blocks() yielded no rows")
+        C = _check_init(init, k, first.shape[1], xp, what)
+        del first
     else:
         sample = _init_sample(blocks, max_points, seed, what)
-        Sn = xp.asarray(sample)
-        valid, bad = _normalize_inplace(Sn, xp)
+        Sf, s_inv, s_valid, bad = _prepare(sample, xp)
         if bool(xp.any(bad)):
             raise ValueError(f"{what}: non-finite values in the data")
-        n_valid = int(xp.sum(valid))
+        n_valid = int(xp.sum(s_valid))
         if k > n_valid:
             scope = "" if max_points is None else f" in the init sample of max_points={max_points}"
             raise ValueError(
                 f"{what}: k={k} clusters but only {n_valid} non-zero rows{scope} "
                 f"(of {sample.shape[0]} rows)"
             )
-        C = _kmeanspp(Sn[None], valid[None], seeded_uniforms(seed, [0], k), xp)[0]
-        del sample, Sn, valid
+        C = _kmeanspp(Sf, s_inv, s_valid, seeded_uniforms(seed, [0], k)[0], xp)
+        del sample, Sf, s_inv, s_valid
 
-    def prepared():
+    # first pass: full assignment of every block, keeping the per-row state
+    parts: dict[str, list] = {"inv": [], "valid": [], "lab": [], "margin": []}
+    sums = xp.zeros((k, C.shape[1]), dtype=_F64)
+    counts = xp.zeros(k, dtype=np.int64)
+    if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, numbers.Integral):
+        raise ValueError(f"{what}: cache_bytes must be an integer >= 0, got {cache_bytes!r}")
+    cache: dict[int, object] = {}  # block index -> raw float32 rows, within cache_bytes
+    cached = 0
+    n = 0
+    for i, b in enumerate(_checked_blocks(blocks, what)):
+        Xf, inv, valid, bad = _prepare(b, xp)
+        if cached + Xf.nbytes <= cache_bytes:
+            cache[i] = Xf
+            cached += Xf.nbytes
+        if bool(xp.any(bad)):
+            raise ValueError(f"{what}: non-finite values in block {i}")
+        lab, margin, s, c = _first_pass(Xf, inv, valid, C, xp)
+        sums += s
+        counts += c
+        for key, v in zip(parts, (inv, valid, lab, margin), strict=True):
+            parts[key].append(v)
+        n += Xf.shape[0]
+    if n == 0:
+        raise ValueError(f"{what}: blocks() yielded no rows")
+    st = _State(np.array([0, n]), *(xp.concatenate(parts[key]) for key in parts), sums, counts)
+    del parts
+    _check_count(k, n, int(xp.sum(st.valid)), what)
+
+    def rows_seen(t, seen):
+        if seen != n:
+            raise ValueError(f"{what}: pass {t} saw {seen} rows, the first pass saw {n}")
+
+    def rescore(st, rows, C):
+        """Block by block: gather and convert only the undecided rows of a block, or when
+        they are many convert it whole, in cache-sized chunks scored as they are made."""
+        rows_h = _to_host(rows)
+        r0 = 0
         for i, b in enumerate(_checked_blocks(blocks, what)):
-            Xn = _as_float32(b, xp)
-            valid, bad = _normalize_inplace(Xn, xp)
-            if bool(xp.any(bad)):
-                raise ValueError(f"{what}: non-finite values in block {i}")
-            yield Xn, valid
+            r1 = r0 + b.shape[0]
+            lo, hi = np.searchsorted(rows_h, [r0, r1])
+            Xc = cache.get(i)
+            if Xc is not None and Xc.shape[0] != r1 - r0:
+                raise ValueError(f"{what}: block {i} changed size between passes")
+            if hi == lo:
+                pass
+            elif Xc is not None:
+                if hi - lo > _DENSE * (r1 - r0):
+                    _rescore_dense(st, r0, Xc, C, 0, xp)
+                else:
+                    sel = xp.asarray(rows_h[lo:hi])
+                    _rescore(st, sel, Xc[sel - r0], C, xp)
+            elif hi - lo > _DENSE * (r1 - r0):
+                for c0 in range(0, r1 - r0, _STREAM_CHUNK):
+                    c1 = min(c0 + _STREAM_CHUNK, r1 - r0)
+                    Xc = _as_float32(b[c0:c1], xp, out=buf[: c1 - c0] if xp is np else None)
+                    _rescore_dense(st, r0 + c0, Xc, C, 0, xp)
+            elif hi > lo:
+                sel = rows_h[lo:hi]
+                _rescore(st, xp.asarray(sel), _as_float32(np.asarray(b[sel - r0]), xp), C, xp)
+            r0 = r1
+        rows_seen("re-scoring", r0)
 
-    def run_pass(C, want_labels):
-        return _run_pass(prepared(), C, k, xp, want_labels)
+    def rows_of(_b):
+        r0 = 0
+        for i, b in enumerate(_checked_blocks(blocks, what)):
+            yield r0, cache[i] if i in cache else _as_float32(b, xp)
+            r0 += b.shape[0]
+        rows_seen("repairing", r0)
 
-    if C is None:
-        # D is only known from the data
-        first = next(iter(_checked_blocks(blocks, what)), None)
-        if first is None:
-            raise ValueError(f"{what}: blocks() yielded no rows")
-        C = _check_init(init, k, first.shape[1], xp, what)
-    return _lloyd(run_pass, C, k, max_iter, tol, xp, return_labels, log, what)
+    def on_pass(t, J, n_empty):
+        history.append(J)
+        if log is not None:
+            log(f"{what}: pass {t} objective {J:.6f} over {n} rows, {n_empty} empty")
+
+    buf = np.empty((_STREAM_CHUNK, C.shape[1]), dtype=_F32)
+    history: list[float] = []
+    C_out, J, it = _lloyd(st, C[None], max_iter, tol, xp, rescore, rows_of, on_pass)
+    return KMeansResult(
+        centroids=C_out[0],
+        labels=_to_host(st.lab).astype(np.int64) if return_labels else None,
+        objective=float(J[0]),
+        n_iter=int(it[0]),
+        history=history,
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -722,12 +975,12 @@ def batched_kmeans(
 
     Problem ``i`` is rows ``offsets[i]:offsets[i + 1]`` of ``X`` ``(N, D)`` (float16/32; any
     array whose row slices give NumPy arrays, e.g. a Zarr array, is read one block at a time).
-    Problems are ordered by size and solved ``block_problems`` at a time, zero-padded to
-    the largest in the block, running all iterations of a block before the next; converged
-    problems are dropped from the block. The block should fit in cache: 64 problems of
-    900 x 384 float32 are 88 MB; 8 were ~1.8x faster than 64 on a 32 MB L3. ``init`` is
-    ``"k-means++"`` (problem ``i`` uses ``kmeans_plusplus(X_i, k, seed, stream=i)``) or
-    ``(n_problems, k, D)`` centroids.
+    Problems are solved ``block_problems`` consecutive ones at a time (no padding). Each
+    problem is converted, normalised, initialised and fully assigned once while its rows are
+    in cache; later passes of the block re-score, across all its problems at once, only the
+    rows whose label the margin bound leaves undecided, so Python overhead is per block and
+    arithmetic per undecided row. ``init`` is ``"k-means++"`` (problem ``i`` uses
+    ``kmeans_plusplus(X_i, k, seed, stream=i)``) or ``(n_problems, k, D)`` centroids.
     Each problem follows exactly the rules of :func:`cosine_kmeans`, so results do not
     depend on ``block_problems`` (up to float rounding).
 
@@ -754,6 +1007,7 @@ def batched_kmeans(
             f"({len(small)} problem(s) too small)"
         )
     kind = _init_kind(init, what)
+    init_arr = None
     if kind == "array":
         init_arr = np.asarray(_to_host(init))
         if init_arr.shape != (P, k, D):
@@ -767,81 +1021,72 @@ def batched_kmeans(
     C_out = np.zeros((P, k, D), dtype=_F32)
     J_out = np.zeros(P, dtype=_F64)
     it_out = np.zeros(P, dtype=np.int64)
-    order = np.argsort(sizes, kind="stable")
-    for start in range(0, P, int(block_problems)):
-        ids = order[start : start + int(block_problems)]
-        if kind == "array":
-            C0 = xp.stack([_check_init(init_arr[i], k, D, xp, f"{what}: problem {i}") for i in ids])
-        else:
-            C0 = None
-        lab, C, J, it = _solve_block(X, off, ids, k, C0, max_iter, tol, seed, xp)
-        for b, i in enumerate(ids):
-            labels_out[off[i] : off[i + 1]] = lab[b, : sizes[i]]
-        C_out[ids], J_out[ids], it_out[ids] = C, J, it
+    bp = int(block_problems)
+    # one float32 buffer for all blocks: a fresh one per block costs its page faults
+    most = max(int(off[min(s + bp, P)] - off[s]) for s in range(0, P, bp)) if P else 0
+    buf = xp.empty((most, D), dtype=_F32)
+    for start in range(0, P, bp):
+        ids = np.arange(start, min(P, start + bp))
+        lo, hi = int(off[ids[0]]), int(off[ids[-1] + 1])
+        st, C, Xf = _prepare_block(X, off, ids, k, init_arr, seed, xp, buf[: hi - lo])
+        rescore, rows_of = _in_memory(Xf, st.starts, xp)
+        C_out[ids], J_out[ids], it_out[ids] = _lloyd(st, C, max_iter, tol, xp, rescore, rows_of)
+        labels_out[lo:hi] = _to_host(st.lab)
     return labels_out, C_out, J_out, it_out
 
 
-def _solve_block(X, off, ids, k, C0, max_iter, tol, seed, xp):
-    """Solve problems ``ids`` together; host results ``(B, n_pad)``, ``(B, k, D)``, ``(B,)``x2."""
-    what = "batched_kmeans"
-    sizes = (off[ids + 1] - off[ids]).astype(np.int64)
-    B, n_pad, D = len(ids), int(sizes.max()), X.shape[1]
-    # on CPU fill float32 directly; on GPU ship the storage dtype and convert on device
-    host = np.empty((B, n_pad, D), dtype=_F32 if xp is np else X.dtype)
-    for b, i in enumerate(ids):
-        host[b, sizes[b] :] = 0
-        if xp is np:
-            _as_float32(X[off[i] : off[i + 1]], np, out=host[b, : sizes[b]])
-        else:
-            host[b, : sizes[b]] = X[off[i] : off[i + 1]]
-    Xn = xp.asarray(host).astype(_F32, copy=False)
-    valid, bad = _normalize_inplace(Xn, xp)
-    bad_rows = _to_host(xp.any(bad, axis=1))
-    if bad_rows.any():
-        raise ValueError(f"{what}: non-finite values in problem {int(ids[np.argmax(bad_rows)])}")
-    n_valid = _to_host(xp.sum(valid, axis=1))
-    if np.any(n_valid < k):
-        b = int(np.flatnonzero(n_valid < k)[0])
-        raise ValueError(
-            f"{what}: problem {int(ids[b])} has {int(n_valid[b])} non-zero rows "
-            f"(of {int(sizes[b])}), fewer than k={k}"
-        )
-    C = C0 if C0 is not None else _kmeanspp(Xn, valid, seeded_uniforms(seed, ids, k), xp)
+def _unit_inits(init, ids, what: str) -> np.ndarray:
+    """Explicit initial centroids of problems ``ids`` ``(B, k, D)`` -> unit float32 rows
+    (as :func:`_check_init`, at once for a block)."""
+    C = init.astype(_F64)
+    norms = np.sqrt(np.sum(C * C, axis=-1))
+    bad = ~np.isfinite(norms) | (norms <= EPS)
+    if bad.any():
+        i = int(ids[np.flatnonzero(bad.any(axis=1))[0]])
+        raise ValueError(f"{what}: problem {i}: init rows must be finite and non-zero")
+    return (C / norms[..., None]).astype(_F32)
 
-    lab_out = np.zeros((B, n_pad), dtype=np.int64)
-    C_out = np.zeros((B, k, D), dtype=_F32)
-    J_out = np.zeros(B, dtype=_F64)
-    it_out = np.zeros(B, dtype=np.int64)
-    live = np.arange(B)  # block positions still iterating
-    J_prev = np.zeros(B, dtype=_F64)
-    sizes_f = sizes.astype(_F64)
-    for t in range(max_iter + 1):
-        labels, sim = _assign(Xn, C, xp)
-        J = _to_host(xp.sum(sim, axis=1, dtype=_F64)) / sizes_f[live]
-        onehot = _membership(labels, valid, k, xp)
-        counts = _to_host(xp.sum(onehot, axis=2))
-        n_empty = (counts == 0).sum(axis=1)
-        stop = _stop(t, max_iter, J, J_prev[live], tol, n_empty)
-        if stop.any():
-            done = live[stop]
-            lab_out[done] = _to_host(labels[xp.asarray(np.flatnonzero(stop))])
-            C_out[done] = _to_host(C[xp.asarray(np.flatnonzero(stop))])
-            J_out[done], it_out[done] = J[stop], t
-        if stop.all():
-            break
-        J_prev[live] = J
-        if stop.any():
-            # drop finished problems before the update: they need no new centroids
-            go = ~stop
-            keep = xp.asarray(np.flatnonzero(go))
-            Xn, valid, C, onehot, sim = Xn[keep], valid[keep], C[keep], onehot[keep], sim[keep]
-            live, counts = live[go], counts[go]
-        C = _renormalize(_member_sums(onehot, Xn, xp).astype(_F64), C, xp)
-        for b in np.flatnonzero((counts == 0).any(axis=1)):
-            empty = np.flatnonzero(counts[b] == 0)
-            worst, _ = _lowest(_to_host(sim[b]), _to_host(valid[b]), len(empty))
-            C[b, xp.asarray(empty)] = Xn[b, xp.asarray(worst)]
-    return lab_out, C_out, J_out, it_out
+
+def _prepare_block(X, off, ids, k, init_arr, seed, xp, Xf):
+    """Convert, check, initialise and fully assign consecutive problems ``ids``.
+
+    Returns the :class:`_State` of their first pass, centroids ``(B, k, D)`` float32 and the
+    raw float32 rows ``(R, D)`` (written into ``Xf``). Each problem is done start to end
+    while its rows are in cache (the block as a whole may not fit).
+    """
+    what = "batched_kmeans"
+    lo, hi = int(off[ids[0]]), int(off[ids[-1] + 1])
+    starts = off[ids[0] : ids[-1] + 2] - lo
+    B, D = len(ids), X.shape[1]
+    Xs = X[lo:hi]  # one read of the block (a view for NumPy, one slice for Zarr)
+    inv = xp.empty(hi - lo, dtype=_F32)
+    valid = xp.empty(hi - lo, dtype=bool)
+    lab = xp.empty(hi - lo, dtype=np.int64)
+    margin = xp.empty(hi - lo, dtype=_F32)
+    sums = xp.empty((B * k, D), dtype=_F64)
+    counts = xp.empty(B * k, dtype=np.int64)
+    C = xp.empty((B, k, D), dtype=_F32)
+    u = seeded_uniforms(seed, ids, k) if init_arr is None else None
+    if init_arr is not None:
+        C[...] = xp.asarray(_unit_inits(init_arr[ids], ids, what))
+    for b, i in enumerate(ids):
+        s, e = int(starts[b]), int(starts[b + 1])
+        Xb, ib, vb, bad = _prepare(Xs[s:e], xp, out=Xf[s:e])
+        if bool(xp.any(bad)):
+            raise ValueError(f"{what}: non-finite values in problem {int(i)}")
+        n_valid = int(xp.count_nonzero(vb))
+        if n_valid < k:
+            raise ValueError(
+                f"{what}: problem {int(i)} has {n_valid} non-zero rows (of {e - s}), "
+                f"fewer than k={k}"
+            )
+        if init_arr is None:
+            C[b] = _kmeanspp(Xb, ib, vb, u[b], xp)
+        inv[s:e], valid[s:e] = ib, vb
+        lab[s:e], margin[s:e], sums[b * k : (b + 1) * k], counts[b * k : (b + 1) * k] = _first_pass(
+            Xb, ib, vb, C[b], xp
+        )
+    return _State(starts, inv, valid, lab, margin, sums, counts), C, Xf
 
 
 # ---------------------------------------------------------------------------------------

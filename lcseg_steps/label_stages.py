@@ -26,7 +26,11 @@ Log = Callable[[str], None]
 def pixel_layout(masks: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
     from lcseg_steps.refine import pack_masks
 
-    flat, offsets, sizes = pack_masks(masks)
+    _, offsets, sizes = pack_masks(masks)
+    # keep each map's dtype: region maps are uint16, and pack_masks casts to uint8
+    flat = (
+        np.concatenate([np.asarray(m).ravel() for m in masks]) if masks else np.zeros(0, np.uint8)
+    )
     return {"flat": flat, "pixel_offsets": offsets, "sizes": sizes}
 
 
@@ -124,6 +128,8 @@ def run_objects(
 
     px = open_store(pixel_masks)
     recs = _records_in_order(px, records, pixel_masks)
+    if descriptor not in ("cls", "masked_keys"):
+        raise ValueError(f"objects.descriptor must be cls or masked_keys, got {descriptor!r}")
     fs = open_store(features) if descriptor == "masked_keys" else None
     maps, crops, descs, image_index, boxes, comps, areas = [], [], [], [], [], [], []
     for i, r in enumerate(recs):
@@ -349,10 +355,12 @@ def summarize_seeds(metrics_files: Sequence[str | Path], seeds: Sequence[int]) -
     out: dict = {"seeds": list(seeds)}
     for key in ("miou", "pixel_accuracy"):
         vals = np.array([math.nan if r[key] is None else r[key] for r in runs], dtype=float)
+        scored = vals[~np.isnan(vals)]
+        # None, not NaN, for missing scores: NaN is not valid JSON
         out[key] = {
-            "mean": float(np.nanmean(vals)),
-            "std": float(np.nanstd(vals)),
-            "per_seed": vals.tolist(),
+            "mean": float(scored.mean()) if scored.size else None,
+            "std": float(scored.std()) if scored.size else None,
+            "per_seed": [None if math.isnan(v) else float(v) for v in vals],
         }
     return out
 
@@ -421,9 +429,10 @@ def run_report(
             gallery.append(
                 {"image_id": r.image_id, "panels": gallery_panels(r, pm, i, px, i, sem, i)}
             )
+    m = summary["miou"]
+    over_seeds = "n/a" if m["mean"] is None else f"{100 * m['mean']:.1f} ± {100 * m['std']:.1f}"
     notes = [
-        f"mIoU over seeds {summary['seeds']}: {100 * summary['miou']['mean']:.1f} "
-        f"± {100 * summary['miou']['std']:.1f}",
+        f"mIoU over seeds {summary['seeds']}: {over_seeds}",
         "Prediction colours are cluster ids before matching; scores use the Hungarian "
         "(or majority) matching of clusters to classes.",
     ]

@@ -276,9 +276,11 @@ def test_seed_determinism():
 # drivers against the in-memory one
 
 
+@pytest.mark.parametrize("cache_bytes", [0, 7 * 12 * 4 * 5, 1 << 30])
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
 @pytest.mark.parametrize("block", [1, 7, 64, 1000])
-def test_streaming_equals_in_memory(dtype, block):
+def test_streaming_equals_in_memory(dtype, block, cache_bytes):
+    """Uncached, partly cached (the first few blocks of 7) and fully cached float32 rows."""
     rng = np.random.default_rng(9)
     X = rng.standard_normal((300, 12)).astype(dtype)
     X[5] = 0
@@ -287,13 +289,75 @@ def test_streaming_equals_in_memory(dtype, block):
         ref = cosine_kmeans(X, 5, max_iter=30, **kw, **CPU)
         lines = []
         s = streaming_kmeans(
-            blocks_of(X, block), 5, max_iter=30, return_labels=True, log=lines.append, **kw, **CPU
+            blocks_of(X, block),
+            5,
+            max_iter=30,
+            return_labels=True,
+            log=lines.append,
+            cache_bytes=cache_bytes,
+            **kw,
+            **CPU,
         )
         np.testing.assert_array_equal(s.labels, ref.labels)
         np.testing.assert_allclose(s.centroids, ref.centroids, atol=1e-5)
         assert s.n_iter == ref.n_iter and len(lines) == s.n_iter + 1
         assert abs(s.objective - ref.objective) < 1e-6
     assert streaming_kmeans(blocks_of(X, block), 5, max_iter=2, **CPU).labels is None
+
+
+def full_lloyd(Xn, C0, max_iter, tol):
+    """Reference Lloyd recomputing every label every pass (float64; no empty clusters)."""
+    C, J_prev = unit(C0), 0.0
+    for t in range(max_iter + 1):
+        S = Xn @ C.T
+        labels = np.argmax(S, axis=1)
+        J = S[np.arange(len(Xn)), labels].mean()
+        if t == max_iter or (t > 0 and J - J_prev <= tol * abs(J_prev)):
+            return labels, C, J, t
+        C = unit(np.stack([Xn[labels == j].sum(axis=0) for j in range(len(C))]))
+        J_prev = J
+
+
+@pytest.mark.parametrize("k", [2, 5])
+def test_skipping_decided_rows_equals_full_recompute(k):
+    """Later passes re-score only rows near a boundary (gathered, or whole problems / blocks
+    when many are): every driver must still match a loop that re-scores every row."""
+    rng = np.random.default_rng(17)
+    centres = unit(rng.standard_normal((k, 24)))
+    Xn, _ = sphere_blobs(rng, 400, centres, noise=0.35)  # overlapping: many rows move
+    X = (Xn * rng.uniform(0.5, 3.0, (len(Xn), 1))).astype(np.float32)  # not unit norm
+    C0 = unit(centres + 0.5 * rng.standard_normal(centres.shape))
+    ref_lab, ref_C, ref_J, ref_it = full_lloyd(unit(X), C0, 25, 0.0)
+    assert ref_it > 3
+    r = cosine_kmeans(X, k, init=C0, max_iter=25, tol=0.0, **CPU)
+    s = streaming_kmeans(
+        blocks_of(X, 90),
+        k,
+        init=C0,
+        max_iter=25,
+        tol=0.0,
+        return_labels=True,
+        cache_bytes=0,
+        **CPU,
+    )
+    for got in (r, s):
+        np.testing.assert_array_equal(got.labels, ref_lab)
+        np.testing.assert_allclose(got.centroids, ref_C, atol=1e-5)
+        assert got.n_iter == ref_it and abs(got.objective - ref_J) < 1e-6
+    # batched: this problem among easy ones (few undecided rows, gathered across problems)
+    easy, _ = sphere_blobs(rng, 60, centres, noise=0.02)
+    E0 = unit(centres + 0.05 * rng.standard_normal(centres.shape))  # no cluster empties
+    Xb = np.concatenate([easy, X, easy])
+    off = np.array([0, len(easy), len(easy) + len(X), len(Xb)])
+    L, C, J, it = batched_kmeans(
+        Xb, off, k, init=np.stack([E0, C0, E0]), max_iter=25, tol=0.0, block_problems=3, **CPU
+    )
+    np.testing.assert_array_equal(L[off[1] : off[2]], ref_lab)
+    assert it[1] == ref_it
+    for i in (0, 2):
+        e_lab, e_C, e_J, e_it = full_lloyd(unit(easy), E0, 25, 0.0)
+        np.testing.assert_array_equal(L[off[i] : off[i + 1]], e_lab)
+        assert it[i] == e_it and abs(J[i] - e_J) < 1e-6
 
 
 def test_streaming_sample_is_uniform_and_independent_of_blocking():

@@ -220,3 +220,32 @@ def test_missing_dataset_root_names_the_path(tmp_path):
     r = snakemake(tmp_path, cfg, "-n")
     out = r.stderr + r.stdout
     assert r.returncode != 0 and "VOCmissing" in out and "dataset.root" in out
+
+
+def test_inspect_handles_every_store(tiny_run):
+    res = tiny_run / "results" / "tiny"
+    stores = sorted(res.rglob("*.zarr"))
+    kinds = {p.parent.name if p.parent.name != "seed0" else p.stem for p in stores}
+    assert {"features", "image_level", "patch_masks", "pixel_masks", "objects", "semantic"} <= kinds
+    assert {"dataset_level", "category_level", "classes"} <= kinds
+    lcseg = os.path.join(BIN, "lcseg")
+    for store in stores:
+        r = subprocess.run([lcseg, "inspect", str(store)], capture_output=True, text=True)
+        assert r.returncode == 0, (store, r.stderr)
+        assert "attrs:" in r.stdout and "lcseg_version" in r.stdout
+    pm = res / "seed0" / "patch_masks" / "s0000.zarr"
+    png = tiny_run / "masks.png"
+    r = subprocess.run(
+        [lcseg, "inspect", str(pm), "--image", "demo_0001", "--png", str(png)],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "mask_dataset" in r.stdout and png.stat().st_size > 1000
+
+
+def test_snakemake_report(tiny_run):
+    out = tiny_run / "snakemake_report.zip"
+    r = snakemake(tiny_run, TINY, "--report", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert out.stat().st_size > 10_000

@@ -12,4 +12,4 @@ with stage_log(smk.log[0]) as log:
     summary = summarize_seeds(smk.input, smk.params.seeds)
     with open(smk.output[0], "w") as fh:
         json.dump(summary, fh, indent=2)
-    log(f"summary: mIoU {summary['miou']['mean']:.4f} ± {summary['miou']['std']:.4f}")
+    log(f"summary: mIoU {summary['miou']['mean']} ± {summary['miou']['std']}")

@@ -1,0 +1,129 @@
+"""Extract stage against a bare timm forward pass of the same ViT on the same inputs.
+
+Ours is :func:`lcseg_steps.extract.extract_shard` (the stage's whole core: DataLoader with
+``num_workers=0``, the ``attn.qkv`` hook, the q/k/v split, CLS attention, float16
+conversion, the chunked Zarr writes) on JPEG files. The reference is
+``model.forward_features`` on the same images already decoded, resized and normalised,
+in the same batches, in float32. Decoding is not isolated inside ``extract_shard``, so it
+is measured on its own and reported (``decode_s``); ``ratio_excluding_decode`` charges
+ours without it. Kind "speedup": ratio = bare time / ours, target >= 0.9.
+
+Also measured once (in ``extra``): q/k/v under ``torch.autocast("cpu", bfloat16)`` against
+float32 (cosine similarity per patch row, and the time of each), on two images.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import numpy as np
+import torch
+
+from benchmarks.bench_refine import write_scenes
+from benchmarks.harness import Context, Result, interleaved, time_call
+
+
+def _decode_all(paths, patch: int, long_side: int) -> list[np.ndarray]:
+    from lcseg_steps.images import normalize, read_rgb, resize_for_backbone
+
+    return [normalize(resize_for_backbone(read_rgb(p), patch, long_side)) for p in paths]
+
+
+def bf16_check(model, x: torch.Tensor) -> dict:
+    """Cosine similarity of bf16-autocast q/k/v to float32 ones, and both times (1 run)."""
+    from lcseg_steps.extract import qkv_features
+
+    t32, ref = time_call(lambda: qkv_features(model, x))
+
+    def bf16():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return qkv_features(model, x)
+
+    bf16()  # the first bf16 call pays one-off kernel selection
+    t16, low = time_call(bf16)
+    out = {"fp32_s": t32, "bf16_s": t16, "bf16_slowdown": t16 / t32}
+    for name in ("q", "k", "v", "cls"):
+        a = ref[name].reshape(-1, ref[name].shape[-1]).double()
+        b = low[name].reshape(-1, low[name].shape[-1]).double()
+        cos = torch.nn.functional.cosine_similarity(a, b, dim=1)
+        out[f"cos_{name}_min"] = float(cos.min())
+        out[f"cos_{name}_mean"] = float(cos.mean())
+    out["qkv_cos_min_ge_0.9999"] = all(out[f"cos_{f}_min"] >= 0.9999 for f in "qkv")
+    return out
+
+
+def run(ctx: Context) -> list[Result]:
+    from lcseg_steps.backbone import load_backbone
+    from lcseg_steps.data.index import ImageRecord
+    from lcseg_steps.extract import extract_shard
+
+    long_side = ctx.pick(480, 224, 64)
+    n = ctx.pick(16, 8, 2)
+    batch = ctx.pick(8, 4, 2)
+    h, w = 375, 500  # a typical VOC image; resized to long_side by both sides
+    overrides = ctx.pick({}, {}, {"depth": 2})
+    model, info = load_backbone("dino_vits16", "random", overrides=overrides)
+    scenes = write_scenes(ctx.tmp / "images", n, h, w, seed=1)
+    paths = [p for p, _, _ in scenes]
+    records = [ImageRecord(f"img_{i:04d}", str(p), "", h, w) for i, p in enumerate(paths)]
+    inputs = _decode_all(paths, info.patch_size, long_side)
+    batches = [torch.from_numpy(np.stack(inputs[i : i + batch])) for i in range(0, n, batch)]
+    out = ctx.tmp / "features.zarr"
+    ctx.log(
+        f"extract: {n} images {h}x{w} -> {tuple(inputs[0].shape[1:])}, batch {batch}, "
+        f"{info.timm_name} random, {torch.get_num_threads()} torch threads"
+    )
+
+    def ours():
+        return extract_shard(
+            records,
+            model,
+            info,
+            out,
+            long_side=long_side,
+            batch_size=batch,
+            num_workers=0,
+            device="cpu",
+            log=lambda _m: None,
+        )
+
+    def reference():
+        with torch.inference_mode():
+            return [model.forward_features(x) for x in batches]
+
+    t = interleaved(ours, reference, ctx.repeats, log=ctx.log)
+    decode = statistics.median(
+        time_call(lambda: _decode_all(paths, info.patch_size, long_side))[0] for _ in range(3)
+    )
+    extra = {
+        "decode_s": decode,
+        "ratio_excluding_decode": t.reference_s / max(t.ours_s - decode, 1e-9),
+        "ours_images_per_s": n / t.ours_s,
+        "bare_images_per_s": n / t.reference_s,
+        "torch_threads": torch.get_num_threads(),
+        "weights": info.weights,
+        **t.summary(),
+    }
+    if ctx.scale != "tiny":
+        extra["bf16"] = bf16_check(model, batches[0][:2])
+        ctx.log(f"  bf16 vs fp32: {extra['bf16']}")
+    return [
+        Result(
+            name="extract",
+            kind="speedup",
+            ours_s=t.ours_s,
+            reference_s=t.reference_s,
+            target=0.9,
+            runs=ctx.repeats,
+            sizes={
+                "images": n,
+                "image_hw": [h, w],
+                "input_hw": list(inputs[0].shape[1:]),
+                "long_side": long_side,
+                "batch_size": batch,
+                "backbone": info.timm_name,
+                "precision": "float32",
+            },
+            extra=extra,
+        )
+    ]

@@ -1,0 +1,320 @@
+"""Cosine k-means drivers against scikit-learn's Lloyd k-means from the same initial centroids.
+
+- ``kmeans_image``: :func:`lcseg_steps.kmeans.batched_kmeans` on many ~900 x 384 float16
+  problems (one per image) against a loop of ``sklearn.cluster.KMeans`` fits, one per image,
+  on the L2-normalised float32 rows (normalised outside the timing: the reference is not
+  charged for it, ours is, since batched_kmeans takes the stored float16).
+- ``kmeans_dataset``: :func:`lcseg_steps.kmeans.streaming_kmeans` over 16,384-row blocks of
+  an in-memory float16 array (the dataset level's driver) against one sklearn fit on all
+  rows as normalised float32. Also: the same fit streamed from a Zarr store, and the peak
+  memory of each side measured in its own process.
+
+Both sides run with ``tol=0``, so each stops at max_iter or at convergence (sklearn: labels
+unchanged; ours: objective not increasing); iteration counts are reported. Euclidean Lloyd
+on unit rows and spherical k-means differ in the centroid step (mean vs renormalised mean),
+so answers are compared by labels (image level) and by the cosine objective of each
+side's centroids renormalised (dataset level).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.harness import (
+    Context,
+    Result,
+    interleaved,
+    limit_threads,
+    peak_rss_mb,
+    reset_peak_rss,
+    rss_mb,
+    run_child,
+)
+
+BLOCK_ROWS = 16384  # the feature stores' default chunk length
+# Blob overlap. Image level: both sides need ~6 of the 10 iterations and end with identical
+# labels (closer blobs make spherical and Euclidean Lloyd part ways on near-tied rows).
+# Dataset level: overlapping enough that neither side converges before 20 iterations.
+IMAGE_SPREAD, IMAGE_CENTER_COS = 1.5, 0.9
+DATASET_SPREAD, DATASET_CENTER_COS = 1.5, 0.98
+
+
+def clustered_rows(
+    rng: np.random.Generator, n: int, dim: int, spread: float, center_cos: float = 0.0
+) -> np.ndarray:
+    """``(n, dim)`` float16 rows drawn around two random directions (one blob each).
+
+    ``spread`` is the noise norm relative to the unit centres; ``center_cos`` the cosine
+    between the two centres. A random 20-50% of rows belong to the second blob.
+    """
+    a = rng.standard_normal(dim)
+    a /= np.linalg.norm(a)
+    b = rng.standard_normal(dim)
+    b -= (b @ a) * a
+    b /= np.linalg.norm(b)
+    c2 = center_cos * a + np.sqrt(1.0 - center_cos**2) * b
+    centres = np.stack([a, c2]).astype(np.float32)
+    second = rng.random(n) < rng.uniform(0.2, 0.5)
+    out = np.empty((n, dim), dtype=np.float16)
+    for lo in range(0, n, 65536):
+        hi = min(n, lo + 65536)
+        noise = rng.standard_normal((hi - lo, dim), dtype=np.float32)
+        noise *= spread / np.sqrt(dim)
+        noise += centres[second[lo:hi].astype(np.int64)]
+        out[lo:hi] = noise
+    return out
+
+
+def normalized32(X: np.ndarray) -> np.ndarray:
+    """Float32 unit rows ``(n, D)`` of any float array (block by block)."""
+    out = np.empty(X.shape, dtype=np.float32)
+    for lo in range(0, X.shape[0], 65536):
+        blk = X[lo : lo + 65536].astype(np.float32)
+        blk /= np.maximum(np.linalg.norm(blk, axis=1, keepdims=True), 1e-12)
+        out[lo : lo + 65536] = blk
+    return out
+
+
+def cosine_objective(Xn: np.ndarray, C: np.ndarray) -> float:
+    """Mean over unit rows ``Xn`` of the best cosine to the renormalised centroids ``C``."""
+    Cn = C / np.linalg.norm(C, axis=1, keepdims=True)
+    total = 0.0
+    for lo in range(0, Xn.shape[0], 65536):
+        total += float(np.max(Xn[lo : lo + 65536] @ Cn.T, axis=1).sum(dtype=np.float64))
+    return total / Xn.shape[0]
+
+
+def _sklearn_kmeans(init: np.ndarray, max_iter: int):
+    from sklearn.cluster import KMeans
+
+    return KMeans(
+        n_clusters=init.shape[0], init=init, n_init=1, max_iter=max_iter, tol=0.0, algorithm="lloyd"
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# image level
+
+
+def run_image(ctx: Context) -> list[Result]:
+    from lcseg_steps.kmeans import batched_kmeans, kmeans_plusplus
+
+    n_prob = ctx.pick(1449, 150, 12)
+    dim = 384
+    n_lo, n_hi = ctx.pick((850, 950), (850, 950), (60, 80))
+    k, max_iter, seed = 2, 10, 0
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(n_lo, n_hi + 1, size=n_prob)
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    X = np.empty((int(offsets[-1]), dim), dtype=np.float16)
+    for i in range(n_prob):
+        X[offsets[i] : offsets[i + 1]] = clustered_rows(
+            rng, int(sizes[i]), dim, spread=IMAGE_SPREAD, center_cos=IMAGE_CENTER_COS
+        )
+    parts = [X[offsets[i] : offsets[i + 1]] for i in range(n_prob)]
+    init = np.stack([kmeans_plusplus(p, k, seed, stream=i) for i, p in enumerate(parts)])
+    ref_parts = [normalized32(p) for p in parts]
+    ctx.log(f"kmeans_image: {n_prob} problems of {n_lo}-{n_hi} x {dim}, k={k}")
+
+    def ours():
+        return batched_kmeans(
+            X, offsets, k, init=init, max_iter=max_iter, tol=0.0, seed=seed, device="cpu"
+        )
+
+    def reference():
+        return [_sklearn_kmeans(init[i], max_iter).fit(ref_parts[i]) for i in range(n_prob)]
+
+    t = interleaved(ours, reference, ctx.repeats, log=ctx.log)
+    labels, _, _, n_iter = t.last["ours"]
+    fits = t.last["reference"]
+    same = [
+        np.array_equal(labels[offsets[i] : offsets[i + 1]], fits[i].labels_) for i in range(n_prob)
+    ]
+    return [
+        Result(
+            name="kmeans_image",
+            kind="speedup",
+            ours_s=t.ours_s,
+            reference_s=t.reference_s,
+            target=25.0,
+            runs=ctx.repeats,
+            sizes={
+                "problems": n_prob,
+                "rows_per_problem": [n_lo, n_hi],
+                "dim": dim,
+                "k": k,
+                "max_iter": max_iter,
+                "dtype_ours": "float16",
+                "dtype_reference": "float32",
+            },
+            extra={
+                "identical_labels_fraction": float(np.mean(same)),
+                "mean_n_iter_ours": float(np.mean(n_iter)),
+                "mean_n_iter_reference": float(np.mean([f.n_iter_ for f in fits])),
+                "ours_ms_per_problem": 1000 * t.ours_s / n_prob,
+                "reference_ms_per_problem": 1000 * t.reference_s / n_prob,
+                "threads": ctx.threads,
+                **t.summary(),
+            },
+        )
+    ]
+
+
+# ---------------------------------------------------------------------------------------
+# dataset level
+
+
+def _blocks_of(X):
+    def blocks():
+        for lo in range(0, X.shape[0], BLOCK_ROWS):
+            yield X[lo : lo + BLOCK_ROWS]
+
+    return blocks
+
+
+def dataset_child(
+    side: str, points: str, init: str, max_iter: int, threads: int, store: str = ""
+) -> dict:
+    """One fit in a fresh process: ``side`` is ``ours_memory``, ``ours_zarr`` or ``sklearn``.
+
+    Returns the fit's wall time, objective and iterations, the RSS before the fit, the peak
+    RSS of loading and preparing the data, and the peak RSS during the fit (MiB).
+    ``points`` is a float16 ``.npy``; sklearn gets it as normalised float32 (the float16
+    copy is dropped before the fit).
+    """
+    from lcseg_steps.kmeans import streaming_kmeans
+    from lcseg_steps.store import iter_row_blocks, open_store
+
+    limit_threads(threads)
+    C0 = np.load(init)
+    if side == "ours_zarr":
+        arr = open_store(store)["k"]
+
+        def fit():
+            return streaming_kmeans(
+                lambda: iter_row_blocks(arr), 2, init=C0, max_iter=max_iter, tol=0.0, device="cpu"
+            )
+
+    elif side == "ours_memory":
+        X = np.load(points)
+
+        def fit():
+            return streaming_kmeans(
+                _blocks_of(X), 2, init=C0, max_iter=max_iter, tol=0.0, device="cpu"
+            )
+
+    elif side == "sklearn":
+        X = np.load(points)
+        Xn = normalized32(X)
+        del X
+
+        def fit():
+            return _sklearn_kmeans(C0, max_iter).fit(Xn)
+
+    else:
+        raise ValueError(f"unknown side {side!r}")
+    before, peak_before = rss_mb(), peak_rss_mb()
+    reset_peak_rss()
+    t0 = time.perf_counter()
+    res = fit()
+    fit_s = time.perf_counter() - t0
+    peak = peak_rss_mb()
+    if side == "sklearn":
+        objective, n_iter = cosine_objective(Xn, res.cluster_centers_), int(res.n_iter_)
+    else:
+        objective, n_iter = res.objective, res.n_iter
+    return {
+        "fit_s": fit_s,
+        "rss_before_fit_mb": before,
+        "peak_rss_before_fit_mb": peak_before,
+        "peak_rss_during_fit_mb": peak,
+        "objective": objective,
+        "n_iter": n_iter,
+    }
+
+
+def run_dataset(ctx: Context) -> list[Result]:
+    from lcseg_steps.kmeans import kmeans_plusplus, streaming_kmeans
+    from lcseg_steps.store import write_store
+
+    n = ctx.pick(1_000_000, 100_000, 5_000)
+    dim = 384
+    k, max_iter, seed = 2, 20, 0
+    rng = np.random.default_rng(1)
+    X = clustered_rows(rng, n, dim, spread=DATASET_SPREAD, center_cos=DATASET_CENTER_COS)
+    C0 = kmeans_plusplus(X, k, seed)
+    Xn = normalized32(X)
+    ctx.log(f"kmeans_dataset: {n} x {dim} float16, k={k}, max_iter={max_iter}")
+
+    def ours():
+        return streaming_kmeans(_blocks_of(X), k, init=C0, max_iter=max_iter, tol=0.0, device="cpu")
+
+    def reference():
+        return _sklearn_kmeans(C0, max_iter).fit(Xn)
+
+    t = interleaved(ours, reference, ctx.repeats, log=ctx.log)
+    mine, sk = t.last["ours"], t.last["reference"]
+    j_sk = cosine_objective(Xn, sk.cluster_centers_)
+    rel = abs(mine.objective - j_sk) / abs(j_sk)
+    extra = {
+        "objective_ours": mine.objective,
+        "objective_reference": j_sk,
+        "objective_rel_diff": rel,
+        "objective_within_1e-4": bool(rel <= 1e-4),
+        "n_iter_ours": mine.n_iter,
+        "n_iter_reference": int(sk.n_iter_),
+        "ours_s_per_iter": t.ours_s / max(mine.n_iter + 1, 1),
+        "reference_s_per_iter": t.reference_s / max(int(sk.n_iter_), 1),
+        "bytes_per_pass_ours_float16": X.nbytes,
+        "bytes_per_pass_reference_float32": Xn.nbytes,
+        "threads": ctx.threads,
+        **t.summary(),
+    }
+    Xn = None  # free it: the child processes below need the memory
+
+    # memory and the Zarr-streamed fit, one fresh process per side (1 run each)
+    points, init, store = ctx.tmp / "points.npy", ctx.tmp / "init.npy", ctx.tmp / "points.zarr"
+    np.save(points, X)
+    np.save(init, C0)
+    t0 = time.perf_counter()
+    write_store(store, {"k": X}, chunk_rows=BLOCK_ROWS)
+    extra["zarr_write_s"] = time.perf_counter() - t0
+    X = None
+    for side in ("ours_memory", "ours_zarr", "sklearn"):
+        child = run_child(
+            "benchmarks.bench_kmeans:dataset_child",
+            {
+                "side": side,
+                "points": str(points),
+                "init": str(init),
+                "max_iter": max_iter,
+                "threads": ctx.threads,
+                "store": str(store),
+            },
+        )
+        extra[f"child_{side}"] = child
+        ctx.log(f"  {side} in its own process: {child}")
+    Path(points).unlink()
+    return [
+        Result(
+            name="kmeans_dataset",
+            kind="speedup",
+            ours_s=t.ours_s,
+            reference_s=t.reference_s,
+            target=1.5,
+            runs=ctx.repeats,
+            sizes={
+                "rows": n,
+                "dim": dim,
+                "k": k,
+                "max_iter": max_iter,
+                "block_rows": BLOCK_ROWS,
+                "dtype_ours": "float16",
+                "dtype_reference": "float32",
+            },
+            extra=extra,
+        )
+    ]

@@ -1,0 +1,715 @@
+"""The store-to-store drivers of the last stages (refine, objects, assign, segment,
+evaluate, summary, report) on a tiny on-disk shard with hand-made masks and stores."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+from dataclasses import replace
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+from sklearn.metrics import adjusted_rand_score, confusion_matrix
+
+from lcseg_steps.data.index import ImageRecord
+from lcseg_steps.data.voc import read_label_png, write_label_png
+from lcseg_steps.label_stages import (
+    pixel_layout,
+    pixel_map,
+    run_assign,
+    run_evaluate,
+    run_objects,
+    run_refine,
+    run_report,
+    run_segment,
+    summarize_seeds,
+)
+from lcseg_steps.objects import masked_key_descriptor
+from lcseg_steps.refine import upsample_score
+from lcseg_steps.store import open_store, read_ids, write_store
+
+PATCH = 8
+D = 6
+SHARD = "s0000"
+# id -> (height, width); grids are (h // 8, w // 8)
+SIZES = {"a0": (40, 56), "a1": (40, 56), "a2": (32, 48)}
+ATTRS = {"test": True}
+OBJ_KW = {
+    "regions": "components",
+    "min_area": 0.01,
+    "margin": 0.1,
+    "long_side": 32,
+    "batch_size": 2,
+    "feature": "k",
+    "device": "cpu",
+    "attrs": ATTRS,
+}
+TINY_VIT = {
+    "name": "vit_small_patch16_224",
+    "weights": "random",
+    "seed": 0,
+    "overrides": {"depth": 1, "embed_dim": 32, "num_heads": 2},
+}
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def _hand_masks() -> dict[str, np.ndarray]:
+    """Pixel masks with known components (areas chosen distinct so the order is fixed).
+
+    a0: B rows 8:32 x cols 32:48 (384 px, patch-aligned), A rows 8:24 x cols 8:24 plus a
+    pixel joined only diagonally (257 px), a 2x2 dot (4 px < 1% of 2240) that is dropped;
+    a1: one 24x24 block on the border (576 px); a2: empty.
+    """
+    a0 = np.zeros(SIZES["a0"], np.uint8)
+    a0[8:32, 32:48] = 1
+    a0[8:24, 8:24] = 1
+    a0[24, 24] = 1
+    a0[36:38, 2:4] = 1
+    a1 = np.zeros(SIZES["a1"], np.uint8)
+    a1[16:40, 0:24] = 1
+    return {"a0": a0, "a1": a1, "a2": np.zeros(SIZES["a2"], np.uint8)}
+
+
+def _ragged(per_image: dict[str, np.ndarray], grids: dict[str, tuple[int, int]]) -> dict:
+    """Per-image grid arrays ``(gh, gw, ...)`` -> flat rows + offsets/grid/image_ids."""
+    ids = list(per_image)
+    rows = [per_image[i].reshape(grids[i][0] * grids[i][1], *per_image[i].shape[2:]) for i in ids]
+    return {
+        "flat": np.concatenate(rows),
+        "offsets": np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64),
+        "grid": np.asarray([grids[i] for i in ids], dtype=np.int32),
+        "image_ids": np.array(ids),
+    }
+
+
+@pytest.fixture(scope="module")
+def shard(tmp_path_factory):
+    """Images, gt PNGs, records, a patch_masks store, a features store, a pixel_masks
+    store of the hand-made masks, and the per-image score / feature grids."""
+    tmp = tmp_path_factory.mktemp("label_stages")
+    rng = np.random.default_rng(0)
+    masks = _hand_masks()
+    grids = {i: (h // PATCH, w // PATCH) for i, (h, w) in SIZES.items()}
+    records = {}
+    for image_id, (h, w) in SIZES.items():
+        img = np.full((h, w, 3), 40, np.uint8)
+        img[masks[image_id] == 1] = (230, 200, 60)  # the bright "objects"
+        img = np.clip(img + rng.integers(0, 12, img.shape), 0, 255).astype(np.uint8)
+        path = tmp / "images" / f"{image_id}.png"
+        path.parent.mkdir(exist_ok=True)
+        assert cv2.imwrite(str(path), img)
+        gt = np.where(masks[image_id] == 1, 1 + int(image_id == "a1"), 0).astype(np.uint8)
+        gt[0, :] = 255
+        gt_path = tmp / "gt" / f"{image_id}.png"
+        write_label_png(gt_path, gt)
+        records[image_id] = ImageRecord(image_id, str(path), str(gt_path), h, w, SHARD)
+
+    scores = {i: rng.random(grids[i]).astype(np.float32) for i in SIZES}
+    sc = _ragged(scores, grids)
+    merged = (sc["flat"] >= 0.5).astype(np.uint8)
+    patch_masks = write_store(
+        tmp / "patch_masks" / f"{SHARD}.zarr",
+        {
+            "mask_image": merged,
+            "merged": merged,
+            "score": sc["flat"],
+            "offsets": sc["offsets"],
+            "grid": sc["grid"],
+            "image_ids": sc["image_ids"],
+        },
+        ATTRS,
+    )
+    k = {i: rng.standard_normal((*grids[i], D)).astype(np.float16) for i in SIZES}
+    kf = _ragged(k, grids)
+    features = write_store(
+        tmp / "features" / f"{SHARD}.zarr",
+        {
+            "k": kf["flat"],
+            "cls": rng.standard_normal((len(SIZES), D)).astype(np.float16),
+            "offsets": kf["offsets"],
+            "grid": kf["grid"],
+            "image_ids": kf["image_ids"],
+        },
+        {"backbone": "fake"},
+    )
+    lay = pixel_layout([masks[i] for i in SIZES])
+    pixel_masks = write_store(
+        tmp / "pixel_masks" / f"{SHARD}.zarr",
+        {
+            "mask": lay["flat"],
+            "pixel_offsets": lay["pixel_offsets"],
+            "sizes": lay["sizes"],
+            "image_ids": np.array(list(SIZES)),
+        },
+        ATTRS,
+    )
+    return {
+        "tmp": tmp,
+        "records": records,
+        "masks": masks,
+        "scores": scores,
+        "k": k,
+        "patch_masks": patch_masks,
+        "features": features,
+        "pixel_masks": pixel_masks,
+    }
+
+
+@pytest.fixture(scope="module")
+def objects_store(shard):
+    """run_objects (masked_keys) on the hand-made pixel masks."""
+    return run_objects(
+        shard["pixel_masks"],
+        shard["features"],
+        list(shard["records"].values()),
+        shard["tmp"] / "objects" / f"{SHARD}.zarr",
+        descriptor="masked_keys",
+        backbone={},
+        log=_quiet,
+        **OBJ_KW,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# pixel_layout / pixel_map
+
+
+def test_pixel_layout_round_trips_through_a_store(tmp_path):
+    rng = np.random.default_rng(1)
+    maps = [rng.integers(0, 3, s).astype(np.uint8) for s in [(3, 5), (4, 2), (1, 7)]]
+    lay = pixel_layout(maps)
+    assert lay["pixel_offsets"].tolist() == [0, 15, 23, 30]
+    assert lay["sizes"].tolist() == [[3, 5], [4, 2], [1, 7]]
+    st = open_store(write_store(tmp_path / "p.zarr", {"m": lay["flat"], **lay}))
+    for i, m in enumerate(maps):
+        np.testing.assert_array_equal(pixel_map(st, "m", i), m)
+
+
+# ---------------------------------------------------------------------------------------
+# refine
+
+
+def _refine(shard, out, records, processes=1, crf=False):
+    return run_refine(
+        shard["patch_masks"],
+        records,
+        out,
+        crf=crf,
+        threshold=0.5,
+        crf_params={"iterations": 3},
+        processes=processes,
+        attrs=ATTRS,
+        log=_quiet,
+    )
+
+
+def test_refine_without_crf_thresholds_the_upsampled_score(shard, tmp_path):
+    recs = list(shard["records"].values())
+    extra = ImageRecord("zz", "/nonexistent.png", "", 10, 10, "other")
+    # records in another order, plus one of another shard: the store's order wins
+    out = _refine(shard, tmp_path / "px1.zarr", [recs[2], extra, recs[0], recs[1]])
+    st = open_store(out)
+    assert list(read_ids(st)) == list(SIZES)
+    sizes = [SIZES[i] for i in SIZES]
+    assert np.asarray(st["sizes"][:]).tolist() == [list(s) for s in sizes]
+    want_off = np.concatenate([[0], np.cumsum([h * w for h, w in sizes])])
+    np.testing.assert_array_equal(st["pixel_offsets"][:], want_off)
+    assert st["mask"].dtype == np.uint8
+    n_fg = 0
+    for i, image_id in enumerate(SIZES):
+        want = (upsample_score(shard["scores"][image_id], SIZES[image_id]) >= 0.5).astype(np.uint8)
+        got = pixel_map(st, "mask", i)
+        np.testing.assert_array_equal(got, want)
+        n_fg += int(got.sum())
+    assert 0 < n_fg < st["mask"].shape[0]  # the comparison is not between two blank masks
+
+    out2 = _refine(shard, tmp_path / "px2.zarr", recs, processes=2)
+    np.testing.assert_array_equal(open_store(out2)["mask"][:], st["mask"][:])
+
+
+def test_refine_with_crf_gives_binary_masks_of_image_size(shard, tmp_path):
+    st = open_store(
+        _refine(shard, tmp_path / "crf.zarr", list(shard["records"].values()), crf=True)
+    )
+    for i, image_id in enumerate(SIZES):
+        m = pixel_map(st, "mask", i)
+        assert m.shape == SIZES[image_id]
+        assert set(np.unique(m).tolist()) <= {0, 1}
+
+
+def test_refine_errors_name_the_problem(shard, tmp_path):
+    recs = shard["records"]
+    with pytest.raises(KeyError, match="a1"):
+        _refine(shard, tmp_path / "x.zarr", [recs["a0"], recs["a2"]])
+    wrong = replace(recs["a2"], height=31)
+    with pytest.raises(ValueError, match=re.escape(recs["a2"].path)):
+        _refine(shard, tmp_path / "y.zarr", [recs["a0"], recs["a1"], wrong])
+    assert not (tmp_path / "y.zarr").exists()
+
+
+# ---------------------------------------------------------------------------------------
+# objects
+
+
+def test_objects_masked_keys_regions_match_scipy_components(shard, objects_store):
+    ob = open_store(objects_store)
+    assert list(read_ids(ob)) == list(SIZES)
+    image_index = np.asarray(ob["image_index"][:])
+    desc = np.asarray(ob["descriptors"][:])
+    assert desc.shape == (3, D) and desc.dtype == np.float32
+    assert image_index.tolist() == [0, 0, 1]
+    assert np.asarray(ob["component"][:]).tolist() == [0, 1, 0]
+    assert np.asarray(ob["area"][:]).tolist() == [384, 257, 576]
+    assert np.asarray(ob["box"][:]).shape == (3, 4)
+
+    row = 0
+    for i, image_id in enumerate(SIZES):
+        mask = shard["masks"][image_id]
+        h, w = mask.shape
+        labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
+        comps = [labels == c for c in range(1, n + 1)]
+        kept = sorted((c for c in comps if c.sum() >= 0.01 * h * w), key=lambda c: -c.sum())
+        region_map = pixel_map(ob, "region_map", i)
+        assert region_map.shape == (h, w)
+        want_map = np.zeros((h, w), np.int64)
+        for j, comp in enumerate(kept):
+            want_map[comp] = j + 1
+        np.testing.assert_array_equal(region_map, want_map)
+        grid = shard["k"][image_id].astype(np.float32)
+        for comp in kept:
+            np.testing.assert_allclose(desc[row], masked_key_descriptor(grid, comp), rtol=1e-6)
+            row += 1
+    assert row == len(desc)
+
+    # a0's largest region is patch-aligned (patch rows 1..3, cols 4..5): plain mean of k
+    grid0 = shard["k"]["a0"].astype(np.float64)
+    np.testing.assert_allclose(desc[0], grid0[1:4, 4:6].reshape(-1, D).mean(0), atol=1e-5)
+
+
+def test_objects_empty_foreground_gives_no_region(shard, objects_store):
+    ob = open_store(objects_store)
+    assert 2 not in np.asarray(ob["image_index"][:]).tolist()
+    m = pixel_map(ob, "region_map", 2)
+    assert m.shape == SIZES["a2"] and not m.any()
+
+
+def test_objects_all_empty_shard_gives_zero_rows_then_assign_refuses(shard, tmp_path):
+    lay = pixel_layout([np.zeros(SIZES[i], np.uint8) for i in SIZES])
+    px = write_store(
+        tmp_path / "px.zarr",
+        {
+            "mask": lay["flat"],
+            "pixel_offsets": lay["pixel_offsets"],
+            "sizes": lay["sizes"],
+            "image_ids": np.array(list(SIZES)),
+        },
+    )
+    out = run_objects(
+        px,
+        shard["features"],
+        list(shard["records"].values()),
+        tmp_path / "ob.zarr",
+        descriptor="masked_keys",
+        backbone={},
+        log=_quiet,
+        **OBJ_KW,
+    )
+    ob = open_store(out)
+    assert ob["descriptors"].shape == (0, D)
+    assert ob["box"].shape == (0, 4)
+    with pytest.raises(ValueError, match="labels.n_classes"):
+        run_assign(
+            [out],
+            [SHARD],
+            tmp_path / "cl.zarr",
+            n_classes=1,
+            method="spectral",
+            n_neighbors=3,
+            seed=0,
+            attrs=ATTRS,
+            log=_quiet,
+        )
+
+
+def test_objects_cls_descriptor_with_tiny_random_backbone(shard, tmp_path):
+    torch.set_num_threads(1)
+    out = run_objects(
+        shard["pixel_masks"],
+        shard["features"],
+        list(shard["records"].values()),
+        tmp_path / "ob_cls.zarr",
+        descriptor="cls",
+        backbone=TINY_VIT,
+        log=_quiet,
+        **OBJ_KW,
+    )
+    ob = open_store(out)
+    desc = np.asarray(ob["descriptors"][:])
+    assert desc.shape == (3, 32) and desc.dtype == np.float32
+    assert np.isfinite(desc).all()
+    assert np.abs(desc[0] - desc[2]).max() > 0  # different crops, different tokens
+    assert np.asarray(ob["image_index"][:]).tolist() == [0, 0, 1]
+
+
+def test_objects_more_than_255_regions_keep_their_ids(shard, tmp_path):
+    h, w = SIZES["a0"]
+    dots = np.zeros((h, w), np.uint8)
+    dots[:20:2, ::2] = 1  # isolated even under 8-connectivity: 10 * 28 = 280 regions
+    lay = pixel_layout([dots])
+    px = write_store(
+        tmp_path / "px.zarr",
+        {
+            "mask": lay["flat"],
+            "pixel_offsets": lay["pixel_offsets"],
+            "sizes": lay["sizes"],
+            "image_ids": np.array(["a0"]),
+        },
+    )
+    kw = {**OBJ_KW, "min_area": 0.0}
+    out = run_objects(
+        px,
+        shard["features"],
+        [shard["records"]["a0"]],
+        tmp_path / "ob.zarr",
+        descriptor="masked_keys",
+        backbone={},
+        log=_quiet,
+        **kw,
+    )
+    ob = open_store(out)
+    assert ob["descriptors"].shape[0] == 280
+    assert int(pixel_map(ob, "region_map", 0).max()) == 280
+
+
+# ---------------------------------------------------------------------------------------
+# assign
+
+
+def _desc_store(path, desc):
+    return write_store(path, {"descriptors": desc.astype(np.float32)})
+
+
+def test_assign_concatenates_shards_and_records_offsets(tmp_path):
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((2, 8)) * 3
+    truth = np.array([0, 1, 0, 1, 1, 0, 0, 1, 1])
+    x = centres[truth] + 0.1 * rng.standard_normal((9, 8))
+    paths = [_desc_store(tmp_path / "oa.zarr", x[:5]), _desc_store(tmp_path / "ob.zarr", x[5:])]
+    out = run_assign(
+        paths,
+        ["sA", "sB"],
+        tmp_path / "classes.zarr",
+        n_classes=2,
+        method="spectral",
+        n_neighbors=5,
+        seed=0,
+        attrs=ATTRS,
+        log=_quiet,
+    )
+    cl = open_store(out)
+    labels = np.asarray(cl["labels"][:])
+    assert labels.shape == (9,)
+    assert set(labels.tolist()) == {0, 1}
+    assert adjusted_rand_score(truth, labels) == 1.0
+    assert np.asarray(cl["region_offsets"][:]).tolist() == [0, 5, 9]
+    assert list(read_ids(cl, "shards")) == ["sA", "sB"]
+
+
+def test_assign_fewer_regions_than_classes_names_the_key(tmp_path):
+    p = _desc_store(tmp_path / "o.zarr", np.eye(3, 4))
+    with pytest.raises(ValueError, match=r"labels\.n_classes=4"):
+        run_assign(
+            [p],
+            ["sA"],
+            tmp_path / "c.zarr",
+            n_classes=4,
+            method="kmeans",
+            n_neighbors=2,
+            seed=0,
+            attrs=ATTRS,
+            log=_quiet,
+        )
+    assert not (tmp_path / "c.zarr").exists()
+
+
+# ---------------------------------------------------------------------------------------
+# segment
+
+
+def _classes_store(path):
+    # shard SHARD is the second one: its regions are rows 2:5, labels [2, 0, 1]
+    return write_store(
+        path,
+        {
+            "labels": np.array([1, 0, 2, 0, 1], dtype=np.int64),
+            "region_offsets": np.array([0, 2, 5], dtype=np.int64),
+            "shards": np.array(["s9999", SHARD]),
+        },
+    )
+
+
+def test_segment_maps_regions_to_class_plus_one(shard, objects_store, tmp_path):
+    classes = _classes_store(tmp_path / "classes.zarr")
+    pred_dir = tmp_path / "pred"
+    pred_dir.mkdir()
+    (pred_dir / "stale.png").write_bytes(b"old")  # a previous run's leftover
+    out = run_segment(
+        objects_store, classes, SHARD, tmp_path / "sem.zarr", pred_dir, attrs=ATTRS, log=_quiet
+    )
+    st = open_store(out)
+    assert list(read_ids(st)) == list(SIZES)
+    assert sorted(p.name for p in pred_dir.iterdir()) == [f"{i}.png" for i in SIZES]
+
+    # expected maps from the hand-made masks: a0's B (region 1) -> class 2 -> 3,
+    # a0's A with its diagonal pixel (region 2) -> class 0 -> 1, the dot stays 0;
+    # a1's block -> class 1 -> 2; a2 all background
+    want = {i: np.zeros(s, np.uint8) for i, s in SIZES.items()}
+    want["a0"][8:32, 32:48] = 3
+    want["a0"][8:24, 8:24] = 1
+    want["a0"][24, 24] = 1
+    want["a1"][16:40, 0:24] = 2
+    for i, image_id in enumerate(SIZES):
+        sem = pixel_map(st, "semantic", i)
+        np.testing.assert_array_equal(sem, want[image_id])
+        np.testing.assert_array_equal(read_label_png(pred_dir / f"{image_id}.png"), sem)
+
+
+def test_segment_unknown_shard_and_count_mismatch(shard, objects_store, tmp_path):
+    classes = _classes_store(tmp_path / "classes.zarr")
+    with pytest.raises(KeyError, match="s0042"):
+        run_segment(
+            objects_store, classes, "s0042", tmp_path / "s.zarr", tmp_path / "p", attrs=ATTRS
+        )
+    bad = write_store(
+        tmp_path / "bad.zarr",
+        {
+            "labels": np.array([0, 1], dtype=np.int64),
+            "region_offsets": np.array([0, 2]),
+            "shards": np.array([SHARD]),
+        },
+    )
+    with pytest.raises(ValueError, match="2 classes for 3 regions"):
+        run_segment(objects_store, bad, SHARD, tmp_path / "s.zarr", tmp_path / "p", attrs=ATTRS)
+
+
+# ---------------------------------------------------------------------------------------
+# evaluate
+
+CLASSES = ["background", "cat", "dog", "bird"]  # "bird" never occurs: IoU NaN -> null
+N_CLASSES = 2  # predicted ids 0..2
+
+
+@pytest.fixture
+def eval_data(tmp_path):
+    """Two semantic stores (2 + 1 labelled images, one unlabelled image) and records.
+
+    Predictions are the gt under a fixed relabelling with 25% of pixels randomised, so the
+    best matching is unique."""
+    rng = np.random.default_rng(7)
+    perm = np.array([2, 0, 1])  # gt class -> predicted id
+    records, gts, preds, stores = [], {}, {}, []
+    for s, ids in enumerate([["e0", "e1", "e2"], ["e3"]]):
+        maps = []
+        for image_id in ids:
+            h, w = (20, 30) if s == 0 else (16, 24)
+            gt = np.zeros((h, w), np.uint8)
+            y, x = rng.integers(2, 8, 2)
+            gt[y : y + 9, x : x + 12] = 1
+            gt[y + 3 : y + 6, x + 14 : x + 17] = 2
+            pred = perm[gt].astype(np.uint8)
+            noise = rng.random((h, w)) < 0.25
+            pred[noise] = rng.integers(0, N_CLASSES + 1, int(noise.sum()))
+            gt[0, :] = 255
+            maps.append(pred)
+            gt_path = ""
+            if image_id != "e2":  # e2 is an extra, unlabelled image
+                gt_path = str(tmp_path / "gt" / f"{image_id}.png")
+                write_label_png(gt_path, gt)
+                gts[image_id], preds[image_id] = gt, pred
+            records.append(ImageRecord(image_id, f"/img/{image_id}.jpg", gt_path, h, w, f"s{s}"))
+        lay = pixel_layout(maps)
+        stores.append(
+            write_store(
+                tmp_path / f"semantic_{s}.zarr",
+                {
+                    "semantic": lay["flat"],
+                    "pixel_offsets": lay["pixel_offsets"],
+                    "sizes": lay["sizes"],
+                    "image_ids": np.array(ids),
+                },
+            )
+        )
+    return {"tmp": tmp_path, "records": records, "gts": gts, "preds": preds, "stores": stores}
+
+
+def _evaluate(d, records=None, stores=None):
+    tmp = d["tmp"]
+    return run_evaluate(
+        stores or d["stores"],
+        records or d["records"],
+        tmp / "metrics.json",
+        tmp / "iou.png",
+        tmp / "confusion.png",
+        class_names=CLASSES,
+        n_classes=N_CLASSES,
+        matching="hungarian",
+        facts={"backbone": "fake", "seed": 3},
+        log=_quiet,
+    )
+
+
+def _reject_constant(name):
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def test_evaluate_matches_brute_force_reference(eval_data):
+    metrics = _evaluate(eval_data)
+    gt = np.concatenate([g.ravel() for g in eval_data["gts"].values()])
+    pred = np.concatenate([p.ravel() for p in eval_data["preds"].values()])
+    keep = gt != 255
+    gt, pred = gt[keep].astype(int), pred[keep].astype(int)
+    n_gt, n_pred = len(CLASSES), N_CLASSES + 1
+    conf = confusion_matrix(gt, pred, labels=range(n_gt))[:, :n_pred]
+
+    # every injective map of predicted ids to gt classes; keep the most matched pixels
+    maps = itertools.permutations(range(n_gt), n_pred)
+    objective = {m: sum(conf[m[p], p] for p in range(n_pred)) for m in maps}
+    best = max(objective.values())
+    (mapping,) = [m for m, v in objective.items() if v == best]
+    remapped = np.asarray(mapping)[pred]
+    ious = []
+    for c in range(n_gt):
+        union = np.sum((gt == c) | (remapped == c))
+        ious.append(np.sum((gt == c) & (remapped == c)) / union if union else math.nan)
+
+    assert metrics["mapping"] == list(mapping)
+    assert metrics["miou"] == pytest.approx(np.nanmean(ious), abs=1e-12)
+    assert metrics["pixel_accuracy"] == pytest.approx(np.mean(gt == remapped), abs=1e-12)
+    for name, want in zip(CLASSES, ious, strict=True):
+        got = metrics["per_class_iou"][name]
+        assert math.isnan(got) if math.isnan(want) else got == pytest.approx(want, abs=1e-12)
+    want_conf = confusion_matrix(gt, remapped, labels=range(n_gt))
+    assert np.array_equal(np.asarray(metrics["confusion"]), want_conf)
+    assert metrics["n_images_scored"] == 3
+    assert metrics["n_images_unlabelled"] == 1
+    assert metrics["backbone"] == "fake" and metrics["seed"] == 3
+
+    tmp = eval_data["tmp"]
+    saved = json.loads((tmp / "metrics.json").read_text(), parse_constant=_reject_constant)
+    assert saved["per_class_iou"]["bird"] is None
+    assert saved["miou"] == pytest.approx(metrics["miou"])
+    assert saved["n_images_unlabelled"] == 1
+    for png in ("iou.png", "confusion.png"):
+        img = cv2.imread(str(tmp / png))
+        assert img is not None and img.shape[0] > 50 and img.shape[1] > 50
+
+
+def test_evaluate_missing_gt_png_names_the_file(eval_data):
+    missing = eval_data["tmp"] / "gt" / "e3.png"
+    missing.unlink()
+    with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
+        _evaluate(eval_data)
+
+
+def test_evaluate_without_any_ground_truth_refuses(eval_data):
+    unlabelled = [replace(r, gt="") for r in eval_data["records"]]
+    with pytest.raises(ValueError, match="no image has ground truth"):
+        _evaluate(eval_data, records=unlabelled)
+
+
+# ---------------------------------------------------------------------------------------
+# summary
+
+RUNS = [
+    {"miou": 0.41, "pixel_accuracy": 0.80},
+    {"miou": None, "pixel_accuracy": 0.70},  # e.g. no class scorable in that seed
+    {"miou": 0.55, "pixel_accuracy": 0.90},
+]
+
+
+def _metrics_files(tmp_path):
+    paths = []
+    for n, run in enumerate(RUNS):
+        p = tmp_path / f"metrics_{n}.json"
+        p.write_text(json.dumps(run))
+        paths.append(p)
+    return paths
+
+
+def test_summarize_seeds_mean_and_population_std(tmp_path):
+    out = summarize_seeds(_metrics_files(tmp_path), [0, 1, 2])
+    assert out["seeds"] == [0, 1, 2]
+    assert out["miou"]["mean"] == pytest.approx(np.mean([0.41, 0.55]))
+    assert out["miou"]["std"] == pytest.approx(np.std([0.41, 0.55]))
+    assert out["miou"]["per_seed"][0] == 0.41 and out["miou"]["per_seed"][2] == 0.55
+    assert out["pixel_accuracy"]["mean"] == pytest.approx(np.mean([0.8, 0.7, 0.9]))
+    assert out["pixel_accuracy"]["std"] == pytest.approx(np.std([0.8, 0.7, 0.9]))
+    assert out["pixel_accuracy"]["per_seed"] == [0.8, 0.7, 0.9]
+
+
+def test_summarize_seeds_output_is_strict_json(tmp_path):
+    out = summarize_seeds(_metrics_files(tmp_path), [0, 1, 2])
+    json.dumps(out, allow_nan=False)
+    assert out["miou"]["per_seed"][1] is None
+
+
+# ---------------------------------------------------------------------------------------
+# report
+
+
+@pytest.mark.parametrize(("n_gallery", "unlabel_a2", "n_img"), [(2, False, 16), (10, True, 22)])
+def test_report_is_self_contained_with_gallery(
+    shard, objects_store, tmp_path, n_gallery, unlabel_a2, n_img
+):
+    pixel = _refine(shard, tmp_path / "px.zarr", list(shard["records"].values()))
+    semantic = run_segment(
+        objects_store,
+        _classes_store(tmp_path / "classes.zarr"),
+        SHARD,
+        tmp_path / "sem.zarr",
+        tmp_path / "pred",
+        attrs=ATTRS,
+        log=_quiet,
+    )
+    plots = []
+    for name in ("iou", "confusion"):
+        p = tmp_path / f"{name}.png"
+        assert cv2.imwrite(str(p), np.full((30, 40, 3), 128, np.uint8))
+        plots.append((name, p))
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"miou": 0.5, "pixel_accuracy": 0.75, "backbone": "fake"}))
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps(summarize_seeds([metrics], [0])))
+    records = list(shard["records"].values())
+    if unlabel_a2:
+        records[2] = replace(records[2], gt="")
+    out = run_report(
+        tmp_path / "report" / "index.html",
+        title="test run",
+        metrics_json=metrics,
+        summary_json=summary,
+        plots=plots,
+        records=records,
+        patch_masks=[shard["patch_masks"]],
+        pixel_masks=[pixel],
+        semantic=[semantic],
+        n_gallery=n_gallery,
+        log=_quiet,
+    )
+    page = out.read_text()
+    srcs = re.findall(r'<img src="([^"]*)"', page)
+    # 2 plots + per image: image, gt, level: image, merged, score, refined, prediction
+    # (6 panels for an image without gt)
+    assert len(srcs) == page.count("<img") == n_img
+    assert all(s.startswith("data:image/png;base64,") for s in srcs)
+    shown = re.findall(r"<h3>([^<]*)</h3>", page)
+    assert shown == list(SIZES)[: min(n_gallery, 3)]
+    assert "mIoU over seeds [0]: 50.0" in page
