@@ -23,15 +23,40 @@ from lcseg_steps.store import image_grid_array, open_store, read_ids, write_stor
 Log = Callable[[str], None]
 
 
+PIXEL_CHUNK = 1 << 22  # pixels per chunk of a flat pixel array
+
+
 def pixel_layout(masks: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """Flat pixel array (in the maps' own dtype), ``pixel_offsets`` and ``sizes``."""
     from lcseg_steps.refine import pack_masks
 
-    _, offsets, sizes = pack_masks(masks)
-    # keep each map's dtype: region maps are uint16, and pack_masks casts to uint8
-    flat = (
-        np.concatenate([np.asarray(m).ravel() for m in masks]) if masks else np.zeros(0, np.uint8)
-    )
+    dtype = np.result_type(*masks) if masks else np.uint8
+    flat, offsets, sizes = pack_masks(masks, dtype=dtype)
     return {"flat": flat, "pixel_offsets": offsets, "sizes": sizes}
+
+
+def write_pixel_store(
+    out: str | Path,
+    name: str,
+    maps: Sequence[np.ndarray],
+    image_ids: np.ndarray,
+    attrs: dict,
+    **arrays: np.ndarray,
+) -> Path:
+    """One store of per-image ``(H, W)`` maps as the flat array ``name`` (plus ``arrays``)."""
+    lay = pixel_layout(maps)
+    return write_store(
+        out,
+        {
+            **arrays,
+            name: lay["flat"],
+            "pixel_offsets": lay["pixel_offsets"],
+            "sizes": lay["sizes"],
+            "image_ids": image_ids,
+        },
+        attrs,
+        chunk_rows=PIXEL_CHUNK,
+    )
 
 
 def pixel_map(store, name: str, i: int) -> np.ndarray:
@@ -84,20 +109,11 @@ def run_refine(
     for r, m in zip(recs, masks, strict=True):
         if m.shape != (r.height, r.width):
             raise ValueError(f"{r.path}: refined mask {m.shape} != index size {r.height}x{r.width}")
-    lay = pixel_layout(masks)
+    fg = sum(int(m.sum()) for m in masks)
     empty = sum(int(m.sum() == 0) for m in masks)
-    log(f"refine: foreground share {lay['flat'].mean():.3f}; {empty} empty mask(s)")
-    return write_store(
-        out,
-        {
-            "mask": lay["flat"],
-            "pixel_offsets": lay["pixel_offsets"],
-            "sizes": lay["sizes"],
-            "image_ids": read_ids(pm),
-        },
-        attrs,
-        chunk_rows=1 << 22,
-    )
+    share = fg / max(1, sum(m.size for m in masks))
+    log(f"refine: foreground share {share:.3f}; {empty} empty mask(s)")
+    return write_pixel_store(out, "mask", masks, read_ids(pm), attrs)
 
 
 # ---------------------------------------------------------------------------------------
@@ -171,22 +187,17 @@ def run_objects(
     else:
         dim = open_store(features)[feature].shape[1]
         D = np.stack(descs).astype(np.float32) if descs else np.zeros((0, dim), np.float32)
-    lay = pixel_layout(maps)
-    return write_store(
+    return write_pixel_store(
         out,
-        {
-            "descriptors": D,
-            "image_index": np.asarray(image_index, dtype=np.int32),
-            "box": np.asarray(boxes, dtype=np.int32).reshape(-1, 4),
-            "component": np.asarray(comps, dtype=np.int32),
-            "area": np.asarray(areas, np.int64),
-            "region_map": lay["flat"],
-            "pixel_offsets": lay["pixel_offsets"],
-            "sizes": lay["sizes"],
-            "image_ids": read_ids(px),
-        },
+        "region_map",
+        maps,
+        read_ids(px),
         attrs,
-        chunk_rows=1 << 22,
+        descriptors=D,
+        image_index=np.asarray(image_index, dtype=np.int32),
+        box=np.asarray(boxes, dtype=np.int32).reshape(-1, 4),
+        component=np.asarray(comps, dtype=np.int32),
+        area=np.asarray(areas, np.int64),
     )
 
 
@@ -277,19 +288,8 @@ def run_segment(
 
         shutil.rmtree(pred_dir)
     os.replace(tmp_dir, pred_dir)
-    lay = pixel_layout(maps)
     log(f"segment: {len(ids)} images, PNGs in {pred_dir}")
-    return write_store(
-        out,
-        {
-            "semantic": lay["flat"],
-            "pixel_offsets": lay["pixel_offsets"],
-            "sizes": lay["sizes"],
-            "image_ids": ids,
-        },
-        attrs,
-        chunk_rows=1 << 22,
-    )
+    return write_pixel_store(out, "semantic", maps, ids, attrs)
 
 
 # ---------------------------------------------------------------------------------------

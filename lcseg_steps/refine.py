@@ -172,10 +172,12 @@ def refine_images(
     return out  # type: ignore[return-value]
 
 
-def pack_masks(masks: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Ragged store of pixel masks.
+def pack_masks(
+    masks: Sequence[np.ndarray], dtype=np.uint8
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ragged store of pixel masks (or any per-pixel maps, e.g. uint16 region ids).
 
-    ``n`` masks ``(H_i, W_i)`` -> flat ``(sum H_i * W_i,)`` uint8 (each mask row-major),
+    ``n`` maps ``(H_i, W_i)`` -> flat ``(sum H_i * W_i,)`` of ``dtype`` (each map row-major),
     offsets ``(n + 1,)`` int64, sizes ``(n, 2)`` int32 ``(H_i, W_i)``; mask ``i`` is
     ``flat[offsets[i]:offsets[i + 1]].reshape(sizes[i])``.
     """
@@ -185,9 +187,9 @@ def pack_masks(masks: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.
     sizes = np.array([m.shape for m in masks], dtype=np.int32).reshape(len(masks), 2)
     offsets = offsets_from_sizes(sizes[:, 0].astype(np.int64) * sizes[:, 1])
     if masks:
-        flat = np.concatenate([np.asarray(m, dtype=np.uint8).ravel() for m in masks])
+        flat = np.concatenate([np.asarray(m, dtype=dtype).ravel() for m in masks])
     else:
-        flat = np.zeros(0, dtype=np.uint8)
+        flat = np.zeros(0, dtype=dtype)
     return flat, offsets, sizes
 
 
