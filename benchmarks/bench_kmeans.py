@@ -121,7 +121,15 @@ def run_image(ctx: Context) -> list[Result]:
 
     def ours():
         return batched_kmeans(
-            X, offsets, k, init=init, max_iter=max_iter, tol=0.0, seed=seed, device="cpu"
+            X,
+            offsets,
+            k,
+            init=init,
+            max_iter=max_iter,
+            tol=0.0,
+            seed=seed,
+            device="cpu",
+            threads=ctx.threads,
         )
 
     def reference():
@@ -195,7 +203,13 @@ def dataset_child(
 
         def fit():
             return streaming_kmeans(
-                lambda: iter_row_blocks(arr), 2, init=C0, max_iter=max_iter, tol=0.0, device="cpu"
+                lambda: iter_row_blocks(arr),
+                2,
+                init=C0,
+                max_iter=max_iter,
+                tol=0.0,
+                device="cpu",
+                threads=threads,
             )
 
     elif side == "ours_memory":
@@ -203,7 +217,7 @@ def dataset_child(
 
         def fit():
             return streaming_kmeans(
-                _blocks_of(X), 2, init=C0, max_iter=max_iter, tol=0.0, device="cpu"
+                _blocks_of(X), 2, init=C0, max_iter=max_iter, tol=0.0, device="cpu", threads=threads
             )
 
     elif side == "sklearn":
@@ -250,7 +264,9 @@ def run_dataset(ctx: Context) -> list[Result]:
     ctx.log(f"kmeans_dataset: {n} x {dim} float16, k={k}, max_iter={max_iter}")
 
     def ours():
-        return streaming_kmeans(_blocks_of(X), k, init=C0, max_iter=max_iter, tol=0.0, device="cpu")
+        return streaming_kmeans(
+            _blocks_of(X), k, init=C0, max_iter=max_iter, tol=0.0, device="cpu", threads=ctx.threads
+        )
 
     def reference():
         return _sklearn_kmeans(C0, max_iter).fit(Xn)

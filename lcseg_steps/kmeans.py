@@ -39,15 +39,21 @@ Definitions shared by every driver (our choices; the paper only says "cosine k-m
 
 Arrays returned by the drivers are NumPy (moved to the host when computed on a GPU). On
 CPU, float16 -> float32 conversion goes through torch when it imports (exact, and ~15x
-faster than NumPy's cast); BLAS threads are left to the caller (on a busy machine an
-OpenBLAS thread pool made these thin matrix products several times slower: consider
-``threadpoolctl.threadpool_limits``).
+faster than NumPy's cast). On CPU the drivers run every kernel single-threaded and
+spread independent work (blocks of rows, blocks of problems, groups) over ``threads``
+Python threads of their own: OpenBLAS's pthread pool and torch's OpenMP pool competing
+for the same cores made these thin products up to 40x slower (measured on 2 cores), and
+neither pool splits an ``(n, 384) @ (384,)`` product usefully anyway.
 """
 
 from __future__ import annotations
 
+import contextlib
 import numbers
+import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -121,6 +127,74 @@ def _to_host(a) -> np.ndarray:
         return a
     get = getattr(a, "get", None)
     return get() if callable(get) else np.asarray(a)
+
+
+# ---------------------------------------------------------------------------------------
+# threads
+
+
+def _check_threads(threads, what: str) -> int:
+    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
+        raise ValueError(f"{what}: threads must be a positive integer, got {threads!r}")
+    return int(threads)
+
+
+@contextlib.contextmanager
+def _single_threaded_kernels(xp):
+    """On CPU, BLAS and torch use one thread each until exit (then their settings return).
+
+    Parallelism comes from :func:`_ordered_map` instead: see the module docstring for why.
+    Worker threads started inside pick up torch's setting when they first run an op.
+    """
+    if xp is not np:
+        yield
+        return
+    torch = _torch()
+    before = torch.get_num_threads() if torch else None
+    try:
+        from threadpoolctl import threadpool_limits
+
+        limiter = threadpool_limits(1, user_api="blas")
+    except ImportError:  # ships with scikit-learn; without it BLAS keeps its threads
+        limiter = contextlib.nullcontext()
+    with limiter:
+        if torch:
+            torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            if torch:
+                torch.set_num_threads(before)
+
+
+def _ordered_map(fn: Callable, items: Iterable, threads: int) -> Iterator:
+    """``fn(item)`` for every item, results in input order, at most ``threads`` running and
+    ``threads`` more waiting, so a stream of blocks is never read far ahead of the work."""
+    if threads <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(threads, thread_name_prefix="kmeans") as pool:
+        pending: deque = deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) >= 2 * threads:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()
+
+
+class _Scratch(threading.local):
+    """One reusable float32 buffer per thread (a fresh one per block costs its page faults)."""
+
+    def get(self, rows: int, D: int, xp):
+        buf = getattr(self, "buf", None)
+        if buf is None or buf.shape[0] < rows or buf.shape[1] != D:
+            buf = self.buf = xp.empty((rows, D), dtype=_F32)
+        return buf[:rows]
 
 
 # ---------------------------------------------------------------------------------------
@@ -367,10 +441,12 @@ class _State:
         return self._pid
 
 
-def _rescore(st: _State, rows, Xg, C, xp) -> None:
+def _rescore(st: _State, rows, Xg, C, xp, into=None) -> None:
     """Recompute labels and margins of global ``rows`` ``(m,)`` (sorted; raw rows ``Xg``).
 
-    Rows that change cluster move their unit vector between the member sums and counts.
+    Rows that change cluster move their unit vector between the member sums and counts:
+    ``st.sums`` and ``st.counts``, or the ``into = (sums, counts)`` accumulators of the same
+    ``(B * k, D)`` / ``(B * k,)`` layout (a worker thread's share, added up afterwards).
     """
     B, k, D = C.shape
     pg = st.pid(xp)[rows]
@@ -392,7 +468,8 @@ def _rescore(st: _State, rows, Xg, C, xp) -> None:
     st.margin[rows] = margin
     ch = xp.flatnonzero(new != old)
     if ch.shape[0]:
-        _move(st.sums, st.counts, Xg[ch], ig[ch], pg[ch] * k + old[ch], pg[ch] * k + new[ch], xp)
+        sums, counts = (st.sums, st.counts) if into is None else into
+        _move(sums, counts, Xg[ch], ig[ch], pg[ch] * k + old[ch], pg[ch] * k + new[ch], xp)
 
 
 def _move(sums, counts, Xc, w, key_old, key_new, xp) -> None:
@@ -413,9 +490,10 @@ def _move(sums, counts, Xc, w, key_old, key_new, xp) -> None:
     counts += xp.bincount(key_new, minlength=nk) - xp.bincount(key_old, minlength=nk)
 
 
-def _rescore_dense(st: _State, r0: int, Xc, C, b: int, xp) -> None:
+def _rescore_dense(st: _State, r0: int, Xc, C, b: int, xp, into=None) -> None:
     """Recompute every row of the contiguous chunk ``Xc`` (global rows ``r0:``) of problem
-    ``b`` with one matrix product: cheaper than gathering once many rows are undecided."""
+    ``b`` with one matrix product: cheaper than gathering once many rows are undecided.
+    ``into`` as for :func:`_rescore`."""
     k = C.shape[1]
     r1 = r0 + Xc.shape[0]
     ic, vc = st.inv[r0:r1], st.valid[r0:r1]
@@ -423,9 +501,10 @@ def _rescore_dense(st: _State, r0: int, Xc, C, b: int, xp) -> None:
     old = st.lab[r0:r1]
     ch = xp.flatnonzero(new != old)  # zero rows score 0 -> label 0, never change
     if ch.shape[0]:
+        sums, counts = (st.sums, st.counts) if into is None else into
         _move(
-            st.sums[b * k : (b + 1) * k],
-            st.counts[b * k : (b + 1) * k],
+            sums[b * k : (b + 1) * k],
+            counts[b * k : (b + 1) * k],
             Xc[ch],
             ic[ch],
             old[ch],
@@ -694,11 +773,17 @@ def cosine_kmeans(
     ``init`` is ``"k-means++"`` (seeded) or unit-normalisable centroids ``(k, D)``. Returns
     NumPy ``centroids`` ``(k, D)`` float32 and ``labels`` ``(n,)`` int64.
     """
+    xp = array_namespace(device)
+    with _single_threaded_kernels(xp):
+        return _cosine_kmeans(X, k, init, max_iter, tol, seed, xp)
+
+
+def _cosine_kmeans(X, k, init, max_iter, tol, seed, xp) -> KMeansResult:
+    """:func:`cosine_kmeans` in namespace ``xp``, with the caller's thread settings."""
     k = _check_k(k)
     max_iter, tol = _check_iter(max_iter, tol)
     X = _check_rows(X, "cosine_kmeans")
     kind = _init_kind(init, "cosine_kmeans")
-    xp = array_namespace(device)
     Xf, inv, valid, bad = _prepare(X, xp)
     if bool(xp.any(bad)):
         rows = np.flatnonzero(_to_host(bad))
@@ -807,6 +892,7 @@ def streaming_kmeans(
     return_labels: bool = False,
     log: Callable[[str], None] | None = None,
     cache_bytes: int = 1 << 30,
+    threads: int = 1,
 ) -> KMeansResult:
     """Cosine k-means over rows streamed from ``blocks()``, one pass per Lloyd iteration.
 
@@ -820,15 +906,52 @@ def streaming_kmeans(
     those blocks are converted once; a dataset larger than the budget is never held whole as
     float32. k-means++ runs on a seeded uniform sample of at most ``max_points`` rows (None: all
     rows, gathered as float32 for the init only). Same result as :func:`cosine_kmeans` on the
-    concatenated rows, up to float32 rounding of per-block sums.
+    concatenated rows, up to float32 rounding of per-block sums. On CPU, ``threads`` worker
+    threads work on consecutive blocks at once (``blocks()`` is still read in order, by the
+    caller's thread); per-block sums are added in block order, so the result does not
+    depend on ``threads``.
     """
     what = "streaming_kmeans"
     k = _check_k(k)
     max_iter, tol = _check_iter(max_iter, tol)
+    threads = _check_threads(threads, what)
+    xp = array_namespace(device)
+    with _single_threaded_kernels(xp):
+        return _streaming(
+            blocks,
+            k,
+            init,
+            max_points,
+            max_iter,
+            tol,
+            seed,
+            xp,
+            log,
+            cache_bytes,
+            threads,
+            return_labels,
+        )
+
+
+def _streaming(
+    blocks,
+    k,
+    init,
+    max_points,
+    max_iter,
+    tol,
+    seed,
+    xp,
+    log,
+    cache_bytes,
+    threads,
+    return_labels,
+):
+    """:func:`streaming_kmeans` after its argument checks."""
+    what = "streaming_kmeans"
     if not callable(blocks):
         raise ValueError(f"{what}: blocks must be a callable returning an iterable of blocks")
     kind = _init_kind(init, what)
-    xp = array_namespace(device)
     if kind == "array":
         first = next(iter(_checked_blocks(blocks, what)), None)
         if first is None:
@@ -859,14 +982,18 @@ def streaming_kmeans(
     cache: dict[int, object] = {}  # block index -> raw float32 rows, within cache_bytes
     cached = 0
     n = 0
-    for i, b in enumerate(_checked_blocks(blocks, what)):
+
+    def first_pass(b):
         Xf, inv, valid, bad = _prepare(b, xp)
+        return (Xf, inv, valid, bool(xp.any(bad)), *_first_pass(Xf, inv, valid, C, xp))
+
+    passes = _ordered_map(first_pass, _checked_blocks(blocks, what), threads)
+    for i, (Xf, inv, valid, bad, lab, margin, s, c) in enumerate(passes):
         if cached + Xf.nbytes <= cache_bytes:
             cache[i] = Xf
             cached += Xf.nbytes
-        if bool(xp.any(bad)):
+        if bad:
             raise ValueError(f"{what}: non-finite values in block {i}")
-        lab, margin, s, c = _first_pass(Xf, inv, valid, C, xp)
         sums += s
         counts += c
         for key, v in zip(parts, (inv, valid, lab, margin), strict=True):
@@ -877,6 +1004,7 @@ def streaming_kmeans(
     st = _State(np.array([0, n]), *(xp.concatenate(parts[key]) for key in parts), sums, counts)
     del parts
     _check_count(k, n, int(xp.sum(st.valid)), what)
+    st.pid(xp)  # built once here, before worker threads read it
 
     def rows_seen(t, seen):
         if seen != n:
@@ -884,33 +1012,48 @@ def streaming_kmeans(
 
     def rescore(st, rows, C):
         """Block by block: gather and convert only the undecided rows of a block, or when
-        they are many convert it whole, in cache-sized chunks scored as they are made."""
+        they are many convert it whole, in cache-sized chunks scored as they are made.
+        Each block moves rows between clusters in its own accumulators; they are added to
+        the running sums in block order."""
         rows_h = _to_host(rows)
-        r0 = 0
-        for i, b in enumerate(_checked_blocks(blocks, what)):
+
+        def located():
+            r0 = 0
+            for i, b in enumerate(_checked_blocks(blocks, what)):
+                yield i, b, r0
+                r0 += b.shape[0]
+            rows_seen("re-scoring", r0)
+
+        def one_block(item):
+            i, b, r0 = item
             r1 = r0 + b.shape[0]
             lo, hi = np.searchsorted(rows_h, [r0, r1])
             Xc = cache.get(i)
             if Xc is not None and Xc.shape[0] != r1 - r0:
                 raise ValueError(f"{what}: block {i} changed size between passes")
             if hi == lo:
-                pass
-            elif Xc is not None:
+                return None
+            into = (xp.zeros_like(st.sums), xp.zeros_like(st.counts))
+            if Xc is not None:
                 if hi - lo > _DENSE * (r1 - r0):
-                    _rescore_dense(st, r0, Xc, C, 0, xp)
+                    _rescore_dense(st, r0, Xc, C, 0, xp, into)
                 else:
                     sel = xp.asarray(rows_h[lo:hi])
-                    _rescore(st, sel, Xc[sel - r0], C, xp)
+                    _rescore(st, sel, Xc[sel - r0], C, xp, into)
             elif hi - lo > _DENSE * (r1 - r0):
                 for c0 in range(0, r1 - r0, _STREAM_CHUNK):
                     c1 = min(c0 + _STREAM_CHUNK, r1 - r0)
-                    Xc = _as_float32(b[c0:c1], xp, out=buf[: c1 - c0] if xp is np else None)
-                    _rescore_dense(st, r0 + c0, Xc, C, 0, xp)
-            elif hi > lo:
+                    out = scratch.get(c1 - c0, b.shape[1], xp) if xp is np else None
+                    _rescore_dense(st, r0 + c0, _as_float32(b[c0:c1], xp, out=out), C, 0, xp, into)
+            else:
                 sel = rows_h[lo:hi]
-                _rescore(st, xp.asarray(sel), _as_float32(np.asarray(b[sel - r0]), xp), C, xp)
-            r0 = r1
-        rows_seen("re-scoring", r0)
+                _rescore(st, xp.asarray(sel), _as_float32(np.asarray(b[sel - r0]), xp), C, xp, into)
+            return into
+
+        for into in _ordered_map(one_block, located(), threads):
+            if into is not None:
+                st.sums += into[0]
+                st.counts += into[1]
 
     def rows_of(_b):
         r0 = 0
@@ -924,7 +1067,7 @@ def streaming_kmeans(
         if log is not None:
             log(f"{what}: pass {t} objective {J:.6f} over {n} rows, {n_empty} empty")
 
-    buf = np.empty((_STREAM_CHUNK, C.shape[1]), dtype=_F32)
+    scratch = _Scratch()
     history: list[float] = []
     C_out, J, it = _lloyd(st, C[None], max_iter, tol, xp, rescore, rows_of, on_pass)
     return KMeansResult(
@@ -970,6 +1113,7 @@ def batched_kmeans(
     seed: int = 0,
     device: str = "auto",
     block_problems: int = 16,
+    threads: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Many independent cosine k-means problems on ragged rows.
 
@@ -982,7 +1126,8 @@ def batched_kmeans(
     arithmetic per undecided row. ``init`` is ``"k-means++"`` (problem ``i`` uses
     ``kmeans_plusplus(X_i, k, seed, stream=i)``) or ``(n_problems, k, D)`` centroids.
     Each problem follows exactly the rules of :func:`cosine_kmeans`, so results do not
-    depend on ``block_problems`` (up to float rounding).
+    depend on ``block_problems`` (up to float rounding) nor on ``threads`` (on CPU, worker
+    threads solving blocks at once).
 
     Returns ``labels`` ``(N,)`` int64, ``centroids`` ``(n_problems, k, D)`` float32,
     ``objective`` ``(n_problems,)`` float64 and ``n_iter`` ``(n_problems,)`` int64.
@@ -997,6 +1142,7 @@ def batched_kmeans(
         raise ValueError(f"{what}: block_problems must be a positive integer")
     if block_problems < 1:
         raise ValueError(f"{what}: block_problems must be >= 1, got {block_problems}")
+    threads = _check_threads(threads, what)
     sizes = np.diff(off)
     P = len(sizes)
     small = np.flatnonzero(sizes < k)
@@ -1022,16 +1168,22 @@ def batched_kmeans(
     J_out = np.zeros(P, dtype=_F64)
     it_out = np.zeros(P, dtype=np.int64)
     bp = int(block_problems)
-    # one float32 buffer for all blocks: a fresh one per block costs its page faults
+    # one float32 buffer per thread for all its blocks
     most = max(int(off[min(s + bp, P)] - off[s]) for s in range(0, P, bp)) if P else 0
-    buf = xp.empty((most, D), dtype=_F32)
-    for start in range(0, P, bp):
+    scratch = _Scratch()
+
+    def solve(start):
         ids = np.arange(start, min(P, start + bp))
         lo, hi = int(off[ids[0]]), int(off[ids[-1] + 1])
+        buf = scratch.get(most, D, xp)
         st, C, Xf = _prepare_block(X, off, ids, k, init_arr, seed, xp, buf[: hi - lo])
         rescore, rows_of = _in_memory(Xf, st.starts, xp)
         C_out[ids], J_out[ids], it_out[ids] = _lloyd(st, C, max_iter, tol, xp, rescore, rows_of)
         labels_out[lo:hi] = _to_host(st.lab)
+
+    with _single_threaded_kernels(xp):
+        for _ in _ordered_map(solve, range(0, P, bp), threads if xp is np else 1):
+            pass
     return labels_out, C_out, J_out, it_out
 
 
@@ -1093,14 +1245,26 @@ def _prepare_block(X, off, ids, k, init_arr, seed, xp, Xf):
 # grouped driver
 
 
-def grouped_kmeans(X, groups: np.ndarray, k: int, **kw) -> dict[int, KMeansResult]:
+def grouped_kmeans(
+    X,
+    groups: np.ndarray,
+    k: int,
+    *,
+    init="k-means++",
+    max_iter: int = 50,
+    tol: float = 1e-4,
+    seed: int = 0,
+    device: str = "auto",
+    threads: int = 1,
+) -> dict[int, KMeansResult]:
     """One :func:`cosine_kmeans` per distinct value of ``groups`` ``(n,)`` int.
 
-    ``X`` ``(n, D)``; keyword arguments go to :func:`cosine_kmeans`, except that ``init`` may
-    also be a mapping from group value to ``(k, D)`` centroids. Result keys are the group
-    values (ascending); each result's labels index that group's rows in their original
-    order (``X[groups == g]``).
+    ``X`` ``(n, D)``; the arguments are those of :func:`cosine_kmeans`, except that ``init``
+    may also be a mapping from group value to ``(k, D)`` centroids. On CPU, ``threads``
+    groups are fitted at once. Result keys are the group values (ascending); each result's
+    labels index that group's rows in their original order (``X[groups == g]``).
     """
+    threads = _check_threads(threads, "grouped_kmeans")
     X = _check_rows(X, "grouped_kmeans")
     g = np.asarray(groups)
     if g.shape != (X.shape[0],) or g.dtype.kind not in "iu":
@@ -1108,13 +1272,16 @@ def grouped_kmeans(X, groups: np.ndarray, k: int, **kw) -> dict[int, KMeansResul
             f"grouped_kmeans: groups must be an integer array of shape ({X.shape[0]},), "
             f"got shape {g.shape} dtype {g.dtype}"
         )
-    init = kw.pop("init", "k-means++")
-    out: dict[int, KMeansResult] = {}
-    for value in np.unique(g):
-        gi = int(value)
+    xp = array_namespace(device)
+    values = [int(v) for v in np.unique(g)]
+
+    def fit(gi):
         gin = init[gi] if isinstance(init, Mapping) else init
         try:
-            out[gi] = cosine_kmeans(X[g == value], k, init=gin, **kw)
+            return _cosine_kmeans(X[g == gi], k, gin, max_iter, tol, seed, xp)
         except ValueError as exc:
             raise ValueError(f"grouped_kmeans: group {gi}: {exc}") from exc
-    return out
+
+    with _single_threaded_kernels(xp):
+        fits = list(_ordered_map(fit, values, threads if xp is np else 1))
+    return dict(zip(values, fits, strict=True))

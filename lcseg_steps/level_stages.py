@@ -48,6 +48,7 @@ def run_image_level(
     device: str,
     attrs: dict,
     log: Log = print,
+    threads: int = 1,
 ) -> Path:
     """``features/{shard}.zarr`` -> ``image_level/{shard}.zarr`` (labels, fg mask, fg cluster)."""
     fs = open_store(features)
@@ -66,6 +67,7 @@ def run_image_level(
         tol=tol,
         seed=seed,
         device=device,
+        threads=threads,
     )
     skipped = int((res["fg_cluster"] < 0).sum())
     if skipped:
@@ -101,6 +103,7 @@ def run_fit_dataset(
     device: str,
     attrs: dict,
     log: Log = print,
+    threads: int = 1,
 ) -> Path:
     """All feature shards (streamed) -> ``dataset_level.zarr``: centroids and fg clusters."""
     shards = _shard_rows(features, feature)
@@ -120,6 +123,7 @@ def run_fit_dataset(
         seed=seed,
         device=device,
         log=log,
+        threads=threads,
     )
     counts = np.zeros((k, 2), dtype=np.int64)
     for (_, _, arr), il in zip(shards, image_levels, strict=True):
@@ -173,6 +177,7 @@ def run_fit_category(
     device: str,
     attrs: dict,
     log: Log = print,
+    threads: int = 1,
 ) -> Path:
     """CLS tokens -> pseudo-categories; per category ``k`` centroids and fg clusters."""
     shards = _shard_rows(features, feature)
@@ -200,7 +205,15 @@ def run_fit_category(
     )
     log(f"fit_category: fitting k={k} per category on {len(X)} sampled patches")
     C, fits = lv.fit_groups(
-        X, g, n_categories, k, max_iter=max_iter, tol=tol, seed=seed, device=device
+        X,
+        g,
+        n_categories,
+        k,
+        max_iter=max_iter,
+        tol=tol,
+        seed=seed,
+        device=device,
+        threads=threads,
     )
     counts = np.zeros((n_categories * k, 2), dtype=np.int64)
     for (_, _, arr), rc, il in zip(shards, row_cats, image_levels, strict=True):

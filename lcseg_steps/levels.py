@@ -68,6 +68,7 @@ def image_level(
     tol: float = 1e-4,
     seed: int = 0,
     device: str = "auto",
+    threads: int = 1,
 ) -> dict[str, np.ndarray]:
     """Per-image cosine k-means of one shard, batched, and each image's foreground cluster.
 
@@ -86,7 +87,14 @@ def image_level(
         rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in solvable])
         sub_off = np.concatenate([[0], np.cumsum(sizes[solvable])])
         lab, _, obj, _ = batched_kmeans(
-            X[rows], sub_off, k, max_iter=max_iter, tol=tol, seed=seed, device=device
+            X[rows],
+            sub_off,
+            k,
+            max_iter=max_iter,
+            tol=tol,
+            seed=seed,
+            device=device,
+            threads=threads,
         )
         labels[rows] = lab
         objective[solvable] = obj

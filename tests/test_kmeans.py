@@ -428,6 +428,67 @@ def test_grouped_equals_per_group_fits():
     np.testing.assert_array_equal(out[10].labels, ref.labels)
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_worker_threads_give_the_same_result(threads):
+    """Blocks, problems and groups solved by worker threads: results equal to one thread,
+    bit for bit (per-block sums are added in block order), and BLAS/torch thread settings
+    are back to what they were afterwards."""
+    import torch
+    from threadpoolctl import threadpool_info
+
+    rng = np.random.default_rng(21)
+    X = rng.standard_normal((2000, 24)).astype(np.float16)
+    X[7] = 0
+    before = (torch.get_num_threads(), [p["num_threads"] for p in threadpool_info()])
+
+    def streamed(t):
+        return streaming_kmeans(
+            blocks_of(X, 97),
+            3,
+            seed=2,
+            max_iter=40,
+            tol=0.0,
+            return_labels=True,
+            cache_bytes=97 * 24 * 4 * 6,
+            threads=t,
+            **CPU,
+        )
+
+    one, many = streamed(1), streamed(threads)
+    np.testing.assert_array_equal(one.labels, many.labels)
+    np.testing.assert_array_equal(one.centroids, many.centroids)
+    assert one.history == many.history and one.n_iter == many.n_iter > 2
+
+    off = np.concatenate([[0], np.cumsum(rng.integers(30, 90, 25))])
+    Xb = rng.standard_normal((off[-1], 24)).astype(np.float16)
+    b1 = batched_kmeans(Xb, off, 2, seed=3, block_problems=3, **CPU)
+    bn = batched_kmeans(Xb, off, 2, seed=3, block_problems=3, threads=threads, **CPU)
+    for a, b in zip(b1, bn, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    groups = rng.integers(0, 5, X.shape[0])
+    g1 = grouped_kmeans(X, groups, 2, seed=1, **CPU)
+    gn = grouped_kmeans(X, groups, 2, seed=1, threads=threads, **CPU)
+    assert list(g1) == list(gn) == [0, 1, 2, 3, 4]
+    for g in g1:
+        np.testing.assert_array_equal(g1[g].labels, gn[g].labels)
+        np.testing.assert_array_equal(g1[g].centroids, gn[g].centroids)
+    assert (torch.get_num_threads(), [p["num_threads"] for p in threadpool_info()]) == before
+
+
+def test_a_failing_block_in_a_worker_thread_names_the_block():
+    X = np.random.default_rng(22).standard_normal((500, 8)).astype(np.float32)
+    X[260, 3] = np.nan
+    init = X[:2] + 1  # explicit: the k-means++ sample would see the NaN first
+    with pytest.raises(ValueError, match="non-finite values in block 2"):
+        streaming_kmeans(blocks_of(X, 100), 2, init=init, threads=2, **CPU)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="threads must be a positive integer"):
+            streaming_kmeans(blocks_of(X, 100), 2, threads=bad, **CPU)
+        with pytest.raises(ValueError, match="threads must be a positive integer"):
+            batched_kmeans(X, np.array([0, 500]), 2, threads=bad, **CPU)
+
+
 # ---------------------------------------------------------------------------------------
 # bad input
 

@@ -22,4 +22,5 @@ with stage_log(smk.log[0]) as log:
         device=s["device"],
         attrs={"settings": s, "settings_digest": settings_digest(s)},
         log=log,
+        threads=smk.threads,
     )
