@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import numbers
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -201,28 +202,36 @@ class _Scratch(threading.local):
 # normalisation and random numbers
 
 
-_TORCH = None
+# Importing torch costs ~1.5 s; NumPy casts float16 at ~0.6 ns an element, torch ~10x
+# faster. Runs casting fewer elements than this never win the import back.
+TORCH_CAST_WORTH = 1 << 27
 
 
 def _torch():
-    """torch if importable (cached), else False."""
-    global _TORCH
-    if _TORCH is None:
-        try:
-            import torch
+    """torch when this process has imported it (see :func:`import_torch_cast_if_worth`),
+    else False: the drivers never import it themselves, so a small stage skips the cost.
+    The cast is exact either way, so results never depend on which one ran."""
+    return sys.modules.get("torch") or False
 
-            _TORCH = torch
+
+def import_torch_cast_if_worth(n_elements: int) -> bool:
+    """Import torch for the float16 -> float32 cast if a run will cast ``n_elements`` or
+    more (``TORCH_CAST_WORTH``) and torch is installed (the clustering rules' conda env has
+    none). Returns whether the drivers will use torch's cast."""
+    if "torch" not in sys.modules and n_elements >= TORCH_CAST_WORTH:
+        try:
+            import torch  # noqa: F401
         except ImportError:
-            _TORCH = False
-    return _TORCH
+            pass
+    return bool(_torch())
 
 
 def _as_float32(a, xp, out=None):
     """A float32 copy of host or device array ``a`` in namespace ``xp`` (into ``out`` if given).
 
     NumPy's float16 -> float32 cast is scalar code (~1 ns/element); torch's is vectorised
-    and exact, so on CPU it is used when importable. On a GPU the cast runs on the device
-    after shipping the (smaller) storage dtype.
+    and exact, so on CPU it is used when imported (``_torch``). On a GPU the cast
+    runs on the device after shipping the (smaller) storage dtype.
     """
     if xp is not np:
         a = xp.asarray(a)
@@ -244,13 +253,9 @@ def _as_float32(a, xp, out=None):
 def _row_norms(X, xp):
     """Euclidean norms ``(...,)`` float32 of the float32 rows of ``X`` ``(..., D)``.
 
-    On CPU torch's vectorised reduction when importable (NumPy's einsum is ~1.3x slower
-    and a squared temporary costs a pass); the same function serves every driver, so the
-    same row gets the same norm whichever driver reads it.
+    Always the same reduction (never torch's, whose rounding differs), so a row gets the
+    same norm whichever driver, block size or process reads it.
     """
-    torch = _torch() if xp is np else False
-    if torch and X.size >= 4096:
-        return torch.linalg.vector_norm(torch.from_numpy(X), dim=-1).numpy()
     return xp.sqrt(xp.einsum("...d,...d->...", X, X))
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import zarr
 
 from lcseg_steps import levels as lv
-from lcseg_steps.kmeans import streaming_kmeans
+from lcseg_steps.kmeans import import_torch_cast_if_worth, streaming_kmeans
 from lcseg_steps.store import iter_row_blocks, open_store, read_ids, write_store
 
 Log = Callable[[str], None]
@@ -56,6 +56,7 @@ def run_image_level(
     layout = _layout(fs)
     n = len(layout["image_ids"])
     log(f"image_level: {n} images, {X.shape[0]} patches, k={k}, fg_rule={fg_rule}")
+    import_torch_cast_if_worth(X.size)
     res = lv.image_level(
         X,
         layout["offsets"],
@@ -109,6 +110,10 @@ def run_fit_dataset(
     shards = _shard_rows(features, feature)
     n_rows = sum(a.shape[0] for _, _, a in shards)
     log(f"fit_dataset: {n_rows} patches in {len(shards)} shards, k={k}")
+    # streaming_kmeans casts every row once, and again every pass if its 1 GiB float32
+    # cache cannot hold them all
+    once = n_rows * shards[0][2].shape[1]
+    import_torch_cast_if_worth(once if 4 * once <= 1 << 30 else once * max(1, max_iter))
 
     def blocks():
         for _, _, arr in shards:
@@ -204,6 +209,7 @@ def run_fit_category(
         seed,
     )
     log(f"fit_category: fitting k={k} per category on {len(X)} sampled patches")
+    import_torch_cast_if_worth(X.size)
     C, fits = lv.fit_groups(
         X,
         g,

@@ -45,16 +45,17 @@ def stage_log(path: str | Path | None) -> Iterator[Callable[[str], None]]:
 
 
 def limit_threads(n: int) -> None:
-    """Use the cores Snakemake gave the rule (``threads:``) for BLAS and torch, no more."""
+    """Use the cores Snakemake gave the rule (``threads:``) for BLAS and torch, no more.
+
+    torch is limited only when the stage has already imported it: importing it just to
+    set its threads would cost a stage that never uses it ~1.5 s.
+    """
     try:
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(int(n))
     except ImportError:  # threadpoolctl ships with scikit-learn; absent means no limit
         pass
-    try:
-        import torch
-
+    torch = sys.modules.get("torch")
+    if torch is not None:
         torch.set_num_threads(int(n))
-    except ImportError:
-        pass

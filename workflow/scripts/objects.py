@@ -9,13 +9,13 @@ from lcseg_steps.settings import settings_digest
 
 smk = snakemake  # noqa: F821
 with stage_log(smk.log[0]) as log:
-    limit_threads(smk.threads)
     s = smk.params.settings
     device = "cpu"
     if s["descriptor"] == "cls":
         from lcseg_steps.backbone import resolve_device
 
         device = resolve_device(s["device"])
+    limit_threads(smk.threads)  # after the backbone's torch import, so torch is limited too
     run_objects(
         smk.input.pixel_masks,
         smk.input.features,
