@@ -15,12 +15,17 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from lcseg_steps import __version__
 from lcseg_steps.images import ImageError, normalize, patch_grid_size, read_rgb, resize_for_backbone
 from lcseg_steps.store import StoreWriter, offsets_from_sizes
 
 FEATURES = ("q", "k", "v")
+PRECISIONS = ("auto", "float32", "bfloat16")
+# bf16 autocast is used by "auto" only when every q/k/v row of the first image stays this
+# close (cosine similarity) to its float32 value
+BF16_MIN_COS = 0.9999
 LOG_EVERY_BATCHES = 10
 # Images grouped for batching at once; their rows are held in memory until written in
 # whole Zarr chunks (a partial-chunk write re-reads and re-compresses the whole chunk).
@@ -100,6 +105,35 @@ def qkv_features(
             "cls": tokens[:, 0].float(),
             "cls_attn": cls_attn,
         }
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bfloat16 matrices natively: CUDA, or a CPU whose
+    AVX512-BF16/AMX instructions oneDNN uses (elsewhere bf16 autocast is emulated, slower)."""
+    if device.type == "cuda":
+        return True
+    try:
+        return bool(
+            torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        )
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _autocast(device: torch.device, bf16: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+
+def bf16_fidelity(model: torch.nn.Module, x: torch.Tensor, layer: int = -1) -> float:
+    """The smallest cosine similarity of a q/k/v row of ``x`` under bf16 autocast to the
+    same row in float32."""
+    ref = qkv_features(model, x, layer)
+    with _autocast(x.device, True):
+        low = qkv_features(model, x, layer)
+    return min(
+        float(F.cosine_similarity(ref[f].flatten(0, 1), low[f].flatten(0, 1), dim=1).min())
+        for f in FEATURES
+    )
 
 
 # ---------------------------------------------------------------- shard extraction
@@ -190,10 +224,16 @@ def extract_shard(
     num_workers: int = 0,
     device: str = "cpu",
     chunk_rows: int = 16384,
+    precision: str = "auto",
     attrs: Mapping[str, Any] | None = None,
     log: Callable[[str], None] = print,
 ) -> Path:
     """Extract features of ``records`` (``ImageRecord``s) into the store ``out_path``.
+
+    ``precision``: ``float32``; ``bfloat16`` (autocast); or ``auto``: bf16 autocast on a
+    device with native bf16 (:func:`native_bf16`) when the first image's q/k/v rows stay
+    within ``BF16_MIN_COS`` of float32 (:func:`bf16_fidelity`), float32 otherwise. The
+    choice and the measured similarity go into the store's attrs.
 
     ``info`` is the ``BackboneInfo`` of ``model`` (which is moved to ``device``). Store contents,
     in ``records`` order, P = total patches of the shard, n = images, D = q/k/v width:
@@ -216,7 +256,11 @@ def extract_shard(
         raise ValueError(f"store_features {list(feats)}: each must be one of {list(FEATURES)}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: expected one of {list(PRECISIONS)}")
     dev = torch.device(resolve_device(device))
+    check_bf16 = precision == "auto" and native_bf16(dev)
+    bf16 = precision == "bfloat16"
     model.to(dev)
     patch = int(info.patch_size)
     depth = len(model.blocks)
@@ -249,6 +293,8 @@ def extract_shard(
         "num_prefix_tokens": int(info.num_prefix_tokens),
         "qkv_dim": dim,
         "long_side": long_side,
+        "precision": "bfloat16" if bf16 else "float32",
+        "bf16_min_cos": None,
         "store_features": list(feats),
         "n_images": n,
         "n_patches": total,
@@ -260,7 +306,6 @@ def extract_shard(
     last_of_window = np.cumsum([len(w) for w in windows]) - 1
     window_end_row = [int(offsets[max(max(b) for b in w) + 1]) for w in windows]
 
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext()
     loader = torch.utils.data.DataLoader(
         _ImageDataset(records, patch, long_side),
         batch_sampler=batches,
@@ -294,8 +339,22 @@ def extract_shard(
             for cw in writers.values():
                 cw.extend(window_end_row[0])
         for bi, (idx, x) in enumerate(loader):
-            with torch.inference_mode(), autocast:
-                out = qkv_features(model, x.to(dev, non_blocking=True), layer)
+            x = x.to(dev, non_blocking=True)
+            if check_bf16:
+                # on the first image only: its hundreds of patch rows settle the numerics
+                # at a fraction of a batch's cost
+                cos = bf16_fidelity(model, x[:1], layer)
+                check_bf16, bf16 = False, cos >= BF16_MIN_COS
+                w.update_attrs(
+                    {"precision": "bfloat16" if bf16 else "float32", "bf16_min_cos": cos}
+                )
+                log(
+                    f"extract: bf16 q/k/v rows within cosine {cos:.6f} of float32 on the first "
+                    f"image ({'>=' if bf16 else '<'} {BF16_MIN_COS}): "
+                    f"{'bfloat16 autocast' if bf16 else 'float32'}"
+                )
+            with _autocast(dev, bf16):
+                out = qkv_features(model, x, layer)
             out = {name: t.float().cpu().numpy() for name, t in out.items()}
             for j, i in enumerate(idx):
                 lo, hi = int(offsets[i]), int(offsets[i + 1])

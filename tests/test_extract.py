@@ -163,6 +163,7 @@ def test_extract_shard_round_trip(
         batch_size=batch_size,
         chunk_rows=chunk_rows,
         num_workers=num_workers,
+        precision="float32",  # compared with float32 recomputation below
         attrs={"config_digest": "abc"},
         log=logs.append,
     )
@@ -228,3 +229,48 @@ def test_extract_shard_size_mismatch_names_file(tmp_path, vit8):
         extract_shard(records, model, info, tmp_path / "s.zarr", long_side=64, log=lambda _m: None)
     assert not (tmp_path / "s.zarr").exists()
     assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+
+
+def _cos_rows(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("min_cos", [0.99, 1.5])
+def test_extract_precision_auto_checks_bf16_on_the_first_batch(
+    tmp_path, vit8, monkeypatch, native, min_cos
+):
+    """auto: bf16 only where native and within the threshold; the store says which."""
+    monkeypatch.setattr(extract_mod, "native_bf16", lambda _dev: native)
+    monkeypatch.setattr(extract_mod, "BF16_MIN_COS", min_cos)
+    model, info = vit8
+    records = _write_images(tmp_path)
+    logs = []
+    kw = {"long_side": 64, "batch_size": 2, "num_workers": 0, "log": logs.append}
+    auto = open_store(extract_shard(records, model, info, tmp_path / "a.zarr", **kw))
+    f32 = open_store(
+        extract_shard(records, model, info, tmp_path / "f.zarr", precision="float32", **kw)
+    )
+    bf = open_store(
+        extract_shard(records, model, info, tmp_path / "b.zarr", precision="bfloat16", **kw)
+    )
+    assert f32.attrs["precision"] == "float32" and bf.attrs["precision"] == "bfloat16"
+    # bfloat16 keeps 8 significant bits: close to float32, never equal to it
+    cos = _cos_rows(bf["k"][:], f32["k"][:])
+    assert cos.min() > 0.999 and not np.array_equal(bf["k"][:], f32["k"][:])
+    chose_bf16 = native and min_cos < 1
+    assert auto.attrs["precision"] == ("bfloat16" if chose_bf16 else "float32")
+    want = bf if chose_bf16 else f32
+    for name in ("q", "k", "v", "cls_attn"):
+        np.testing.assert_array_equal(auto[name][:], want[name][:])
+    if native:
+        # the recorded similarity is the smallest over the first image's q/k/v rows: at
+        # least the smallest over all rows (up to the stores' float16 rounding), below 1
+        low = min(_cos_rows(bf[f][:], f32[f][:]).min() for f in ("q", "k", "v"))
+        assert low - 1e-4 <= auto.attrs["bf16_min_cos"] < 1.0
+        assert any("bf16 q/k/v rows within cosine" in m for m in logs)
+    else:
+        assert auto.attrs["bf16_min_cos"] is None
+    with pytest.raises(ValueError, match="precision 'half'"):
+        extract_shard(records, model, info, tmp_path / "x.zarr", precision="half", **kw)

@@ -36,6 +36,7 @@ with stage_log(smk.log[0]) as log:
         num_workers=ex["num_workers"],
         device=device,
         chunk_rows=ex["chunk_rows"],
+        precision=ex["precision"],
         attrs={"settings": settings, "settings_digest": settings_digest(settings)},
         log=log,
     )
