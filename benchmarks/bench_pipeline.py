@@ -8,7 +8,7 @@ process on the same images with the same settings:
 - every backbone forward pass of the extract stage (``extract_shard`` on the run's index,
   with ``model.forward_features`` timed by a wrapper, so only the forward passes count);
 - every backbone forward pass of the objects stage (CLS descriptors of the region crops
-  that the run's refined masks give, timed the same way);
+  that the run's refined masks give, at the run's precision, timed the same way);
 - every CRF call of the refine stage (``crf_refine`` on the run's soft scores), divided by
   the refine rule's 2 processes, the best the pool could do.
 
@@ -160,7 +160,9 @@ def essential(wd: Path, cfg: dict, threads: int) -> dict[str, float]:
                 img = read_rgb(by_id[image_id].path)
                 crops += [region_crop(img, reg, 0.1) for reg in regions]
     timer.total_s, timer.calls, timer.images = 0.0, 0, 0
-    crop_cls_descriptors(model, info, crops, long_side=224, batch_size=32)
+    # the objects stage runs at the precision the extract stage settled on
+    bf16 = open_store(res / "features" / f"{shards[0]}.zarr").attrs["precision"] == "bfloat16"
+    crop_cls_descriptors(model, info, crops, long_side=224, batch_size=32, bf16=bf16)
     out.update(
         {
             "objects_forward_s": timer.total_s,

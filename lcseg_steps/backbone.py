@@ -128,6 +128,23 @@ def load_backbone(
     return model, _info(name, timm_name, source, warning, model)
 
 
+def weights_of_source(source: str) -> tuple[str, int | None]:
+    """The ``weights`` argument (and seed) that reloads what a ``BackboneInfo.weights``
+    string describes, so a later stage uses exactly the extract stage's weights.
+
+    ``random:seed=3`` -> ``("random", 3)``; ``pretrained:<timm name>`` -> ``("pretrained",
+    None)``; ``file:<path>`` -> ``(path, None)``.
+    """
+    kind, _, rest = str(source).partition(":")
+    if kind == "random" and rest.startswith("seed="):
+        return "random", int(rest[len("seed=") :])
+    if kind == "pretrained" and rest:
+        return "pretrained", None
+    if kind == "file" and rest:
+        return rest, None
+    raise ValueError(f"unrecognised backbone weights source {source!r}")
+
+
 def _info(name, timm_name, source, warning, model) -> BackboneInfo:
     if getattr(model, "cls_token", None) is None or not hasattr(model, "blocks"):
         raise ValueError(f"backbone {name!r} ({timm_name}) is not a ViT with a CLS token")

@@ -66,6 +66,7 @@ def crop_cls_descriptors(
     long_side: int = 224,
     batch_size: int = 32,
     device: str = "cpu",
+    bf16: bool = False,
 ) -> np.ndarray:
     """Final (normalised) CLS token of each crop: ``model.forward_features(x)[:, 0]``.
 
@@ -76,7 +77,7 @@ def crop_cls_descriptors(
     Each crop gets the input policy of ``images.resize_for_backbone`` (longer side to
     ``long_side``, sides rounded down to patch multiples), except that a side that would
     round to zero patches is stretched to one patch. Crops of equal input size are run
-    together in batches of ``batch_size`` (bf16 autocast on CUDA only). A crop with a zero
+    together in batches of ``batch_size`` (under bf16 autocast when ``bf16``). A crop with a zero
     side or of the wrong shape/dtype is a ``ValueError`` naming its index.
     """
     from lcseg_steps.backbone import resolve_device
@@ -97,7 +98,7 @@ def crop_cls_descriptors(
 
     dev = torch.device(resolve_device(device))
     model.to(dev)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext()
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     for size, idx in groups.items():
         for lo in range(0, len(idx), batch_size):
             batch = idx[lo : lo + batch_size]

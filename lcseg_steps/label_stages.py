@@ -171,18 +171,29 @@ def run_objects(
         f"({n_empty} without foreground), descriptor={descriptor}"
     )
     if descriptor == "cls":
-        from lcseg_steps.backbone import load_backbone
+        from lcseg_steps.backbone import load_backbone, weights_of_source
         from lcseg_steps.descriptors import crop_cls_descriptors
 
+        # the weights and precision the features were extracted with (the config's
+        # "auto" could resolve differently now, and would probe the hub again)
+        fattrs = open_store(features).attrs
+        weights, seed = backbone["weights"], backbone["seed"]
+        if fattrs.get("weights"):
+            weights, seed_of = weights_of_source(fattrs["weights"])
+            seed = seed if seed_of is None else seed_of
+        bf16 = fattrs.get("precision") == "bfloat16"
         model, info = load_backbone(
-            backbone["name"],
-            backbone["weights"],
-            seed=backbone["seed"],
-            overrides=backbone["overrides"],
-            device=device,
+            backbone["name"], weights, seed=seed, overrides=backbone["overrides"], device=device
         )
+        log(f"objects: CLS of {len(crops)} crops, weights {info.weights}, bf16={bf16}")
         D = crop_cls_descriptors(
-            model, info, crops, long_side=long_side, batch_size=batch_size, device=device
+            model,
+            info,
+            crops,
+            long_side=long_side,
+            batch_size=batch_size,
+            device=device,
+            bf16=bf16,
         )
     else:
         dim = open_store(features)[feature].shape[1]

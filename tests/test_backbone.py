@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lcseg_steps.backbone import BACKBONES, load_backbone, resolve_device
+from lcseg_steps.backbone import BACKBONES, load_backbone, resolve_device, weights_of_source
 
 torch.set_num_threads(1)
 
@@ -172,3 +172,26 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="no CUDA"):
             resolve_device("cuda")
+
+
+def test_weights_of_source_reloads_the_same_weights(tmp_path, no_caches):
+    """Every source string load_backbone reports maps back to arguments giving the same
+    model (later stages reuse the extract stage's weights this way)."""
+    path = tmp_path / "w.pth"
+    torch.save(load_backbone(VIT16, "random", seed=4, overrides=TINY)[0].state_dict(), path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # auto falls back to random offline
+        loaded = [
+            load_backbone(VIT16, "random", seed=4, overrides=TINY),
+            load_backbone(VIT16, str(path), seed=0, overrides=TINY),
+            load_backbone(VIT16, "auto", seed=6, overrides=TINY),
+        ]
+    for model, info in loaded:
+        weights, seed = weights_of_source(info.weights)
+        again, info2 = load_backbone(VIT16, weights, seed=seed or 0, overrides=TINY)
+        assert info2.weights == info.weights
+        torch.testing.assert_close(_out(again), _out(model), rtol=0, atol=0)
+    assert weights_of_source("pretrained:vit_small_patch16_224.dino") == ("pretrained", None)
+    for bad in ("", "random", "random:3", "cloud:x", "file:"):
+        with pytest.raises(ValueError, match="unrecognised backbone weights source"):
+            weights_of_source(bad)

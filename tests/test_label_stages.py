@@ -18,6 +18,7 @@ from sklearn.metrics import adjusted_rand_score, confusion_matrix
 
 from lcseg_steps.data.index import ImageRecord
 from lcseg_steps.data.voc import read_label_png, write_label_png
+from lcseg_steps.images import read_rgb
 from lcseg_steps.label_stages import (
     pixel_layout,
     pixel_map,
@@ -357,6 +358,53 @@ def test_objects_cls_descriptor_with_tiny_random_backbone(shard, tmp_path):
     assert np.isfinite(desc).all()
     assert np.abs(desc[0] - desc[2]).max() > 0  # different crops, different tokens
     assert np.asarray(ob["image_index"][:]).tolist() == [0, 0, 1]
+
+
+def test_objects_cls_uses_the_weights_and_precision_of_the_features(shard, tmp_path, monkeypatch):
+    """The crops are described by the backbone the features store names (here random with
+    seed 5, while the config says auto/seed 0) under its precision, without a hub probe."""
+    import lcseg_steps.backbone as bb
+    from lcseg_steps.descriptors import crop_cls_descriptors
+    from lcseg_steps.objects import object_regions, region_crop
+
+    def no_probe(_url):
+        raise AssertionError("objects must not probe the hub")
+
+    monkeypatch.setattr(bb, "_unreachable", no_probe)
+    torch.set_num_threads(1)
+    fs = open_store(shard["features"])
+    feats = tmp_path / "features.zarr"
+    write_store(
+        feats,
+        {name: np.asarray(fs[name][:]) for name in ("k", "cls", "offsets", "grid")}
+        | {"image_ids": read_ids(fs)},
+        {"backbone": "fake", "weights": "random:seed=5", "precision": "bfloat16"},
+    )
+    config = {**TINY_VIT, "weights": "auto", "seed": 0}
+    out = run_objects(
+        shard["pixel_masks"],
+        feats,
+        list(shard["records"].values()),
+        tmp_path / "ob.zarr",
+        descriptor="cls",
+        backbone=config,
+        log=_quiet,
+        **OBJ_KW,
+    )
+    got = np.asarray(open_store(out)["descriptors"][:])
+    model, info = bb.load_backbone(
+        TINY_VIT["name"], "random", seed=5, overrides=TINY_VIT["overrides"]
+    )
+    crops = []
+    for image_id in ("a0", "a1"):
+        img = read_rgb(shard["records"][image_id].path)
+        for reg in object_regions(shard["masks"][image_id], min_area=OBJ_KW["min_area"]):
+            crops.append(region_crop(img, reg, OBJ_KW["margin"]))
+    assert len(crops) == got.shape[0] == 3
+    kw = {"long_side": OBJ_KW["long_side"], "batch_size": 2}
+    want = crop_cls_descriptors(model, info, crops, bf16=True, **kw)
+    np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(want, crop_cls_descriptors(model, info, crops, **kw))
 
 
 def test_objects_more_than_255_regions_keep_their_ids(shard, tmp_path):
