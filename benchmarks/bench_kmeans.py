@@ -203,7 +203,7 @@ def dataset_child(
 
         def fit():
             return streaming_kmeans(
-                lambda: iter_row_blocks(arr),
+                lambda: iter_row_blocks(arr, lazy=True),
                 2,
                 init=C0,
                 max_iter=max_iter,

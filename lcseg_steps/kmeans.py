@@ -901,20 +901,25 @@ def streaming_kmeans(
 ) -> KMeansResult:
     """Cosine k-means over rows streamed from ``blocks()``, one pass per Lloyd iteration.
 
-    ``blocks()`` must return a fresh iterable of ``(n_i, D)`` float16/float32 arrays each call, in
-    the same order every time. Blocks are converted to float32 one at a time, so memory is bounded
-    by a block plus ``(n,)`` per-row state (int64 label, float32 inverse norm, float32 margin bound,
-    bool valid flag: about 17 bytes a row). After the first pass only rows whose label the margin
-    bound leaves undecided are re-scored: a block with few of them has just those rows gathered and
-    converted, a block with many is converted in cache-sized chunks. The float32 copies of the first
-    blocks are kept while their total stays within ``cache_bytes`` (default 1 GiB; 0 keeps none), so
-    those blocks are converted once; a dataset larger than the budget is never held whole as
-    float32. k-means++ runs on a seeded uniform sample of at most ``max_points`` rows (None: all
-    rows, gathered as float32 for the init only). Same result as :func:`cosine_kmeans` on the
-    concatenated rows, up to float32 rounding of per-block sums. On CPU, ``threads`` worker
-    threads work on consecutive blocks at once (``blocks()`` is still read in order, by the
-    caller's thread); per-block sums are added in block order, so the result does not
-    depend on ``threads``.
+    ``blocks()`` must return a fresh iterable of ``(n_i, D)`` float16/float32 arrays each
+    call, in the same order every time. A block may also be lazy (anything with ``shape``
+    and ``dtype`` that ``np.asarray`` reads, e.g. ``store.RowBlock``): it is then read only
+    when its rows are not cached, by the worker thread that uses it.
+
+    Blocks are converted to float32 one at a time, so memory is bounded by a few blocks
+    plus ``(n,)`` per-row state (int64 label, float32 inverse norm, float32 margin bound,
+    bool valid flag: about 17 bytes a row). After the first pass only rows whose label the
+    margin bound leaves undecided are re-scored: a block with few of them has just those
+    rows gathered and converted, a block with many is converted in cache-sized chunks. The
+    float32 copies of the first blocks are kept while their total stays within
+    ``cache_bytes`` (default 1 GiB; 0 keeps none), so those blocks are converted (and read)
+    once; a dataset larger than the budget is never held whole as float32. k-means++ runs
+    on a seeded uniform sample of at most ``max_points`` rows (None: all rows, gathered as
+    float32 for the init only). Same result as :func:`cosine_kmeans` on the concatenated
+    rows, up to float32 rounding of per-block sums.
+
+    On CPU, ``threads`` worker threads work on consecutive blocks at once; per-block sums
+    are added in block order, so the result does not depend on ``threads``.
     """
     what = "streaming_kmeans"
     k = _check_k(k)
@@ -1038,6 +1043,8 @@ def _streaming(
                 raise ValueError(f"{what}: block {i} changed size between passes")
             if hi == lo:
                 return None
+            if Xc is None:
+                b = np.asarray(b)  # a lazy block (store.RowBlock) is read here, once
             into = (xp.zeros_like(st.sums), xp.zeros_like(st.counts))
             if Xc is not None:
                 if hi - lo > _DENSE * (r1 - r0):

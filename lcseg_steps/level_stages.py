@@ -117,7 +117,7 @@ def run_fit_dataset(
 
     def blocks():
         for _, _, arr in shards:
-            yield from iter_row_blocks(arr)
+            yield from iter_row_blocks(arr, lazy=True)
 
     fit = streaming_kmeans(
         blocks,

@@ -163,11 +163,33 @@ def image_grid_array(store: zarr.Group, name: str, i: int) -> np.ndarray:
     return rows.reshape(gh, gw, *rows.shape[1:])
 
 
-def iter_row_blocks(array: zarr.Array, block_rows: int | None = None) -> Iterator[np.ndarray]:
-    """Stream a 2-D array in blocks aligned to its chunks (memory bounded by one block)."""
+class RowBlock:
+    """Rows ``lo:hi`` of a Zarr array, read only when used (``np.asarray(block)``, or
+    ``block[sel]`` which reads the block then selects): a consumer that already holds
+    those rows skips the read and the decompression, and a worker thread can do them."""
+
+    def __init__(self, array: zarr.Array, lo: int, hi: int):
+        self.array, self.lo, self.hi = array, lo, hi
+        self.shape = (hi - lo, *array.shape[1:])
+        self.dtype = np.dtype(array.dtype)
+
+    def __array__(self, dtype=None, copy=None):
+        rows = np.asarray(self.array[self.lo : self.hi])
+        return rows if dtype is None else rows.astype(dtype, copy=False)
+
+    def __getitem__(self, sel):
+        return np.asarray(self)[sel]
+
+
+def iter_row_blocks(
+    array: zarr.Array, block_rows: int | None = None, *, lazy: bool = False
+) -> Iterator[np.ndarray] | Iterator[RowBlock]:
+    """Stream a 2-D array in blocks aligned to its chunks (memory bounded by one block):
+    NumPy arrays, or :class:`RowBlock` s read when used if ``lazy``."""
     step = block_rows or array.chunks[0]
     for lo in range(0, array.shape[0], step):
-        yield np.asarray(array[lo : lo + step])
+        hi = min(lo + step, array.shape[0])
+        yield RowBlock(array, lo, hi) if lazy else np.asarray(array[lo:hi])
 
 
 def read_ids(store: zarr.Group, name: str = "image_ids") -> np.ndarray:

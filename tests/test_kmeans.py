@@ -480,6 +480,39 @@ def test_worker_threads_give_the_same_result(threads):
     assert (torch.get_num_threads(), [p["num_threads"] for p in threadpool_info()]) == before
 
 
+def test_lazy_blocks_are_read_only_when_not_cached(tmp_path):
+    """store.RowBlock blocks give the result of eager blocks; a block whose float32 rows
+    are cached is read once (first pass), the others once per pass that needs them."""
+    from lcseg_steps.store import RowBlock, iter_row_blocks, open_store, write_store
+
+    rng = np.random.default_rng(23)
+    X = rng.standard_normal((1000, 16)).astype(np.float16)
+    arr = open_store(write_store(tmp_path / "x.zarr", {"k": X}, chunk_rows=100))["k"]
+    reads = [0] * 10
+
+    class Counted(RowBlock):
+        def __array__(self, dtype=None, copy=None):
+            reads[self.lo // 100] += 1
+            return super().__array__(dtype, copy)
+
+    def lazy():
+        return (Counted(b.array, b.lo, b.hi) for b in iter_row_blocks(arr, lazy=True))
+
+    kw = {"seed": 1, "max_iter": 30, "tol": 0.0, "return_labels": True, **CPU}
+    cache = 3 * 100 * 16 * 4  # the first three blocks' float32 rows
+    eager = streaming_kmeans(blocks_of(X, 100), 4, cache_bytes=cache, **kw)
+    for threads in (1, 2):
+        reads[:] = [0] * 10
+        got = streaming_kmeans(lazy, 4, cache_bytes=cache, threads=threads, **kw)
+        np.testing.assert_array_equal(got.labels, eager.labels)
+        np.testing.assert_array_equal(got.centroids, eager.centroids)
+        assert got.n_iter == eager.n_iter > 3
+        # k-means++ reads every block for its sample, the first pass once more; after that
+        # only uncached blocks are read (when they hold undecided rows)
+        assert reads[:3] == [2, 2, 2]
+        assert sum(reads[3:]) > 2 * 7
+
+
 def test_a_failing_block_in_a_worker_thread_names_the_block():
     X = np.random.default_rng(22).standard_normal((500, 8)).astype(np.float32)
     X[260, 3] = np.nan
