@@ -129,10 +129,14 @@ def run_fit_dataset(
         device=device,
         log=log,
         threads=threads,
+        return_labels=True,  # the fit's last pass labels every row: no second read
     )
     counts = np.zeros((k, 2), dtype=np.int64)
+    start = 0
     for (_, _, arr), il in zip(shards, image_levels, strict=True):
-        counts += lv.vote_counts(lv.nearest_centroid(arr[:], fit.centroids), _image_fg(il), k)
+        labels = fit.labels[start : start + arr.shape[0]]
+        counts += lv.vote_counts(labels, _image_fg(il), k)
+        start += arr.shape[0]
     fg, frac = lv.foreground_clusters(counts, fg_vote)
     log(
         f"fit_dataset: objective {fit.objective:.4f} after {fit.n_iter} iterations; "
