@@ -163,6 +163,16 @@ def test_dataset_and_category_store_layout(pipeline):
     assert ds["counts"].shape == (2, 2) and ds["fg_fraction"].shape == (2,)
     n_patches = sum(open_store(f)["k"].shape[0] for f in pipeline["features"])
     assert ds["counts"][:, 0].sum() == n_patches
+    # the counts are [patches, image-level fg patches] of each centroid's nearest rows,
+    # recomputed here by brute force per shard
+    want = np.zeros((2, 2), dtype=np.int64)
+    for f, il in zip(pipeline["features"], pipeline["image_level"], strict=True):
+        x = open_store(f)["k"][:].astype(np.float64)
+        lab = np.argmax((x / np.linalg.norm(x, axis=1, keepdims=True)) @ ds["centroids"][:].T, 1)
+        fg = open_store(il)["fg"][:].astype(bool)
+        for j in range(2):
+            want[j] += [(lab == j).sum(), (fg & (lab == j)).sum()]
+    np.testing.assert_array_equal(ds["counts"][:], want)
     # k=2 over the dataset: background and the foreground of both categories
     # (with k=3, single-candidate k-means++ often splits the background instead)
     assert ds["fg_clusters"][:].sum() == 1
