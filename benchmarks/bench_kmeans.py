@@ -35,8 +35,10 @@ from benchmarks.harness import (
 )
 
 BLOCK_ROWS = 16384  # the feature stores' default chunk length
-# Blob overlap. Image level: both sides need ~6 of the 10 iterations and end with identical
-# labels (closer blobs make spherical and Euclidean Lloyd part ways on near-tied rows).
+# Blob overlap. Image level: both sides need ~6 of the 10 iterations; labels agree on all
+# but a few near-tied rows (spherical Lloyd renormalises the centroids, Euclidean Lloyd on
+# unit rows does not, so a row almost equidistant can go either way: ~10% of problems
+# differ, mostly in 1 or 2 of ~900 rows; closer blobs make the two part ways more).
 # Dataset level: overlapping enough that neither side converges before 20 iterations.
 IMAGE_SPREAD, IMAGE_CENTER_COS = 1.5, 0.9
 DATASET_SPREAD, DATASET_CENTER_COS = 1.5, 0.98
@@ -138,9 +140,9 @@ def run_image(ctx: Context) -> list[Result]:
     t = interleaved(ours, reference, ctx.repeats, log=ctx.log)
     labels, _, _, n_iter = t.last["ours"]
     fits = t.last["reference"]
-    same = [
-        np.array_equal(labels[offsets[i] : offsets[i + 1]], fits[i].labels_) for i in range(n_prob)
-    ]
+    differ = np.array(
+        [np.sum(labels[offsets[i] : offsets[i + 1]] != fits[i].labels_) for i in range(n_prob)]
+    )
     return [
         Result(
             name="kmeans_image",
@@ -159,7 +161,9 @@ def run_image(ctx: Context) -> list[Result]:
                 "dtype_reference": "float32",
             },
             extra={
-                "identical_labels_fraction": float(np.mean(same)),
+                "identical_labels_fraction": float(np.mean(differ == 0)),
+                "identical_rows_fraction": 1.0 - float(differ.sum()) / int(offsets[-1]),
+                "most_rows_differing_in_a_problem": int(differ.max()),
                 "mean_n_iter_ours": float(np.mean(n_iter)),
                 "mean_n_iter_reference": float(np.mean([f.n_iter_ for f in fits])),
                 "ours_ms_per_problem": 1000 * t.ours_s / n_prob,
