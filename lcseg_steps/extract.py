@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -188,13 +189,16 @@ class _ChunkWriter:
     """Rows of one preallocated Zarr array, written only in whole chunks (plus the tail).
 
     ``extend(end)`` makes rows up to ``end`` writable in memory; ``put`` fills them;
-    ``flush`` writes every completed chunk and keeps the partial one.
+    ``flush`` hands every completed chunk to ``io`` (a one-thread executor, so compression
+    and writing overlap the next forward passes) and keeps the partial one. The rows handed
+    over are never touched again; ``wait`` re-raises the first failed write.
     """
 
-    def __init__(self, array):
-        self.array, self.chunk = array, int(array.chunks[0])
+    def __init__(self, array, io: ThreadPoolExecutor):
+        self.array, self.chunk, self.io = array, int(array.chunks[0]), io
         self.start = 0  # first row not yet on disk, a chunk multiple until the final flush
         self.buf = np.zeros((0, *array.shape[1:]), dtype=array.dtype)
+        self.pending: list = []
 
     def extend(self, end: int) -> None:
         grown = np.zeros((end - self.start, *self.buf.shape[1:]), dtype=self.buf.dtype)
@@ -205,10 +209,17 @@ class _ChunkWriter:
         self.buf[lo - self.start : lo - self.start + len(rows)] = rows
 
     def flush(self, final: bool = False) -> None:
+        self.wait()  # the previous window's writes: at most two windows held in memory
         n = len(self.buf) if final else len(self.buf) // self.chunk * self.chunk
         if n:
-            self.array[self.start : self.start + n] = self.buf[:n]
+            rows = slice(self.start, self.start + n)
+            self.pending.append(self.io.submit(self.array.__setitem__, rows, self.buf[:n]))
         self.buf, self.start = self.buf[n:].copy(), self.start + n
+
+    def wait(self) -> None:
+        for done in self.pending:
+            done.result()
+        self.pending = []
 
 
 def extract_shard(
@@ -316,7 +327,7 @@ def extract_shard(
     cls = np.zeros((n, int(info.embed_dim)), dtype=np.float16)
     row_chunk = max(1, min(chunk_rows, max(total, 1)))
 
-    with StoreWriter(out_path, store_attrs) as w:
+    with StoreWriter(out_path, store_attrs) as w, ThreadPoolExecutor(1) as io:
         writers = {
             name: _ChunkWriter(
                 w.group.create_array(
@@ -325,14 +336,16 @@ def extract_shard(
                     dtype="float16",
                     chunks=(row_chunk, dim),
                     fill_value=0,
-                )
+                ),
+                io,
             )
             for name in feats
         }
         writers["cls_attn"] = _ChunkWriter(
             w.group.create_array(
                 "cls_attn", shape=(total,), dtype="float32", chunks=(row_chunk,), fill_value=0
-            )
+            ),
+            io,
         )
         t0, done, win = time.perf_counter(), 0, 0
         if windows:
@@ -355,7 +368,13 @@ def extract_shard(
                 )
             with _autocast(dev, bf16):
                 out = qkv_features(model, x, layer)
-            out = {name: t.float().cpu().numpy() for name, t in out.items()}
+            # q/k/v to float16 by torch (vectorised; NumPy's float16 cast is scalar code),
+            # and only the stored ones
+            out = {
+                name: (t.to(torch.float16) if name in FEATURES else t.float()).cpu().numpy()
+                for name, t in out.items()
+                if name in feats or name not in FEATURES
+            }
             for j, i in enumerate(idx):
                 lo, hi = int(offsets[i]), int(offsets[i + 1])
                 if out["cls_attn"].shape[1] != hi - lo:
@@ -364,7 +383,7 @@ def extract_shard(
                         f"patches, expected {hi - lo} for grid {tuple(grid[i])}"
                     )
                 for name in feats:
-                    writers[name].put(lo, out[name][j].astype(np.float16))
+                    writers[name].put(lo, out[name][j])
                 writers["cls_attn"].put(lo, out["cls_attn"][j])
                 cls[i] = out["cls"][j]
             done += len(idx)
@@ -379,6 +398,8 @@ def extract_shard(
                 log(f"extract: {done}/{n} images, {rate:.1f} img/s")
         for cw in writers.values():
             cw.flush(final=True)
+        for cw in writers.values():
+            cw.wait()
         w.write("cls", cls)
         w.write("offsets", offsets)
         w.write("grid", grid)

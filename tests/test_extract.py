@@ -274,3 +274,38 @@ def test_extract_precision_auto_checks_bf16_on_the_first_batch(
         assert auto.attrs["bf16_min_cos"] is None
     with pytest.raises(ValueError, match="precision 'half'"):
         extract_shard(records, model, info, tmp_path / "x.zarr", precision="half", **kw)
+
+
+def test_chunk_writer_writes_whole_chunks_in_the_background_and_reraises():
+    from concurrent.futures import ThreadPoolExecutor
+
+    class Recorder:
+        chunks, shape, dtype = (4,), (10,), np.float32
+
+        def __init__(self, fail_at=None):
+            self.data, self.writes, self.fail_at = np.zeros(10, np.float32), [], fail_at
+
+        def __setitem__(self, rows, values):
+            if rows.start == self.fail_at:
+                raise OSError("disk full")
+            self.writes.append((rows.start, rows.stop))
+            self.data[rows] = values
+
+    with ThreadPoolExecutor(1) as io:
+        arr = Recorder()
+        cw = extract_mod._ChunkWriter(arr, io)
+        cw.extend(6)
+        cw.put(0, np.arange(6, dtype=np.float32))
+        cw.flush()  # rows 0:4 go, 4:6 stay for the next window
+        cw.extend(10)
+        cw.put(6, np.arange(6, 10, dtype=np.float32))
+        cw.flush(final=True)
+        cw.wait()
+        assert arr.writes == [(0, 4), (4, 10)]
+        np.testing.assert_array_equal(arr.data, np.arange(10))
+
+        bad = extract_mod._ChunkWriter(Recorder(fail_at=0), io)
+        bad.extend(8)
+        bad.flush()
+        with pytest.raises(OSError, match="disk full"):
+            bad.wait()
