@@ -927,168 +927,142 @@ def streaming_kmeans(
     threads = _check_threads(threads, what)
     xp = array_namespace(device)
     with _single_threaded_kernels(xp):
-        return _streaming(
-            blocks,
-            k,
-            init,
-            max_points,
-            max_iter,
-            tol,
-            seed,
-            xp,
-            log,
-            cache_bytes,
-            threads,
-            return_labels,
-        )
+        if not callable(blocks):
+            raise ValueError(f"{what}: blocks must be a callable returning an iterable of blocks")
+        kind = _init_kind(init, what)
+        if kind == "array":
+            first = next(iter(_checked_blocks(blocks, what)), None)
+            if first is None:
+                raise ValueError(f"{what}: blocks() yielded no rows")
+            C = _check_init(init, k, first.shape[1], xp, what)
+            del first
+        else:
+            sample = _init_sample(blocks, max_points, seed, what)
+            Sf, s_inv, s_valid, bad = _prepare(sample, xp)
+            if bool(xp.any(bad)):
+                raise ValueError(f"{what}: non-finite values in the data")
+            n_valid = int(xp.sum(s_valid))
+            if k > n_valid:
+                scope = (
+                    "" if max_points is None else f" in the init sample of max_points={max_points}"
+                )
+                raise ValueError(
+                    f"{what}: k={k} clusters but only {n_valid} non-zero rows{scope} "
+                    f"(of {sample.shape[0]} rows)"
+                )
+            C = _kmeanspp(Sf, s_inv, s_valid, seeded_uniforms(seed, [0], k)[0], xp)
+            del sample, Sf, s_inv, s_valid
 
+        # first pass: full assignment of every block, keeping the per-row state
+        parts: dict[str, list] = {"inv": [], "valid": [], "lab": [], "margin": []}
+        sums = xp.zeros((k, C.shape[1]), dtype=_F64)
+        counts = xp.zeros(k, dtype=np.int64)
+        if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, numbers.Integral):
+            raise ValueError(f"{what}: cache_bytes must be an integer >= 0, got {cache_bytes!r}")
+        cache: dict[int, object] = {}  # block index -> raw float32 rows, within cache_bytes
+        cached = 0
+        n = 0
 
-def _streaming(
-    blocks,
-    k,
-    init,
-    max_points,
-    max_iter,
-    tol,
-    seed,
-    xp,
-    log,
-    cache_bytes,
-    threads,
-    return_labels,
-):
-    """:func:`streaming_kmeans` after its argument checks."""
-    what = "streaming_kmeans"
-    if not callable(blocks):
-        raise ValueError(f"{what}: blocks must be a callable returning an iterable of blocks")
-    kind = _init_kind(init, what)
-    if kind == "array":
-        first = next(iter(_checked_blocks(blocks, what)), None)
-        if first is None:
+        def first_pass(b):
+            Xf, inv, valid, bad = _prepare(b, xp)
+            return (Xf, inv, valid, bool(xp.any(bad)), *_first_pass(Xf, inv, valid, C, xp))
+
+        passes = _ordered_map(first_pass, _checked_blocks(blocks, what), threads)
+        for i, (Xf, inv, valid, bad, lab, margin, s, c) in enumerate(passes):
+            if cached + Xf.nbytes <= cache_bytes:
+                cache[i] = Xf
+                cached += Xf.nbytes
+            if bad:
+                raise ValueError(f"{what}: non-finite values in block {i}")
+            sums += s
+            counts += c
+            for key, v in zip(parts, (inv, valid, lab, margin), strict=True):
+                parts[key].append(v)
+            n += Xf.shape[0]
+        if n == 0:
             raise ValueError(f"{what}: blocks() yielded no rows")
-        C = _check_init(init, k, first.shape[1], xp, what)
-        del first
-    else:
-        sample = _init_sample(blocks, max_points, seed, what)
-        Sf, s_inv, s_valid, bad = _prepare(sample, xp)
-        if bool(xp.any(bad)):
-            raise ValueError(f"{what}: non-finite values in the data")
-        n_valid = int(xp.sum(s_valid))
-        if k > n_valid:
-            scope = "" if max_points is None else f" in the init sample of max_points={max_points}"
-            raise ValueError(
-                f"{what}: k={k} clusters but only {n_valid} non-zero rows{scope} "
-                f"(of {sample.shape[0]} rows)"
-            )
-        C = _kmeanspp(Sf, s_inv, s_valid, seeded_uniforms(seed, [0], k)[0], xp)
-        del sample, Sf, s_inv, s_valid
+        st = _State(np.array([0, n]), *(xp.concatenate(parts[key]) for key in parts), sums, counts)
+        del parts
+        _check_count(k, n, int(xp.sum(st.valid)), what)
+        st.pid(xp)  # built once here, before worker threads read it
 
-    # first pass: full assignment of every block, keeping the per-row state
-    parts: dict[str, list] = {"inv": [], "valid": [], "lab": [], "margin": []}
-    sums = xp.zeros((k, C.shape[1]), dtype=_F64)
-    counts = xp.zeros(k, dtype=np.int64)
-    if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, numbers.Integral):
-        raise ValueError(f"{what}: cache_bytes must be an integer >= 0, got {cache_bytes!r}")
-    cache: dict[int, object] = {}  # block index -> raw float32 rows, within cache_bytes
-    cached = 0
-    n = 0
+        def rows_seen(t, seen):
+            if seen != n:
+                raise ValueError(f"{what}: pass {t} saw {seen} rows, the first pass saw {n}")
 
-    def first_pass(b):
-        Xf, inv, valid, bad = _prepare(b, xp)
-        return (Xf, inv, valid, bool(xp.any(bad)), *_first_pass(Xf, inv, valid, C, xp))
+        def rescore(st, rows, C):
+            """Block by block: gather and convert only the undecided rows of a block, or when
+            they are many convert it whole, in cache-sized chunks scored as they are made.
+            Each block moves rows between clusters in its own accumulators; they are added to
+            the running sums in block order."""
+            rows_h = _to_host(rows)
 
-    passes = _ordered_map(first_pass, _checked_blocks(blocks, what), threads)
-    for i, (Xf, inv, valid, bad, lab, margin, s, c) in enumerate(passes):
-        if cached + Xf.nbytes <= cache_bytes:
-            cache[i] = Xf
-            cached += Xf.nbytes
-        if bad:
-            raise ValueError(f"{what}: non-finite values in block {i}")
-        sums += s
-        counts += c
-        for key, v in zip(parts, (inv, valid, lab, margin), strict=True):
-            parts[key].append(v)
-        n += Xf.shape[0]
-    if n == 0:
-        raise ValueError(f"{what}: blocks() yielded no rows")
-    st = _State(np.array([0, n]), *(xp.concatenate(parts[key]) for key in parts), sums, counts)
-    del parts
-    _check_count(k, n, int(xp.sum(st.valid)), what)
-    st.pid(xp)  # built once here, before worker threads read it
+            def located():
+                r0 = 0
+                for i, b in enumerate(_checked_blocks(blocks, what)):
+                    yield i, b, r0
+                    r0 += b.shape[0]
+                rows_seen("re-scoring", r0)
 
-    def rows_seen(t, seen):
-        if seen != n:
-            raise ValueError(f"{what}: pass {t} saw {seen} rows, the first pass saw {n}")
+            def one_block(item):
+                i, b, r0 = item
+                r1 = r0 + b.shape[0]
+                lo, hi = np.searchsorted(rows_h, [r0, r1])
+                Xc = cache.get(i)
+                if Xc is not None and Xc.shape[0] != r1 - r0:
+                    raise ValueError(f"{what}: block {i} changed size between passes")
+                if hi == lo:
+                    return None
+                if Xc is None:
+                    b = np.asarray(b)  # a lazy block (store.RowBlock) is read here, once
+                into = (xp.zeros_like(st.sums), xp.zeros_like(st.counts))
+                if Xc is not None:
+                    if hi - lo > _DENSE * (r1 - r0):
+                        _rescore_dense(st, r0, Xc, C, 0, xp, into)
+                    else:
+                        sel = xp.asarray(rows_h[lo:hi])
+                        _rescore(st, sel, Xc[sel - r0], C, xp, into)
+                elif hi - lo > _DENSE * (r1 - r0):
+                    for c0 in range(0, r1 - r0, _STREAM_CHUNK):
+                        c1 = min(c0 + _STREAM_CHUNK, r1 - r0)
+                        out = scratch.get(c1 - c0, b.shape[1], xp) if xp is np else None
+                        _rescore_dense(
+                            st, r0 + c0, _as_float32(b[c0:c1], xp, out=out), C, 0, xp, into
+                        )
+                else:
+                    sel = rows_h[lo:hi]
+                    _rescore(
+                        st, xp.asarray(sel), _as_float32(np.asarray(b[sel - r0]), xp), C, xp, into
+                    )
+                return into
 
-    def rescore(st, rows, C):
-        """Block by block: gather and convert only the undecided rows of a block, or when
-        they are many convert it whole, in cache-sized chunks scored as they are made.
-        Each block moves rows between clusters in its own accumulators; they are added to
-        the running sums in block order."""
-        rows_h = _to_host(rows)
+            for into in _ordered_map(one_block, located(), threads):
+                if into is not None:
+                    st.sums += into[0]
+                    st.counts += into[1]
 
-        def located():
+        def rows_of(_b):
             r0 = 0
             for i, b in enumerate(_checked_blocks(blocks, what)):
-                yield i, b, r0
+                yield r0, cache[i] if i in cache else _as_float32(b, xp)
                 r0 += b.shape[0]
-            rows_seen("re-scoring", r0)
+            rows_seen("repairing", r0)
 
-        def one_block(item):
-            i, b, r0 = item
-            r1 = r0 + b.shape[0]
-            lo, hi = np.searchsorted(rows_h, [r0, r1])
-            Xc = cache.get(i)
-            if Xc is not None and Xc.shape[0] != r1 - r0:
-                raise ValueError(f"{what}: block {i} changed size between passes")
-            if hi == lo:
-                return None
-            if Xc is None:
-                b = np.asarray(b)  # a lazy block (store.RowBlock) is read here, once
-            into = (xp.zeros_like(st.sums), xp.zeros_like(st.counts))
-            if Xc is not None:
-                if hi - lo > _DENSE * (r1 - r0):
-                    _rescore_dense(st, r0, Xc, C, 0, xp, into)
-                else:
-                    sel = xp.asarray(rows_h[lo:hi])
-                    _rescore(st, sel, Xc[sel - r0], C, xp, into)
-            elif hi - lo > _DENSE * (r1 - r0):
-                for c0 in range(0, r1 - r0, _STREAM_CHUNK):
-                    c1 = min(c0 + _STREAM_CHUNK, r1 - r0)
-                    out = scratch.get(c1 - c0, b.shape[1], xp) if xp is np else None
-                    _rescore_dense(st, r0 + c0, _as_float32(b[c0:c1], xp, out=out), C, 0, xp, into)
-            else:
-                sel = rows_h[lo:hi]
-                _rescore(st, xp.asarray(sel), _as_float32(np.asarray(b[sel - r0]), xp), C, xp, into)
-            return into
+        def on_pass(t, J, n_empty):
+            history.append(J)
+            if log is not None:
+                log(f"{what}: pass {t} objective {J:.6f} over {n} rows, {n_empty} empty")
 
-        for into in _ordered_map(one_block, located(), threads):
-            if into is not None:
-                st.sums += into[0]
-                st.counts += into[1]
-
-    def rows_of(_b):
-        r0 = 0
-        for i, b in enumerate(_checked_blocks(blocks, what)):
-            yield r0, cache[i] if i in cache else _as_float32(b, xp)
-            r0 += b.shape[0]
-        rows_seen("repairing", r0)
-
-    def on_pass(t, J, n_empty):
-        history.append(J)
-        if log is not None:
-            log(f"{what}: pass {t} objective {J:.6f} over {n} rows, {n_empty} empty")
-
-    scratch = _Scratch()
-    history: list[float] = []
-    C_out, J, it = _lloyd(st, C[None], max_iter, tol, xp, rescore, rows_of, on_pass)
-    return KMeansResult(
-        centroids=C_out[0],
-        labels=_to_host(st.lab).astype(np.int64) if return_labels else None,
-        objective=float(J[0]),
-        n_iter=int(it[0]),
-        history=history,
-    )
+        scratch = _Scratch()
+        history: list[float] = []
+        C_out, J, it = _lloyd(st, C[None], max_iter, tol, xp, rescore, rows_of, on_pass)
+        return KMeansResult(
+            centroids=C_out[0],
+            labels=_to_host(st.lab).astype(np.int64) if return_labels else None,
+            objective=float(J[0]),
+            n_iter=int(it[0]),
+            history=history,
+        )
 
 
 # ---------------------------------------------------------------------------------------
