@@ -38,8 +38,9 @@ Definitions shared by every driver (our choices; the paper only says "cosine k-m
   ``J_t`` is non-decreasing in exact arithmetic.
 
 Arrays returned by the drivers are NumPy (moved to the host when computed on a GPU). On
-CPU, float16 -> float32 conversion goes through torch when it imports (exact, and ~15x
-faster than NumPy's cast). On CPU the drivers run every kernel single-threaded and
+CPU, float16 -> float32 conversion goes through torch when the process has imported it
+(exact, and ~10x faster than NumPy's cast; see ``import_torch_cast_if_worth``). On CPU the
+drivers run every kernel single-threaded and
 spread independent work (blocks of rows, blocks of problems, groups) over ``threads``
 Python threads of their own: OpenBLAS's pthread pool and torch's OpenMP pool competing
 for the same cores made these thin products up to 40x slower (measured on 2 cores), and
