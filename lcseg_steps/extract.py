@@ -323,6 +323,8 @@ def extract_shard(
         num_workers=num_workers,
         collate_fn=_collate,
         pin_memory=dev.type == "cuda",
+        # one decoded batch per worker ahead of the forward pass, not torch's default two
+        prefetch_factor=1 if num_workers else None,
     )
     cls = np.zeros((n, int(info.embed_dim)), dtype=np.float16)
     row_chunk = max(1, min(chunk_rows, max(total, 1)))
