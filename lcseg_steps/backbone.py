@@ -94,9 +94,17 @@ def load_backbone(
     """Build the frozen backbone ``name`` (a key of ``BACKBONES`` or a raw timm ViT name).
 
     ``overrides`` are extra ``timm.create_model`` kwargs (e.g. a tiny ``depth``/``embed_dim``
-    for tests). The classifier head is always removed (``num_classes=0``).
+    for tests). The classifier head is always removed (``num_classes=0``). A name that is
+    neither a short name nor a timm model raises ``ValueError`` naming ``backbone.name``.
     """
+    import timm
+
     timm_name = BACKBONES.get(name, name)
+    if not timm.is_model(timm_name):
+        raise ValueError(
+            f"backbone.name: {name!r} is not a known backbone; expected one of "
+            f"{sorted(BACKBONES)} or a timm ViT model name (timm.list_models('vit_*'))"
+        )
     kwargs = {"num_classes": 0, **(overrides or {}), "dynamic_img_size": True}
     warning = None
     if weights in ("pretrained", "auto"):

@@ -19,10 +19,16 @@ class ImageError(ValueError):
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
     """Decode an image file to ``(H, W, 3)`` uint8 RGB.
 
-    Grayscale and RGBA inputs are converted (VOC and COCO both hold a few grayscale
-    JPEGs); a missing, empty or undecodable file raises ``ImageError`` naming it.
+    Grayscale (VOC and COCO both hold a few grayscale JPEGs) is replicated to three
+    channels, CMYK JPEGs and palette PNGs are converted by the decoder, the alpha channel
+    of an RGBA PNG is dropped (not composited), and 16-bit PNGs are scaled to 8 bits
+    (``round(v / 257)``, so a 16-bit copy of an 8-bit image decodes to that image); any
+    other non-uint8 depth is min-max stretched to 0..255. A missing, empty, truncated or
+    undecodable file, or a directory in its place, raises ``ImageError`` naming it.
     """
     p = Path(path)
+    if p.is_dir():
+        raise ImageError(f"{p}: is a directory, not an image file")
     if not p.is_file():
         raise ImageError(f"{p}: image file not found")
     buf = np.fromfile(str(p), dtype=np.uint8)
@@ -30,8 +36,10 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
         raise ImageError(f"{p}: image file is empty")
     img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if img is None:
-        raise ImageError(f"{p}: not a decodable image (corrupt or unsupported format)")
-    if img.dtype != np.uint8:
+        raise ImageError(f"{p}: not a decodable image (corrupt, truncated or unsupported format)")
+    if img.dtype == np.uint16:
+        img = ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    elif img.dtype != np.uint8:
         img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
     if img.ndim == 2:
         return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)

@@ -320,7 +320,12 @@ def run_evaluate(
     facts: dict,
     log: Log = print,
 ) -> dict:
-    """Confusion over all labelled images, Hungarian (or majority) matching, metrics.json."""
+    """Confusion over all labelled images, Hungarian (or majority) matching, metrics.json.
+
+    Images without a ground-truth reference (``gt == ""``: VOC extra lists) are skipped,
+    logged and counted as ``n_images_unlabelled``; a referenced ground-truth file that is
+    missing or whose size differs from the image is an error naming the file.
+    """
     from lcseg_steps import evaluate as ev
 
     acc = ev.ConfusionAccumulator(len(class_names), n_classes + 1)
@@ -336,7 +341,7 @@ def run_evaluate(
             if gt.shape != pred.shape:
                 raise ValueError(f"{r.gt}: ground truth {gt.shape} != prediction {pred.shape}")
             acc.add(gt, pred, image_id=r.image_id)
-        log(f"evaluate: {acc.n_images} images scored after {path}")
+        log(f"evaluate: {acc.n_images} images scored, {skipped} unlabelled skipped after {path}")
     if acc.n_images == 0:
         raise ValueError("evaluate: no image has ground truth to score against")
     conf = acc.matrix

@@ -27,6 +27,32 @@ def feature_array(store: zarr.Group, path: str | Path, feature: str) -> zarr.Arr
     return store[feature]
 
 
+def check_finite(store: zarr.Group, path: str | Path, feature: str, X=None) -> None:
+    """Raise ``ValueError`` naming the store, the feature and the first image whose
+    ``feature`` rows hold NaN or inf (a corrupt store: extract writes finite rows only).
+
+    ``X``: the rows already in memory; otherwise the array is read block by block.
+    """
+    blocks = [np.asarray(X)] if X is not None else iter_row_blocks(store[feature])
+    start = 0
+    for block in blocks:
+        bad = ~np.isfinite(block).all(axis=tuple(range(1, block.ndim)))
+        if bad.any():
+            row = start + int(np.flatnonzero(bad)[0])
+            n_bad = int(bad.sum())
+            if X is None:  # count the rest too
+                for rest in blocks:
+                    n_bad += int((~np.isfinite(rest).all(axis=tuple(range(1, rest.ndim)))).sum())
+            offsets = np.asarray(store["offsets"][:])
+            image = int(np.searchsorted(offsets, row, side="right")) - 1
+            raise ValueError(
+                f"{path}: '{feature}' features hold NaN or inf in {n_bad} patch row(s), first "
+                f"in row {row} (image {read_ids(store)[image]!r}); the store is corrupt, "
+                "delete it and rerun extract"
+            )
+        start += len(block)
+
+
 def _layout(store: zarr.Group) -> dict[str, np.ndarray]:
     return {
         "offsets": np.asarray(store["offsets"][:]),
@@ -53,6 +79,7 @@ def run_image_level(
     """``features/{shard}.zarr`` -> ``image_level/{shard}.zarr`` (labels, fg mask, fg cluster)."""
     fs = open_store(features)
     X = np.asarray(feature_array(fs, features, feature)[:])
+    check_finite(fs, features, feature, X)
     layout = _layout(fs)
     n = len(layout["image_ids"])
     log(f"image_level: {n} images, {X.shape[0]} patches, k={k}, fg_rule={fg_rule}")
@@ -119,18 +146,25 @@ def run_fit_dataset(
         for _, _, arr in shards:
             yield from iter_row_blocks(arr, lazy=True)
 
-    fit = streaming_kmeans(
-        blocks,
-        k,
-        max_points=max_points,
-        max_iter=max_iter,
-        tol=tol,
-        seed=seed,
-        device=device,
-        log=log,
-        threads=threads,
-        return_labels=True,  # the fit's last pass labels every row: no second read
-    )
+    try:
+        fit = streaming_kmeans(
+            blocks,
+            k,
+            max_points=max_points,
+            max_iter=max_iter,
+            tol=tol,
+            seed=seed,
+            device=device,
+            log=log,
+            threads=threads,
+            return_labels=True,  # the fit's last pass labels every row: no second read
+        )
+    except ValueError as exc:
+        # the fit checks every row but cannot say in which store; find it (error path only)
+        if "non-finite" in str(exc):
+            for path, store, _ in shards:
+                check_finite(store, path, feature)
+        raise
     counts = np.zeros((k, 2), dtype=np.int64)
     start = 0
     for (_, _, arr), il in zip(shards, image_levels, strict=True):

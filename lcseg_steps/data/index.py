@@ -94,8 +94,12 @@ def assign_shards(records: Sequence[ImageRecord], shard_size: int) -> list[Image
 
 def _header_size(path: str) -> tuple[int, int]:
     """``(height, width)`` from the image header only; the pixels are not decoded."""
+    if os.path.isdir(path):
+        raise ImageError(f"{path}: is a directory, not an image file")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: image file not found")
+    if os.path.getsize(path) == 0:
+        raise ImageError(f"{path}: image file is empty")
     try:
         with Image.open(path) as im:
             width, height = im.size

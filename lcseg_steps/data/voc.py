@@ -7,6 +7,7 @@ be read as indices, never as colours.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -73,15 +74,24 @@ def list_voc(
     """Records of ``{root}/ImageSets/Segmentation/{split}.txt`` in file order, with gt PNGs
     ``SegmentationClass/<id>.png``, then the ids of ``extra_lists`` not already listed,
     unlabelled (gt ``""``). Extra list paths are relative to ``root`` unless absolute.
+
+    An id repeated in the split file is kept once (first occurrence) with a
+    ``UserWarning`` naming the file and the ids; a split file listing no id is a
+    ``ValueError`` (there would be nothing to score).
     """
     base = Path(root)
     if not base.is_dir():
         raise FileNotFoundError(f"{base}: VOC root directory not found (check dataset.root)")
     split_file = base / "ImageSets" / "Segmentation" / f"{split}.txt"
+    split_ids = _read_id_list(split_file, "dataset.split and dataset.root")
+    if not split_ids:
+        raise ValueError(f"{split_file}: split file lists no image ids (check dataset.split)")
     records = []
     seen: set[str] = set()
-    for image_id in _read_id_list(split_file, "dataset.split and dataset.root"):
+    repeated: list[str] = []
+    for image_id in split_ids:
         if image_id in seen:
+            repeated.append(image_id)
             continue
         seen.add(image_id)
         records.append(
@@ -90,6 +100,12 @@ def list_voc(
                 path=str(base / "JPEGImages" / f"{image_id}.jpg"),
                 gt=str(base / "SegmentationClass" / f"{image_id}.png"),
             )
+        )
+    if repeated:
+        warnings.warn(
+            f"{split_file}: {len(repeated)} repeated image id(s) ignored, each image is "
+            f"used once: {sorted(set(repeated))[:5]}",
+            stacklevel=2,
         )
     for extra in extra_lists:
         extra_path = Path(extra)
