@@ -65,6 +65,10 @@ _F32 = np.float32
 _F64 = np.float64
 
 
+class NonFiniteError(ValueError):
+    """The rows hold NaN or inf (callers that know where the rows came from can say so)."""
+
+
 @dataclass
 class KMeansResult:
     """Outcome of one k-means problem.
@@ -729,7 +733,7 @@ def kmeans_plusplus(X, k: int, seed: int, xp=np, *, stream: int = 0):
     X = _check_rows(X, "kmeans_plusplus")
     Xf, inv, valid, bad = _prepare(X, xp)
     if bool(xp.any(bad)):
-        raise ValueError("kmeans_plusplus: X has non-finite values")
+        raise NonFiniteError("kmeans_plusplus: X has non-finite values")
     _check_count(k, X.shape[0], int(xp.sum(valid)), "kmeans_plusplus")
     return _kmeanspp(Xf, inv, valid, seeded_uniforms(seed, [stream], k)[0], xp)
 
@@ -793,7 +797,7 @@ def _cosine_kmeans(X, k, init, max_iter, tol, seed, xp) -> KMeansResult:
     Xf, inv, valid, bad = _prepare(X, xp)
     if bool(xp.any(bad)):
         rows = np.flatnonzero(_to_host(bad))
-        raise ValueError(f"cosine_kmeans: non-finite values in rows {rows[:5].tolist()}...")
+        raise NonFiniteError(f"cosine_kmeans: non-finite values in rows {rows[:5].tolist()}...")
     n = X.shape[0]
     _check_count(k, n, int(xp.sum(valid)), "cosine_kmeans")
     if kind == "array":
@@ -941,7 +945,7 @@ def streaming_kmeans(
             sample = _init_sample(blocks, max_points, seed, what)
             Sf, s_inv, s_valid, bad = _prepare(sample, xp)
             if bool(xp.any(bad)):
-                raise ValueError(f"{what}: non-finite values in the data")
+                raise NonFiniteError(f"{what}: non-finite values in the data")
             n_valid = int(xp.sum(s_valid))
             if k > n_valid:
                 scope = (
@@ -974,7 +978,7 @@ def streaming_kmeans(
                 cache[i] = Xf
                 cached += Xf.nbytes
             if bad:
-                raise ValueError(f"{what}: non-finite values in block {i}")
+                raise NonFiniteError(f"{what}: non-finite values in block {i}")
             sums += s
             counts += c
             for key, v in zip(parts, (inv, valid, lab, margin), strict=True):
@@ -1212,7 +1216,7 @@ def _prepare_block(X, off, ids, k, init_arr, seed, xp, Xf):
         s, e = int(starts[b]), int(starts[b + 1])
         Xb, ib, vb, bad = _prepare(Xs[s:e], xp, out=Xf[s:e])
         if bool(xp.any(bad)):
-            raise ValueError(f"{what}: non-finite values in problem {int(i)}")
+            raise NonFiniteError(f"{what}: non-finite values in problem {int(i)}")
         n_valid = int(xp.count_nonzero(vb))
         if n_valid < k:
             raise ValueError(

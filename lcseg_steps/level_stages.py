@@ -11,7 +11,7 @@ import numpy as np
 import zarr
 
 from lcseg_steps import levels as lv
-from lcseg_steps.kmeans import import_torch_cast_if_worth, streaming_kmeans
+from lcseg_steps.kmeans import NonFiniteError, import_torch_cast_if_worth, streaming_kmeans
 from lcseg_steps.store import iter_row_blocks, open_store, read_ids, write_store
 
 Log = Callable[[str], None]
@@ -79,24 +79,27 @@ def run_image_level(
     """``features/{shard}.zarr`` -> ``image_level/{shard}.zarr`` (labels, fg mask, fg cluster)."""
     fs = open_store(features)
     X = np.asarray(feature_array(fs, features, feature)[:])
-    check_finite(fs, features, feature, X)
     layout = _layout(fs)
     n = len(layout["image_ids"])
     log(f"image_level: {n} images, {X.shape[0]} patches, k={k}, fg_rule={fg_rule}")
     import_torch_cast_if_worth(X.size)
-    res = lv.image_level(
-        X,
-        layout["offsets"],
-        layout["grid"],
-        np.asarray(fs["cls_attn"][:]),
-        k=k,
-        fg_rule=fg_rule,
-        max_iter=max_iter,
-        tol=tol,
-        seed=seed,
-        device=device,
-        threads=threads,
-    )
+    try:
+        res = lv.image_level(
+            X,
+            layout["offsets"],
+            layout["grid"],
+            np.asarray(fs["cls_attn"][:]),
+            k=k,
+            fg_rule=fg_rule,
+            max_iter=max_iter,
+            tol=tol,
+            seed=seed,
+            device=device,
+            threads=threads,
+        )
+    except NonFiniteError:
+        check_finite(fs, features, feature, X)  # names the store and image (error path only)
+        raise
     skipped = int((res["fg_cluster"] < 0).sum())
     if skipped:
         log(f"WARNING: {skipped} image(s) have fewer than k={k} patches; left as background")
@@ -159,11 +162,10 @@ def run_fit_dataset(
             threads=threads,
             return_labels=True,  # the fit's last pass labels every row: no second read
         )
-    except ValueError as exc:
+    except NonFiniteError:
         # the fit checks every row but cannot say in which store; find it (error path only)
-        if "non-finite" in str(exc):
-            for path, store, _ in shards:
-                check_finite(store, path, feature)
+        for path, store, _ in shards:
+            check_finite(store, path, feature)
         raise
     counts = np.zeros((k, 2), dtype=np.int64)
     start = 0
