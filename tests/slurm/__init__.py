@@ -1,0 +1,1 @@
+"""Tests that need a real (local, one-node) SLURM cluster."""
