@@ -8,6 +8,9 @@ rule image_level:
     conda:
         "../../envs/cluster.yaml"
     threads: 2
+    resources:
+        mem_mb=shard_mem_mb(1024, 2 * feature_kb_per_image()),
+        runtime=shard_runtime(2, 0.2),
     params:
         settings=clustering_settings(
             "feature", "k_image", "fg_rule", "max_iter", "tol", "device"
@@ -29,6 +32,9 @@ rule fit_dataset:
     conda:
         "../../envs/cluster.yaml"
     threads: 2
+    resources:
+        mem_mb=fit_mem_mb("dataset"),
+        runtime=fit_runtime(),
     params:
         settings=clustering_settings(
             "feature",
@@ -56,6 +62,9 @@ rule fit_category:
     conda:
         "../../envs/cluster.yaml"
     threads: 2
+    resources:
+        mem_mb=fit_mem_mb("category"),
+        runtime=fit_runtime(),
     params:
         settings=clustering_settings(
             "feature",
@@ -81,6 +90,10 @@ rule merge:
         f"{SEEDED_LOGS}/merge/{{shard}}.log",
     conda:
         "../../envs/cluster.yaml"
+    threads: 1
+    resources:
+        mem_mb=shard_mem_mb(512, 64),
+        runtime=shard_runtime(2, 0.01),
     params:
         settings=clustering_settings("feature", "levels", "consistency", "min_levels"),
     script:

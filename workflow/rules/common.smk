@@ -108,3 +108,105 @@ def objects_settings(wildcards):
     else:
         out["feature"] = config["clustering"]["feature"]
     return out
+
+
+# --- Resource estimates (scheduling only: no script reads them, so outputs do not depend
+# on them). mem_mb grows with the attempt, so `--retries` resubmits with more memory.
+
+MIB = 1024**2
+IMAGES_PER_SHARD = min(config["shard_size"], len(IMAGES))
+
+
+def patches_per_image():
+    """ViT patches of a typical 4:3 image at extract.long_side (16 px patches)."""
+    side = (config["extract"]["long_side"] or 640) // 16
+    return max(1, side * (side * 3 // 4))
+
+
+def embed_dim():
+    """Feature width of the configured backbone (overrides win, ViT-B when unknown)."""
+    bb = config["backbone"]
+    if "embed_dim" in (bb.get("overrides") or {}):
+        return int(bb["overrides"]["embed_dim"])
+    name = bb["name"].lower()
+    for keys, dim in (
+        (("tiny", "vitt"), 192),
+        (("small", "vits"), 384),
+        (("large", "vitl"), 1024),
+        (("giant", "vitg"), 1536),
+    ):
+        if any(k in name for k in keys):
+            return dim
+    return 768
+
+
+def uses_cuda(device):
+    return 1 if str(device).startswith("cuda") else 0
+
+
+def shard_mem_mb(base_mb, kb_per_image):
+    """Memory of a per-shard job: a fixed base plus a share per image of the shard."""
+
+    def mem_mb(wildcards, attempt):
+        return int((base_mb + kb_per_image * IMAGES_PER_SHARD / 1024) * attempt)
+
+    return mem_mb
+
+
+def shard_runtime(base_min, s_per_image):
+    """Wall time (minutes) of a per-shard job, with a 2x margin on the per-image cost."""
+    return int(base_min + 2 * s_per_image * IMAGES_PER_SHARD / 60 + 1)
+
+
+def extract_kb_per_image():
+    """Decoded image, activations and the stored float16 features of one image."""
+    stored = len(config["extract"]["store_features"]) * embed_dim() * 2
+    return 3 * 1024 + 4 * patches_per_image() * stored / 1024
+
+
+def fit_mem_mb(level):
+    """Global fit: the float32 sample (clustering.max_points rows; per pseudo-category at
+    the category level; every patch when null), the streamed fit's 1 GiB float32 block
+    cache, ~17 bytes of per-row state per patch, and 1 GiB of interpreter and libraries.
+    """
+    c = config["clustering"]
+    n_patches = len(IMAGES) * patches_per_image()
+    rows = c["max_points"] or n_patches
+    if level == "category":
+        rows = rows * c["n_categories"] if c["max_points"] else n_patches
+    rows = min(rows, n_patches) if level == "dataset" else rows
+    need = rows * embed_dim() * 4 + 1024 * MIB + 17 * n_patches + 1024 * MIB
+
+    def mem_mb(wildcards, attempt):
+        return int(need / MIB * attempt)
+
+    return mem_mb
+
+
+def fit_runtime():
+    """Minutes for a streamed fit: a few seconds per million patches and iteration."""
+    n_patches = len(IMAGES) * patches_per_image()
+    return int(10 + config["clustering"]["max_iter"] * n_patches / 1e6 * 3 / 60 * 2)
+
+
+def dataset_mem_mb(base_mb, kb_per_image):
+    """Memory of a job that reads something of every image (assign, evaluate)."""
+
+    def mem_mb(wildcards, attempt):
+        return int((base_mb + kb_per_image * len(IMAGES) / 1024) * attempt)
+
+    return mem_mb
+
+
+def dataset_runtime(base_min, s_per_image):
+    return int(base_min + 2 * s_per_image * len(IMAGES) / 60 + 1)
+
+
+def feature_kb_per_image():
+    """One image's clustered feature rows in float32."""
+    return patches_per_image() * embed_dim() * 4 / 1024
+
+
+def objects_gpu():
+    cls = config["objects"]["descriptor"] == "cls"
+    return uses_cuda(config["extract"]["device"]) if cls else 0

@@ -7,6 +7,10 @@ if config["dataset"]["name"] == "demo":
             f"{LOGS}/demo_data.log",
         conda:
             "../../envs/base.yaml"
+        threads: 1
+        resources:
+            mem_mb=1000,
+            runtime=10,
         params:
             demo=config["dataset"]["demo"],
         script:
@@ -22,6 +26,10 @@ rule index:
         f"{LOGS}/index.log",
     conda:
         "../../envs/base.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
     params:
         settings=index_settings(),
     script:

@@ -9,7 +9,9 @@ rule extract:
         "../../envs/torch.yaml"
     threads: 2
     resources:
-        gpu=1 if config["extract"]["device"] == "cuda" else 0,
+        gpu=uses_cuda(config["extract"]["device"]),
+        mem_mb=shard_mem_mb(2048, extract_kb_per_image()),
+        runtime=shard_runtime(5, 0.1 if uses_cuda(config["extract"]["device"]) else 1.0),
     params:
         settings=extract_settings(),
     script:

@@ -10,6 +10,9 @@ rule assign:
     conda:
         "../../envs/cluster.yaml"
     threads: 2
+    resources:
+        mem_mb=dataset_mem_mb(1024, 20 * embed_dim() * 4 / 1024),
+        runtime=dataset_runtime(5, 0.01),
     params:
         settings=stage_settings("labels", "n_classes", "class_clusterer", "n_neighbors"),
         shards=SHARDS,
@@ -28,5 +31,9 @@ rule segment:
         f"{SEEDED_LOGS}/segment/{{shard}}.log",
     conda:
         "../../envs/base.yaml"
+    threads: 1
+    resources:
+        mem_mb=shard_mem_mb(512, 256),
+        runtime=shard_runtime(2, 0.1),
     script:
         "../scripts/segment.py"

@@ -9,6 +9,9 @@ rule refine:
     conda:
         "../../envs/crf.yaml"
     threads: 2
+    resources:
+        mem_mb=shard_mem_mb(1024, 256),
+        runtime=shard_runtime(2, 1.0),
     params:
         settings=stage_settings("refine", *REFINE_KEYS, seeded=False),
     script:
@@ -27,6 +30,10 @@ rule objects:
     conda:
         "../../envs/torch.yaml"
     threads: 2
+    resources:
+        gpu=objects_gpu(),
+        mem_mb=shard_mem_mb(2048, 512),
+        runtime=shard_runtime(5, 0.5),
     params:
         settings=objects_settings,
     script:

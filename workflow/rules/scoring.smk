@@ -25,6 +25,10 @@ rule evaluate:
         f"{SEEDED_LOGS}/evaluate.log",
     conda:
         "../../envs/base.yaml"
+    threads: 1
+    resources:
+        mem_mb=dataset_mem_mb(1024, 8),
+        runtime=dataset_runtime(5, 0.05),
     params:
         matching=config["evaluate"]["matching"],
         n_classes=config["labels"]["n_classes"],
@@ -47,6 +51,10 @@ rule summary:
         f"{LOGS}/summary.log",
     conda:
         "../../envs/base.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
     params:
         seeds=SEEDS,
     script:
@@ -77,6 +85,10 @@ rule html_report:
         f"{LOGS}/report.log",
     conda:
         "../../envs/base.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=15,
     params:
         gallery=config["report"]["gallery"],
         run=config["run"],
