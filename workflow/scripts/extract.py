@@ -6,6 +6,7 @@ import torch
 from lcseg_steps.backbone import load_backbone, resolve_device
 from lcseg_steps.data.index import read_index
 from lcseg_steps.extract import extract_shard
+from lcseg_steps.gpus import claim_device
 from lcseg_steps.runlog import stage_log
 from lcseg_steps.settings import settings_digest
 
@@ -17,6 +18,8 @@ with stage_log(smk.log[0]) as log:
     records = [r for r in read_index(smk.input.index) if r.shard == smk.wildcards.shard]
     if not records:
         raise ValueError(f"{smk.input.index}: shard {smk.wildcards.shard} holds no images")
+    if smk.resources.get("gpu", 0):  # before CUDA starts: this job's own GPU(s)
+        claim_device(int(smk.resources.gpu))
     device = resolve_device(ex["device"])
     model, info = load_backbone(
         bb["name"], bb["weights"], seed=bb["seed"], overrides=bb["overrides"], device=device

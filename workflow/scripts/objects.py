@@ -13,7 +13,10 @@ with stage_log(smk.log[0]) as log:
     device = "cpu"
     if s["descriptor"] == "cls":
         from lcseg_steps.backbone import resolve_device
+        from lcseg_steps.gpus import claim_device
 
+        if smk.resources.get("gpu", 0):  # before CUDA starts: this job's own GPU(s)
+            claim_device(int(smk.resources.gpu))
         device = resolve_device(s["device"])
     limit_threads(smk.threads)  # after the backbone's torch import, so torch is limited too
     run_objects(
