@@ -241,6 +241,9 @@ def _test_profile(d: Path) -> Path:
     if not prof["set-resources"]:
         del prof["set-resources"]
     prof.pop("set-threads", None)  # the node has 2 CPUs
+    # one shard chain per group submission: packed shards run side by side and would ask
+    # for more than the node's 2 CPUs (the group stays pending)
+    prof["group-components"] = [f"{g}=1" for g in set(prof.get("groups", {}).values())]
     prof["use-conda"] = False
     prof["latency-wait"] = 5
     prof["retries"] = 0
