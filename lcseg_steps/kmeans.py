@@ -61,6 +61,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 EPS = 1e-12
+# streaming_kmeans keeps float32 copies of blocks up to this many bytes (callers size
+# memory and the float16 cast from it)
+STREAM_CACHE_BYTES = 1 << 30
 _F32 = np.float32
 _F64 = np.float64
 
@@ -901,7 +904,7 @@ def streaming_kmeans(
     device: str = "auto",
     return_labels: bool = False,
     log: Callable[[str], None] | None = None,
-    cache_bytes: int = 1 << 30,
+    cache_bytes: int = STREAM_CACHE_BYTES,
     threads: int = 1,
 ) -> KMeansResult:
     """Cosine k-means over rows streamed from ``blocks()``, one pass per Lloyd iteration.

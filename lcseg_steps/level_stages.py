@@ -11,7 +11,12 @@ import numpy as np
 import zarr
 
 from lcseg_steps import levels as lv
-from lcseg_steps.kmeans import NonFiniteError, import_torch_cast_if_worth, streaming_kmeans
+from lcseg_steps.kmeans import (
+    STREAM_CACHE_BYTES,
+    NonFiniteError,
+    import_torch_cast_if_worth,
+    streaming_kmeans,
+)
 from lcseg_steps.store import iter_row_blocks, open_store, read_ids, write_store
 
 Log = Callable[[str], None]
@@ -140,10 +145,11 @@ def run_fit_dataset(
     shards = _shard_rows(features, feature)
     n_rows = sum(a.shape[0] for _, _, a in shards)
     log(f"fit_dataset: {n_rows} patches in {len(shards)} shards, k={k}")
-    # streaming_kmeans casts every row once, and again every pass if its 1 GiB float32
-    # cache cannot hold them all
+    # streaming_kmeans casts every row once, and again every pass if its float32 cache
+    # cannot hold them all
     once = n_rows * shards[0][2].shape[1]
-    import_torch_cast_if_worth(once if 4 * once <= 1 << 30 else once * max(1, max_iter))
+    cached = 4 * once <= STREAM_CACHE_BYTES
+    import_torch_cast_if_worth(once if cached else once * max(1, max_iter))
 
     def blocks():
         for _, _, arr in shards:

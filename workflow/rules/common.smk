@@ -4,6 +4,7 @@ from snakemake.utils import validate
 
 # Snakemake puts the Snakefile's folder (the repository root) on sys.path while parsing.
 from lcseg_steps.data.index import list_images, shard_names
+from lcseg_steps.kmeans import STREAM_CACHE_BYTES
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -175,7 +176,7 @@ def fit_mem_mb(level):
     if level == "category":
         rows = rows * c["n_categories"] if c["max_points"] else n_patches
     rows = min(rows, n_patches) if level == "dataset" else rows
-    need = rows * embed_dim() * 4 + 1024 * MIB + 17 * n_patches + 1024 * MIB
+    need = rows * embed_dim() * 4 + STREAM_CACHE_BYTES + 17 * n_patches + 1024 * MIB
 
     def mem_mb(wildcards, attempt):
         return int(need / MIB * attempt)
