@@ -8,7 +8,8 @@ decide where the rows come from:
 - :func:`streaming_kmeans`: one problem whose rows are streamed block by block, one pass per
   Lloyd iteration, memory bounded by a block;
 - :func:`batched_kmeans`: many small independent problems (the ragged layout of the feature
-  stores), padded into blocks of problems and solved together;
+  stores), one after the other while each is in cache on CPU, in blocks solved together on
+  a GPU;
 - :func:`grouped_kmeans`: one :func:`cosine_kmeans` per group value.
 
 Definitions shared by every driver (our choices; the paper only says "cosine k-means"):
@@ -29,10 +30,12 @@ Definitions shared by every driver (our choices; the paper only says "cosine k-m
   ``C_{t+1}`` = renormalised sum of the members of each cluster (a cluster whose members sum
   to ~0 keeps its centroid); each empty cluster is reseeded, in cluster order, with a distinct
   worst-fitting row (lowest similarity to its own centroid, ties by lowest row index).
-- Pass ``t >= 1`` re-scores only rows whose label a margin bound (best minus second-best
-  cosine, lowered by how far the centroids moved, with a float32 rounding slack) cannot
-  guarantee; the others provably keep their label, so every pass equals a full one. The
-  objective is computed as ``sum_j c_j . s_j / n`` from the member sums ``s_j``.
+- Pass ``t >= 1`` of a large problem (or of a block on a GPU) re-scores only rows whose
+  label a margin bound (best minus second-best cosine, lowered by how far the centroids
+  moved, with a float32 rounding slack) cannot guarantee; the others provably keep their
+  label, so every pass equals a full one (which is what a cache-sized problem on CPU
+  computes: there the bookkeeping costs more than the product it saves). The objective
+  is computed as ``sum_j c_j . s_j / n`` from the member sums ``s_j``.
 - The result is ``C_t`` with the labels and objective of pass ``t``, so labels are always
   the argmax for the returned centroids; ``n_iter = t`` is the number of centroid updates.
   ``J_t`` is non-decreasing in exact arithmetic.
@@ -262,8 +265,13 @@ def _row_norms(X, xp):
     """Euclidean norms ``(...,)`` float32 of the float32 rows of ``X`` ``(..., D)``.
 
     Always the same reduction (never torch's, whose rounding differs), so a row gets the
-    same norm whichever driver, block size or process reads it.
+    same norm whichever driver, block size or process reads it. NumPy's ``vecdot`` is a
+    per-row dot product (half the time of ``einsum`` here, and independent of where the
+    row sits in memory); namespaces without it use ``einsum``.
     """
+    vecdot = getattr(xp, "vecdot", None)
+    if vecdot is not None:
+        return xp.sqrt(vecdot(X, X))
     return xp.sqrt(xp.einsum("...d,...d->...", X, X))
 
 
@@ -575,7 +583,7 @@ def _lowest_rows(rows_of, st: _State, b: int, C_b, m: int, xp):
 
 def _renormalize(sums64, C_old, xp, eps: float = EPS):
     """Unit centroids ``(B, k, D)`` float32 from float64 member sums; ~0 sums keep ``C_old``."""
-    norm = xp.sqrt(xp.sum(sums64 * sums64, axis=-1))
+    norm = xp.sqrt(xp.einsum("...d,...d->...", sums64, sums64))
     ok = norm > eps
     C = sums64 / xp.where(ok, norm, 1.0)[..., None]
     return xp.where(ok[..., None], C.astype(_F32), C_old).astype(_F32)
@@ -657,6 +665,94 @@ def _lloyd(st: _State, C, max_iter: int, tol: float, xp, rescore, rows_of, on_pa
         st.margin -= _drift(C, C_new, st.lab, st, xp)
         C = C_new
     return _to_host(C).astype(_F32), J_out, it_out
+
+
+def _lloyd_dense(X, inv, valid, C, max_iter: int, tol: float, xp):
+    """The Lloyd loop of one problem whose rows stay in cache: every pass re-scores every row.
+
+    ``X`` ``(n, D)`` float32 raw rows, ``inv``/``valid`` as :func:`_prepare`, ``C`` ``(k, D)``
+    initial unit centroids. Same rules and arithmetic as :func:`_lloyd` (a full pass is what
+    its margin bounds reproduce) in a handful of calls a pass: for a ~1 MB problem the
+    bounds' bookkeeping costs more than the matrix-vector product it saves. After a pass
+    (``t >= 1``) that moved no row and left no cluster empty, the next centroids are
+    bitwise the current ones, so that last pass (which then stops) is not recomputed.
+    Returns centroids ``(k, D)`` float32, labels ``(n,)`` int64, objective and ``n_iter``.
+    """
+    n = X.shape[0]
+    k = C.shape[0]
+    if k == 2:
+        out = _lloyd_dense_k2(X, inv, valid, C, max_iter, tol, xp)
+        if out is not None:
+            return out
+    lab, _ = _score(X, inv, C, xp)
+    sums = _member_sums(X, inv, lab, k, xp)
+    counts = xp.bincount(lab[valid], minlength=k).astype(np.int64)
+    J_prev = 0.0
+    quiet = moved = False
+    for t in range(max_iter + 1):
+        if t > 0 and not quiet:
+            new, _ = _score(X, inv, C, xp)
+            ch = xp.flatnonzero(new != lab)  # zero rows score 0 -> label 0, never move
+            moved = ch.shape[0] > 0
+            if moved:
+                _move(sums, counts, X[ch], inv[ch], lab[ch], new[ch], xp)
+                lab = new
+        J = float(xp.einsum("kd,kd->", C.astype(_F64), sums)) / n
+        n_empty = int(xp.sum(counts == 0))
+        if t >= max_iter or (t > 0 and n_empty == 0 and J - J_prev <= tol * abs(J_prev)):
+            return C, lab, J, t
+        quiet = t > 0 and not moved and n_empty == 0
+        J_prev = J
+        C_new = _renormalize(sums, C, xp)
+        if n_empty:
+            empty = np.flatnonzero(_to_host(counts) == 0)
+            st = _State(np.array([0, n]), inv, valid, lab, None, None, counts)
+            C_new[xp.asarray(empty)] = _lowest_rows(
+                lambda _b: iter([(0, X)]), st, 0, C, len(empty), xp
+            )
+        C = C_new
+    raise AssertionError("unreachable: the loop returns at t == max_iter")
+
+
+def _lloyd_dense_k2(X, inv, valid, C, max_iter: int, tol: float, xp):
+    """:func:`_lloyd_dense` for k = 2 (the image level), or None if a cluster empties.
+
+    The sign of one product with ``c1 - c0`` labels every row (as :func:`_score`; zero
+    rows score 0 and stay in cluster 0) and moved rows carry one signed sum between the
+    two clusters. An empty cluster is left to the general loop, which repairs it.
+    """
+    n = X.shape[0]
+    n_valid = int(xp.count_nonzero(valid))
+    pos = (X @ (C[1] - C[0])) > 0
+    sums = _member_sums(X, inv, pos, 2, xp)
+    n1 = int(xp.count_nonzero(pos))
+    J_prev = 0.0
+    quiet = moved = False
+    for t in range(max_iter + 1):
+        if t > 0 and not quiet:
+            new = (X @ (C[1] - C[0])) > 0
+            ch = xp.flatnonzero(new != pos)
+            moved = ch.shape[0] > 0
+            if moved:
+                into = new[ch]
+                delta = ((inv[ch] * xp.where(into, _F32(1), _F32(-1))) @ X[ch]).astype(_F64)
+                sums[1] += delta
+                sums[0] -= delta
+                n1 += 2 * int(xp.count_nonzero(into)) - ch.shape[0]
+                pos = new
+        J = float(xp.einsum("kd,kd->", C.astype(_F64), sums)) / n
+        if n1 == 0 or n1 == n_valid:
+            return None
+        if t >= max_iter or (t > 0 and J - J_prev <= tol * abs(J_prev)):
+            return C, pos.astype(np.int64), J, t
+        quiet = t > 0 and not moved
+        J_prev = J
+        norms = xp.sqrt(xp.einsum("kd,kd->k", sums, sums))
+        if bool(norms[0] > EPS) and bool(norms[1] > EPS):
+            C = (sums / norms[:, None]).astype(_F32)
+        else:
+            C = _renormalize(sums, C, xp)
+    raise AssertionError("unreachable: the loop returns at t == max_iter")
 
 
 # ---------------------------------------------------------------------------------------
@@ -1113,15 +1209,18 @@ def batched_kmeans(
 
     Problem ``i`` is rows ``offsets[i]:offsets[i + 1]`` of ``X`` ``(N, D)`` (float16/32; any
     array whose row slices give NumPy arrays, e.g. a Zarr array, is read one block at a time).
-    Problems are solved ``block_problems`` consecutive ones at a time (no padding). Each
-    problem is converted, normalised, initialised and fully assigned once while its rows are
-    in cache; later passes of the block re-score, across all its problems at once, only the
-    rows whose label the margin bound leaves undecided, so Python overhead is per block and
-    arithmetic per undecided row. ``init`` is ``"k-means++"`` (problem ``i`` uses
+    Problems are read ``block_problems`` consecutive ones at a time (no padding). On CPU
+    each problem then runs all its passes while its rows are in cache, every pass a full
+    one (:func:`_lloyd_dense`; about 6 calls a pass for k = 2). On a GPU a block is solved
+    together: later passes re-score, across all its problems at once, only the rows whose
+    label the margin bound leaves undecided, so launches are per block and arithmetic per
+    undecided row. ``init`` is ``"k-means++"`` (problem ``i`` uses
     ``kmeans_plusplus(X_i, k, seed, stream=i)``) or ``(n_problems, k, D)`` centroids.
     Each problem follows exactly the rules of :func:`cosine_kmeans`, so results do not
     depend on ``block_problems`` (up to float rounding) nor on ``threads`` (on CPU, worker
-    threads solving blocks at once).
+    threads solving blocks at once; measured on 2 cores they are slower than one here, as
+    the small calls of each pass contend for the GIL, so the image_level rule runs one
+    and Snakemake runs shards side by side).
 
     Returns ``labels`` ``(N,)`` int64, ``centroids`` ``(n_problems, k, D)`` float32,
     ``objective`` ``(n_problems,)`` float64 and ``n_iter`` ``(n_problems,)`` int64.
@@ -1169,11 +1268,28 @@ def batched_kmeans(
     def solve(start):
         ids = np.arange(start, min(P, start + bp))
         lo, hi = int(off[ids[0]]), int(off[ids[-1] + 1])
+        if xp is np:
+            solve_each(X[lo:hi], off[ids[0] : ids[-1] + 2] - lo, ids)
+            return
         buf = scratch.get(most, D, xp)
         st, C, Xf = _prepare_block(X, off, ids, k, init_arr, seed, xp, buf[: hi - lo])
         rescore, rows_of = _in_memory(Xf, st.starts, xp)
         C_out[ids], J_out[ids], it_out[ids] = _lloyd(st, C, max_iter, tol, xp, rescore, rows_of)
         labels_out[lo:hi] = _to_host(st.lab)
+
+    def solve_each(Xs, starts, ids):
+        # on CPU each problem runs all its passes while its rows are in cache: a block of
+        # problems taken pass by pass streams every pass from L3 (a 900 x 384 product
+        # costs ~25 us cache-warm and ~75 us once a pass cycles over 20 MB)
+        buf = scratch.get(int(np.max(np.diff(starts))), D, xp)
+        inits = None if init_arr is None else _unit_inits(init_arr[ids], ids, what)
+        u = seeded_uniforms(seed, ids, k) if init_arr is None else None
+        for b, i in enumerate(ids):
+            s, e = int(starts[b]), int(starts[b + 1])
+            Xb, ib, vb = _checked_problem(Xs[s:e], int(i), k, xp, buf[: e - s])
+            C0 = _kmeanspp(Xb, ib, vb, u[b], xp) if inits is None else inits[b]
+            C_out[i], lab, J_out[i], it_out[i] = _lloyd_dense(Xb, ib, vb, C0, max_iter, tol, xp)
+            labels_out[off[i] : off[i + 1]] = lab
 
     with _single_threaded_kernels(xp):
         for _ in _ordered_map(solve, range(0, P, bp), threads if xp is np else 1):
@@ -1191,6 +1307,21 @@ def _unit_inits(init, ids, what: str) -> np.ndarray:
         i = int(ids[np.flatnonzero(bad.any(axis=1))[0]])
         raise ValueError(f"{what}: problem {i}: init rows must be finite and non-zero")
     return (C / norms[..., None]).astype(_F32)
+
+
+def _checked_problem(raw, i: int, k: int, xp, out):
+    """:func:`_prepare` of batched problem ``i`` into ``out``, checked: finite, >= k non-zero
+    rows. Returns ``X``, ``inv``, ``valid``."""
+    what = "batched_kmeans"
+    Xb, ib, vb, bad = _prepare(raw, xp, out=out)
+    if bool(xp.any(bad)):
+        raise NonFiniteError(f"{what}: non-finite values in problem {i}")
+    n_valid = int(xp.count_nonzero(vb))
+    if n_valid < k:
+        raise ValueError(
+            f"{what}: problem {i} has {n_valid} non-zero rows (of {raw.shape[0]}), fewer than k={k}"
+        )
+    return Xb, ib, vb
 
 
 def _prepare_block(X, off, ids, k, init_arr, seed, xp, Xf):
@@ -1217,15 +1348,7 @@ def _prepare_block(X, off, ids, k, init_arr, seed, xp, Xf):
         C[...] = xp.asarray(_unit_inits(init_arr[ids], ids, what))
     for b, i in enumerate(ids):
         s, e = int(starts[b]), int(starts[b + 1])
-        Xb, ib, vb, bad = _prepare(Xs[s:e], xp, out=Xf[s:e])
-        if bool(xp.any(bad)):
-            raise NonFiniteError(f"{what}: non-finite values in problem {int(i)}")
-        n_valid = int(xp.count_nonzero(vb))
-        if n_valid < k:
-            raise ValueError(
-                f"{what}: problem {int(i)} has {n_valid} non-zero rows (of {e - s}), "
-                f"fewer than k={k}"
-            )
+        Xb, ib, vb = _checked_problem(Xs[s:e], int(i), k, xp, Xf[s:e])
         if init_arr is None:
             C[b] = _kmeanspp(Xb, ib, vb, u[b], xp)
         inv[s:e], valid[s:e] = ib, vb

@@ -208,6 +208,27 @@ def test_empty_cluster_repair_matches_pure_python_loop():
     np.testing.assert_array_equal(ours.labels, labels)
 
 
+@pytest.mark.parametrize("zero_row", [False, True])
+def test_batched_two_clusters_with_an_empty_one_match_pure_python_loop(zero_row):
+    """k = 2 has its own CPU loop; a cluster emptied by the init must be repaired as in
+    the general rules (worst-fitting row), whichever problem of a block it happens in."""
+    rng = np.random.default_rng(21)
+    X = unit(np.array([1.0, 0, 0, 0]) + 0.3 * rng.standard_normal((20, 4))).astype(np.float32)
+    if zero_row:
+        X[7] = 0
+    far = np.array([X[0], [-1.0, 0, 0, 0]], dtype=np.float32)  # nothing is near -e1
+    Xb = np.concatenate([X, X[::-1]])
+    off = np.array([0, 20, 40])
+    init = np.stack([far, far])
+    L, C, J, it = batched_kmeans(Xb, off, 2, init=init, max_iter=10, tol=0.0, **CPU)
+    for i, rows in enumerate((X, X[::-1])):
+        labels, C_ref, J_ref, n_ref = py_kmeans(rows.tolist(), far, max_iter=10, tol=0.0)
+        assert np.bincount(labels, minlength=2).min() > 0
+        np.testing.assert_array_equal(L[off[i] : off[i + 1]], labels)
+        np.testing.assert_allclose(C[i], C_ref, atol=1e-6)
+        assert it[i] == n_ref and abs(J[i] - J_ref) < 1e-6
+
+
 def test_empty_clusters_end_non_empty_in_every_driver():
     rng = np.random.default_rng(5)
     X = unit(np.array([1.0, 0, 0, 0, 0]) + 0.4 * rng.standard_normal((60, 5))).astype(np.float32)

@@ -7,7 +7,9 @@ rule image_level:
         f"{SEEDED_LOGS}/image_level/{{shard}}.log",
     conda:
         "../../envs/cluster.yaml"
-    threads: 2
+    # one thread: on CPU each image's k-means is a few small calls a pass, and a second
+    # worker thread mostly waits for the GIL (slower than one); shards run side by side
+    threads: 1
     resources:
         mem_mb=shard_mem_mb(1024, 2 * feature_kb_per_image()),
         runtime=shard_runtime(2, 0.2),
