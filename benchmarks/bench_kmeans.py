@@ -289,7 +289,7 @@ def dataset_child(
 
 def run_dataset(ctx: Context) -> list[Result]:
     from lcseg_steps.kmeans import kmeans_plusplus, streaming_kmeans
-    from lcseg_steps.store import write_store
+    from lcseg_steps.store import StoreWriter
 
     n = ctx.pick(1_000_000, 100_000, 5_000)
     dim = 384
@@ -333,7 +333,8 @@ def run_dataset(ctx: Context) -> list[Result]:
     np.save(points, X)
     np.save(init, C0)
     t0 = time.perf_counter()
-    write_store(store, {"k": X}, chunk_rows=BLOCK_ROWS)
+    with StoreWriter(store) as w:  # as the extract stage stores features: raw
+        w.write("k", X, BLOCK_ROWS, raw=True)
     extra["zarr_write_s"] = time.perf_counter() - t0
     X = None
     for side in ("ours_memory", "ours_zarr", "sklearn"):

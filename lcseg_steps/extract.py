@@ -327,27 +327,15 @@ def extract_shard(
         prefetch_factor=1 if num_workers else None,
     )
     cls = np.zeros((n, int(info.embed_dim)), dtype=np.float16)
-    row_chunk = max(1, min(chunk_rows, max(total, 1)))
 
     with StoreWriter(out_path, store_attrs) as w, ThreadPoolExecutor(1) as io:
+        # uncompressed (raw): see lcseg_steps.store
         writers = {
-            name: _ChunkWriter(
-                w.group.create_array(
-                    name,
-                    shape=(total, dim),
-                    dtype="float16",
-                    chunks=(row_chunk, dim),
-                    fill_value=0,
-                ),
-                io,
-            )
+            name: _ChunkWriter(w.create(name, (total, dim), "float16", chunk_rows, raw=True), io)
             for name in feats
         }
         writers["cls_attn"] = _ChunkWriter(
-            w.group.create_array(
-                "cls_attn", shape=(total,), dtype="float32", chunks=(row_chunk,), fill_value=0
-            ),
-            io,
+            w.create("cls_attn", (total,), "float32", chunk_rows, raw=True), io
         )
         t0, done, win = time.perf_counter(), 0, 0
         if windows:
