@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lcseg_steps.atomic_write import tmp_sibling
 from lcseg_steps.data.index import ImageRecord, load_ground_truth
 from lcseg_steps.store import image_grid_array, open_store, read_ids, write_store
 
@@ -282,8 +283,9 @@ def run_segment(
         raise ValueError(f"{classes}: {len(labels)} classes for {len(image_index)} regions")
     ids = read_ids(ob)
     pred_dir = Path(pred_dir)
-    tmp_dir = pred_dir.with_name(pred_dir.name + f".tmp-{os.getpid()}")
-    tmp_dir.mkdir(parents=True, exist_ok=True)
+    pred_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = tmp_sibling(pred_dir)
+    tmp_dir.mkdir()
     maps, start = [], 0
     for i, image_id in enumerate(ids):
         region_map = pixel_map(ob, "region_map", i)

@@ -23,6 +23,7 @@ import numpy as np
 import zarr
 
 from lcseg_steps import __version__
+from lcseg_steps.atomic_write import tmp_sibling
 
 DEFAULT_CHUNK_ROWS = 16384
 # Arrays written with raw=True (the feature stores' q/k/v and CLS attention) are not
@@ -55,7 +56,7 @@ def _row_chunks(shape: tuple[int, ...], chunk_rows: int) -> tuple[int, ...]:
 
 
 class StoreWriter:
-    """Builds a store at ``<path>.tmp-<pid>`` and renames it to ``path`` on ``close``.
+    """Builds a store at :func:`tmp_sibling` and renames it to ``path`` on ``close``.
 
     Use as a context manager: on an exception the temporary store is removed and any
     previous complete store at ``path`` is left untouched.
@@ -63,10 +64,8 @@ class StoreWriter:
 
     def __init__(self, path: str | os.PathLike, attrs: Mapping[str, Any] | None = None):
         self.path = Path(path)
-        self.tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = tmp_sibling(self.path)
         self.group = zarr.open_group(str(self.tmp), mode="w")
         self.group.attrs.update({"lcseg_version": __version__})
         if attrs:

@@ -1,6 +1,6 @@
 """Fingerprints of a whole ``results/`` folder, to compare two runs of the pipeline.
 
-A snapshot holds, for every Zarr store (a ``*.zarr`` directory; the ``*.zarr.tmp-<pid>``
+A snapshot holds, for every Zarr store (a ``*.zarr`` directory; the ``*.zarr.tmp-<host>-<pid>``
 siblings a killed writer leaves behind are not stores): the dtype, shape and sha256 of
 every array's bytes, and the store attrs with absolute paths and timings masked. Every
 other output file is fingerprinted too: JSON files by their parsed values, the rest by
@@ -79,7 +79,7 @@ class Snapshot:
     arrays: dict[str, tuple[str, tuple[int, ...], str, int]] = field(default_factory=dict)
     attrs: dict[str, dict] = field(default_factory=dict)
     files: dict[str, object] = field(default_factory=dict)
-    leftovers: list[str] = field(default_factory=list)  # *.tmp-<pid> trees of killed writers
+    leftovers: list[str] = field(default_factory=list)  # *.tmp-<host>-<pid> trees of killed writers
     array_bytes: int = 0
 
     @property

@@ -1,4 +1,7 @@
 import dataclasses
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -141,6 +144,15 @@ def test_index_tsv_round_trip(tmp_path):
         ImageRecord("c", "c.jpg", "/ann/instances_val2017.json#139", 480, 640, "s0001"),
     ]
     path = tmp_path / "out" / "images.tsv"
+    path.parent.mkdir()
+    # what a writer killed on this host left: the pid of a process that has exited
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    (path.parent / f"images.tsv.tmp-{socket.gethostname()}-{dead}").write_text("id\tpa")
     write_index(recs, path)
     lines = path.read_text().splitlines()
     assert lines[0].split("\t") == ["id", "path", "gt", "height", "width", "shard"]

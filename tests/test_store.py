@@ -1,4 +1,7 @@
 import os
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -63,6 +66,33 @@ def test_failed_write_leaves_previous_store(tmp_path):
             raise RuntimeError("killed")
     np.testing.assert_array_equal(open_store(path)["x"][:], x)
     assert [p.name for p in tmp_path.iterdir()] == ["s.zarr"]
+
+
+def test_a_new_writer_removes_what_killed_writers_left(tmp_path):
+    """Leftovers of dead writers on this host go; a live writer's, another host's and
+    another output's stay (a pid from another host means nothing here)."""
+    path, x = _ragged(tmp_path)
+    host = socket.gethostname()
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead = int(gone.stdout)
+    leftovers = {
+        f"s.zarr.tmp-{host}-{dead}": False,  # its process has exited
+        f"s.zarr.tmp-{host}-{os.getppid()}": True,  # alive
+        f"s.zarr.tmp-elsewhere-{dead}": True,
+        f"s.zarr2.tmp-{host}-{dead}": True,  # another output
+    }
+    for name in leftovers:
+        (tmp_path / name / "x" / "c").mkdir(parents=True)
+        (tmp_path / name / "x" / "c" / "0").write_bytes(b"half")
+    write_store(path, {"x": x[::-1]})
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted(["s.zarr", *(n for n, keep in leftovers.items() if keep)])
+    np.testing.assert_array_equal(open_store(path)["x"][:], x[::-1])
 
 
 def test_growing_arrays(tmp_path):

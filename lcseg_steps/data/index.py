@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from lcseg_steps.atomic_write import tmp_sibling
 from lcseg_steps.images import ImageError
 
 INDEX_COLUMNS = ("id", "path", "gt", "height", "width", "shard")
@@ -157,7 +158,7 @@ def write_index(records: Iterable[ImageRecord], path: str | os.PathLike) -> None
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp = tmp_sibling(path)
     rows = []
     for r in records:
         row = (r.image_id, r.path, r.gt, str(r.height), str(r.width), r.shard)
