@@ -94,6 +94,19 @@ def test_features_for_every_shard(tiny_run):
     assert (res / "logs" / "extract" / "s0000.log").read_text().count("extract:") >= 2
 
 
+def test_heavy_jobs_record_their_time_and_memory(tiny_run):
+    """Snakemake's benchmark files, what cluster resources are sized from."""
+    logs = tiny_run / "results" / "tiny" / "logs"
+    tsvs = [logs / "benchmarks" / "extract" / f"{s}.tsv" for s in ("s0000", "s0001")]
+    tsvs += [logs / "seed0" / "benchmarks" / f"{r}.tsv" for r in ("fit_dataset", "assign")]
+    tsvs += [logs / "seed0" / "benchmarks" / r / "s0001.tsv" for r in ("refine", "objects")]
+    for tsv in tsvs:
+        header, row = tsv.read_text().splitlines()[:2]
+        values = dict(zip(header.split("\t"), row.split("\t"), strict=True))
+        # memory is sampled while the job runs, so a sub-second tiny job may show ~0
+        assert float(values["s"]) > 0 and float(values["max_rss"]) >= 0, (tsv, values)
+
+
 def test_inspect_cli_on_a_store(tiny_run):
     store = tiny_run / "results" / "tiny" / "features" / "s0001.zarr"
     lcseg = os.path.join(BIN, "lcseg")

@@ -5,6 +5,8 @@ rule image_level:
         directory(f"{SEEDED}/image_level/{{shard}}.zarr"),
     log:
         f"{SEEDED_LOGS}/image_level/{{shard}}.log",
+    benchmark:
+        f"{SEEDED_LOGS}/benchmarks/image_level/{{shard}}.tsv"
     conda:
         "../../envs/cluster.yaml"
     # one thread: on CPU each image's k-means is a few small calls a pass, and a second
@@ -31,6 +33,8 @@ rule fit_dataset:
         directory(f"{SEEDED}/dataset_level.zarr"),
     log:
         f"{SEEDED_LOGS}/fit_dataset.log",
+    benchmark:
+        f"{SEEDED_LOGS}/benchmarks/fit_dataset.tsv"
     conda:
         "../../envs/cluster.yaml"
     threads: 2
@@ -61,6 +65,8 @@ rule fit_category:
         directory(f"{SEEDED}/category_level.zarr"),
     log:
         f"{SEEDED_LOGS}/fit_category.log",
+    benchmark:
+        f"{SEEDED_LOGS}/benchmarks/fit_category.tsv"
     conda:
         "../../envs/cluster.yaml"
     threads: 2

@@ -5,6 +5,8 @@ rule extract:
         directory(f"{RESULTS}/features/{{shard}}.zarr"),
     log:
         f"{LOGS}/extract/{{shard}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/extract/{{shard}}.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: 2

@@ -7,6 +7,8 @@ rule assign:
         directory(f"{SEEDED}/classes.zarr"),
     log:
         f"{SEEDED_LOGS}/assign.log",
+    benchmark:
+        f"{SEEDED_LOGS}/benchmarks/assign.tsv"
     conda:
         "../../envs/cluster.yaml"
     threads: 2

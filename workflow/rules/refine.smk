@@ -6,6 +6,8 @@ rule refine:
         directory(f"{SEEDED}/pixel_masks/{{shard}}.zarr"),
     log:
         f"{SEEDED_LOGS}/refine/{{shard}}.log",
+    benchmark:
+        f"{SEEDED_LOGS}/benchmarks/refine/{{shard}}.tsv"
     conda:
         "../../envs/crf.yaml"
     threads: 2
@@ -27,6 +29,8 @@ rule objects:
         directory(f"{SEEDED}/objects/{{shard}}.zarr"),
     log:
         f"{SEEDED_LOGS}/objects/{{shard}}.log",
+    benchmark:
+        f"{SEEDED_LOGS}/benchmarks/objects/{{shard}}.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: 2
