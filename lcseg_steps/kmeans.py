@@ -416,7 +416,7 @@ def _member_sums(X, inv, lab, k: int, xp):
         return (inv @ X)[None].astype(_F64)
     if k == 2:
         w1 = inv * lab.astype(_F32)
-        return xp.stack([(inv - w1) @ X, w1 @ X]).astype(_F64)
+        return (xp.stack([inv - w1, w1]) @ X).astype(_F64)  # one pass over X
     W = xp.zeros((k, X.shape[0]), dtype=_F32)
     W[lab, xp.arange(X.shape[0])] = inv
     return (W @ X).astype(_F64)
@@ -740,14 +740,14 @@ def _lloyd_dense_k2(X, inv, valid, C, max_iter: int, tol: float, xp):
                 sums[0] -= delta
                 n1 += 2 * int(xp.count_nonzero(into)) - ch.shape[0]
                 pos = new
-        J = float(xp.einsum("kd,kd->", C.astype(_F64), sums)) / n
+        J = float(xp.vdot(C.astype(_F64), sums)) / n
         if n1 == 0 or n1 == n_valid:
             return None
         if t >= max_iter or (t > 0 and J - J_prev <= tol * abs(J_prev)):
             return C, pos.astype(np.int64), J, t
         quiet = t > 0 and not moved
         J_prev = J
-        norms = xp.sqrt(xp.einsum("kd,kd->k", sums, sums))
+        norms = _row_norms(sums, xp)
         if bool(norms[0] > EPS) and bool(norms[1] > EPS):
             C = (sums / norms[:, None]).astype(_F32)
         else:
