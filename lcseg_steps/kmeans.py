@@ -1204,17 +1204,19 @@ def batched_kmeans(
     device: str = "auto",
     block_problems: int = 16,
     threads: int = 1,
+    solve: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Many independent cosine k-means problems on ragged rows.
 
     Problem ``i`` is rows ``offsets[i]:offsets[i + 1]`` of ``X`` ``(N, D)`` (float16/32; any
     array whose row slices give NumPy arrays, e.g. a Zarr array, is read one block at a time).
-    Problems are read ``block_problems`` consecutive ones at a time (no padding). On CPU
-    each problem then runs all its passes while its rows are in cache, every pass a full
-    one (:func:`_lloyd_dense`; about 6 calls a pass for k = 2). On a GPU a block is solved
-    together: later passes re-score, across all its problems at once, only the rows whose
-    label the margin bound leaves undecided, so launches are per block and arithmetic per
-    undecided row. ``init`` is ``"k-means++"`` (problem ``i`` uses
+    Problems are read ``block_problems`` consecutive ones at a time (no padding), then
+    ``solve``d: ``"each"`` runs one problem at a time through all its passes while its rows
+    are in cache, every pass a full one (:func:`_lloyd_dense`; about 6 calls a pass for
+    k = 2); ``"together"`` solves a block's problems pass by pass, later passes re-scoring,
+    across all of them at once, only the rows whose label the margin bound leaves
+    undecided, so launches are per block and arithmetic per undecided row. ``"auto"`` is
+    ``"each"`` on CPU, ``"together"`` on a GPU. ``init`` is ``"k-means++"`` (problem ``i`` uses
     ``kmeans_plusplus(X_i, k, seed, stream=i)``) or ``(n_problems, k, D)`` centroids.
     Each problem follows exactly the rules of :func:`cosine_kmeans`, so results do not
     depend on ``block_problems`` (up to float rounding) nor on ``threads`` (on CPU, worker
@@ -1236,6 +1238,8 @@ def batched_kmeans(
     if block_problems < 1:
         raise ValueError(f"{what}: block_problems must be >= 1, got {block_problems}")
     threads = _check_threads(threads, what)
+    if solve not in ("auto", "each", "together"):
+        raise ValueError(f"{what}: solve must be 'auto', 'each' or 'together', got {solve!r}")
     sizes = np.diff(off)
     P = len(sizes)
     small = np.flatnonzero(sizes < k)
@@ -1265,10 +1269,12 @@ def batched_kmeans(
     most = max(int(off[min(s + bp, P)] - off[s]) for s in range(0, P, bp)) if P else 0
     scratch = _Scratch()
 
-    def solve(start):
+    each = solve == "each" or (solve == "auto" and xp is np)
+
+    def solve_block(start):
         ids = np.arange(start, min(P, start + bp))
         lo, hi = int(off[ids[0]]), int(off[ids[-1] + 1])
-        if xp is np:
+        if each:
             solve_each(X[lo:hi], off[ids[0] : ids[-1] + 2] - lo, ids)
             return
         buf = scratch.get(most, D, xp)
@@ -1292,7 +1298,7 @@ def batched_kmeans(
             labels_out[off[i] : off[i + 1]] = lab
 
     with _single_threaded_kernels(xp):
-        for _ in _ordered_map(solve, range(0, P, bp), threads if xp is np else 1):
+        for _ in _ordered_map(solve_block, range(0, P, bp), threads if xp is np else 1):
             pass
     return labels_out, C_out, J_out, it_out
 

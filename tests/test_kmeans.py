@@ -24,6 +24,9 @@ from lcseg_steps.kmeans import (
 )
 
 CPU = {"device": "cpu"}
+# batched_kmeans's two ways through a block of problems (CPU uses "each", a GPU
+# "together"; both must follow the same rules, so both run here)
+SOLVES = ["each", "together"]
 
 
 def unit(a):
@@ -208,8 +211,9 @@ def test_empty_cluster_repair_matches_pure_python_loop():
     np.testing.assert_array_equal(ours.labels, labels)
 
 
+@pytest.mark.parametrize("solve", SOLVES)
 @pytest.mark.parametrize("zero_row", [False, True])
-def test_batched_two_clusters_with_an_empty_one_match_pure_python_loop(zero_row):
+def test_batched_two_clusters_with_an_empty_one_match_pure_python_loop(zero_row, solve):
     """k = 2 has its own CPU loop; a cluster emptied by the init must be repaired as in
     the general rules (worst-fitting row), whichever problem of a block it happens in."""
     rng = np.random.default_rng(21)
@@ -220,7 +224,7 @@ def test_batched_two_clusters_with_an_empty_one_match_pure_python_loop(zero_row)
     Xb = np.concatenate([X, X[::-1]])
     off = np.array([0, 20, 40])
     init = np.stack([far, far])
-    L, C, J, it = batched_kmeans(Xb, off, 2, init=init, max_iter=10, tol=0.0, **CPU)
+    L, C, J, it = batched_kmeans(Xb, off, 2, init=init, max_iter=10, tol=0.0, solve=solve, **CPU)
     for i, rows in enumerate((X, X[::-1])):
         labels, C_ref, J_ref, n_ref = py_kmeans(rows.tolist(), far, max_iter=10, tol=0.0)
         assert np.bincount(labels, minlength=2).min() > 0
@@ -238,9 +242,10 @@ def test_empty_clusters_end_non_empty_in_every_driver():
     s = streaming_kmeans(blocks_of(X, 7), 3, init=C0, max_iter=10, return_labels=True, **CPU)
     assert np.all(np.bincount(s.labels, minlength=3) > 0)
     off = np.array([0, 30, 60])
-    L, *_ = batched_kmeans(X, off, 3, init=np.stack([C0, C0]), max_iter=10, **CPU)
-    for i in range(2):
-        assert np.all(np.bincount(L[off[i] : off[i + 1]], minlength=3) > 0)
+    for solve in SOLVES:
+        L, *_ = batched_kmeans(X, off, 3, init=np.stack([C0, C0]), max_iter=10, solve=solve, **CPU)
+        for i in range(2):
+            assert np.all(np.bincount(L[off[i] : off[i + 1]], minlength=3) > 0)
 
 
 def test_zero_rows_give_no_nan_and_count_in_the_objective():
@@ -255,8 +260,10 @@ def test_zero_rows_give_no_nan_and_count_in_the_objective():
     assert abs(r.objective - sims.astype(np.float64).mean()) < 1e-6
     s = streaming_kmeans(blocks_of(X, 16), 3, **CPU)
     assert np.isfinite(s.centroids).all()
-    L, C, J, _ = batched_kmeans(X, np.array([0, 40, 80]), 3, **CPU)
-    assert np.isfinite(C).all() and np.isfinite(J).all()
+    for solve in SOLVES:
+        L, C, J, _ = batched_kmeans(X, np.array([0, 40, 80]), 3, solve=solve, **CPU)
+        assert np.isfinite(C).all() and np.isfinite(J).all()
+        assert np.all(L[[0, 17, 79]] == 0)
 
 
 def test_objective_is_monotone():
@@ -369,20 +376,30 @@ def test_skipping_decided_rows_equals_full_recompute(k):
         np.testing.assert_array_equal(got.labels, ref_lab)
         np.testing.assert_allclose(got.centroids, ref_C, atol=1e-5)
         assert got.n_iter == ref_it and abs(got.objective - ref_J) < 1e-6
-    # batched: this problem among easy ones (few undecided rows, gathered across problems)
+    # batched: this problem among easy ones (solved together: few undecided rows,
+    # gathered across problems; or each in turn, full passes)
     easy, _ = sphere_blobs(rng, 60, centres, noise=0.02)
     E0 = unit(centres + 0.05 * rng.standard_normal(centres.shape))  # no cluster empties
     Xb = np.concatenate([easy, X, easy])
     off = np.array([0, len(easy), len(easy) + len(X), len(Xb)])
-    L, C, J, it = batched_kmeans(
-        Xb, off, k, init=np.stack([E0, C0, E0]), max_iter=25, tol=0.0, block_problems=3, **CPU
-    )
-    np.testing.assert_array_equal(L[off[1] : off[2]], ref_lab)
-    assert it[1] == ref_it
-    for i in (0, 2):
-        e_lab, e_C, e_J, e_it = full_lloyd(unit(easy), E0, 25, 0.0)
-        np.testing.assert_array_equal(L[off[i] : off[i + 1]], e_lab)
-        assert it[i] == e_it and abs(J[i] - e_J) < 1e-6
+    e_lab, e_C, e_J, e_it = full_lloyd(unit(easy), E0, 25, 0.0)
+    for solve in SOLVES:
+        L, C, J, it = batched_kmeans(
+            Xb,
+            off,
+            k,
+            init=np.stack([E0, C0, E0]),
+            max_iter=25,
+            tol=0.0,
+            block_problems=3,
+            solve=solve,
+            **CPU,
+        )
+        np.testing.assert_array_equal(L[off[1] : off[2]], ref_lab)
+        assert it[1] == ref_it
+        for i in (0, 2):
+            np.testing.assert_array_equal(L[off[i] : off[i + 1]], e_lab)
+            assert it[i] == e_it and abs(J[i] - e_J) < 1e-6
 
 
 def test_streaming_sample_is_uniform_and_independent_of_blocking():
@@ -406,14 +423,15 @@ def ragged(rng, sizes, D, dtype=np.float16):
     return rng.standard_normal((off[-1], D)).astype(dtype), off
 
 
+@pytest.mark.parametrize("solve", SOLVES)
 @pytest.mark.parametrize("block_problems", [1, 3, 64])
-def test_batched_equals_per_problem_loop(block_problems):
+def test_batched_equals_per_problem_loop(block_problems, solve):
     rng = np.random.default_rng(11)
     X, off = ragged(rng, [12, 30, 7, 25, 9, 30, 4, 18], D=10)
     X[off[1] + 3] = 0  # a zero row inside a padded problem
     init = rng.standard_normal((8, 3, 10)).astype(np.float32)
     L, C, J, it = batched_kmeans(
-        X, off, 3, init=init, max_iter=10, block_problems=block_problems, **CPU
+        X, off, 3, init=init, max_iter=10, block_problems=block_problems, solve=solve, **CPU
     )
     assert L.dtype == np.int64 and C.shape == (8, 3, 10) and C.dtype == np.float32
     for i in range(8):
@@ -423,15 +441,20 @@ def test_batched_equals_per_problem_loop(block_problems):
         assert it[i] == ref.n_iter and abs(J[i] - ref.objective) < 1e-6
 
 
-def test_batched_kmeanspp_uses_a_stream_per_problem():
+@pytest.mark.parametrize("solve", SOLVES)
+def test_batched_kmeanspp_uses_a_stream_per_problem(solve):
     rng = np.random.default_rng(12)
     X, off = ragged(rng, [20, 5, 40, 13, 40, 8], D=6)
-    L0, C0, _, it0 = batched_kmeans(X, off, 4, max_iter=0, seed=5, block_problems=2, **CPU)
+    L0, C0, _, it0 = batched_kmeans(
+        X, off, 4, max_iter=0, seed=5, block_problems=2, solve=solve, **CPU
+    )
     assert np.all(it0 == 0)
     for i in range(6):
         ref = kmeans_plusplus(X[off[i] : off[i + 1]], 4, seed=5, stream=i)
         np.testing.assert_allclose(C0[i], ref, atol=1e-6)
-    runs = [batched_kmeans(X, off, 4, seed=5, block_problems=b, **CPU) for b in (1, 4, 64)]
+    runs = [
+        batched_kmeans(X, off, 4, seed=5, block_problems=b, solve=solve, **CPU) for b in (1, 4, 64)
+    ]
     for other in runs[1:]:
         np.testing.assert_array_equal(other[0], runs[0][0])
         np.testing.assert_allclose(other[1], runs[0][1], atol=1e-6)
@@ -486,10 +509,13 @@ def test_worker_threads_give_the_same_result(threads):
 
     off = np.concatenate([[0], np.cumsum(rng.integers(30, 90, 25))])
     Xb = rng.standard_normal((off[-1], 24)).astype(np.float16)
-    b1 = batched_kmeans(Xb, off, 2, seed=3, block_problems=3, **CPU)
-    bn = batched_kmeans(Xb, off, 2, seed=3, block_problems=3, threads=threads, **CPU)
-    for a, b in zip(b1, bn, strict=True):
-        np.testing.assert_array_equal(a, b)
+    for solve in SOLVES:
+        b1 = batched_kmeans(Xb, off, 2, seed=3, block_problems=3, solve=solve, **CPU)
+        bn = batched_kmeans(
+            Xb, off, 2, seed=3, block_problems=3, threads=threads, solve=solve, **CPU
+        )
+        for a, b in zip(b1, bn, strict=True):
+            np.testing.assert_array_equal(a, b)
 
     groups = rng.integers(0, 5, X.shape[0])
     g1 = grouped_kmeans(X, groups, 2, seed=1, **CPU)
@@ -585,8 +611,11 @@ def test_batched_bad_input_names_the_problem():
     with pytest.raises(ValueError, match="problem 2 has 2 rows, fewer than k=3"):
         batched_kmeans(X, off, 3, **CPU)
     X[off[1] : off[1] + 3] = 0
-    with pytest.raises(ValueError, match="problem 1 has 1 non-zero rows"):
-        batched_kmeans(X, off, 2, **CPU)
+    for solve in SOLVES:
+        with pytest.raises(ValueError, match="problem 1 has 1 non-zero rows"):
+            batched_kmeans(X, off, 2, solve=solve, **CPU)
+    with pytest.raises(ValueError, match="solve must be 'auto', 'each' or 'together'"):
+        batched_kmeans(X, off, 1, solve="fast", **CPU)
     with pytest.raises(ValueError, match="end at len"):
         batched_kmeans(X, off[:-1], 2, **CPU)
     with pytest.raises(ValueError, match=r"\(n_problems, k, D\)"):
