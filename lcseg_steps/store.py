@@ -51,6 +51,16 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def balanced_chunk_rows(n_rows: int, chunk_rows: int) -> int:
+    """Rows per chunk for ``n_rows``: as few chunks as ``chunk_rows`` allows, of equal length.
+
+    An uncompressed array stores its last chunk whole, so ``n_rows = 14.06 * chunk_rows``
+    would waste most of a chunk; 15 equal chunks waste under 15 rows.
+    """
+    n_chunks = max(1, -(-int(n_rows) // int(chunk_rows)))
+    return max(1, -(-int(n_rows) // n_chunks))
+
+
 def _row_chunks(shape: tuple[int, ...], chunk_rows: int) -> tuple[int, ...]:
     return (max(1, min(chunk_rows, max(shape[0], 1))),) + tuple(shape[1:])
 

@@ -174,6 +174,9 @@ def test_extract_shard_round_trip(
     assert store.attrs["patch_size"] == 8 and store.attrs["long_side"] == 64
     assert logs and logs[-1].startswith("extract: 5/5 images")
     assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+    n_rows = store["k"].shape[0]
+    n_chunks = -(-n_rows // chunk_rows)
+    assert store["k"].chunks[0] * n_chunks - n_rows < n_chunks  # balanced: little padding
 
     grids = [(r.height, r.width) for r in records]
     want_px = [patch_grid_size(h, w, 8, 64) for h, w in grids]

@@ -8,6 +8,7 @@ import pytest
 
 from lcseg_steps.store import (
     StoreWriter,
+    balanced_chunk_rows,
     image_grid_array,
     image_index,
     image_rows,
@@ -93,6 +94,16 @@ def test_a_new_writer_removes_what_killed_writers_left(tmp_path):
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == sorted(["s.zarr", *(n for n, keep in leftovers.items() if keep)])
     np.testing.assert_array_equal(open_store(path)["x"][:], x[::-1])
+
+
+def test_balanced_chunks_are_as_few_and_waste_less_than_one_row_each():
+    for n in [0, 1, 7, 255, 256, 257, 1000, 230400, 230401, 16384 * 14 + 1]:
+        for c in [1, 16, 256, 16384]:
+            r = balanced_chunk_rows(n, c)
+            chunks = -(-n // r)
+            assert 1 <= r <= max(c, 1)
+            assert chunks == -(-n // c)  # as few chunks as the limit allows
+            assert chunks * r - n < max(chunks, 1)  # padding of the last chunk
 
 
 def test_growing_arrays(tmp_path):
