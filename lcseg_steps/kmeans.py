@@ -1294,8 +1294,8 @@ def batched_kmeans(
             s, e = int(starts[b]), int(starts[b + 1])
             Xb, ib, vb = _checked_problem(Xs[s:e], int(i), k, xp, buf[: e - s])
             C0 = _kmeanspp(Xb, ib, vb, u[b], xp) if inits is None else inits[b]
-            C_out[i], lab, J_out[i], it_out[i] = _lloyd_dense(Xb, ib, vb, C0, max_iter, tol, xp)
-            labels_out[off[i] : off[i + 1]] = lab
+            C, lab, J_out[i], it_out[i] = _lloyd_dense(Xb, ib, vb, C0, max_iter, tol, xp)
+            C_out[i], labels_out[off[i] : off[i + 1]] = _to_host(C), _to_host(lab)
 
     with _single_threaded_kernels(xp):
         for _ in _ordered_map(solve_block, range(0, P, bp), threads if xp is np else 1):
