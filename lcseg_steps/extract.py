@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from lcseg_steps import __version__
 from lcseg_steps.images import ImageError, normalize, patch_grid_size, read_rgb, resize_for_backbone
-from lcseg_steps.store import StoreWriter, balanced_chunk_rows, offsets_from_sizes
+from lcseg_steps.store import StoreWriter, offsets_from_sizes
 
 FEATURES = ("q", "k", "v")
 PRECISIONS = ("auto", "float32", "bfloat16")
@@ -328,15 +328,14 @@ def extract_shard(
     )
     cls = np.zeros((n, int(info.embed_dim)), dtype=np.float16)
 
-    rows = balanced_chunk_rows(total, chunk_rows)
     with StoreWriter(out_path, store_attrs) as w, ThreadPoolExecutor(1) as io:
-        # uncompressed (raw): see lcseg_steps.store
+        # uncompressed, in equal chunks (raw): see lcseg_steps.store
         writers = {
-            name: _ChunkWriter(w.create(name, (total, dim), "float16", rows, raw=True), io)
+            name: _ChunkWriter(w.create(name, (total, dim), "float16", chunk_rows, raw=True), io)
             for name in feats
         }
         writers["cls_attn"] = _ChunkWriter(
-            w.create("cls_attn", (total,), "float32", rows, raw=True), io
+            w.create("cls_attn", (total,), "float32", chunk_rows, raw=True), io
         )
         t0, done, win = time.perf_counter(), 0, 0
         if windows:

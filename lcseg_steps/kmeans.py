@@ -262,7 +262,7 @@ def _as_float32(a, xp, out=None):
 
 
 def _row_norms(X, xp):
-    """Euclidean norms ``(...,)`` float32 of the float32 rows of ``X`` ``(..., D)``.
+    """Euclidean norms ``(...,)`` of the rows of ``X`` ``(..., D)``, in its float dtype.
 
     Always the same reduction (never torch's, whose rounding differs), so a row gets the
     same norm whichever driver, block size or process reads it. NumPy's ``vecdot`` is a
@@ -583,8 +583,10 @@ def _lowest_rows(rows_of, st: _State, b: int, C_b, m: int, xp):
 
 def _renormalize(sums64, C_old, xp, eps: float = EPS):
     """Unit centroids ``(B, k, D)`` float32 from float64 member sums; ~0 sums keep ``C_old``."""
-    norm = xp.sqrt(xp.einsum("...d,...d->...", sums64, sums64))
+    norm = _row_norms(sums64, xp)
     ok = norm > eps
+    if bool(ok.all()):  # the usual case, in two calls (k = 2 image level: every pass)
+        return (sums64 / norm[..., None]).astype(_F32)
     C = sums64 / xp.where(ok, norm, 1.0)[..., None]
     return xp.where(ok[..., None], C.astype(_F32), C_old).astype(_F32)
 
@@ -697,7 +699,7 @@ def _lloyd_dense(X, inv, valid, C, max_iter: int, tol: float, xp):
             if moved:
                 _move(sums, counts, X[ch], inv[ch], lab[ch], new[ch], xp)
                 lab = new
-        J = float(xp.einsum("kd,kd->", C.astype(_F64), sums)) / n
+        J = float(xp.vdot(C.astype(_F64), sums)) / n
         n_empty = int(xp.sum(counts == 0))
         if t >= max_iter or (t > 0 and n_empty == 0 and J - J_prev <= tol * abs(J_prev)):
             return C, lab, J, t
@@ -747,11 +749,7 @@ def _lloyd_dense_k2(X, inv, valid, C, max_iter: int, tol: float, xp):
             return C, pos.astype(np.int64), J, t
         quiet = t > 0 and not moved
         J_prev = J
-        norms = _row_norms(sums, xp)
-        if bool(norms[0] > EPS) and bool(norms[1] > EPS):
-            C = (sums / norms[:, None]).astype(_F32)
-        else:
-            C = _renormalize(sums, C, xp)
+        C = _renormalize(sums, C, xp)
     raise AssertionError("unreachable: the loop returns at t == max_iter")
 
 

@@ -105,13 +105,18 @@ class StoreWriter:
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
         raw: bool = False,
     ) -> zarr.Array:
-        """A preallocated array (zeros), chunked along its first axis, to fill by slices."""
+        """A preallocated array (zeros), chunked along its first axis, to fill by slices.
+
+        Raw arrays get chunks of equal length (:func:`balanced_chunk_rows`): their last
+        chunk is stored whole, padding and all.
+        """
+        if raw and len(shape):
+            chunk_rows = balanced_chunk_rows(shape[0], chunk_rows)
         return self.group.create_array(
             name,
             shape=shape,
             dtype=dtype,
             chunks=_row_chunks(shape, chunk_rows) if len(shape) else (),
-            fill_value=0 if np.dtype(dtype).kind in "biuf" else None,
             compressors=None if raw else "auto",
         )
 
