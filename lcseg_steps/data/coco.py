@@ -88,25 +88,28 @@ def list_coco(root: str | os.PathLike, split: str) -> list[ImageRecord]:
         raise ValueError(f"{ann}: no top-level 'images' list")
     records = []
     seen: set[str] = set()
-    # plain string operations: pathlib per image costs seconds on COCO train at DAG build
-    image_dir_s, ann_s = str(image_dir), str(ann)
+    # plain string operations: pathlib (and os.path.join) per image cost seconds on COCO
+    # train at DAG build
+    prefix, ann_s = os.path.join(str(image_dir), ""), str(ann)
+    splitext = os.path.splitext
     try:
         for im in sorted(images, key=lambda d: int(d["id"])):
             file_name = im["file_name"]
-            image_id = os.path.splitext(os.path.basename(file_name))[0]
+            image_id = splitext(file_name.rpartition("/")[2])[0]  # stem
             if image_id in seen:
                 raise ValueError(f"{ann}: two images share the file stem {image_id!r}")
             seen.add(image_id)
             records.append(
                 ImageRecord(
                     image_id=image_id,
-                    path=os.path.join(image_dir_s, file_name),
+                    # os.path.join's result, a tenth of its cost
+                    path=file_name if file_name.startswith("/") else prefix + file_name,
                     gt=f"{ann_s}#{int(im['id'])}",
                     height=int(im["height"]),
                     width=int(im["width"]),
                 )
             )
-    except (KeyError, TypeError) as err:
+    except (KeyError, TypeError, AttributeError) as err:
         raise ValueError(
             f"{ann}: an image entry lacks id, file_name, height or width ({err})"
         ) from err
