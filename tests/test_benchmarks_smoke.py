@@ -59,6 +59,11 @@ def test_answers_are_checked_against_the_reference(tiny_run):
     # Euclidean Lloyd may still part ways on a near-tied row of a tiny problem
     assert km["extra"]["identical_labels_fraction"] >= 0.75
     dag = by_name["dag"]
-    assert dag["kind"] == "absolute" and dag["reference_s"] == 10.0
-    # 2,000 images in shards of 256 -> 8 jobs of every per-shard stage
+    # lcseg's dry run against a bare Snakefile with the same jobs, as an overhead ratio
+    assert dag["kind"] == "overhead" and dag["target"] == 1.5
+    # 2,000 images in shards of 256 -> 8 jobs of every per-shard stage, on both sides
     assert dag["sizes"]["shards"] == 8 and dag["extra"]["jobs"]["extract"] == 8
+    assert dag["extra"]["bare_jobs"] == dag["extra"]["jobs"]
+    assert dag["extra"]["total_jobs"] == sum(dag["extra"]["jobs"].values())
+    assert dag["extra"]["rule_edges"] > 0
+    assert len(dag["extra"]["ours_runs_s"]) == len(dag["extra"]["reference_runs_s"]) == 1

@@ -11,7 +11,7 @@ from lcseg_steps.data.coco import (
     read_coco_header,
     render_coco_gt,
 )
-from lcseg_steps.data.index import ImageRecord, list_images, load_ground_truth
+from lcseg_steps.data.index import ImageRecord, class_names, list_images, load_ground_truth
 
 # pycocotools 2.0.x with numpy 2 warns on every decode; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -194,13 +194,11 @@ def test_read_coco_header_equals_json_load(tmp_path, monkeypatch, order):
         "categories": cats,
     }
     path = _write(tmp_path / "x.json", [(k, members[k]) for k in order])
-    # a tiny first window makes the reader grow it and cut inside UTF-8 characters
-    monkeypatch.setattr(coco_mod, "_FIRST_WINDOW", 16)
 
     def no_full_load(*a, **k):
         raise AssertionError("fell back to json.load")
 
-    monkeypatch.setattr(coco_mod.json, "load", no_full_load)
+    monkeypatch.setattr(json, "load", no_full_load)
     keys = tuple(k for k in ("images", "categories", "info") if k in order)
     got = read_coco_header(path, keys)
     want = json.loads(path.read_text())
@@ -258,3 +256,27 @@ def test_unknown_category_is_an_error(tmp_path):
     )
     with pytest.raises(ValueError, match="unknown category 77"):
         render_coco_gt(path, 42)
+
+
+def test_read_coco_header_stops_before_annotations(tmp_path):
+    images, _, _ = _instances()
+    # everything after "annotations": [ is garbage: the listing must never parse it
+    path = tmp_path / "x.json"
+    path.write_text(json.dumps({"images": images})[:-1] + ', "annotations": [{{{ not json')
+    assert read_coco_header(path, ("images",)) == {"images": images}
+
+
+def test_read_coco_header_rejects_empty_and_non_object_files(tmp_path):
+    (tmp_path / "empty.json").write_text("")
+    with pytest.raises(ValueError, match="empty.json.*empty"):
+        read_coco_header(tmp_path / "empty.json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="list.json.*object"):
+        read_coco_header(tmp_path / "list.json")
+
+
+def test_coco_class_names(tmp_path):
+    root = tmp_path / "coco"
+    _make_coco(root)
+    names = class_names({"name": "coco", "root": str(root), "split": "val2017"})
+    assert names == ["background", "person", "car", "dog", "toothbrush"]

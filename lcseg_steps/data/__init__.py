@@ -1,2 +1,3 @@
-"""Datasets: the image index (``index``), VOC 2012 (``voc``), COCO (``coco``) and the
-synthetic demo set (``demo``)."""
+"""Datasets: the registry (``registry``: name -> dataset module), the shared types
+(``records``: ``ImageRecord``, ``Dataset``), the image index (``index``) and one module per
+dataset: VOC 2012 (``voc``), COCO (``coco``) and the synthetic demo set (``demo``)."""

@@ -1,186 +1,61 @@
 """MS COCO: fast image listing from instances json files and semantic ground truth.
 
 Listing runs while Snakemake parses the workflow, and ``instances_train2017.json`` is
-448 MB, almost all of it the ``annotations`` array. ``read_coco_header`` therefore
-decodes only the top-level values it is asked for and never parses ``annotations``
-(see its docstring); rendering ground truth loads the full file once per process
-through pycocotools.
+448 MB, almost all of it the ``annotations`` array. ``read_coco_header`` therefore streams
+the file with ijson and stops as soon as it has the top-level values it was asked for:
+COCO files hold ``images`` before ``annotations``, so listing COCO train reads ~25 MB of
+it. Rendering ground truth (and the class names, in the same process) loads the full file
+once per process through pycocotools.
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import mmap
 import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from lcseg_steps.data.index import ImageRecord
+from lcseg_steps.data.records import Dataset, ImageRecord
 
-_WS = " \t\n\r"
-_SKIP_KEY = "annotations"  # the only top-level value large enough to be worth not parsing
-_FIRST_WINDOW = 1 << 22  # bytes decoded at first; doubled while a value runs past the end
-
-
-class _Truncated(Exception):
-    """The decoded window ended inside a value: decode a larger window."""
-
-
-def _utf8_cut(data, end: int) -> int:
-    """Move ``end`` back so ``data[:end]`` does not split a UTF-8 character."""
-    if end >= len(data):
-        return len(data)
-    while end > 0 and (data[end] & 0xC0) == 0x80:
-        end -= 1
-    return end
-
-
-def _skip_ws(text: str, pos: int) -> int:
-    while pos < len(text) and text[pos] in _WS:
-        pos += 1
-    return pos
-
-
-def _parse_members(
-    text: str, pos: int, wanted: set[str], complete: bool, stop_at: str | None
-) -> tuple[dict, int, bool]:
-    """Walk the members of the top-level object from ``pos`` (just after ``{`` or ``,``).
-
-    Returns ``(values of wanted keys, position, reached_end)``. Stops before the value of
-    ``stop_at`` (returning the position of its key). ``complete`` says whether ``text``
-    holds the rest of the file; if not, running off its end raises ``_Truncated``.
-    """
-    decoder = json.JSONDecoder()
-    found: dict = {}
-    first = True
-    while True:
-        pos = _skip_ws(text, pos)
-        if pos >= len(text):
-            if complete:
-                raise ValueError("unexpected end of file inside the top-level object")
-            raise _Truncated
-        if text[pos] == "}":
-            return found, pos, True
-        if not first:
-            if text[pos] != ",":
-                raise ValueError(f"expected ',' or '}}' at character {pos}")
-            pos = _skip_ws(text, pos + 1)
-        first = False
-        key_pos = pos
-        try:
-            key, pos = decoder.raw_decode(text, pos)
-            if not isinstance(key, str):
-                raise ValueError(f"expected a key string at character {key_pos}")
-            pos = _skip_ws(text, pos)
-            if pos >= len(text):
-                raise json.JSONDecodeError("truncated", text, pos)
-            if text[pos] != ":":
-                raise ValueError(f"expected ':' at character {pos}")
-            pos = _skip_ws(text, pos + 1)
-            if key == stop_at:
-                return found, key_pos, False
-            value, pos = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError:
-            if complete:
-                raise
-            raise _Truncated from None
-        if key in wanted:
-            found[key] = value
-
-
-def _parse_prefix(buf, wanted: set[str]) -> tuple[dict, bool]:
-    """Parse top-level members from the start until the ``annotations`` key.
-
-    Returns ``(found values, reached the end of the object)``.
-    """
-    size = len(buf)
-    window = min(_FIRST_WINDOW, size)
-    while True:
-        end = _utf8_cut(buf, window)
-        complete = end >= size
-        text = buf[:end].decode("utf-8")
-        pos = _skip_ws(text, 0)
-        if pos >= len(text) or text[pos] != "{":
-            raise ValueError("the file is not a JSON object")
-        try:
-            found, _, reached_end = _parse_members(text, pos + 1, wanted, complete, _SKIP_KEY)
-            return found, reached_end
-        except _Truncated:
-            window *= 2
-
-
-def _parse_tail(buf, key: str, wanted: set[str]) -> dict | None:
-    """Find top-level ``key`` by searching backwards from the end of the file.
-
-    A candidate ``"key"`` is accepted only if the text from it to the end parses as
-    the last members of the top-level object (``"key": v, "k2": v2 ... }`` then
-    end of file); a match inside a nested object or a string cannot parse that way.
-    Returns the wanted values found in that tail, or ``None`` if no candidate fits.
-    """
-    needle = json.dumps(key).encode("utf-8")
-    end = len(buf)
-    for _ in range(8):  # a few false candidates at most before giving up
-        start = buf.rfind(needle, 0, end)
-        if start < 0:
-            return None
-        end = start
-        if start > 0 and buf[start - 1] == ord("\\"):
-            continue
-        text = buf[start:].decode("utf-8", errors="strict")
-        try:
-            found, pos, reached_end = _parse_members(text, 0, wanted, True, None)
-        except ValueError:  # JSONDecodeError is a ValueError too
-            continue
-        if reached_end and _skip_ws(text, pos + 1) == len(text) and key in found:
-            return found
-    return None
+_SKIP_KEY = "annotations"  # the top-level value the listing must not need
 
 
 def read_coco_header(path: str | os.PathLike, keys: tuple[str, ...] = ("images", "categories")):
-    """The top-level values ``keys`` of a COCO json, without parsing ``annotations``.
+    """The top-level values ``keys`` of a COCO json, streamed with ijson.
 
-    Members are decoded in file order up to the ``annotations`` key; keys not found by
-    then are searched backwards from the end of the file and verified by parsing the
-    file's tail (COCO files end with ``categories``). If that fails the whole file is
-    loaded with ``json.load`` as a slow but correct fallback. Returns a dict holding the
-    found keys; a key absent from the file is absent from the dict.
+    Reading stops once every key in ``keys`` has been read, so with COCO's member order
+    (``info, licenses, images, annotations, categories``) asking for ``images`` never
+    touches ``annotations``. A key that follows ``annotations`` in the file is found too,
+    but only after ``annotations`` has been parsed (seconds and gigabytes for COCO train:
+    the class names use pycocotools' load instead, see ``coco_class_names``). Returns a
+    dict holding the found keys; a key absent from the file is absent from the dict. An
+    empty, malformed or non-object file raises ``ValueError`` naming it.
     """
+    import ijson  # only the listing needs it (envs/base.yaml)
+
     wanted = set(keys)
     if _SKIP_KEY in wanted:
         raise ValueError(f"read_coco_header does not read {_SKIP_KEY!r}; use pycocotools")
     path = Path(path)
+    found: dict = {}
     with open(path, "rb") as f:
         if os.fstat(f.fileno()).st_size == 0:
             raise ValueError(f"{path}: annotation file is empty")
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            try:
-                found, reached_end = _parse_prefix(buf, wanted)
-                if not reached_end:
-                    for key in sorted(wanted - set(found)):
-                        if key in found:
-                            continue
-                        tail = _parse_tail(buf, key, wanted)
-                        if tail is not None:
-                            found.update({k: v for k, v in tail.items() if k not in found})
-                        else:
-                            break  # absent or not verifiable: fall back below
-                    else:
-                        return found
-                else:
-                    return found
-            except (ValueError, UnicodeDecodeError):
-                pass
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not a valid JSON annotation file ({err})") from err
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: the top level of a COCO annotation file must be an object")
-    return {k: data[k] for k in keys if k in data}
+        try:
+            first = next(ijson.parse(f), None)
+            if first is None or first[1] != "start_map":
+                raise ValueError("the top level of a COCO annotation file must be an object")
+            f.seek(0)
+            for key, value in ijson.kvitems(f, "", use_float=True):
+                if key in wanted:
+                    found[key] = value
+                    if len(found) == len(wanted):
+                        break
+        except (ijson.JSONError, ValueError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path}: not a valid JSON annotation file ({err})") from err
+    return found
 
 
 def coco_paths(root: str | os.PathLike, split: str) -> tuple[Path, Path]:
@@ -213,29 +88,73 @@ def list_coco(root: str | os.PathLike, split: str) -> list[ImageRecord]:
         raise ValueError(f"{ann}: no top-level 'images' list")
     records = []
     seen: set[str] = set()
-    # plain string operations: pathlib per image costs seconds on COCO train at DAG build
-    image_dir_s, ann_s = str(image_dir), str(ann)
+    # plain string operations: pathlib (and os.path.join) per image cost seconds on COCO
+    # train at DAG build
+    prefix, ann_s = os.path.join(str(image_dir), ""), str(ann)
+    splitext = os.path.splitext
     try:
         for im in sorted(images, key=lambda d: int(d["id"])):
             file_name = im["file_name"]
-            image_id = os.path.splitext(os.path.basename(file_name))[0]
+            image_id = splitext(file_name.rpartition("/")[2])[0]  # stem
             if image_id in seen:
                 raise ValueError(f"{ann}: two images share the file stem {image_id!r}")
             seen.add(image_id)
             records.append(
                 ImageRecord(
                     image_id=image_id,
-                    path=os.path.join(image_dir_s, file_name),
+                    # os.path.join's result, a tenth of its cost
+                    path=file_name if file_name.startswith("/") else prefix + file_name,
                     gt=f"{ann_s}#{int(im['id'])}",
                     height=int(im["height"]),
                     width=int(im["width"]),
                 )
             )
-    except (KeyError, TypeError) as err:
+    except (KeyError, TypeError, AttributeError) as err:
         raise ValueError(
             f"{ann}: an image entry lacks id, file_name, height or width ({err})"
         ) from err
     return records
+
+
+def coco_inputs(dataset: dict) -> list[str]:
+    """The instances json: what the index of a COCO run reads."""
+    return [str(coco_paths(dataset["root"], dataset.get("split", "val2017"))[1])]
+
+
+def coco_class_names(dataset: dict) -> list[str]:
+    """``background`` then the category names in ascending category-id order.
+
+    Read through the same cached pycocotools load that ``render_coco_gt`` uses: the
+    evaluate job that asks for the names renders every image's ground truth next, and
+    ``categories`` comes after ``annotations`` in COCO files anyway.
+    """
+    _, ann = coco_paths(dataset["root"], dataset.get("split", "val2017"))
+    if not ann.is_file():
+        raise FileNotFoundError(f"{ann}: COCO annotation file not found")
+    coco, mapping = _load_coco(str(ann.resolve()))
+    names = ["background"] + [""] * len(mapping)
+    for c in coco.loadCats(coco.getCatIds()):
+        names[mapping[c["id"]]] = c["name"]
+    return names
+
+
+def owns_coco_gt(gt: str) -> bool:
+    """A ``"<instances json>#<coco image id>"`` reference."""
+    return "#" in gt
+
+
+def read_coco_gt(record: ImageRecord) -> np.ndarray:
+    """Ground truth of a record whose ``gt`` is ``"<json>#<coco image id>"``."""
+    json_path, _, coco_id = record.gt.rpartition("#")
+    try:
+        coco_image_id = int(coco_id)
+    except ValueError as err:
+        raise ValueError(
+            f"{record.gt}: coco ground-truth ref must be '<json>#<int image id>'"
+        ) from err
+    if not os.path.isfile(json_path):
+        raise FileNotFoundError(f"{json_path}: coco annotation file not found")
+    return render_coco_gt(json_path, coco_image_id)
 
 
 def coco_category_map(categories: list[dict]) -> dict[int, int]:
@@ -305,3 +224,13 @@ def render_coco_gt(annotation_json: str | os.PathLike, coco_image_id: int) -> np
         covered |= mask
     labels[crowd & ~covered] = 255
     return labels
+
+
+DATASET = Dataset(
+    name="coco",
+    inputs=coco_inputs,
+    list_images=lambda ds: list_coco(ds["root"], ds.get("split", "val2017")),
+    class_names=coco_class_names,
+    owns_gt=owns_coco_gt,
+    read_gt=read_coco_gt,
+)

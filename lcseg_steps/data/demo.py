@@ -16,7 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from lcseg_steps.data.voc import write_label_png
+from lcseg_steps.data.records import Dataset, ImageRecord
+from lcseg_steps.data.voc import owns_label_png, read_gt_png, write_label_png
 
 DEMO_CLASSES = [
     "red_striped_ellipse",
@@ -211,3 +212,29 @@ def generate_demo(
     )
     log(f"demo: {n_images} images ({len(DEMO_CLASSES)} classes) written to {base}")
     return ids
+
+
+def list_demo(dataset: dict) -> list[ImageRecord]:
+    """Records of the demo set, from ``dataset.demo.n_images`` alone, so the DAG can be
+    built before ``generate_demo`` has written anything."""
+    n_images = int(dataset.get("demo", {}).get("n_images", 48))
+    base = Path(dataset["root"])
+    return [
+        ImageRecord(
+            image_id=i,
+            path=str(base / "JPEGImages" / f"{i}.jpg"),
+            gt=str(base / "SegmentationClass" / f"{i}.png"),
+        )
+        for i in demo_ids(n_images)
+    ]
+
+
+DATASET = Dataset(
+    name="demo",
+    inputs=lambda ds: [ds["root"]],  # the generated tree (rule demo_data's output)
+    list_images=list_demo,
+    class_names=lambda ds: ["background", *DEMO_CLASSES],
+    owns_gt=owns_label_png,
+    read_gt=read_gt_png,
+    generated=True,
+)

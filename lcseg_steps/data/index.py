@@ -12,70 +12,34 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from lcseg_steps.atomic_write import tmp_sibling
+from lcseg_steps.data.records import ImageRecord, gt_file
+from lcseg_steps.data.registry import dataset_for_gt, get_dataset
 from lcseg_steps.images import ImageError
 
 INDEX_COLUMNS = ("id", "path", "gt", "height", "width", "shard")
 PROGRESS_EVERY = 1000
 
 
-@dataclass(frozen=True)
-class ImageRecord:
-    """One image of the dataset.
-
-    ``gt`` is ``""`` for an unlabelled image; for demo/voc12 it is a label PNG path, for
-    coco ``"<instances json path>#<coco image id>"``. ``height``/``width`` are 0 until
-    known; ``shard`` is ``""`` until ``assign_shards``.
-    """
-
-    image_id: str
-    path: str
-    gt: str
-    height: int = 0
-    width: int = 0
-    shard: str = ""
-
-
 def list_images(dataset: dict) -> list[ImageRecord]:
     """Records of the configured dataset in a deterministic order, without decoding pixels.
 
-    ``dataset`` is the validated ``dataset`` config section. For ``demo`` the ids follow
-    from ``dataset.demo.n_images`` so this works before the demo data are generated.
+    ``dataset`` is the validated ``dataset`` config section; the listing is the registered
+    dataset's (``lcseg_steps.data.registry``). For ``demo`` the ids follow from
+    ``dataset.demo.n_images`` so this works before the demo data are generated.
     A missing root, split file or annotation file raises ``FileNotFoundError`` naming the
     path and the config key.
     """
-    name = dataset.get("name")
     root = dataset.get("root")
     if not root:
         raise ValueError("dataset.root is empty: set it to the dataset directory")
-    if name == "demo":
-        from lcseg_steps.data.demo import demo_ids
-
-        n_images = int(dataset.get("demo", {}).get("n_images", 48))
-        base = Path(root)
-        return [
-            ImageRecord(
-                image_id=i,
-                path=str(base / "JPEGImages" / f"{i}.jpg"),
-                gt=str(base / "SegmentationClass" / f"{i}.png"),
-            )
-            for i in demo_ids(n_images)
-        ]
-    if name == "voc12":
-        from lcseg_steps.data.voc import list_voc
-
-        return list_voc(root, dataset.get("split", "val"), dataset.get("extra_lists") or ())
-    if name == "coco":
-        from lcseg_steps.data.coco import list_coco
-
-        return list_coco(root, dataset.get("split", "val2017"))
-    raise ValueError(f"dataset.name: unknown dataset {name!r}; expected demo, voc12 or coco")
+    return get_dataset(dataset.get("name")).list_images(dataset)
 
 
 def shard_names(n_images: int, shard_size: int) -> list[str]:
@@ -111,11 +75,6 @@ def _header_size(path: str) -> tuple[int, int]:
     return height, width
 
 
-def _gt_file(record: ImageRecord) -> str:
-    """The file ``record.gt`` points at (the json for coco refs)."""
-    return record.gt.rsplit("#", 1)[0] if "#" in record.gt else record.gt
-
-
 def build_index(
     dataset: dict, shard_size: int, log: Callable[[str], None] = print
 ) -> list[ImageRecord]:
@@ -138,13 +97,13 @@ def build_index(
         else:
             h, w = _header_size(rec.path)
             rec = replace(rec, height=h, width=w)
-        gt_file = _gt_file(rec)
-        if gt_file and gt_file not in checked_gt:
-            if not os.path.isfile(gt_file):
+        gt_path = gt_file(rec.gt)
+        if gt_path and gt_path not in checked_gt:
+            if not os.path.isfile(gt_path):
                 raise FileNotFoundError(
-                    f"{gt_file}: ground-truth file of image {rec.image_id} not found"
+                    f"{gt_path}: ground-truth file of image {rec.image_id} not found"
                 )
-            checked_gt.add(gt_file)
+            checked_gt.add(gt_path)
         out.append(rec)
         if n % PROGRESS_EVERY == 0:
             log(f"index: {n}/{len(records)} images checked")
@@ -213,34 +172,14 @@ def load_ground_truth(record: ImageRecord) -> np.ndarray | None:
     """
     if not record.gt:
         return None
-    if "#" in record.gt:
-        from lcseg_steps.data.coco import render_coco_gt
-
-        json_path, _, coco_id = record.gt.rpartition("#")
-        try:
-            coco_image_id = int(coco_id)
-        except ValueError as err:
-            raise ValueError(
-                f"{record.gt}: coco ground-truth ref must be '<json>#<int image id>'"
-            ) from err
-        if not os.path.isfile(json_path):
-            raise FileNotFoundError(f"{json_path}: coco annotation file not found")
-        labels = render_coco_gt(json_path, coco_image_id)
-    else:
-        from lcseg_steps.data.voc import read_label_png
-
-        if not os.path.isfile(record.gt):
-            raise FileNotFoundError(
-                f"{record.gt}: ground-truth file of image {record.image_id} not found"
-            )
-        labels = read_label_png(record.gt)
+    labels = dataset_for_gt(record.gt).read_gt(record)
     if record.height > 0 and record.width > 0:
         expected = (record.height, record.width)
     else:
         expected = _header_size(record.path)
     if labels.shape != expected:
         raise ValueError(
-            f"{_gt_file(record)}: ground truth of image {record.image_id} is "
+            f"{gt_file(record.gt)}: ground truth of image {record.image_id} is "
             f"{labels.shape[0]}x{labels.shape[1]} but the image is {expected[0]}x{expected[1]}"
         )
     return labels
@@ -248,23 +187,4 @@ def load_ground_truth(record: ImageRecord) -> np.ndarray | None:
 
 def class_names(dataset: dict) -> list[str]:
     """Ground-truth class names of a dataset, index = class id (0 is background)."""
-    name = dataset["name"]
-    if name == "demo":
-        from lcseg_steps.data.demo import DEMO_CLASSES
-
-        return ["background", *DEMO_CLASSES]
-    if name == "voc12":
-        from lcseg_steps.data.voc import VOC_CLASSES
-
-        return list(VOC_CLASSES)
-    if name == "coco":
-        from lcseg_steps.data.coco import coco_category_map, coco_paths, read_coco_header
-
-        _, ann = coco_paths(dataset["root"], dataset["split"])
-        cats = read_coco_header(ann, ("categories",))["categories"]
-        mapping = coco_category_map(cats)
-        names = ["background"] + [""] * len(mapping)
-        for c in cats:
-            names[mapping[c["id"]]] = c["name"]
-        return names
-    raise ValueError(f"dataset.name must be demo, voc12 or coco, got {name!r}")
+    return get_dataset(dataset["name"]).class_names(dataset)

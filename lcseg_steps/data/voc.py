@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lcseg_steps.data.index import ImageRecord
+from lcseg_steps.data.records import Dataset, ImageRecord
 
 VOC_CLASSES = [
     "background",
@@ -168,3 +168,36 @@ def write_label_png(path: str | os.PathLike, labels: np.ndarray) -> None:
     im.putpalette(voc_palette().tobytes())
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     im.save(path, format="PNG")
+
+
+def voc_inputs(dataset: dict) -> list[str]:
+    """The split file and the extra id lists: what the index of a VOC run reads."""
+    root = dataset["root"]
+    split = os.path.join(root, "ImageSets", "Segmentation", f"{dataset.get('split', 'val')}.txt")
+    return [split] + [os.path.join(root, p) for p in dataset.get("extra_lists") or ()]
+
+
+def owns_label_png(gt: str) -> bool:
+    """A ground-truth reference that is a plain label image path (no ``#key``)."""
+    return "#" not in gt
+
+
+def read_gt_png(record: ImageRecord) -> np.ndarray:
+    """The label PNG of ``record``; a missing one raises ``FileNotFoundError`` naming it."""
+    if not os.path.isfile(record.gt):
+        raise FileNotFoundError(
+            f"{record.gt}: ground-truth file of image {record.image_id} not found"
+        )
+    return read_label_png(record.gt)
+
+
+DATASET = Dataset(
+    name="voc12",
+    inputs=voc_inputs,
+    list_images=lambda ds: list_voc(
+        ds["root"], ds.get("split", "val"), ds.get("extra_lists") or ()
+    ),
+    class_names=lambda ds: list(VOC_CLASSES),
+    owns_gt=owns_label_png,
+    read_gt=read_gt_png,
+)

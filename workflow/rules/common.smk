@@ -4,6 +4,7 @@ from snakemake.utils import validate
 
 # Snakemake puts the Snakefile's folder (the repository root) on sys.path while parsing.
 from lcseg_steps.data.index import list_images, shard_names
+from lcseg_steps.data.registry import get_dataset
 from lcseg_steps.kmeans import STREAM_CACHE_BYTES
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -15,8 +16,10 @@ SEEDS = config["seeds"]
 SEEDED = f"{RESULTS}/seed{{seed}}"
 SEEDED_LOGS = f"{LOGS}/seed{{seed}}"
 
-if config["dataset"]["name"] == "demo" and not config["dataset"]["root"]:
-    config["dataset"]["root"] = f"{RESULTS}/demo"
+# the registered dataset (lcseg_steps/data/registry.py): inputs, listing, class names
+DATASET = get_dataset(config["dataset"]["name"])
+if DATASET.generated and not config["dataset"]["root"]:
+    config["dataset"]["root"] = f"{RESULTS}/{DATASET.name}"
 
 # Image ids are known when the DAG is built (split file or annotation JSON), so the
 # shard list is fixed here and no checkpoint is needed.
@@ -32,15 +35,9 @@ wildcard_constraints:
 
 
 def dataset_inputs(wildcards):
-    """What the index reads: the generated demo tree, or the listing files of a real dataset."""
-    ds = config["dataset"]
-    if ds["name"] == "demo":
-        return [ds["root"]]
-    if ds["name"] == "voc12":
-        root = ds["root"]
-        lists = [os.path.join(root, "ImageSets", "Segmentation", f"{ds['split']}.txt")]
-        return lists + [os.path.join(root, p) for p in ds["extra_lists"]]
-    return [os.path.join(ds["root"], "annotations", f"instances_{ds['split']}.json")]
+    """What the index reads: the registered dataset's listing files (the generated tree
+    for demo)."""
+    return list(DATASET.inputs(config["dataset"]))
 
 
 def index_settings():

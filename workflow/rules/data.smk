@@ -1,4 +1,4 @@
-if config["dataset"]["name"] == "demo":
+if DATASET.generated:
 
     rule demo_data:
         output:

@@ -1,0 +1,68 @@
+"""The two types every data module shares: ``ImageRecord`` (one image of the index) and
+``Dataset`` (what one dataset module provides to the registry).
+
+This module imports nothing of ``lcseg_steps``, so the dataset modules, the index and the
+registry can all import it without an import cycle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image of the dataset.
+
+    ``gt`` is ``""`` for an unlabelled image, else a reference that the dataset's
+    ``read_gt`` understands: a label PNG path (demo, voc12), or
+    ``"<file>#<key>"`` (coco: ``"<instances json path>#<coco image id>"``).
+    ``height``/``width`` are 0 until known; ``shard`` is ``""`` until ``assign_shards``.
+    """
+
+    image_id: str
+    path: str
+    gt: str
+    height: int = 0
+    width: int = 0
+    shard: str = ""
+
+
+def gt_file(gt: str) -> str:
+    """The file a ground-truth reference points at (the part before ``#``, if any)."""
+    return gt.rsplit("#", 1)[0] if "#" in gt else gt
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """What a dataset module provides (as its module-level ``DATASET``).
+
+    Every function taking ``dict`` gets the validated ``dataset`` config section with a
+    non-empty ``root``.
+
+    - ``inputs(cfg)``: the files or folders the ``index`` rule depends on (id lists,
+      annotation files), so that changing them rebuilds the index.
+    - ``list_images(cfg)``: the image records in a deterministic order, read while
+      Snakemake builds the DAG: listing files only, never pixels.
+    - ``class_names(cfg)``: ground-truth class names, index = class id (0 background).
+    - ``owns_gt(gt)``: whether a non-empty ``ImageRecord.gt`` reference is one this
+      dataset's ``read_gt`` reads (the index TSV does not name the dataset).
+    - ``read_gt(record)``: the ground truth of a record with a non-empty ``gt`` as
+      ``(H, W)`` uint8 class ids, 255 = void; a missing file raises
+      ``FileNotFoundError`` naming it.
+    - ``generated``: the workflow makes the data itself (rule ``demo_data``) under
+      ``results/<run>/<name>`` when ``dataset.root`` is empty.
+    """
+
+    name: str
+    inputs: Callable[[dict], Sequence[str]]
+    list_images: Callable[[dict], list[ImageRecord]]
+    class_names: Callable[[dict], list[str]]
+    owns_gt: Callable[[str], bool]
+    read_gt: Callable[[ImageRecord], np.ndarray]
+    generated: bool = False
