@@ -192,7 +192,7 @@ def extract_speed(c: Check) -> dict:
     from benchmarks.bench_extract import _decode_all
     from benchmarks.bench_refine import write_scenes
     from lcseg_steps.backbone import load_backbone
-    from lcseg_steps.data.index import ImageRecord
+    from lcseg_steps.data.records import ImageRecord
     from lcseg_steps.extract import extract_shard
 
     n, batch = size("extract_images", c.scale), size("extract_batch", c.scale)
