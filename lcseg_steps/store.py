@@ -295,3 +295,58 @@ def pixel_map(store: zarr.Group, name: str, i: int) -> np.ndarray:
     lo, hi = (int(x) for x in store["pixel_offsets"][i : i + 2])
     h, w = (int(x) for x in store["sizes"][i])
     return np.asarray(store[name][lo:hi]).reshape(h, w)
+
+
+# ---------------------------------------------------------------- feature stores
+
+
+def feature_array(store: zarr.Group, path: str | os.PathLike, feature: str) -> zarr.Array:
+    """The ``feature`` rows of a feature store, or an error naming the config keys."""
+    if feature not in store:
+        raise ValueError(
+            f"{path}: has no '{feature}' features (clustering.feature={feature!r}); add it to "
+            f"extract.store_features or choose one of "
+            f"{[f for f in ('q', 'k', 'v') if f in store]}"
+        )
+    return store[feature]
+
+
+def check_finite(store: zarr.Group, path: str | os.PathLike, feature: str, X=None) -> None:
+    """Raise ``ValueError`` naming the store, the feature and the first image whose
+    ``feature`` rows hold NaN or inf (a corrupt store: extract writes finite rows only).
+
+    ``X``: the rows already in memory; otherwise the array is read block by block.
+    """
+    blocks = [np.asarray(X)] if X is not None else iter_row_blocks(store[feature])
+    start = 0
+    for block in blocks:
+        bad = ~np.isfinite(block).all(axis=tuple(range(1, block.ndim)))
+        if bad.any():
+            row = start + int(np.flatnonzero(bad)[0])
+            n_bad = int(bad.sum())
+            if X is None:  # count the rest too
+                for rest in blocks:
+                    n_bad += int((~np.isfinite(rest).all(axis=tuple(range(1, rest.ndim)))).sum())
+            offsets = np.asarray(store["offsets"][:])
+            image = int(np.searchsorted(offsets, row, side="right")) - 1
+            raise ValueError(
+                f"{path}: '{feature}' features hold NaN or inf in {n_bad} patch row(s), first "
+                f"in row {row} (image {read_ids(store)[image]!r}); the store is corrupt, "
+                "delete it and rerun extract"
+            )
+        start += len(block)
+
+
+def patch_layout(store: zarr.Group) -> dict[str, np.ndarray]:
+    """A feature store's ragged layout: ``offsets``, ``grid`` and ``image_ids``."""
+    return {
+        "offsets": np.asarray(store["offsets"][:]),
+        "grid": np.asarray(store["grid"][:]),
+        "image_ids": read_ids(store),
+    }
+
+
+def feature_shards(paths: Sequence[str | os.PathLike], feature: str) -> list:
+    """``(path, store, feature array)`` of each feature store in ``paths``."""
+    stores = [(p, open_store(p)) for p in paths]
+    return [(p, s, feature_array(s, p, feature)) for p, s in stores]

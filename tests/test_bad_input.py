@@ -28,8 +28,10 @@ from lcseg_steps.data.index import ImageRecord, build_index, list_images
 from lcseg_steps.data.voc import write_label_png
 from lcseg_steps.evaluate import run_evaluate
 from lcseg_steps.extract import extract_shard
+from lcseg_steps.fit_dataset import run_fit_dataset
+from lcseg_steps.image_level import run_image_level
 from lcseg_steps.images import ImageError, read_rgb
-from lcseg_steps.level_stages import run_fit_dataset, run_image_level, run_merge
+from lcseg_steps.merge import run_merge
 from lcseg_steps.objects import run_objects
 from lcseg_steps.refine import run_refine
 from lcseg_steps.store import (
@@ -673,17 +675,25 @@ def test_non_finite_features_are_refused_naming_the_store(tmp_path, stage, bad_v
     before = _previous_store(out)
     with pytest.raises(ValueError, match=message):
         if stage == "image_level":
-            run_image_level(bad, out, feature="k", k=2, fg_rule="border", log=_quiet, **KMEANS)
+            run_image_level(
+                bad, out, feature="k", k_image=2, fg_rule="border", log=_quiet, **KMEANS
+            )
         else:
             il = run_image_level(
-                good, tmp_path / "il.zarr", feature="k", k=2, fg_rule="border", log=_quiet, **KMEANS
+                good,
+                tmp_path / "il.zarr",
+                feature="k",
+                k_image=2,
+                fg_rule="border",
+                log=_quiet,
+                **KMEANS,
             )
             run_fit_dataset(
                 [good, bad],
                 [il, il],
                 out,
                 feature="k",
-                k=2,
+                k_dataset=2,
                 fg_vote=0.5,
                 max_points=None,
                 log=_quiet,
