@@ -7,12 +7,20 @@ configfile: "config.yaml"
 
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/data.smk"
-include: "workflow/rules/features.smk"
-include: "workflow/rules/clustering.smk"
+include: "workflow/rules/demo_data.smk"
+include: "workflow/rules/index.smk"
+include: "workflow/rules/extract.smk"
+include: "workflow/rules/image_level.smk"
+include: "workflow/rules/fit_dataset.smk"
+include: "workflow/rules/fit_category.smk"
+include: "workflow/rules/merge.smk"
 include: "workflow/rules/refine.smk"
-include: "workflow/rules/labels.smk"
-include: "workflow/rules/scoring.smk"
+include: "workflow/rules/objects.smk"
+include: "workflow/rules/assign.smk"
+include: "workflow/rules/segment.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/summary.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

@@ -112,10 +112,9 @@ def essential(wd: Path, cfg: dict, threads: int) -> dict[str, float]:
     from lcseg_steps.descriptors import crop_cls_descriptors
     from lcseg_steps.extract import extract_shard
     from lcseg_steps.images import read_rgb
-    from lcseg_steps.label_stages import pixel_map
     from lcseg_steps.objects import object_regions, region_crop
     from lcseg_steps.refine import CRFParams, crf_refine, upsample_score
-    from lcseg_steps.store import image_grid_array, open_store, read_ids
+    from lcseg_steps.store import image_grid_array, open_store, pixel_map, read_ids
 
     res = wd / "results" / cfg["run"]
     records = read_index(res / "images.tsv")

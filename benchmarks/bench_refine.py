@@ -1,6 +1,6 @@
 """Refine stage (upsampling + dense CRF) against bare pydensecrf2 inference, and its pool.
 
-- ``refine``: :func:`lcseg_steps.label_stages.run_refine` with one process (reads a patch-mask
+- ``refine``: :func:`lcseg_steps.refine.run_refine` with one process (reads a patch-mask
   store and the image files, upsamples, runs the CRF, writes the pixel-mask store) against
   the bare ``pydensecrf`` calls (unary, two pairwise terms, ``inference``, argmax) with the
   same parameters on the same images already decoded and the same probabilities already
@@ -84,9 +84,8 @@ def bare_crf(image: np.ndarray, prob_fg: np.ndarray, p) -> np.ndarray:
 
 def run(ctx: Context) -> list[Result]:
     from lcseg_steps.data.index import ImageRecord
-    from lcseg_steps.label_stages import pixel_map, run_refine
-    from lcseg_steps.refine import CRFParams, upsample_score
-    from lcseg_steps.store import offsets_from_sizes, open_store, write_store
+    from lcseg_steps.refine import CRFParams, run_refine, upsample_score
+    from lcseg_steps.store import offsets_from_sizes, open_store, pixel_map, write_store
 
     n = ctx.pick(8, 4, 2)
     h, w = ctx.pick((360, 480), (360, 480), (96, 128))
@@ -116,7 +115,7 @@ def run(ctx: Context) -> list[Result]:
             out,
             crf=True,
             threshold=0.5,
-            crf_params=dataclasses.asdict(params),
+            **dataclasses.asdict(params),
             processes=1,
             attrs={},
             log=lambda _m: None,
@@ -173,7 +172,7 @@ def pool_child(items: list, repeats: int) -> dict:
     interpreter, as the refine script runs them: warm-up, then ``repeats`` interleaved."""
     from lcseg_steps.refine import CRFParams, refine_images
 
-    limit_threads(1)  # as workflow/scripts/refine.py
+    limit_threads(1)  # as lcseg_steps.refine.run
     work = [(path, np.asarray(grid, dtype=np.float32)) for path, grid in items]
 
     def pool(processes: int):

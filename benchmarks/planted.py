@@ -40,8 +40,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from lcseg_steps import levels as lv  # noqa: E402
+from lcseg_steps.fit_category import pseudo_categories  # noqa: E402
 from lcseg_steps.kmeans import streaming_kmeans  # noqa: E402
-from lcseg_steps.level_stages import pseudo_categories  # noqa: E402
 
 K = 2  # clusters per image, over the dataset and per pseudo-category (pipeline defaults)
 FG_VOTE = 0.5

@@ -1,11 +1,21 @@
-"""Class assignment: cluster the CLS-token descriptors of object regions into classes.
+"""Stage ``assign``: cluster the descriptors of all object regions into classes,
+``objects/{shard}.zarr`` (every shard) -> ``classes.zarr``.
 
 Each cluster is one predicted class; ``evaluate`` later matches clusters to gt classes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+from lcseg_steps.store import open_store, write_store
+
+if TYPE_CHECKING:
+    from lcseg_steps.stage import Job
 
 METHODS = ("spectral", "kmeans")
 
@@ -130,3 +140,55 @@ def assign_classes(
         random_state=seed,
     )
     return model.fit_predict(affinity).astype(np.int64)
+
+
+def run_assign(
+    objects: Sequence[str | Path],
+    shards: Sequence[str],
+    out: str | Path,
+    *,
+    n_classes: int,
+    class_clusterer: str,
+    n_neighbors: int,
+    seed: int,
+    attrs: dict,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """All region descriptors -> one class per region (spectral clustering by default)."""
+    descs = [np.asarray(open_store(p)["descriptors"][:]) for p in objects]
+    counts = [len(d) for d in descs]
+    X = np.concatenate(descs)
+    log(
+        f"assign: {len(X)} regions from {len(objects)} shard(s) -> {n_classes} classes "
+        f"({class_clusterer})"
+    )
+    if len(X) < n_classes:
+        raise ValueError(
+            f"labels.n_classes={n_classes} but the masks gave only {len(X)} object regions; "
+            "lower labels.n_classes, lower objects.min_region_area or add images"
+        )
+    labels = assign_classes(
+        X, n_classes, method=class_clusterer, n_neighbors=n_neighbors, seed=seed
+    )
+    log(f"assign: class sizes {np.bincount(labels, minlength=n_classes).tolist()}")
+    return write_store(
+        out,
+        {
+            "labels": labels,
+            "region_offsets": np.concatenate([[0], np.cumsum(counts)]),
+            "shards": np.asarray(list(shards), dtype=object),
+        },
+        attrs,
+    )
+
+
+def run(job: Job) -> Path:
+    """The rule ``assign`` (settings: the ``labels`` config block and the seed)."""
+    return run_assign(
+        job.input.objects,
+        job.params.shards,
+        job.output[0],
+        **job.settings,
+        attrs=job.attrs,
+        log=job.log,
+    )

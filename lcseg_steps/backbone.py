@@ -25,9 +25,11 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-import torch
+if TYPE_CHECKING:  # torch is imported where used: the workflow reads the tables below
+    import torch
 
 BACKBONES: dict[str, str] = {
     "dino_vits16": "vit_small_patch16_224.dino",
@@ -39,6 +41,28 @@ BACKBONES: dict[str, str] = {
     "dinov2_vits14_reg": "vit_small_patch14_reg4_dinov2.lvd142m",
     "dinov2_vitb14_reg": "vit_base_patch14_reg4_dinov2.lvd142m",
 }
+
+# Feature width (embed_dim) of each timm ViT family (a timm name's first two words), so
+# the width is known without building the model (the workflow's resource estimates).
+VIT_WIDTHS: dict[str, int] = {
+    "vit_tiny": 192,
+    "vit_small": 384,
+    "vit_base": 768,
+    "vit_large": 1024,
+    "vit_huge": 1280,
+    "vit_giant": 1536,
+}
+
+
+def embed_dim_of(name: str, overrides: dict | None = None) -> int | None:
+    """Feature width of backbone ``name`` (a key of ``BACKBONES`` or a raw timm ViT name)
+    without building it: ``overrides["embed_dim"]`` when given, else the width of its ViT
+    family in ``VIT_WIDTHS``; ``None`` when the family is not in the table."""
+    if "embed_dim" in (overrides or {}):
+        return int(overrides["embed_dim"])
+    family = "_".join(BACKBONES.get(name, name).split("_")[:2])
+    return VIT_WIDTHS.get(family)
+
 
 # Keys that checkpoints carry but a feature extractor has no module for: the DINO
 # projection head / a classifier, DINOv2's masked-image-modelling token.
@@ -73,6 +97,8 @@ class BackboneInfo:
 def resolve_device(device: str) -> str:
     """``"auto"`` -> ``"cuda"`` when available else ``"cpu"``; ``"cuda[:n]"`` without CUDA
     is an error rather than a silent CPU run."""
+    import torch
+
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -175,6 +201,7 @@ def _info(name, timm_name, source, warning, model) -> BackboneInfo:
 def _create(timm_name: str, kwargs: dict, seed: int, **extra) -> torch.nn.Module:
     """Seeded ``timm.create_model`` that leaves the caller's global RNG state untouched."""
     import timm
+    import torch
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -244,6 +271,8 @@ def _cached_pretrained_file(cfg) -> Path | None:
                 if isinstance(hit, str) and os.path.isfile(hit):
                     return Path(hit)
     if cfg.url:
+        import torch
+
         path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(cfg.url).path)
         if path.is_file():
             return path
@@ -284,6 +313,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     ``state_dict``) and prefix them (``module.`` from DDP, ``backbone.`` from DINO's
     MultiCropWrapper); the teacher is preferred, as in DINO's own evaluation code.
     """
+    import torch
+
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: backbone checkpoint file not found")

@@ -1,4 +1,6 @@
-"""Scoring of semantic masks against ground truth: confusion, label matching, mIoU, plots.
+"""Stage ``evaluate``: scoring of the semantic maps of one seed against ground truth
+(confusion, label matching, mIoU, plots), ``semantic/{shard}.zarr`` -> ``metrics.json``,
+``per_class_iou.png`` and ``confusion.png``.
 
 Unsupervised segmentation predicts cluster ids, not class ids, so a prediction is scored
 only after its ids have been matched to ground-truth classes. The flow is:
@@ -16,12 +18,23 @@ background is a cluster like any other and is not forced onto the gt background 
 
 from __future__ import annotations
 
+import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+
+from lcseg_steps.data.index import ImageRecord, load_ground_truth, read_index
+from lcseg_steps.data.index import class_names as dataset_class_names
+from lcseg_steps.settings import settings_digest
+from lcseg_steps.store import open_store, pixel_map, records_in_order
+
+if TYPE_CHECKING:
+    from lcseg_steps.stage import Job
 
 VOID = 255
 
@@ -357,3 +370,85 @@ def plot_confusion(result: dict, path: str | os.PathLike) -> None:
                     )
     ax.set_title("Confusion after matching (row %)")
     fig.savefig(os.fspath(path), format="png")
+
+
+def run_evaluate(
+    semantic: Sequence[str | Path],
+    records: Sequence[ImageRecord],
+    out_json: str | Path,
+    iou_png: str | Path,
+    confusion_png: str | Path,
+    *,
+    class_names: Sequence[str],
+    n_classes: int,
+    matching: str,
+    facts: dict,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Confusion over all labelled images, Hungarian (or majority) matching, metrics.json.
+
+    Images without a ground-truth reference (``gt == ""``: VOC extra lists) are skipped,
+    logged and counted as ``n_images_unlabelled``; a referenced ground-truth file that is
+    missing or whose size differs from the image is an error naming the file.
+    """
+    acc = ConfusionAccumulator(len(class_names), n_classes + 1)
+    skipped = 0
+    for path in semantic:
+        st = open_store(path)
+        for i, r in enumerate(records_in_order(st, records, path)):
+            gt = load_ground_truth(r)
+            if gt is None:
+                skipped += 1  # extra unlabelled images join clustering, not scoring
+                continue
+            pred = pixel_map(st, "semantic", i)
+            if gt.shape != pred.shape:
+                raise ValueError(f"{r.gt}: ground truth {gt.shape} != prediction {pred.shape}")
+            acc.add(gt, pred, image_id=r.image_id)
+        log(f"evaluate: {acc.n_images} images scored, {skipped} unlabelled skipped after {path}")
+    if acc.n_images == 0:
+        raise ValueError("evaluate: no image has ground truth to score against")
+    conf = acc.matrix
+    mapping = hungarian_match(conf) if matching == "hungarian" else majority_match(conf)
+    result = scores(conf, mapping, class_names)
+    plot_per_class_iou(result, iou_png)
+    plot_confusion(result, confusion_png)
+    metrics = {
+        "miou": result["miou"],
+        "pixel_accuracy": result["pixel_accuracy"],
+        "per_class_iou": dict(zip(result["class_names"], result["per_class_iou"], strict=True)),
+        "matching": matching,
+        "n_images_scored": acc.n_images,
+        "n_images_unlabelled": skipped,
+        **facts,
+        "mapping": result["mapping"],
+        "confusion": result["confusion"],
+    }
+    log(f"evaluate: mIoU {metrics['miou']:.4f}, pixel accuracy {metrics['pixel_accuracy']:.4f}")
+    Path(out_json).write_text(json.dumps(json_ready(metrics), indent=2))
+    return metrics
+
+
+def run(job: Job) -> dict:
+    """The rule ``evaluate``. The backbone facts come from the semantic stores'
+    ``extraction`` attrs (carried on from the features store by objects and segment)."""
+    from lcseg_steps.objects import EXTRACTION_FACTS
+
+    extraction = open_store(job.input.semantic[0]).attrs.get("extraction") or {}
+    facts = {
+        **job.params.facts,
+        "seed": int(job.wildcards.seed),
+        "config_digest": settings_digest(job.config),
+        **{key: extraction.get(key) for key in EXTRACTION_FACTS},
+    }
+    return run_evaluate(
+        job.input.semantic,
+        read_index(job.input.index),
+        job.output.metrics,
+        job.output.iou,
+        job.output.confusion,
+        class_names=dataset_class_names(job.params.dataset),
+        n_classes=job.params.n_classes,
+        matching=job.params.matching,
+        facts=facts,
+        log=job.log,
+    )

@@ -1,4 +1,5 @@
-"""Per-patch q/k/v attention features, CLS token and CLS attention of a frozen ViT.
+"""Stage ``extract``: per-patch q/k/v attention features, CLS token and CLS attention of
+a frozen ViT, ``images.tsv`` (one shard's images) -> ``features/{shard}.zarr``.
 
 ``qkv_features`` runs one forward pass and reads q, k, v from a hook on the chosen
 block's ``attn.qkv`` projection. ``extract_shard`` does that for every image of a shard
@@ -12,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ import torch.nn.functional as F
 from lcseg_steps import __version__
 from lcseg_steps.images import ImageError, normalize, patch_grid_size, read_rgb, resize_for_backbone
 from lcseg_steps.store import StoreWriter, offsets_from_sizes
+
+if TYPE_CHECKING:
+    from lcseg_steps.stage import Job
 
 FEATURES = ("q", "k", "v")
 PRECISIONS = ("auto", "float32", "bfloat16")
@@ -396,3 +400,43 @@ def extract_shard(
         w.write("input_size", input_size)
         w.write("image_ids", np.array([str(r.image_id) for r in records], dtype=object))
     return Path(out_path)
+
+
+def run(job: Job) -> Path:
+    """The rule ``extract`` (settings: the ``backbone`` and ``extract`` config blocks)."""
+    from lcseg_steps.backbone import load_backbone, resolve_device
+    from lcseg_steps.data.index import read_index
+    from lcseg_steps.gpus import claim_device
+
+    log, shard = job.log, job.wildcards.shard
+    bb, ex = job.settings["backbone"], job.settings["extract"]
+    records = [r for r in read_index(job.input.index) if r.shard == shard]
+    if not records:
+        raise ValueError(f"{job.input.index}: shard {shard} holds no images")
+    if job.resources.get("gpu", 0):  # before CUDA starts: this job's own GPU(s)
+        claim_device(int(job.resources.gpu))
+    device = resolve_device(ex["device"])
+    model, info = load_backbone(
+        bb["name"], bb["weights"], seed=bb["seed"], overrides=bb["overrides"], device=device
+    )
+    log(f"extract: {len(records)} images, backbone {info.timm_name} ({info.weights}) on {device}")
+    if info.weights_warning:
+        log(f"WARNING: {info.weights_warning}")
+    out = extract_shard(
+        records,
+        model,
+        info,
+        job.output[0],
+        layer=ex["layer"],
+        long_side=ex["long_side"],
+        store_features=tuple(ex["store_features"]),
+        batch_size=ex["batch_size"],
+        num_workers=ex["num_workers"],
+        device=device,
+        chunk_rows=ex["chunk_rows"],
+        precision=ex["precision"],
+        attrs=job.attrs,
+        log=log,
+    )
+    log("extract: done")
+    return out

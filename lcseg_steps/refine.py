@@ -1,4 +1,5 @@
-"""Patch-level foreground scores -> pixel-level binary masks (upsampling + dense CRF).
+"""Stage ``refine``: patch-level foreground scores -> pixel-level binary masks
+(upsampling + dense CRF), ``patch_masks/{shard}.zarr`` -> ``pixel_masks/{shard}.zarr``.
 
 Geometry of the upsampling: the backbone saw the whole image resized (not cropped) to
 ``(gh * patch, gw * patch)`` (see ``images.resize_for_backbone``), so patch ``(i, j)``
@@ -18,12 +19,26 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
+from lcseg_steps.data.index import ImageRecord, read_index
 from lcseg_steps.images import ImageError, read_rgb
-from lcseg_steps.store import offsets_from_sizes
+from lcseg_steps.runlog import limit_threads
+from lcseg_steps.store import (
+    image_grid_array,
+    offsets_from_sizes,
+    open_store,
+    read_ids,
+    records_in_order,
+    write_pixel_store,
+)
+
+if TYPE_CHECKING:
+    from lcseg_steps.stage import Job
 
 
 class RefineError(RuntimeError):
@@ -200,3 +215,55 @@ def unpack_mask(flat, offsets, sizes, i: int) -> np.ndarray:
     if hi - lo != h * w:
         raise ValueError(f"mask {i}: {hi - lo} stored pixels but size is {h}x{w}")
     return np.asarray(flat[lo:hi], dtype=np.uint8).reshape(h, w)
+
+
+def run_refine(
+    patch_masks: str | Path,
+    records: Sequence[ImageRecord],
+    out: str | Path,
+    *,
+    crf: bool,
+    threshold: float,
+    processes: int,
+    attrs: dict,
+    log: Callable[[str], None] = print,
+    **crf_params,
+) -> Path:
+    """Soft patch scores -> upsampled, CRF-refined binary pixel masks of one shard.
+
+    ``crf_params``: the ``CRFParams`` fields (``iterations``, ``gauss_sxy``, ...).
+    """
+    pm = open_store(patch_masks)
+    recs = records_in_order(pm, records, patch_masks)
+    items = [(r.path, image_grid_array(pm, "score", i)) for i, r in enumerate(recs)]
+    log(f"refine: {len(items)} images, crf={crf}, {processes} process(es)")
+    masks = refine_images(
+        items,
+        processes=processes,
+        crf=crf,
+        threshold=threshold,
+        params=CRFParams(**crf_params),
+        log=log,
+    )
+    for r, m in zip(recs, masks, strict=True):
+        if m.shape != (r.height, r.width):
+            raise ValueError(f"{r.path}: refined mask {m.shape} != index size {r.height}x{r.width}")
+    fg = sum(int(m.sum()) for m in masks)
+    empty = sum(int(m.sum() == 0) for m in masks)
+    share = fg / max(1, sum(m.size for m in masks))
+    log(f"refine: foreground share {share:.3f}; {empty} empty mask(s)")
+    return write_pixel_store(out, "mask", masks, read_ids(pm), attrs)
+
+
+def run(job: Job) -> Path:
+    """The rule ``refine`` (settings: the ``refine`` config block)."""
+    limit_threads(1)  # each CRF is single-threaded; the pool gets the rule's cores
+    return run_refine(
+        job.input.patch_masks,
+        read_index(job.input.index),
+        job.output[0],
+        **job.settings,
+        processes=job.threads,
+        attrs=job.attrs,
+        log=job.log,
+    )

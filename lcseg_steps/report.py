@@ -1,4 +1,5 @@
-"""The run report: one self-contained HTML page of run facts, scores, plots and overlays.
+"""Stage ``report``: the run report, one self-contained HTML page of run facts, scores,
+plots and overlays, ``report.html``.
 
 Images are embedded as base64 PNG data URIs and the page needs no JavaScript, so the
 single file can be mailed, archived or opened from any directory.
@@ -8,16 +9,22 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
+from lcseg_steps.data.index import ImageRecord, load_ground_truth, read_index
 from lcseg_steps.images import read_rgb
+from lcseg_steps.store import image_grid_array, open_store, pixel_map, records_in_order
+
+if TYPE_CHECKING:
+    from lcseg_steps.stage import Job
 
 VOID = 255
 VOID_RGB = np.array([255, 255, 255], dtype=np.float64)
@@ -285,3 +292,89 @@ def build_report(
     finally:
         tmp.unlink(missing_ok=True)
     return out
+
+
+def gallery_panels(
+    record: ImageRecord,
+    patch_masks,
+    i_patch: int,
+    pixel_masks,
+    i_pix: int,
+    semantic,
+    i_sem: int,
+) -> list[tuple[str, np.ndarray]]:
+    """Captioned panels of one image: picture, ground truth, level masks, refined, prediction."""
+    from lcseg_steps.data.voc import voc_palette
+
+    palette = voc_palette()
+    img = read_rgb(record.path)
+    panels = [("image", img)]
+    gt = load_ground_truth(record)
+    if gt is not None:
+        panels.append(("ground truth", overlay(img, gt, palette)))
+    for name in ("mask_dataset", "mask_category", "mask_image", "merged", "score"):
+        if name in patch_masks:
+            grid = image_grid_array(patch_masks, name, i_patch).astype(np.float32)
+            panels.append((name.replace("mask_", "level: "), patch_mask_image(img, grid)))
+    refined = pixel_map(pixel_masks, "mask", i_pix)
+    panels.append(("refined (CRF)", overlay(img, refined, palette)))
+    pred = pixel_map(semantic, "semantic", i_sem)
+    panels.append(("prediction (cluster ids)", overlay(img, pred, palette)))
+    return panels
+
+
+def run_report(
+    out_html: str | Path,
+    *,
+    title: str,
+    metrics_json: str | Path,
+    summary_json: str | Path,
+    plots: Sequence[tuple[str, str | Path]],
+    records: Sequence[ImageRecord],
+    patch_masks: Sequence[str | Path],
+    pixel_masks: Sequence[str | Path],
+    semantic: Sequence[str | Path],
+    n_gallery: int,
+    log=print,
+) -> Path:
+    """The self-contained HTML page of one run (first seed's images, every seed's scores)."""
+    metrics = json.loads(Path(metrics_json).read_text())
+    summary = json.loads(Path(summary_json).read_text())
+    gallery: list[dict] = []
+    for pm_path, px_path, sem_path in zip(patch_masks, pixel_masks, semantic, strict=True):
+        pm, px, sem = open_store(pm_path), open_store(px_path), open_store(sem_path)
+        recs = records_in_order(pm, records, pm_path)
+        for i, r in enumerate(recs):
+            if len(gallery) >= n_gallery:
+                break
+            gallery.append(
+                {"image_id": r.image_id, "panels": gallery_panels(r, pm, i, px, i, sem, i)}
+            )
+    m = summary["miou"]
+    over_seeds = "n/a" if m["mean"] is None else f"{100 * m['mean']:.1f} ± {100 * m['std']:.1f}"
+    notes = [
+        f"mIoU over seeds {summary['seeds']}: {over_seeds}",
+        "Prediction colours are cluster ids before matching; scores use the Hungarian "
+        "(or majority) matching of clusters to classes.",
+    ]
+    log(f"report: {len(gallery)} gallery images")
+    return build_report(
+        out_html, title=title, metrics=metrics, plots=plots, gallery=gallery, notes=notes
+    )
+
+
+def run(job: Job) -> Path:
+    """The rule ``report``."""
+    return run_report(
+        job.output[0],
+        title=f"lcseg run {job.params.run}",
+        metrics_json=job.input.metrics,
+        summary_json=job.input.summary,
+        plots=[("per-class IoU", job.input.iou), ("confusion matrix", job.input.confusion)],
+        records=read_index(job.input.index),
+        patch_masks=job.input.patch_masks,
+        pixel_masks=job.input.pixel_masks,
+        semantic=job.input.semantic,
+        n_gallery=job.params.gallery,
+        log=job.log,
+    )

@@ -5,6 +5,10 @@ Per-patch arrays of a shard are stored flat ("ragged"): an array of shape
 ``(images, 2)`` int32 (rows, cols), so image ``i`` owns rows
 ``offsets[i]:offsets[i + 1]`` laid out row-major on ``grid[i]``.
 
+Pixel-level stores (refine, objects, segment) are ragged over pixels: a flat array plus
+``pixel_offsets`` ``(images + 1,)`` and ``sizes`` ``(images, 2)`` (height, width), image
+``i`` owning ``flat[pixel_offsets[i]:pixel_offsets[i + 1]]`` reshaped to ``sizes[i]``.
+
 Stores are written to a temporary sibling and renamed into place when complete, so a
 killed job never leaves a half store that looks finished.
 """
@@ -15,15 +19,18 @@ import contextlib
 import os
 import shutil
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
 
 from lcseg_steps import __version__
 from lcseg_steps.atomic_write import tmp_sibling
+
+if TYPE_CHECKING:
+    from lcseg_steps.data.index import ImageRecord
 
 DEFAULT_CHUNK_ROWS = 16384
 # Arrays written with raw=True (the feature stores' q/k/v and CLS attention) are not
@@ -235,3 +242,111 @@ def image_index(store: zarr.Group, image_id: str) -> int:
     with contextlib.suppress(ValueError):
         return ids.index(str(image_id))
     raise KeyError(f"image {image_id!r} is not in this store (it holds {len(ids)} images)")
+
+
+def records_in_order(store: zarr.Group, records: Sequence[ImageRecord], path) -> list[ImageRecord]:
+    """The index records of the images of ``store`` (at ``path``), in the store's order."""
+    by_id = {r.image_id: r for r in records}
+    ids = read_ids(store)
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise KeyError(f"{path}: images {missing[:3]} are not in the index")
+    return [by_id[i] for i in ids]
+
+
+PIXEL_CHUNK = 1 << 22  # pixels per chunk of a flat pixel array
+
+
+def pixel_layout(masks: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """Flat pixel array (in the maps' own dtype), ``pixel_offsets`` and ``sizes``."""
+    from lcseg_steps.refine import pack_masks
+
+    dtype = np.result_type(*masks) if masks else np.uint8
+    flat, offsets, sizes = pack_masks(masks, dtype=dtype)
+    return {"flat": flat, "pixel_offsets": offsets, "sizes": sizes}
+
+
+def write_pixel_store(
+    out: str | os.PathLike,
+    name: str,
+    maps: Sequence[np.ndarray],
+    image_ids: np.ndarray,
+    attrs: dict,
+    **arrays: np.ndarray,
+) -> Path:
+    """One store of per-image ``(H, W)`` maps as the flat array ``name`` (plus ``arrays``)."""
+    lay = pixel_layout(maps)
+    return write_store(
+        out,
+        {
+            **arrays,
+            name: lay["flat"],
+            "pixel_offsets": lay["pixel_offsets"],
+            "sizes": lay["sizes"],
+            "image_ids": image_ids,
+        },
+        attrs,
+        chunk_rows=PIXEL_CHUNK,
+    )
+
+
+def pixel_map(store: zarr.Group, name: str, i: int) -> np.ndarray:
+    """Image ``i``'s ``(H, W)`` map of the flat pixel array ``name``."""
+    lo, hi = (int(x) for x in store["pixel_offsets"][i : i + 2])
+    h, w = (int(x) for x in store["sizes"][i])
+    return np.asarray(store[name][lo:hi]).reshape(h, w)
+
+
+# ---------------------------------------------------------------- feature stores
+
+
+def feature_array(store: zarr.Group, path: str | os.PathLike, feature: str) -> zarr.Array:
+    """The ``feature`` rows of a feature store, or an error naming the config keys."""
+    if feature not in store:
+        raise ValueError(
+            f"{path}: has no '{feature}' features (clustering.feature={feature!r}); add it to "
+            f"extract.store_features or choose one of "
+            f"{[f for f in ('q', 'k', 'v') if f in store]}"
+        )
+    return store[feature]
+
+
+def check_finite(store: zarr.Group, path: str | os.PathLike, feature: str, X=None) -> None:
+    """Raise ``ValueError`` naming the store, the feature and the first image whose
+    ``feature`` rows hold NaN or inf (a corrupt store: extract writes finite rows only).
+
+    ``X``: the rows already in memory; otherwise the array is read block by block.
+    """
+    blocks = [np.asarray(X)] if X is not None else iter_row_blocks(store[feature])
+    start = 0
+    for block in blocks:
+        bad = ~np.isfinite(block).all(axis=tuple(range(1, block.ndim)))
+        if bad.any():
+            row = start + int(np.flatnonzero(bad)[0])
+            n_bad = int(bad.sum())
+            if X is None:  # count the rest too
+                for rest in blocks:
+                    n_bad += int((~np.isfinite(rest).all(axis=tuple(range(1, rest.ndim)))).sum())
+            offsets = np.asarray(store["offsets"][:])
+            image = int(np.searchsorted(offsets, row, side="right")) - 1
+            raise ValueError(
+                f"{path}: '{feature}' features hold NaN or inf in {n_bad} patch row(s), first "
+                f"in row {row} (image {read_ids(store)[image]!r}); the store is corrupt, "
+                "delete it and rerun extract"
+            )
+        start += len(block)
+
+
+def patch_layout(store: zarr.Group) -> dict[str, np.ndarray]:
+    """A feature store's ragged layout: ``offsets``, ``grid`` and ``image_ids``."""
+    return {
+        "offsets": np.asarray(store["offsets"][:]),
+        "grid": np.asarray(store["grid"][:]),
+        "image_ids": read_ids(store),
+    }
+
+
+def feature_shards(paths: Sequence[str | os.PathLike], feature: str) -> list:
+    """``(path, store, feature array)`` of each feature store in ``paths``."""
+    stores = [(p, open_store(p)) for p in paths]
+    return [(p, s, feature_array(s, p, feature)) for p, s in stores]

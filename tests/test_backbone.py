@@ -5,7 +5,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lcseg_steps.backbone import BACKBONES, load_backbone, resolve_device, weights_of_source
+from lcseg_steps.backbone import (
+    BACKBONES,
+    embed_dim_of,
+    load_backbone,
+    resolve_device,
+    weights_of_source,
+)
 
 torch.set_num_threads(1)
 
@@ -35,6 +41,22 @@ def test_short_names_are_timm_pretrained_tags():
         arch, tag = full.split(".")
         assert tag in ("dino", "lvd142m"), short
         assert timm.is_model(arch), full
+
+
+def test_embed_dim_of_reads_the_tables_without_building():
+    assert embed_dim_of("dino_vits16") == 384
+    assert embed_dim_of("dinov2_vitb14_reg") == 768
+    assert embed_dim_of(VIT16, {"embed_dim": 48}) == 48  # overrides win
+    assert embed_dim_of("resnet50") is None  # not a ViT family of the table
+    for short in BACKBONES:
+        assert embed_dim_of(short) is not None, short
+
+
+def test_embed_dim_of_agrees_with_the_built_model():
+    _, info = load_backbone("vit_tiny_patch16_224", "random", overrides={"depth": 1})
+    assert embed_dim_of("vit_tiny_patch16_224") == info.embed_dim == 192
+    _, info = load_backbone(VIT16, "random", overrides={"depth": 1})
+    assert embed_dim_of(VIT16) == info.embed_dim
 
 
 def test_random_init_is_seeded_frozen_and_described():

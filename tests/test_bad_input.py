@@ -22,21 +22,26 @@ import yaml
 from PIL import Image
 from snakemake.utils import validate
 
+from lcseg_steps.assign import run_assign
 from lcseg_steps.backbone import load_backbone
 from lcseg_steps.data.index import ImageRecord, build_index, list_images
 from lcseg_steps.data.voc import write_label_png
+from lcseg_steps.evaluate import run_evaluate
 from lcseg_steps.extract import extract_shard
+from lcseg_steps.fit_dataset import run_fit_dataset
+from lcseg_steps.image_level import run_image_level
 from lcseg_steps.images import ImageError, read_rgb
-from lcseg_steps.label_stages import (
+from lcseg_steps.merge import run_merge
+from lcseg_steps.objects import run_objects
+from lcseg_steps.refine import run_refine
+from lcseg_steps.store import (
+    image_rows,
+    open_store,
     pixel_layout,
     pixel_map,
-    run_assign,
-    run_evaluate,
-    run_objects,
-    run_refine,
+    read_ids,
+    write_store,
 )
-from lcseg_steps.level_stages import run_fit_dataset, run_image_level, run_merge
-from lcseg_steps.store import image_rows, open_store, read_ids, write_store
 from tests.fixtures_data import VOC_IMAGES, VOC_VAL, make_voc
 
 torch.set_num_threads(1)
@@ -422,7 +427,7 @@ def _objects(pixel_masks, features, recs, out, logs):
         recs,
         out,
         regions="components",
-        min_area=0.01,
+        min_region_area=0.01,
         descriptor="masked_keys",
         margin=0.1,
         long_side=32,
@@ -441,7 +446,7 @@ def _assign(objects, out, n_classes):
         [f"s{i:04d}" for i in range(len(objects))],
         out,
         n_classes=n_classes,
-        method="kmeans",
+        class_clusterer="kmeans",
         n_neighbors=2,
         seed=0,
         attrs={},
@@ -479,7 +484,6 @@ def test_image_without_foreground_after_merging_is_logged_and_stays_background(t
         tmp_path / "px.zarr",
         crf=False,
         threshold=0.5,
-        crf_params={},
         processes=1,
         attrs={},
         log=logs.append,
@@ -671,17 +675,25 @@ def test_non_finite_features_are_refused_naming_the_store(tmp_path, stage, bad_v
     before = _previous_store(out)
     with pytest.raises(ValueError, match=message):
         if stage == "image_level":
-            run_image_level(bad, out, feature="k", k=2, fg_rule="border", log=_quiet, **KMEANS)
+            run_image_level(
+                bad, out, feature="k", k_image=2, fg_rule="border", log=_quiet, **KMEANS
+            )
         else:
             il = run_image_level(
-                good, tmp_path / "il.zarr", feature="k", k=2, fg_rule="border", log=_quiet, **KMEANS
+                good,
+                tmp_path / "il.zarr",
+                feature="k",
+                k_image=2,
+                fg_rule="border",
+                log=_quiet,
+                **KMEANS,
             )
             run_fit_dataset(
                 [good, bad],
                 [il, il],
                 out,
                 feature="k",
-                k=2,
+                k_dataset=2,
                 fg_vote=0.5,
                 max_points=None,
                 log=_quiet,

@@ -14,6 +14,7 @@ from lcseg_steps.data.demo import DEMO_CLASSES
 from lcseg_steps.data.index import read_index
 from lcseg_steps.data.voc import read_label_png
 from lcseg_steps.images import patch_grid_size
+from lcseg_steps.settings import settings_digest
 from lcseg_steps.store import open_store
 from tests.conftest import REPO
 
@@ -207,6 +208,23 @@ def test_scores_and_report(tiny_run):
         if union:
             ious.append(tp / union)
     assert metrics["miou"] == pytest.approx(np.mean(ious), abs=1e-9)
+
+
+def test_every_store_records_the_digest_of_its_settings(tiny_run):
+    """The digest beside a store's settings is the digest of exactly those settings, and
+    the scores name the backbone the features were extracted with."""
+    res = tiny_run / "results" / "tiny"
+    kinds = set()
+    for path in sorted(res.rglob("*.zarr")):
+        attrs = dict(open_store(path).attrs)
+        if "settings" in attrs:
+            assert attrs["settings_digest"] == settings_digest(attrs["settings"]), path
+            kinds.add(path.stem if path.parent.name.startswith("seed") else path.parent.name)
+    assert kinds >= {"features", "image_level", "patch_masks", "pixel_masks", "objects"}
+    metrics = json.loads((res / "seed0" / "metrics.json").read_text())
+    feats = open_store(res / "features" / "s0000.zarr").attrs
+    for key in ("backbone", "weights", "weights_warning", "layer"):
+        assert metrics[key] == feats.get(key), key
 
 
 def test_changing_a_crf_setting_reruns_refine_and_downstream_only(tiny_run):

@@ -3,6 +3,7 @@ import os
 from snakemake.utils import validate
 
 # Snakemake puts the Snakefile's folder (the repository root) on sys.path while parsing.
+from lcseg_steps.backbone import embed_dim_of
 from lcseg_steps.data.index import list_images, shard_names
 from lcseg_steps.data.registry import get_dataset
 from lcseg_steps.kmeans import STREAM_CACHE_BYTES
@@ -122,20 +123,10 @@ def patches_per_image():
 
 
 def embed_dim():
-    """Feature width of the configured backbone (overrides win, ViT-B when unknown)."""
+    """Feature width of the configured backbone (lcseg_steps.backbone's table; overrides
+    win, ViT-B when the family is unknown)."""
     bb = config["backbone"]
-    if "embed_dim" in (bb.get("overrides") or {}):
-        return int(bb["overrides"]["embed_dim"])
-    name = bb["name"].lower()
-    for keys, dim in (
-        (("tiny", "vitt"), 192),
-        (("small", "vits"), 384),
-        (("large", "vitl"), 1024),
-        (("giant", "vitg"), 1536),
-    ):
-        if any(k in name for k in keys):
-            return dim
-    return 768
+    return embed_dim_of(bb["name"], bb.get("overrides")) or 768
 
 
 def uses_cuda(device):

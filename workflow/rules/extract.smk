@@ -17,4 +17,4 @@ rule extract:
     params:
         settings=extract_settings(),
     script:
-        "../scripts/extract.py"
+        "../scripts/stage.py"

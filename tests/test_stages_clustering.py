@@ -1,16 +1,15 @@
-"""The store-to-store clustering stages on synthetic feature shards with a planted
+"""The store-to-store functions of the clustering stages (image_level, fit_dataset,
+fit_category, merge; each in its stage module) on synthetic feature shards with a planted
 foreground / background and category structure."""
 
 import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from lcseg_steps.level_stages import (
-    run_fit_category,
-    run_fit_dataset,
-    run_image_level,
-    run_merge,
-)
+from lcseg_steps.fit_category import run_fit_category
+from lcseg_steps.fit_dataset import run_fit_dataset
+from lcseg_steps.image_level import run_image_level
+from lcseg_steps.merge import run_merge
 from lcseg_steps.store import open_store, read_ids, write_store
 
 D = 32
@@ -84,21 +83,21 @@ def pipeline(tmp_path_factory):
                 f,
                 tmp / f"image_level/s{s}.zarr",
                 feature="k",
-                k=2,
+                k_image=2,
                 fg_rule="attention",
                 log=logs.append,
                 **COMMON,
             )
         )
     votes = {"fg_vote": 0.5, "max_points": None, "feature": "k", "log": logs.append}
-    ds = run_fit_dataset(feats, ils, tmp / "dataset_level.zarr", k=2, **votes, **COMMON)
+    ds = run_fit_dataset(feats, ils, tmp / "dataset_level.zarr", k_dataset=2, **votes, **COMMON)
     cs = run_fit_category(
         feats,
         ils,
         tmp / "category_level.zarr",
         n_categories=2,
-        clusterer="spectral",
-        k=2,
+        category_clusterer="spectral",
+        k_category=2,
         **votes,
         **COMMON,
     )
@@ -251,7 +250,9 @@ def test_missing_feature_names_store_and_config_key(pipeline, tmp_path):
     arrays, _, _ = _make_shard(rng, _dirs(rng), 0, 2, features=("k", "v"))
     path = write_store(tmp_path / "noq.zarr", arrays)
     with pytest.raises(ValueError, match="extract.store_features") as exc:
-        run_image_level(path, tmp_path / "il.zarr", feature="q", k=2, fg_rule="border", **COMMON)
+        run_image_level(
+            path, tmp_path / "il.zarr", feature="q", k_image=2, fg_rule="border", **COMMON
+        )
     assert str(path) in str(exc.value) and "'q'" in str(exc.value)
     with pytest.raises(ValueError, match="extract.store_features") as exc:
         run_fit_dataset(
@@ -259,7 +260,7 @@ def test_missing_feature_names_store_and_config_key(pipeline, tmp_path):
             [pipeline["image_level"][0]],
             tmp_path / "ds.zarr",
             feature="q",
-            k=2,
+            k_dataset=2,
             fg_vote=0.5,
             max_points=None,
             **COMMON,

@@ -1,5 +1,6 @@
-"""The store-to-store drivers of the last stages (refine, objects, assign, segment,
-evaluate, summary, report) on a tiny on-disk shard with hand-made masks and stores."""
+"""The store-to-store functions of the last stages (refine, objects, assign, segment,
+evaluate, summary, report; each in its stage module) on a tiny on-disk shard with
+hand-made masks and stores."""
 
 from __future__ import annotations
 
@@ -16,23 +17,17 @@ import torch
 from scipy import ndimage
 from sklearn.metrics import adjusted_rand_score, confusion_matrix
 
+from lcseg_steps.assign import run_assign
 from lcseg_steps.data.index import ImageRecord
 from lcseg_steps.data.voc import read_label_png, write_label_png
+from lcseg_steps.evaluate import run_evaluate
 from lcseg_steps.images import read_rgb
-from lcseg_steps.label_stages import (
-    pixel_layout,
-    pixel_map,
-    run_assign,
-    run_evaluate,
-    run_objects,
-    run_refine,
-    run_report,
-    run_segment,
-    summarize_seeds,
-)
-from lcseg_steps.objects import masked_key_descriptor
-from lcseg_steps.refine import upsample_score
-from lcseg_steps.store import open_store, read_ids, write_store
+from lcseg_steps.objects import masked_key_descriptor, run_objects
+from lcseg_steps.refine import run_refine, upsample_score
+from lcseg_steps.report import run_report
+from lcseg_steps.segment import run_segment
+from lcseg_steps.store import open_store, pixel_layout, pixel_map, read_ids, write_store
+from lcseg_steps.summary import summarize_seeds
 
 PATCH = 8
 D = 6
@@ -42,7 +37,7 @@ SIZES = {"a0": (40, 56), "a1": (40, 56), "a2": (32, 48)}
 ATTRS = {"test": True}
 OBJ_KW = {
     "regions": "components",
-    "min_area": 0.01,
+    "min_region_area": 0.01,
     "margin": 0.1,
     "long_side": 32,
     "batch_size": 2,
@@ -95,7 +90,7 @@ def _ragged(per_image: dict[str, np.ndarray], grids: dict[str, tuple[int, int]])
 def shard(tmp_path_factory):
     """Images, gt PNGs, records, a patch_masks store, a features store, a pixel_masks
     store of the hand-made masks, and the per-image score / feature grids."""
-    tmp = tmp_path_factory.mktemp("label_stages")
+    tmp = tmp_path_factory.mktemp("stages")
     rng = np.random.default_rng(0)
     masks = _hand_masks()
     grids = {i: (h // PATCH, w // PATCH) for i, (h, w) in SIZES.items()}
@@ -205,7 +200,7 @@ def _refine(shard, out, records, processes=1, crf=False):
         out,
         crf=crf,
         threshold=0.5,
-        crf_params={"iterations": 3},
+        iterations=3,
         processes=processes,
         attrs=ATTRS,
         log=_quiet,
@@ -332,7 +327,7 @@ def test_objects_all_empty_shard_gives_zero_rows_then_assign_refuses(shard, tmp_
             [SHARD],
             tmp_path / "cl.zarr",
             n_classes=1,
-            method="spectral",
+            class_clusterer="spectral",
             n_neighbors=3,
             seed=0,
             attrs=ATTRS,
@@ -398,7 +393,7 @@ def test_objects_cls_uses_the_weights_and_precision_of_the_features(shard, tmp_p
     crops = []
     for image_id in ("a0", "a1"):
         img = read_rgb(shard["records"][image_id].path)
-        for reg in object_regions(shard["masks"][image_id], min_area=OBJ_KW["min_area"]):
+        for reg in object_regions(shard["masks"][image_id], min_area=OBJ_KW["min_region_area"]):
             crops.append(region_crop(img, reg, OBJ_KW["margin"]))
     assert len(crops) == got.shape[0] == 3
     kw = {"long_side": OBJ_KW["long_side"], "batch_size": 2}
@@ -421,7 +416,7 @@ def test_objects_more_than_255_regions_keep_their_ids(shard, tmp_path):
             "image_ids": np.array(["a0"]),
         },
     )
-    kw = {**OBJ_KW, "min_area": 0.0}
+    kw = {**OBJ_KW, "min_region_area": 0.0}
     out = run_objects(
         px,
         shard["features"],
@@ -456,7 +451,7 @@ def test_assign_concatenates_shards_and_records_offsets(tmp_path):
         ["sA", "sB"],
         tmp_path / "classes.zarr",
         n_classes=2,
-        method="spectral",
+        class_clusterer="spectral",
         n_neighbors=5,
         seed=0,
         attrs=ATTRS,
@@ -479,7 +474,7 @@ def test_assign_fewer_regions_than_classes_names_the_key(tmp_path):
             ["sA"],
             tmp_path / "c.zarr",
             n_classes=4,
-            method="kmeans",
+            class_clusterer="kmeans",
             n_neighbors=2,
             seed=0,
             attrs=ATTRS,

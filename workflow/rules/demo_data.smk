@@ -14,23 +14,4 @@ if DATASET.generated:
         params:
             demo=config["dataset"]["demo"],
         script:
-            "../scripts/demo_data.py"
-
-
-rule index:
-    input:
-        dataset_inputs,
-    output:
-        f"{RESULTS}/images.tsv",
-    log:
-        f"{LOGS}/index.log",
-    conda:
-        "../../envs/base.yaml"
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=10,
-    params:
-        settings=index_settings(),
-    script:
-        "../scripts/index.py"
+            "../scripts/stage.py"

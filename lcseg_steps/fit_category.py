@@ -1,0 +1,127 @@
+"""Stage ``fit_category``: pseudo-categories from the images' CLS tokens, then cosine
+k-means per category and the clusters voted foreground, every ``features/{shard}.zarr``
+and ``image_level/{shard}.zarr`` -> ``category_level.zarr``. The algorithm lives in
+``lcseg_steps.levels`` and ``lcseg_steps.kmeans``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from lcseg_steps import levels as lv
+from lcseg_steps.image_level import read_fg
+from lcseg_steps.kmeans import import_torch_cast_if_worth
+from lcseg_steps.store import feature_shards, patch_layout, write_store
+
+if TYPE_CHECKING:
+    from lcseg_steps.stage import Job
+
+Log = Callable[[str], None]
+
+
+def pseudo_categories(cls: np.ndarray, n_categories: int, method: str, seed: int) -> np.ndarray:
+    """Images -> pseudo-category by clustering their CLS tokens ``(n, D)`` -> ``(n,)`` int64."""
+    from lcseg_steps.assign import assign_classes
+
+    if n_categories > len(cls):
+        raise ValueError(
+            f"clustering.n_categories={n_categories} but the run has only {len(cls)} images"
+        )
+    if n_categories == 1:
+        return np.zeros(len(cls), dtype=np.int64)
+    return assign_classes(np.asarray(cls, dtype=np.float32), n_categories, method=method, seed=seed)
+
+
+def run_fit_category(
+    features: Sequence[str | Path],
+    image_levels: Sequence[str | Path],
+    out: str | Path,
+    *,
+    feature: str,
+    n_categories: int,
+    category_clusterer: str,
+    k_category: int,
+    fg_vote: float,
+    max_points: int | None,
+    max_iter: int,
+    tol: float,
+    seed: int,
+    device: str,
+    attrs: dict,
+    log: Log = print,
+    threads: int = 1,
+) -> Path:
+    """CLS tokens -> pseudo-categories; per category ``k`` centroids and fg clusters."""
+    k = k_category
+    shards = feature_shards(features, feature)
+    cls = np.concatenate([np.asarray(s["cls"][:], dtype=np.float32) for _, s, _ in shards])
+    image_ids = np.concatenate([patch_layout(s)["image_ids"] for _, s, _ in shards])
+    cats = pseudo_categories(cls, n_categories, category_clusterer, seed)
+    log(
+        f"fit_category: {len(cls)} images -> {n_categories} pseudo-categories "
+        f"(sizes {np.bincount(cats, minlength=n_categories).tolist()})"
+    )
+    row_cats, start = [], 0
+    for _, s, _ in shards:
+        sizes = np.diff(np.asarray(s["offsets"][:]))
+        row_cats.append(np.repeat(cats[start : start + len(sizes)], sizes))
+        start += len(sizes)
+    group_sizes = np.bincount(np.concatenate(row_cats), minlength=n_categories)
+    X, g = lv.sample_rows_by_group(
+        (
+            (lambda a=arr: np.asarray(a[:]), rc)
+            for (_, _, arr), rc in zip(shards, row_cats, strict=True)
+        ),
+        group_sizes,
+        max_points,
+        seed,
+    )
+    log(f"fit_category: fitting k={k} per category on {len(X)} sampled patches")
+    import_torch_cast_if_worth(X.size)
+    C, fits = lv.fit_groups(
+        X,
+        g,
+        n_categories,
+        k,
+        max_iter=max_iter,
+        tol=tol,
+        seed=seed,
+        device=device,
+        threads=threads,
+    )
+    counts = np.zeros((n_categories * k, 2), dtype=np.int64)
+    for (_, _, arr), rc, il in zip(shards, row_cats, image_levels, strict=True):
+        lab = lv.nearest_centroid_grouped(arr[:], rc, C)
+        counts += lv.vote_counts(rc * k + lab, read_fg(il), n_categories * k)
+    counts = counts.reshape(n_categories, k, 2)
+    fg, frac = lv.foreground_clusters(counts, fg_vote)
+    log(f"fit_category: fg clusters per category {[np.flatnonzero(f).tolist() for f in fg]}")
+    return write_store(
+        out,
+        {
+            "image_ids": image_ids,
+            "category": cats,
+            "centroids": C,
+            "fg_clusters": fg,
+            "fg_fraction": frac,
+            "counts": counts,
+            "objective": np.array([f.objective for f in fits]),
+        },
+        {**attrs, "level": "category", "k": k, "n_categories": n_categories},
+    )
+
+
+def run(job: Job) -> Path:
+    """The rule ``fit_category`` (settings: its ``clustering`` keys and the seed)."""
+    return run_fit_category(
+        job.input.features,
+        job.input.image_level,
+        job.output[0],
+        **job.settings,
+        attrs=job.attrs,
+        log=job.log,
+        threads=job.threads,
+    )

@@ -1,0 +1,115 @@
+"""Stage ``fit_dataset``: dataset-level cosine k-means over all shards (streamed) and
+the clusters voted foreground, every ``features/{shard}.zarr`` and
+``image_level/{shard}.zarr`` -> ``dataset_level.zarr``. The algorithm lives in
+``lcseg_steps.levels`` and ``lcseg_steps.kmeans``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from lcseg_steps import levels as lv
+from lcseg_steps.image_level import read_fg
+from lcseg_steps.kmeans import (
+    STREAM_CACHE_BYTES,
+    NonFiniteError,
+    import_torch_cast_if_worth,
+    streaming_kmeans,
+)
+from lcseg_steps.store import check_finite, feature_shards, iter_row_blocks, write_store
+
+if TYPE_CHECKING:
+    from lcseg_steps.stage import Job
+
+Log = Callable[[str], None]
+
+
+def run_fit_dataset(
+    features: Sequence[str | Path],
+    image_levels: Sequence[str | Path],
+    out: str | Path,
+    *,
+    feature: str,
+    k_dataset: int,
+    fg_vote: float,
+    max_points: int | None,
+    max_iter: int,
+    tol: float,
+    seed: int,
+    device: str,
+    attrs: dict,
+    log: Log = print,
+    threads: int = 1,
+) -> Path:
+    """All feature shards (streamed) -> ``dataset_level.zarr``: centroids and fg clusters."""
+    k = k_dataset
+    shards = feature_shards(features, feature)
+    n_rows = sum(a.shape[0] for _, _, a in shards)
+    log(f"fit_dataset: {n_rows} patches in {len(shards)} shards, k={k}")
+    # streaming_kmeans casts every row once, and again every pass if its float32 cache
+    # cannot hold them all
+    once = n_rows * shards[0][2].shape[1]
+    cached = 4 * once <= STREAM_CACHE_BYTES
+    import_torch_cast_if_worth(once if cached else once * max(1, max_iter))
+
+    def blocks():
+        for _, _, arr in shards:
+            yield from iter_row_blocks(arr, lazy=True)
+
+    try:
+        fit = streaming_kmeans(
+            blocks,
+            k,
+            max_points=max_points,
+            max_iter=max_iter,
+            tol=tol,
+            seed=seed,
+            device=device,
+            log=log,
+            threads=threads,
+            return_labels=True,  # the fit's last pass labels every row: no second read
+        )
+    except NonFiniteError:
+        # the fit checks every row but cannot say in which store; find it (error path only)
+        for path, store, _ in shards:
+            check_finite(store, path, feature)
+        raise
+    counts = np.zeros((k, 2), dtype=np.int64)
+    start = 0
+    for (_, _, arr), il in zip(shards, image_levels, strict=True):
+        labels = fit.labels[start : start + arr.shape[0]]
+        counts += lv.vote_counts(labels, read_fg(il), k)
+        start += arr.shape[0]
+    fg, frac = lv.foreground_clusters(counts, fg_vote)
+    log(
+        f"fit_dataset: objective {fit.objective:.4f} after {fit.n_iter} iterations; "
+        f"foreground share per cluster {np.round(frac, 3).tolist()} -> fg clusters "
+        f"{np.flatnonzero(fg).tolist()}"
+    )
+    return write_store(
+        out,
+        {
+            "centroids": fit.centroids,
+            "fg_clusters": fg,
+            "fg_fraction": frac,
+            "counts": counts,
+            "history": np.asarray(fit.history),
+        },
+        {**attrs, "level": "dataset", "k": k, "objective": fit.objective, "n_iter": fit.n_iter},
+    )
+
+
+def run(job: Job) -> Path:
+    """The rule ``fit_dataset`` (settings: its ``clustering`` keys and the seed)."""
+    return run_fit_dataset(
+        job.input.features,
+        job.input.image_level,
+        job.output[0],
+        **job.settings,
+        attrs=job.attrs,
+        log=job.log,
+        threads=job.threads,
+    )

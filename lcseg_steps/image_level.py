@@ -1,0 +1,87 @@
+"""Stage ``image_level``: per-image cosine k-means of one shard and each image's
+foreground cluster, ``features/{shard}.zarr`` -> ``image_level/{shard}.zarr``. The
+algorithm lives in ``lcseg_steps.levels`` and ``lcseg_steps.kmeans``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from lcseg_steps import levels as lv
+from lcseg_steps.kmeans import NonFiniteError, import_torch_cast_if_worth
+from lcseg_steps.store import check_finite, feature_array, open_store, patch_layout, write_store
+
+if TYPE_CHECKING:
+    from lcseg_steps.stage import Job
+
+Log = Callable[[str], None]
+
+
+def read_fg(path: str | Path) -> np.ndarray:
+    """The per-patch foreground mask ``(patches,)`` uint8 of an ``image_level`` store."""
+    return np.asarray(open_store(path)["fg"][:])
+
+
+def run_image_level(
+    features: str | Path,
+    out: str | Path,
+    *,
+    feature: str,
+    k_image: int,
+    fg_rule: str,
+    max_iter: int,
+    tol: float,
+    seed: int,
+    device: str,
+    attrs: dict,
+    log: Log = print,
+    threads: int = 1,
+) -> Path:
+    """``features/{shard}.zarr`` -> ``image_level/{shard}.zarr`` (labels, fg mask, fg cluster)."""
+    k = k_image
+    fs = open_store(features)
+    X = np.asarray(feature_array(fs, features, feature)[:])
+    layout = patch_layout(fs)
+    n = len(layout["image_ids"])
+    log(f"image_level: {n} images, {X.shape[0]} patches, k={k}, fg_rule={fg_rule}")
+    import_torch_cast_if_worth(X.size)
+    try:
+        res = lv.image_level(
+            X,
+            layout["offsets"],
+            layout["grid"],
+            np.asarray(fs["cls_attn"][:]),
+            k=k,
+            fg_rule=fg_rule,
+            max_iter=max_iter,
+            tol=tol,
+            seed=seed,
+            device=device,
+            threads=threads,
+        )
+    except NonFiniteError:
+        check_finite(fs, features, feature, X)  # names the store and image (error path only)
+        raise
+    skipped = int((res["fg_cluster"] < 0).sum())
+    if skipped:
+        log(f"WARNING: {skipped} image(s) have fewer than k={k} patches; left as background")
+    log(
+        f"image_level: mean objective {np.nanmean(res['objective']):.4f}, "
+        f"foreground share {res['fg'].mean():.3f}"
+    )
+    return write_store(out, {**res, **layout}, {**attrs, "level": "image", "k": k})
+
+
+def run(job: Job) -> Path:
+    """The rule ``image_level`` (settings: its ``clustering`` keys and the seed)."""
+    return run_image_level(
+        job.input.features,
+        job.output[0],
+        **job.settings,
+        attrs=job.attrs,
+        log=job.log,
+        threads=job.threads,
+    )

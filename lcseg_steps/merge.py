@@ -1,0 +1,98 @@
+"""Stage ``merge``: one shard's level masks and their merge into consistent patch masks,
+``features/{shard}.zarr`` and the level stores -> ``patch_masks/{shard}.zarr``. The
+algorithm lives in ``lcseg_steps.levels``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from lcseg_steps import levels as lv
+from lcseg_steps.store import feature_array, open_store, patch_layout, read_ids, write_store
+
+if TYPE_CHECKING:
+    from lcseg_steps.stage import Job
+
+Log = Callable[[str], None]
+
+
+def run_merge(
+    features: str | Path,
+    image_level: str | Path,
+    dataset_level: str | Path | None,
+    category_level: str | Path | None,
+    out: str | Path,
+    *,
+    feature: str,
+    levels: Sequence[str],
+    consistency: str,
+    min_levels: int,
+    attrs: dict,
+    log: Log = print,
+) -> Path:
+    """One shard's level masks and their merge -> ``patch_masks/{shard}.zarr``."""
+    levels = lv.check_levels(levels)
+    fs = open_store(features)
+    layout = patch_layout(fs)
+    il = open_store(image_level)
+    need_x = any(name in levels for name in ("dataset", "category"))
+    X = np.asarray(feature_array(fs, features, feature)[:]) if need_x else None
+    arrays: dict[str, np.ndarray] = {}
+    masks: dict[str, np.ndarray] = {}
+    if "dataset" in levels:
+        ds = open_store(dataset_level)
+        lab = lv.nearest_centroid(X, ds["centroids"][:])
+        masks["dataset"] = np.asarray(ds["fg_clusters"][:])[lab].astype(np.uint8)
+        arrays["label_dataset"] = lab.astype(np.int16)
+    if "category" in levels:
+        cs = open_store(category_level)
+        cat_of = dict(
+            zip(
+                read_ids(cs),
+                np.asarray(cs["category"][:]),
+                strict=True,
+            )
+        )
+        img_cat = np.array([cat_of[str(i)] for i in layout["image_ids"]], dtype=np.int64)
+        rows_cat = np.repeat(img_cat, np.diff(layout["offsets"]))
+        lab = lv.nearest_centroid_grouped(X, rows_cat, np.asarray(cs["centroids"][:]))
+        masks["category"] = np.asarray(cs["fg_clusters"][:])[rows_cat, lab].astype(np.uint8)
+        arrays["label_category"] = lab.astype(np.int16)
+        arrays["category"] = img_cat
+    if "image" in levels:
+        masks["image"] = np.asarray(il["fg"][:])
+        arrays["label_image"] = np.asarray(il["labels"][:])
+    merged, score = lv.merge_masks(masks, consistency, min_levels)
+    for name, m in masks.items():
+        arrays[f"mask_{name}"] = m
+    sizes = np.diff(layout["offsets"])
+    fg_per_image = np.add.reduceat(merged, layout["offsets"][:-1]) if len(merged) else sizes * 0
+    empty = int((fg_per_image == 0).sum())
+    log(
+        f"merge: levels {levels}, {consistency}; foreground share {merged.mean():.3f}; "
+        f"{empty} of {len(sizes)} image(s) with empty foreground"
+    )
+    return write_store(
+        out,
+        {**arrays, "merged": merged, "score": score, **layout},
+        {**attrs, "levels": levels, "consistency": consistency, "min_levels": min_levels},
+    )
+
+
+def run(job: Job) -> Path:
+    """The rule ``merge`` (settings: its ``clustering`` keys; the seed is among them only
+    because the store lives under ``seed{N}/``: the merge draws nothing at random)."""
+    settings = {key: value for key, value in job.settings.items() if key != "seed"}
+    return run_merge(
+        job.input.features,
+        job.input.image_level,
+        job.input.get("dataset_level"),
+        job.input.get("category_level"),
+        job.output[0],
+        **settings,
+        attrs=job.attrs,
+        log=job.log,
+    )

@@ -1,0 +1,68 @@
+"""The one adapter between a Snakemake rule and its stage.
+
+Every rule runs ``workflow/scripts/stage.py``, which calls :func:`run_rule`. Rule ``X``
+runs ``lcseg_steps.X.run(job)``: the stage module reads the rule's inputs and writes its
+outputs. :func:`run_rule` does what every stage needs first: everything printed goes to
+the rule's log, BLAS (and torch, when imported) use the rule's ``threads``, and the
+settings (``params.settings``, named as in the config schema) come with the attrs every
+store records: the settings and the digest of exactly those settings.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from lcseg_steps.runlog import limit_threads, stage_log
+from lcseg_steps.settings import settings_digest
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One Snakemake job as a stage sees it.
+
+    ``input``/``output``/``params``/``wildcards``/``resources`` are Snakemake's named
+    lists (``job.input.features``, ``job.output[0]``); ``settings`` is ``params.settings``
+    (``{}`` when the rule has none) and ``attrs`` the store attrs that describe them.
+    """
+
+    input: Any
+    output: Any
+    params: Any
+    wildcards: Any
+    resources: Any
+    threads: int
+    config: Mapping
+    settings: dict
+    attrs: dict
+    log: Log
+
+
+def settings_attrs(settings: dict) -> dict:
+    """Store attrs of a stage's settings: the settings and the digest of exactly them."""
+    return {"settings": settings, "settings_digest": settings_digest(settings)}
+
+
+def run_rule(smk) -> Any:
+    """Run the stage module named by the rule (``snakemake`` object of a ``script:``)."""
+    stage = importlib.import_module(f"lcseg_steps.{smk.rule}")
+    settings = smk.params.get("settings", {})
+    with stage_log(smk.log[0]) as log:
+        limit_threads(smk.threads)
+        job = Job(
+            input=smk.input,
+            output=smk.output,
+            params=smk.params,
+            wildcards=smk.wildcards,
+            resources=smk.resources,
+            threads=smk.threads,
+            config=smk.config,
+            settings=settings,
+            attrs=settings_attrs(settings),
+            log=log,
+        )
+        return stage.run(job)

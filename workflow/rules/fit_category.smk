@@ -1,0 +1,32 @@
+rule fit_category:
+    input:
+        features=expand(f"{RESULTS}/features/{{shard}}.zarr", shard=SHARDS),
+        image_level=expand(
+            f"{SEEDED}/image_level/{{shard}}.zarr", shard=SHARDS, allow_missing=True
+        ),
+    output:
+        directory(f"{SEEDED}/category_level.zarr"),
+    log:
+        f"{SEEDED_LOGS}/fit_category.log",
+    benchmark:
+        f"{SEEDED_LOGS}/benchmarks/fit_category.tsv"
+    conda:
+        "../../envs/cluster.yaml"
+    threads: 2
+    resources:
+        mem_mb=fit_mem_mb("category"),
+        runtime=fit_runtime(),
+    params:
+        settings=clustering_settings(
+            "feature",
+            "n_categories",
+            "category_clusterer",
+            "k_category",
+            "fg_vote",
+            "max_points",
+            "max_iter",
+            "tol",
+            "device",
+        ),
+    script:
+        "../scripts/stage.py"

@@ -1,0 +1,30 @@
+rule fit_dataset:
+    input:
+        features=expand(f"{RESULTS}/features/{{shard}}.zarr", shard=SHARDS),
+        image_level=expand(
+            f"{SEEDED}/image_level/{{shard}}.zarr", shard=SHARDS, allow_missing=True
+        ),
+    output:
+        directory(f"{SEEDED}/dataset_level.zarr"),
+    log:
+        f"{SEEDED_LOGS}/fit_dataset.log",
+    benchmark:
+        f"{SEEDED_LOGS}/benchmarks/fit_dataset.tsv"
+    conda:
+        "../../envs/cluster.yaml"
+    threads: 2
+    resources:
+        mem_mb=fit_mem_mb("dataset"),
+        runtime=fit_runtime(),
+    params:
+        settings=clustering_settings(
+            "feature",
+            "k_dataset",
+            "fg_vote",
+            "max_points",
+            "max_iter",
+            "tol",
+            "device",
+        ),
+    script:
+        "../scripts/stage.py"

@@ -1,0 +1,17 @@
+rule index:
+    input:
+        dataset_inputs,
+    output:
+        f"{RESULTS}/images.tsv",
+    log:
+        f"{LOGS}/index.log",
+    conda:
+        "../../envs/base.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    params:
+        settings=index_settings(),
+    script:
+        "../scripts/stage.py"
