@@ -133,6 +133,14 @@ def uses_cuda(device):
     return 1 if str(device).startswith("cuda") else 0
 
 
+def cluster_env():
+    """The k-means rules' conda env: the one with CuPy when the config asks for CUDA (with
+    ``auto`` a node without CuPy clusters on the CPU)."""
+    if uses_cuda(config["clustering"]["device"]):
+        return "../../envs/cluster-gpu.yaml"
+    return "../../envs/cluster.yaml"
+
+
 def shard_mem_mb(base_mb, kb_per_image):
     """Memory of a per-shard job: a fixed base plus a share per image of the shard."""
 

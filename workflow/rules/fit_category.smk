@@ -11,7 +11,7 @@ rule fit_category:
     benchmark:
         f"{SEEDED_LOGS}/benchmarks/fit_category.tsv"
     conda:
-        "../../envs/cluster.yaml"
+        cluster_env()
     threads: 2
     resources:
         mem_mb=fit_mem_mb("category"),

@@ -11,7 +11,7 @@ rule fit_dataset:
     benchmark:
         f"{SEEDED_LOGS}/benchmarks/fit_dataset.tsv"
     conda:
-        "../../envs/cluster.yaml"
+        cluster_env()
     threads: 2
     resources:
         mem_mb=fit_mem_mb("dataset"),

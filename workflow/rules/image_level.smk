@@ -8,7 +8,7 @@ rule image_level:
     benchmark:
         f"{SEEDED_LOGS}/benchmarks/image_level/{{shard}}.tsv"
     conda:
-        "../../envs/cluster.yaml"
+        cluster_env()
     # one thread: on CPU each image's k-means is a few small calls a pass, and a second
     # worker thread mostly waits for the GIL (slower than one); shards run side by side
     threads: 1
