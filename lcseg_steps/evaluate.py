@@ -14,6 +14,11 @@ only after its ids have been matched to ground-truth classes. The flow is:
 
 Matching is done over every predicted id including the background id 0: the pipeline's
 background is a cluster like any other and is not forced onto the gt background class.
+
+Besides the configured matching (the top-level ``miou``), ``ProtocolAccumulator`` scores
+the same predictions under every protocol of ``PROTOCOLS`` in the same pass over the
+images (dataset-level Hungarian, majority vote, per-image Hungarian, dataset-level
+Hungarian at 320x320), written as metrics.json's ``protocols`` object.
 """
 
 from __future__ import annotations
@@ -115,8 +120,9 @@ class ConfusionAccumulator:
         """``(n_gt, n_pred)`` int64 counts so far (a copy)."""
         return self._matrix.copy()
 
-    def add(self, gt: np.ndarray, pred: np.ndarray, image_id: str | None = None) -> None:
-        """Add one image: ``gt`` and ``pred`` as in ``confusion``; errors name ``image_id``."""
+    def add(self, gt: np.ndarray, pred: np.ndarray, image_id: str | None = None) -> np.ndarray:
+        """Add one image: ``gt`` and ``pred`` as in ``confusion``; errors name ``image_id``.
+        Returns the image's own ``(n_gt, n_pred)`` confusion."""
         try:
             c = confusion(gt, pred, self.n_gt, self.n_pred, self.void)
         except ValueError as e:
@@ -124,6 +130,7 @@ class ConfusionAccumulator:
             raise ValueError(f"{where}{e}") from e
         self._matrix += c
         self.n_images += 1
+        return c
 
     def merge(self, other: ConfusionAccumulator) -> ConfusionAccumulator:
         """Add ``other``'s counts into this accumulator in place; returns ``self``."""
@@ -289,6 +296,150 @@ def json_ready(obj):
     return obj
 
 
+# ---------------------------------------------------------------- protocols
+#
+# Published unsupervised-segmentation scores differ in how clusters are matched to classes
+# and at which resolution pixels are counted, so their numbers are not comparable. The
+# evaluate stage computes each protocol from the same predictions in its one pass over the
+# images (``ProtocolAccumulator``), and metrics.json lists them under ``protocols``.
+
+FIXED_SIDE = 320
+BACKGROUND = 0
+
+# name -> how it matches, at which resolution, and which published methods score this way
+PROTOCOLS: dict[str, dict[str, str]] = {
+    "dataset_hungarian": {
+        "matching": "one-to-one Hungarian over the whole dataset",
+        "resolution": "original",
+        "used_by": "DSM, MaskContrast, COMUS, lcseg (CAUSE too, at 320x320: fixed_320)",
+    },
+    "majority": {
+        "matching": "many-to-one: each cluster to the class it overlaps most",
+        "resolution": "original",
+        "used_by": "DSM when clusters != classes",
+    },
+    "per_image_hungarian": {
+        "matching": "Hungarian per image, unmatched clusters to background (oracle-like)",
+        "resolution": "original",
+        "used_by": "DiffCut and other training-free diffusion methods",
+    },
+    "fixed_320": {
+        "matching": "one-to-one Hungarian over the whole dataset",
+        "resolution": f"{FIXED_SIDE}x{FIXED_SIDE}, aspect not kept, nearest",
+        "used_by": "CAUSE (Leopart scores 100x100 labels: not computed)",
+    },
+}
+
+
+def nearest_indices(n_in: int, n_out: int) -> np.ndarray:
+    """Source index of each of ``n_out`` output pixels when ``n_in`` pixels are resized by
+    nearest neighbour, sampling at pixel centres (PIL's ``NEAREST`` and torchvision's
+    ``Resize(..., NEAREST)`` on images): ``floor((i + 0.5) * n_in / n_out)``, computed in
+    integers so no boundary is off by rounding."""
+    if n_in < 1 or n_out < 1:
+        raise ValueError(f"sizes must be >= 1, got n_in={n_in}, n_out={n_out}")
+    return (2 * np.arange(n_out, dtype=np.int64) + 1) * n_in // (2 * n_out)
+
+
+def resize_nearest(a: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``(H, W)`` label map -> ``(height, width)`` by nearest neighbour (``nearest_indices``
+    on each axis; the aspect ratio is not kept). Labels stay labels: no value is blended."""
+    a = np.asarray(a)
+    if a.ndim != 2:
+        raise ValueError(f"label map must be 2-D, got shape {a.shape}")
+    rows = nearest_indices(a.shape[0], height)
+    cols = nearest_indices(a.shape[1], width)
+    return a[rows[:, None], cols[None, :]]
+
+
+def per_image_hungarian_match(conf: np.ndarray, background: int = BACKGROUND) -> np.ndarray:
+    """The per-image matching: one image's confusion -> ``(n_pred,)`` mapping, every
+    predicted id to a gt class (none unmatched).
+
+    The gt classes present in the image (non-zero rows) and the predicted ids present
+    (non-zero columns) are matched one-to-one maximising the matched pixels
+    (``linear_sum_assignment``); a pair that shares no pixel is not a match. Every
+    predicted id left unmatched, and every id absent from the image, is merged into
+    ``background``.
+    """
+    conf = _check_conf(conf)
+    mapping = np.full(conf.shape[1], background, dtype=np.int64)
+    gt_ids = np.flatnonzero(conf.sum(axis=1))
+    pred_ids = np.flatnonzero(conf.sum(axis=0))
+    if gt_ids.size and pred_ids.size:
+        sub = conf[np.ix_(gt_ids, pred_ids)].astype(np.float64)
+        rows, cols = linear_sum_assignment(sub, maximize=True)
+        overlap = sub[rows, cols] > 0
+        mapping[pred_ids[cols[overlap]]] = gt_ids[rows[overlap]]
+    return mapping
+
+
+def remap_confusion(conf: np.ndarray, mapping: np.ndarray) -> np.ndarray:
+    """``(n_gt, n_pred)`` counts -> ``(n_gt, n_gt)``: column ``p`` added to ``mapping[p]``
+    (every value in ``[0, n_gt)``)."""
+    conf = _check_conf(conf).astype(np.int64)
+    mapping = np.asarray(mapping, dtype=np.int64)
+    n_gt = conf.shape[0]
+    if mapping.shape != (conf.shape[1],) or mapping.min() < 0 or mapping.max() >= n_gt:
+        raise ValueError(f"mapping must send every predicted id into [0, {n_gt})")
+    out = np.zeros((n_gt, n_gt), dtype=np.int64)
+    np.add.at(out.T, mapping, conf.T)
+    return out
+
+
+class ProtocolAccumulator:
+    """The confusions of every protocol of ``PROTOCOLS``, filled image by image.
+
+    ``add`` counts one image once at its original resolution (the dataset-level
+    protocols), adds that confusion remapped by the image's own Hungarian match
+    (``per_image_hungarian``) and counts the image again with gt and prediction resized to
+    ``fixed_side`` x ``fixed_side`` by nearest neighbour (``fixed_320``).
+    """
+
+    def __init__(self, n_gt: int, n_pred: int, void: int = VOID, fixed_side: int = FIXED_SIDE):
+        self.original = ConfusionAccumulator(n_gt, n_pred, void)
+        self.fixed = ConfusionAccumulator(n_gt, n_pred, void)
+        self.fixed_side = int(fixed_side)
+        self.per_image = np.zeros((n_gt, n_gt), dtype=np.int64)
+
+    @property
+    def n_images(self) -> int:
+        return self.original.n_images
+
+    def add(self, gt: np.ndarray, pred: np.ndarray, image_id: str | None = None) -> None:
+        """Add one image (``gt``, ``pred`` as in ``confusion``; errors name ``image_id``)."""
+        c = self.original.add(gt, pred, image_id)
+        self.per_image += remap_confusion(c, per_image_hungarian_match(c))
+        side = self.fixed_side
+        self.fixed.add(resize_nearest(gt, side, side), resize_nearest(pred, side, side), image_id)
+
+    def results(self, class_names: Sequence[str] | None = None) -> dict[str, dict]:
+        """Protocol name -> ``scores`` result, in the order of ``PROTOCOLS``."""
+        conf, fixed = self.original.matrix, self.fixed.matrix
+        identity = np.arange(self.per_image.shape[0])
+        return {
+            "dataset_hungarian": scores(conf, hungarian_match(conf), class_names),
+            "majority": scores(conf, majority_match(conf), class_names),
+            "per_image_hungarian": scores(self.per_image, identity, class_names),
+            "fixed_320": scores(fixed, hungarian_match(fixed), class_names),
+        }
+
+
+def protocol_metrics(results: dict[str, dict]) -> dict[str, dict]:
+    """``ProtocolAccumulator.results`` -> metrics.json's ``protocols`` object: per protocol
+    ``miou``, ``pixel_accuracy``, ``per_class_iou`` ({class name: IoU}, NaN = absent) and
+    its ``matching``, ``resolution`` and ``used_by`` descriptions."""
+    return {
+        name: {
+            "miou": r["miou"],
+            "pixel_accuracy": r["pixel_accuracy"],
+            "per_class_iou": dict(zip(r["class_names"], r["per_class_iou"], strict=True)),
+            **PROTOCOLS[name],
+        }
+        for name, r in results.items()
+    }
+
+
 def _figure(width: float, height: float):
     # A bare Figure renders through Agg without touching pyplot's global backend state,
     # so it works headless and in worker processes.
@@ -390,8 +541,13 @@ def run_evaluate(
     Images without a ground-truth reference (``gt == ""``: VOC extra lists) are skipped,
     logged and counted as ``n_images_unlabelled``; a referenced ground-truth file that is
     missing or whose size differs from the image is an error naming the file.
+
+    The top-level ``miou``, ``pixel_accuracy`` and ``per_class_iou`` follow ``matching``;
+    ``protocols`` holds every protocol of ``PROTOCOLS`` (``protocol_metrics``), so
+    ``protocols.dataset_hungarian`` (``matching: hungarian``) or ``protocols.majority``
+    (``matching: majority``) repeats the top-level scores.
     """
-    acc = ConfusionAccumulator(len(class_names), n_classes + 1)
+    acc = ProtocolAccumulator(len(class_names), n_classes + 1)
     skipped = 0
     for path in semantic:
         st = open_store(path)
@@ -407,9 +563,10 @@ def run_evaluate(
         log(f"evaluate: {acc.n_images} images scored, {skipped} unlabelled skipped after {path}")
     if acc.n_images == 0:
         raise ValueError("evaluate: no image has ground truth to score against")
-    conf = acc.matrix
+    conf = acc.original.matrix
     mapping = hungarian_match(conf) if matching == "hungarian" else majority_match(conf)
     result = scores(conf, mapping, class_names)
+    protocols = protocol_metrics(acc.results(class_names))
     plot_per_class_iou(result, iou_png)
     plot_confusion(result, confusion_png)
     metrics = {
@@ -422,8 +579,14 @@ def run_evaluate(
         **facts,
         "mapping": result["mapping"],
         "confusion": result["confusion"],
+        "protocols": protocols,
     }
     log(f"evaluate: mIoU {metrics['miou']:.4f}, pixel accuracy {metrics['pixel_accuracy']:.4f}")
+    for name, p in protocols.items():
+        log(
+            f"evaluate: protocol {name}: mIoU {p['miou']:.4f}, pixel accuracy "
+            f"{p['pixel_accuracy']:.4f}"
+        )
     Path(out_json).write_text(json.dumps(json_ready(metrics), indent=2))
     return metrics
 

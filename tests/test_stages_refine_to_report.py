@@ -650,6 +650,15 @@ def test_evaluate_matches_brute_force_reference(eval_data):
     assert saved["per_class_iou"]["bird"] is None
     assert saved["miou"] == pytest.approx(metrics["miou"])
     assert saved["n_images_unlabelled"] == 1
+    # every protocol is there; the dataset-level Hungarian one repeats the headline
+    protocols = saved["protocols"]
+    assert list(protocols) == ["dataset_hungarian", "majority", "per_image_hungarian", "fixed_320"]
+    head = protocols["dataset_hungarian"]
+    assert head["miou"] == saved["miou"] and head["pixel_accuracy"] == saved["pixel_accuracy"]
+    assert head["per_class_iou"] == saved["per_class_iou"]
+    for entry in protocols.values():
+        assert entry["per_class_iou"]["bird"] is None and entry["used_by"]
+        assert 0 <= entry["miou"] <= 1 and 0 <= entry["pixel_accuracy"] <= 1
     for png in ("iou.png", "confusion.png"):
         img = cv2.imread(str(tmp / png))
         assert img is not None and img.shape[0] > 50 and img.shape[1] > 50
