@@ -45,8 +45,11 @@ td.num { text-align: right; font-family: monospace; }
 .row { display: flex; flex-wrap: wrap; gap: 6px; margin-bottom: 1em; }
 figure { margin: 0; }
 figcaption { font-size: 0.8em; max-width: 256px; }
-dt { font-weight: bold; float: left; clear: left; width: 9em; }
-dd { margin-left: 10em; font-family: monospace; }
+dl { display: grid; grid-template-columns: max-content auto; gap: 2px 1.5em; }
+dt { font-weight: bold; }
+dd { margin: 0; font-family: monospace; }
+table.protocols td { vertical-align: top; }
+table.protocols th { white-space: nowrap; }
 """
 
 
@@ -215,6 +218,34 @@ def _scores(metrics: Mapping[str, Any]) -> str:
     )
 
 
+def _protocols(metrics: Mapping[str, Any]) -> str:
+    """The table of evaluation protocols (metrics.json's ``protocols``), one row each:
+    mIoU, pixel accuracy, how it matches and at which resolution, and who scores this way."""
+    protocols = metrics.get("protocols")
+    if not isinstance(protocols, Mapping) or not protocols:
+        return ""
+    rows = [
+        "<tr><th>protocol</th><th>mIoU</th><th>pixel acc.</th><th>matching</th>"
+        "<th>resolution</th><th>used by</th></tr>"
+    ]
+    for name, p in protocols.items():
+        p = p if isinstance(p, Mapping) else {}
+        rows.append(
+            f"<tr><td><code>{_esc(name)}</code></td>"
+            f'<td class="num">{_pct(p.get("miou"))}</td>'
+            f'<td class="num">{_pct(p.get("pixel_accuracy"))}</td>'
+            f"<td>{_esc(p.get('matching', ''))}</td><td>{_esc(p.get('resolution', ''))}</td>"
+            f"<td>{_esc(p.get('used_by', ''))}</td></tr>"
+        )
+    return (
+        "<h2>Evaluation protocols</h2>\n<p>The same predictions scored the ways published "
+        "methods score them (values in percent), so a number can be set beside a peer's "
+        "scored the same way. Per-image matching is an oracle (each image matched on its "
+        "own ground truth): optimistic, not comparable to the dataset-level ones.</p>\n"
+        '<table class="protocols">\n' + "\n".join(rows) + "\n</table>"
+    )
+
+
 def _figure_html(caption: str, uri: str, alt: str) -> str:
     return (
         f'<figure><img src="{uri}" alt="{_esc(alt)}">'
@@ -265,7 +296,9 @@ def build_report(
     ``per_class_iou`` a ``{name: iou}`` dict or a list beside ``class_names``; run facts
     such as ``backbone``, ``weights``, ``weights_warning``, ``seeds``); any key may be
     missing and any score None/NaN. ``plots``: ``(caption, PNG path)``, embedded with the
-    longer side capped at ``PLOT_MAX_SIDE``. ``gallery``: ``{"image_id": str, "panels":
+    longer side capped at ``PLOT_MAX_SIDE``. A ``protocols`` object (the evaluate stage's:
+    name -> ``miou``, ``pixel_accuracy``, ``matching``, ``resolution``, ``used_by``) is
+    shown as one table after the scores. ``gallery``: ``{"image_id": str, "panels":
     [(caption, (H, W, 3) uint8 RGB), ...]}``, panels downscaled to ``PANEL_MAX_SIDE``.
     A set ``weights_warning`` is shown in a warning box at the top.
     """
@@ -277,7 +310,7 @@ def build_report(
     body.append(_facts(metrics))
     if notes:
         body.append("<ul>" + "".join(f"<li>{_esc(n)}</li>" for n in notes) + "</ul>")
-    body += [_scores(metrics), _plots(plots), _gallery(gallery)]
+    body += [_scores(metrics), _protocols(metrics), _plots(plots), _gallery(gallery)]
     page = (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{_esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"

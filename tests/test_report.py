@@ -190,3 +190,41 @@ def test_patch_mask_geometry_matches_patch_rectangles():
             j = next(j for j in range(gw) if j * w / gw <= x < (j + 1) * w / gw)
             ref = patch_mask_image(np.full((1, 1, 3), 90, np.uint8), grid[i : i + 1, j : j + 1])
             np.testing.assert_array_equal(out[y, x], ref[0, 0])
+
+
+def test_protocols_table_one_row_each_with_peers(tmp_path):
+    protocols = {
+        "dataset_hungarian": {
+            "miou": 0.41234,
+            "pixel_accuracy": 0.8,
+            "per_class_iou": {"background": 0.7},
+            "matching": "one-to-one Hungarian over the whole dataset",
+            "resolution": "original",
+            "used_by": "DSM, MaskContrast, COMUS",
+        },
+        "per_image_hungarian": {
+            "miou": None,
+            "pixel_accuracy": 0.9,
+            "matching": "Hungarian per image",
+            "resolution": "original",
+            "used_by": "DiffCut <&>",
+        },
+        "fixed_320": {"miou": 0.25},  # sparse entries still render
+    }
+    text = build_report(
+        tmp_path / "r.html", title="t", metrics=_metrics(protocols=protocols), plots=[], gallery=[]
+    ).read_text(encoding="utf-8")
+    table = text[text.index('<table class="protocols">') :]
+    table = table[: table.index("</table>")]
+    rows = re.findall(r"<tr>(.*?)</tr>", table)
+    assert len(rows) == 1 + 3  # header + one per protocol, in the given order
+    cells = [re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", r) for r in rows]
+    assert cells[0] == ["protocol", "mIoU", "pixel acc.", "matching", "resolution", "used by"]
+    assert cells[1][:3] == ["<code>dataset_hungarian</code>", "41.2", "80.0"]
+    assert cells[1][5] == "DSM, MaskContrast, COMUS"
+    assert cells[2][1:3] == ["n/a", "90.0"] and cells[2][5] == "DiffCut &lt;&amp;&gt;"
+    assert cells[3][1:3] == ["25.0", "n/a"]
+    # the protocols object is not listed among the run facts, and no table without it
+    assert "<dt>protocols</dt>" not in text
+    plain = build_report(tmp_path / "p.html", title="t", metrics=_metrics(), plots=[], gallery=[])
+    assert '<table class="protocols">' not in plain.read_text(encoding="utf-8")

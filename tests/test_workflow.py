@@ -188,6 +188,10 @@ def test_scores_and_report(tiny_run):
     assert summary["miou"]["per_seed"] == [metrics["miou"]]
     page = (res / "report.html").read_text()
     assert page.count("<img") >= 2 + 3 * 5 and "demo_0002" in page
+    protocols = metrics["protocols"]
+    assert set(protocols) == {"dataset_hungarian", "majority", "per_image_hungarian", "fixed_320"}
+    assert protocols["dataset_hungarian"]["miou"] == metrics["miou"]
+    assert '<table class="protocols">' in page and "DiffCut" in page
 
     # the scores follow from the written predictions: recompute them independently
     conf = np.zeros((5, 3), dtype=np.int64)
