@@ -22,6 +22,7 @@ def test_default_config_is_valid_and_defaults_fill_in():
     bare = {}
     validate(bare, SCHEMA)
     assert bare["run"] == "demo" and bare["backbone"]["name"] == "dino_vits16"
+    assert bare["dataset"]["image_list"] is None
 
 
 def test_every_schema_key_has_description_and_default():
@@ -47,6 +48,7 @@ def test_every_schema_key_has_description_and_default():
         (lambda c: c["extract"].__setitem__("store_features", ["x"]), "store_features"),
         (lambda c: c.__setitem__("typo_key", 1), "typo_key"),
         (lambda c: c["backbone"].__setitem__("wieghts", "random"), "wieghts"),
+        (lambda c: c["dataset"].__setitem__("image_list", ["a.txt"]), "image_list"),
     ],
 )
 def test_wrong_types_and_unknown_keys_are_rejected_naming_the_key(mutate, key):

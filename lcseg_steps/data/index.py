@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from lcseg_steps.atomic_write import tmp_sibling
+from lcseg_steps.data.image_list import filter_by_image_list
 from lcseg_steps.data.records import ImageRecord, gt_file
 from lcseg_steps.data.registry import dataset_for_gt, get_dataset
 from lcseg_steps.images import ImageError
@@ -34,12 +35,14 @@ def list_images(dataset: dict) -> list[ImageRecord]:
     dataset's (``lcseg_steps.data.registry``). For ``demo`` the ids follow from
     ``dataset.demo.n_images`` so this works before the demo data are generated.
     A missing root, split file or annotation file raises ``FileNotFoundError`` naming the
-    path and the config key.
+    path and the config key. A set ``dataset.image_list`` keeps only the images it names
+    (``lcseg_steps.data.image_list``).
     """
     root = dataset.get("root")
     if not root:
         raise ValueError("dataset.root is empty: set it to the dataset directory")
-    return get_dataset(dataset.get("name")).list_images(dataset)
+    records = get_dataset(dataset.get("name")).list_images(dataset)
+    return filter_by_image_list(records, dataset.get("image_list"))
 
 
 def shard_names(n_images: int, shard_size: int) -> list[str]:

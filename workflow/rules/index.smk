@@ -1,6 +1,8 @@
 rule index:
     input:
         dataset_inputs,
+        # the optional dataset.image_list file restricting the listing
+        image_list=config["dataset"]["image_list"] or [],
     output:
         f"{RESULTS}/images.tsv",
     log:
