@@ -2,12 +2,13 @@ rule index:
     input:
         dataset_inputs,
     output:
-        f"{RESULTS}/images.tsv",
+        index=f"{RESULTS}/images.tsv",
+        skipped=f"{RESULTS}/skipped.tsv",
     log:
         f"{LOGS}/index.log",
     conda:
         "../../envs/base.yaml"
-    threads: 1
+    threads: 8
     resources:
         mem_mb=4000,
         runtime=10,
