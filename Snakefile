@@ -26,5 +26,4 @@ include: "workflow/rules/report.smk"
 rule all:
     default_target: True
     input:
-        f"{RESULTS}/metrics_summary.json",
-        f"{RESULTS}/report.html",
+        final_targets(),

@@ -64,6 +64,18 @@ def embed_dim_of(name: str, overrides: dict | None = None) -> int | None:
     return VIT_WIDTHS.get(family)
 
 
+def patch_size_of(name: str, overrides: dict | None = None) -> int | None:
+    """Patch size of backbone ``name`` without building it: ``overrides["patch_size"]``
+    when given, else the ``patch<N>`` word of its timm name (``vit_small_patch16_224``);
+    ``None`` when the name has none."""
+    if "patch_size" in (overrides or {}):
+        return int(overrides["patch_size"])
+    for word in BACKBONES.get(name, name).split(".")[0].split("_"):
+        if word.startswith("patch") and word[5:].isdigit():
+            return int(word[5:])
+    return None
+
+
 # Keys that checkpoints carry but a feature extractor has no module for: the DINO
 # projection head / a classifier, DINOv2's masked-image-modelling token.
 _UNUSED_KEY_PREFIXES = ("head.", "head_drop.", "mask_token")

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from lcseg_steps.data.index import ImageRecord, load_ground_truth, read_index
+from lcseg_steps.data.index import ImageRecord, load_ground_truth, read_index, read_skipped
 from lcseg_steps.data.index import class_names as dataset_class_names
 from lcseg_steps.settings import settings_digest
 from lcseg_steps.store import open_store, pixel_map, records_in_order
@@ -599,6 +599,8 @@ def run(job: Job) -> dict:
     extraction = open_store(job.input.semantic[0]).attrs.get("extraction") or {}
     facts = {
         **job.params.facts,
+        # images the index left out (dataset.on_bad_image: skip), listed in skipped.tsv
+        "n_images_skipped": len(read_skipped(job.input.skipped)),
         "seed": int(job.wildcards.seed),
         "config_digest": settings_digest(job.config),
         **{key: extraction.get(key) for key in EXTRACTION_FACTS},

@@ -289,6 +289,7 @@ def build_report(
     plots: Sequence[tuple[str, str | os.PathLike]],
     gallery: Sequence[Mapping[str, Any]],
     notes: Sequence[str] = (),
+    scores: bool = True,
 ) -> Path:
     """Write the report page to ``out_html`` (atomically) and return its path.
 
@@ -300,7 +301,8 @@ def build_report(
     name -> ``miou``, ``pixel_accuracy``, ``matching``, ``resolution``, ``used_by``) is
     shown as one table after the scores. ``gallery``: ``{"image_id": str, "panels":
     [(caption, (H, W, 3) uint8 RGB), ...]}``, panels downscaled to ``PANEL_MAX_SIDE``.
-    A set ``weights_warning`` is shown in a warning box at the top.
+    A set ``weights_warning`` is shown in a warning box at the top. ``scores=False`` (no
+    ground truth) leaves the scores table out.
     """
     out = Path(out_html)
     warning = metrics.get("weights_warning")
@@ -310,7 +312,8 @@ def build_report(
     body.append(_facts(metrics))
     if notes:
         body.append("<ul>" + "".join(f"<li>{_esc(n)}</li>" for n in notes) + "</ul>")
-    body += [_scores(metrics), _protocols(metrics), _plots(plots), _gallery(gallery)]
+    scored = [_scores(metrics), _protocols(metrics)] if scores else []
+    body += [*scored, _plots(plots), _gallery(gallery)]
     page = (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{_esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
@@ -360,19 +363,29 @@ def run_report(
     out_html: str | Path,
     *,
     title: str,
-    metrics_json: str | Path,
-    summary_json: str | Path,
+    metrics_json: str | Path | None,
+    summary_json: str | Path | None,
     plots: Sequence[tuple[str, str | Path]],
     records: Sequence[ImageRecord],
     patch_masks: Sequence[str | Path],
     pixel_masks: Sequence[str | Path],
     semantic: Sequence[str | Path],
     n_gallery: int,
+    skipped: Sequence[Any] = (),
     log=print,
 ) -> Path:
-    """The self-contained HTML page of one run (first seed's images, every seed's scores)."""
-    metrics = json.loads(Path(metrics_json).read_text())
-    summary = json.loads(Path(summary_json).read_text())
+    """The self-contained HTML page of one run (first seed's images, every seed's scores).
+
+    Without ground truth ``metrics_json`` and ``summary_json`` are None: the page shows the
+    run facts (from the semantic stores' ``extraction`` attrs) and the overlays, no scores.
+    ``skipped``: the index's ``SkippedImage``s, listed in the notes.
+    """
+    if metrics_json is None:
+        extraction = open_store(semantic[0]).attrs.get("extraction") or {} if semantic else {}
+        metrics = {k: v for k, v in extraction.items() if not isinstance(v, dict | list)}
+        metrics["n_images_skipped"] = len(skipped)
+    else:
+        metrics = json.loads(Path(metrics_json).read_text())
     gallery: list[dict] = []
     for pm_path, px_path, sem_path in zip(patch_masks, pixel_masks, semantic, strict=True):
         pm, px, sem = open_store(pm_path), open_store(px_path), open_store(sem_path)
@@ -383,27 +396,51 @@ def run_report(
             gallery.append(
                 {"image_id": r.image_id, "panels": gallery_panels(r, pm, i, px, i, sem, i)}
             )
-    m = summary["miou"]
-    over_seeds = "n/a" if m["mean"] is None else f"{100 * m['mean']:.1f} ± {100 * m['std']:.1f}"
-    notes = [
-        f"mIoU over seeds {summary['seeds']}: {over_seeds}",
-        "Prediction colours are cluster ids before matching; scores use the Hungarian "
-        "(or majority) matching of clusters to classes.",
-    ]
+    if summary_json is None:
+        notes = ["No ground truth: predictions and overlays only, no scores."]
+    else:
+        summary = json.loads(Path(summary_json).read_text())
+        m = summary["miou"]
+        over = "n/a" if m["mean"] is None else f"{100 * m['mean']:.1f} ± {100 * m['std']:.1f}"
+        notes = [
+            f"mIoU over seeds {summary['seeds']}: {over}",
+            "Prediction colours are cluster ids before matching; scores use the Hungarian "
+            "(or majority) matching of clusters to classes.",
+        ]
+    if skipped:
+        notes.append(
+            f"{len(skipped)} image(s) skipped by the index (dataset.on_bad_image: skip; "
+            "listed in skipped.tsv), not in any result:"
+        )
+        notes += [f"skipped {s.image_id} ({s.path}): {s.reason}" for s in skipped[:50]]
+        if len(skipped) > 50:
+            notes.append(f"... and {len(skipped) - 50} more in skipped.tsv")
     log(f"report: {len(gallery)} gallery images")
     return build_report(
-        out_html, title=title, metrics=metrics, plots=plots, gallery=gallery, notes=notes
+        out_html,
+        title=title,
+        metrics=metrics,
+        plots=plots,
+        gallery=gallery,
+        notes=notes,
+        scores=metrics_json is not None,
     )
 
 
 def run(job: Job) -> Path:
-    """The rule ``report``."""
+    """The rule ``report`` (without ground truth it has no metrics, summary or plots)."""
+    from lcseg_steps.data.index import read_skipped
+
+    scored = "metrics" in job.input.keys()
     return run_report(
         job.output[0],
         title=f"lcseg run {job.params.run}",
-        metrics_json=job.input.metrics,
-        summary_json=job.input.summary,
-        plots=[("per-class IoU", job.input.iou), ("confusion matrix", job.input.confusion)],
+        metrics_json=job.input.metrics if scored else None,
+        summary_json=job.input.summary if scored else None,
+        plots=[("per-class IoU", job.input.iou), ("confusion matrix", job.input.confusion)]
+        if scored
+        else [],
+        skipped=read_skipped(job.input.skipped) if "skipped" in job.input.keys() else [],
         records=read_index(job.input.index),
         patch_masks=job.input.patch_masks,
         pixel_masks=job.input.pixel_masks,

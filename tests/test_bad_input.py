@@ -24,7 +24,14 @@ from snakemake.utils import validate
 
 from lcseg_steps.assign import run_assign
 from lcseg_steps.backbone import load_backbone
-from lcseg_steps.data.index import ImageRecord, build_index, list_images
+from lcseg_steps.data.index import (
+    ImageRecord,
+    build_index,
+    index_dataset,
+    list_images,
+    read_skipped,
+    write_skipped,
+)
 from lcseg_steps.data.voc import write_label_png
 from lcseg_steps.evaluate import run_evaluate
 from lcseg_steps.extract import extract_shard
@@ -131,10 +138,14 @@ def _directory(p: Path) -> None:
 @pytest.mark.parametrize(
     "damage, index_error, extract_error",
     [
-        # (how the file is damaged, what the index says or None if its header reads fine,
-        #  what extract says)
-        (_corrupt, "not a readable image", "not a decodable image"),
-        (_truncate, None, r"not a decodable image \(corrupt, truncated"),
+        # (how the file is damaged, what the index says (it decodes every image, so a
+        #  truncated file whose header reads fine is caught too), what extract says)
+        (_corrupt, "not a decodable image", "not a decodable image"),
+        (
+            _truncate,
+            r"not a decodable image \(corrupt, truncated",
+            r"not a decodable image \(corrupt, truncated",
+        ),
         (_empty, "image file is empty", "image file is empty"),
         (_directory, "is a directory, not an image file", "is a directory, not an image file"),
     ],
@@ -147,12 +158,12 @@ def test_bad_image_file(tmp_path, vit, damage, index_error, extract_error):
     damage(bad)
     where = re.escape(str(bad))
 
-    if index_error is None:
-        recs = build_index(_voc_cfg(root), shard_size=10, log=_quiet)
-        assert [r.image_id for r in recs] == VOC_VAL
-    else:
-        with pytest.raises(ImageError, match=f"{where}: {index_error}"):
-            build_index(_voc_cfg(root), shard_size=10, log=_quiet)
+    with pytest.raises(ImageError, match=f"{where}: {index_error}"):
+        build_index(_voc_cfg(root), shard_size=10, log=_quiet)
+    # skipped instead with dataset.on_bad_image: skip
+    kept, skipped = index_dataset({**_voc_cfg(root), "on_bad_image": "skip"}, 10, _quiet)
+    assert [r.image_id for r in kept] == [i for i in VOC_VAL if i != bad_id]
+    assert [(s.image_id, s.path) for s in skipped] == [(bad_id, str(bad))]
 
     # an index built before the file went bad: extract meets it and keeps the old store
     out = tmp_path / "features" / "s0000.zarr"
@@ -701,3 +712,53 @@ def test_non_finite_features_are_refused_naming_the_store(tmp_path, stage, bad_v
             )
     _assert_kept(out, before)
     assert list(read_ids(open_store(bad))) == ["i0", "i1"]
+
+
+# ---------------------------------------------------------------------------------------
+# several odd images in one set: the index finds all of them at once, before extract
+
+
+def _odd_voc(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """``make_voc`` plus three odd val images: an empty .jpg, a truncated JPEG and an
+    8x500 px image (fine to decode, too thin for one patch at long_side 480)."""
+    root = make_voc(tmp_path / "voc")
+    rng = np.random.default_rng(5)
+    odd = {"odd_empty": "image file is empty", "odd_truncated": "not a decodable image"}
+    odd["odd_thin"] = "image of 8x500 px resized to 480 on the long side is smaller than one"
+    for image_id in odd:
+        img = rng.integers(0, 256, (8, 500, 3) if image_id == "odd_thin" else (60, 80, 3))
+        p = root / "JPEGImages" / f"{image_id}.jpg"
+        assert cv2.imwrite(str(p), img.astype(np.uint8))
+        write_label_png(
+            root / "SegmentationClass" / f"{image_id}.png", np.zeros(img.shape[:2], np.uint8)
+        )
+    _empty(root / "JPEGImages" / "odd_empty.jpg")
+    _truncate(root / "JPEGImages" / "odd_truncated.jpg")
+    split = root / "ImageSets" / "Segmentation" / "val.txt"
+    split.write_text("\n".join([VOC_VAL[0], *odd, *VOC_VAL[1:]]) + "\n")
+    return root, odd
+
+
+def test_index_names_every_odd_image_at_once(tmp_path):
+    root, odd = _odd_voc(tmp_path)
+    with pytest.raises(ImageError) as err:
+        index_dataset(_voc_cfg(root), 2, _quiet, patch_size=PATCH, long_side=480, threads=2)
+    message = str(err.value)
+    assert "3 of 6 images cannot be used" in message and "on_bad_image" in message
+    for image_id, reason in odd.items():
+        assert f"{root / 'JPEGImages' / image_id}.jpg: {reason}" in message, message
+    # the default of voc12 is error; with skip the others are kept and fill every shard
+    cfg = {**_voc_cfg(root), "on_bad_image": "skip"}
+    kept, skipped = index_dataset(cfg, 2, _quiet, patch_size=PATCH, long_side=480, threads=2)
+    assert [s.image_id for s in skipped] == list(odd)
+    assert [r.image_id for r in kept] == VOC_VAL
+    assert [r.shard for r in kept] == ["s0000", "s0001", "s0002"]  # 6 listed: 3 shards
+    out = tmp_path / "skipped.tsv"
+    write_skipped(skipped, out)
+    assert out.read_text().splitlines()[0] == "id\tpath\treason"
+    assert read_skipped(out) == skipped
+    write_skipped([], out)
+    assert out.read_text() == "id\tpath\treason\n" and read_skipped(out) == []
+    # fewer usable images than shards: a clear error
+    with pytest.raises(ValueError, match="only 3 usable image.*6 shards"):
+        index_dataset(cfg, 1, _quiet, patch_size=PATCH, long_side=480)

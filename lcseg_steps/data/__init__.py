@@ -1,3 +1,4 @@
 """Datasets: the registry (``registry``: name -> dataset module), the shared types
 (``records``: ``ImageRecord``, ``Dataset``), the image index (``index``) and one module per
-dataset: VOC 2012 (``voc``), COCO (``coco``) and the synthetic demo set (``demo``)."""
+dataset: VOC 2012 (``voc``), COCO (``coco``), a folder of the user's own images
+(``folder``) and the synthetic demo set (``demo``)."""

@@ -2,17 +2,21 @@
 and the shard each one belongs to.
 
 ``list_images`` is called while Snakemake parses the workflow, so it only reads id
-lists and annotation metadata, never pixels. ``build_index`` adds image sizes from
-file headers and shard names; ``write_index``/``read_index`` keep the result as a TSV
-that every later stage reads.
+lists and annotation metadata, never pixels. ``index_dataset`` (the ``index`` rule)
+decodes every image once to find all those ``extract`` would refuse, before any forward
+pass, adds the image sizes and shard names, and reports or skips the bad images
+(``dataset.on_bad_image``); ``write_index``/``read_index`` keep the result as a TSV that
+every later stage reads, ``write_skipped``/``read_skipped`` the skipped images.
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +26,7 @@ from lcseg_steps.atomic_write import tmp_sibling
 from lcseg_steps.data.image_list import filter_by_image_list
 from lcseg_steps.data.records import ImageRecord, gt_file
 from lcseg_steps.data.registry import dataset_for_gt, get_dataset
-from lcseg_steps.images import ImageError
+from lcseg_steps.images import ImageError, patch_grid_size, read_rgb
 
 INDEX_COLUMNS = ("id", "path", "gt", "height", "width", "shard")
 PROGRESS_EVERY = 1000
@@ -78,28 +82,125 @@ def _header_size(path: str) -> tuple[int, int]:
     return height, width
 
 
-def build_index(
-    dataset: dict, shard_size: int, log: Callable[[str], None] = print
-) -> list[ImageRecord]:
-    """``list_images`` plus image sizes and shard names.
+BAD_IMAGE_POLICIES = ("error", "skip")
+SKIPPED_COLUMNS = ("id", "path", "reason")
 
-    Sizes the listing does not know are read from image headers; a missing image or
-    ground-truth file raises ``FileNotFoundError`` and an unreadable image ``ImageError``,
-    each naming the file.
+
+@dataclass(frozen=True)
+class SkippedImage:
+    """An image the index left out (``dataset.on_bad_image: skip``) and why."""
+
+    image_id: str
+    path: str
+    reason: str
+
+
+class BadImagesError(ImageError):
+    """Images that ``extract`` would refuse, every one of them, with ``dataset.on_bad_image:
+    error``; ``problems`` holds one ``SkippedImage`` per file."""
+
+    def __init__(self, dataset_name: str, n_images: int, problems: Sequence[SkippedImage]):
+        self.problems = list(problems)
+        lines = "".join(f"\n  {p.path}: {p.reason}" for p in self.problems)
+        super().__init__(
+            f"dataset {dataset_name!r}: {len(self.problems)} of {n_images} images cannot be "
+            "used (dataset.on_bad_image: error; set it to skip to leave them out and list them "
+            f"in skipped.tsv):{lines}"
+        )
+
+
+def on_bad_image(dataset: dict) -> str:
+    """``dataset.on_bad_image``, or the registered dataset's default when it is null."""
+    policy = dataset.get("on_bad_image") or get_dataset(dataset.get("name")).on_bad_image
+    if policy not in BAD_IMAGE_POLICIES:
+        raise ValueError(f"dataset.on_bad_image: {policy!r}; expected one of {BAD_IMAGE_POLICIES}")
+    return policy
+
+
+def check_image(
+    rec: ImageRecord, patch_size: int | None, long_side: int | None
+) -> tuple[int, int, str]:
+    """``(height, width, problem)`` of one image as ``extract`` will see it.
+
+    The file is decoded in full with the decoder ``extract`` uses (``read_rgb``), so a
+    missing, empty, corrupt or truncated file is caught here, not after GPU work; the
+    decoded size must match a size the listing already knows (COCO's json), and with a
+    ``patch_size`` the resize policy (``patch_grid_size`` at ``long_side``) must leave at
+    least one patch per side. ``problem`` is ``""`` for a usable image, else the reason.
     """
+    prefix = f"{rec.path}: "
+    try:
+        h, w = read_rgb(rec.path).shape[:2]
+        if rec.height > 0 and rec.width > 0 and (h, w) != (rec.height, rec.width):
+            return (
+                h,
+                w,
+                (f"decodes to {h}x{w} (HxW) but the dataset listing says {rec.height}x{rec.width}"),
+            )
+        if patch_size:
+            patch_grid_size(h, w, patch_size, long_side)
+    except ImageError as err:
+        reason = str(err)
+        return rec.height, rec.width, reason[len(prefix) :] if reason.startswith(prefix) else reason
+    return h, w, ""
+
+
+def assign_shards_over(
+    records: Sequence[ImageRecord], shard_size: int, n_shards: int
+) -> list[ImageRecord]:
+    """Records into exactly ``n_shards`` shards of at most ``shard_size`` images.
+
+    The workflow fixes the shard list from the listing before the index runs, so when
+    skipped images would leave fewer shards than listed, the kept images are spread over
+    all of them (consecutive blocks, sizes differing by at most one); otherwise this is
+    ``assign_shards``. Fewer images than shards is a ``ValueError``.
+    """
+    if len(shard_names(len(records), shard_size)) == n_shards:
+        return assign_shards(records, shard_size)
+    if len(records) < n_shards:
+        raise ValueError(
+            f"only {len(records)} usable image(s) remain for the {n_shards} shards the listing "
+            f"gave (shard_size: {shard_size}); raise shard_size or fix the skipped images"
+        )
+    names = shard_names(n_shards, 1)
+    base, extra = divmod(len(records), n_shards)
+    out, start = [], 0
+    for k, name in enumerate(names):
+        size = base + (k < extra)
+        out += [replace(r, shard=name) for r in records[start : start + size]]
+        start += size
+    return out
+
+
+def index_dataset(
+    dataset: dict,
+    shard_size: int,
+    log: Callable[[str], None] = print,
+    *,
+    patch_size: int | None = None,
+    long_side: int | None = None,
+    threads: int = 1,
+) -> tuple[list[ImageRecord], list[SkippedImage]]:
+    """``list_images`` plus checked image sizes and shard names, and the skipped images.
+
+    Every image is checked with ``check_image`` (a full decode, on ``threads`` threads,
+    with progress in the log) before anything else runs. The images that fail are all
+    reported at once: with ``dataset.on_bad_image: error`` (see ``on_bad_image``) as one
+    ``BadImagesError`` listing every file and its reason; with ``skip`` they are left out
+    and returned as ``SkippedImage``s, and the kept images fill the shards the listing
+    gave (``assign_shards_over``). A missing ground-truth file raises
+    ``FileNotFoundError`` naming it.
+    """
+    policy = on_bad_image(dataset)
     records = list_images(dataset)
     if not records:
         raise ValueError(f"dataset {dataset.get('name')!r} at {dataset.get('root')}: no images")
-    log(f"index: {len(records)} images in dataset {dataset.get('name')!r}")
+    log(
+        f"index: {len(records)} images in dataset {dataset.get('name')!r}; decoding each "
+        f"on {threads} thread(s) (on_bad_image: {policy})"
+    )
     checked_gt: set[str] = set()
-    out = []
-    for n, rec in enumerate(records, 1):
-        if rec.height > 0 and rec.width > 0:
-            if not os.path.isfile(rec.path):
-                raise FileNotFoundError(f"{rec.path}: image file not found (dataset.root)")
-        else:
-            h, w = _header_size(rec.path)
-            rec = replace(rec, height=h, width=w)
+    for rec in records:
         gt_path = gt_file(rec.gt)
         if gt_path and gt_path not in checked_gt:
             if not os.path.isfile(gt_path):
@@ -107,10 +208,68 @@ def build_index(
                     f"{gt_path}: ground-truth file of image {rec.image_id} not found"
                 )
             checked_gt.add(gt_path)
-        out.append(rec)
-        if n % PROGRESS_EVERY == 0:
-            log(f"index: {n}/{len(records)} images checked")
-    return assign_shards(out, shard_size)
+
+    def check(rec: ImageRecord) -> tuple[int, int, str]:
+        return check_image(rec, patch_size, long_side)
+
+    kept, bad = [], []
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        results = zip(records, pool.map(check, records), strict=True)
+        for n, (rec, (h, w, problem)) in enumerate(results, 1):
+            if problem:
+                bad.append(SkippedImage(rec.image_id, rec.path, problem))
+                log(f"index: {rec.path}: {problem}")
+            else:
+                kept.append(replace(rec, height=h, width=w))
+            if n % PROGRESS_EVERY == 0 or n == len(records):
+                rate = n / max(time.perf_counter() - t0, 1e-9)
+                log(f"index: {n}/{len(records)} images checked ({rate:.0f}/s), {len(bad)} bad")
+    if bad and policy == "error":
+        raise BadImagesError(dataset.get("name"), len(records), bad)
+    if bad:
+        log(f"index: {len(bad)} image(s) skipped (dataset.on_bad_image: skip)")
+    if not kept:
+        raise ValueError(f"dataset {dataset.get('name')!r}: every image was skipped")
+    n_shards = len(shard_names(len(records), shard_size))
+    return assign_shards_over(kept, shard_size, n_shards), bad
+
+
+def build_index(
+    dataset: dict, shard_size: int, log: Callable[[str], None] = print, **checks
+) -> list[ImageRecord]:
+    """The kept records of ``index_dataset`` (``checks``: its keyword arguments)."""
+    return index_dataset(dataset, shard_size, log, **checks)[0]
+
+
+def write_skipped(skipped: Iterable[SkippedImage], path: str | os.PathLike) -> None:
+    """``skipped.tsv``: header ``id path reason``, one row per skipped image (written
+    atomically; header only when none)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_sibling(path)
+    clean = str.maketrans("\t\n\r", "   ")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        f.write("\t".join(SKIPPED_COLUMNS) + "\n")
+        for s in skipped:
+            f.write("\t".join(str(v).translate(clean) for v in (s.image_id, s.path, s.reason)))
+            f.write("\n")
+    os.replace(tmp, path)
+
+
+def read_skipped(path: str | os.PathLike) -> list[SkippedImage]:
+    """Rows of a ``skipped.tsv`` written by ``write_skipped``."""
+    lines = Path(path).read_text(encoding="utf-8").split("\n")
+    if tuple(lines[0].split("\t")) != SKIPPED_COLUMNS:
+        raise ValueError(f"{path}: header must be {' '.join(SKIPPED_COLUMNS)} (tab-separated)")
+    out = []
+    for lineno, line in enumerate(lines[1:], 2):
+        if line:
+            fields = line.split("\t")
+            if len(fields) != len(SKIPPED_COLUMNS):
+                raise ValueError(f"{path}:{lineno}: expected 3 tab-separated fields")
+            out.append(SkippedImage(*fields))
+    return out
 
 
 def write_index(records: Iterable[ImageRecord], path: str | os.PathLike) -> None:

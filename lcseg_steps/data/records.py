@@ -57,6 +57,9 @@ class Dataset:
       ``FileNotFoundError`` naming it.
     - ``generated``: the workflow makes the data itself (rule ``demo_data``) under
       ``results/<run>/<name>`` when ``dataset.root`` is empty.
+    - ``on_bad_image``: what the index does with images ``extract`` would refuse when
+      ``dataset.on_bad_image`` is null: ``error`` (a benchmark score must cover the whole
+      split) or ``skip`` (leave them out, listed in ``skipped.tsv``).
     """
 
     name: str
@@ -66,3 +69,4 @@ class Dataset:
     owns_gt: Callable[[str], bool]
     read_gt: Callable[[ImageRecord], np.ndarray]
     generated: bool = False
+    on_bad_image: str = "error"

@@ -20,6 +20,7 @@ DATASETS: dict[str, str] = {
     "demo": "lcseg_steps.data.demo",
     "voc12": "lcseg_steps.data.voc",
     "coco": "lcseg_steps.data.coco",
+    "folder": "lcseg_steps.data.folder",
 }
 
 

@@ -3,7 +3,7 @@ import os
 from snakemake.utils import validate
 
 # Snakemake puts the Snakefile's folder (the repository root) on sys.path while parsing.
-from lcseg_steps.backbone import embed_dim_of
+from lcseg_steps.backbone import embed_dim_of, patch_size_of
 from lcseg_steps.data.index import list_images, shard_names
 from lcseg_steps.data.registry import get_dataset
 from lcseg_steps.kmeans import STREAM_CACHE_BYTES
@@ -28,6 +28,9 @@ IMAGES = list_images(config["dataset"])
 if not IMAGES:
     raise ValueError(f"dataset {config['dataset']['name']!r} lists no images")
 SHARDS = shard_names(len(IMAGES), config["shard_size"])
+# Without any ground truth (a folder without masks) the run ends with the predictions and
+# the report: no evaluate, no summary.
+HAS_GT = any(r.gt for r in IMAGES)
 
 
 wildcard_constraints:
@@ -42,7 +45,19 @@ def dataset_inputs(wildcards):
 
 
 def index_settings():
-    return {"dataset": config["dataset"], "shard_size": config["shard_size"]}
+    """The dataset, and what decides which images extract can take: the resize policy's
+    long side and the backbone's patch size (the backbone itself only when its name does
+    not tell the patch size)."""
+    bb = config["backbone"]
+    out = {
+        "dataset": config["dataset"],
+        "shard_size": config["shard_size"],
+        "long_side": config["extract"]["long_side"],
+        "patch_size": patch_size_of(bb["name"], bb.get("overrides")),
+    }
+    if out["patch_size"] is None:
+        out["backbone"] = {"name": bb["name"], "overrides": bb.get("overrides") or {}}
+    return out
 
 
 def extract_settings():
@@ -83,6 +98,35 @@ def run_facts():
     """Run-level facts recorded in metrics.json (the config digest is added by the
     script, so an unrelated config change does not rerun the scoring)."""
     return {"run": config["run"], "dataset": config["dataset"]["name"]}
+
+
+def final_targets():
+    """The default target's inputs: scores and the report, or without ground truth every
+    seed's predictions and the report."""
+    if HAS_GT:
+        return [f"{RESULTS}/metrics_summary.json", f"{RESULTS}/report.html"]
+    return [f"{RESULTS}/report.html"] + expand(
+        f"{RESULTS}/seed{{seed}}/pred/{{shard}}", seed=SEEDS, shard=SHARDS
+    )
+
+
+def report_inputs(wildcards):
+    """The report's inputs: the first seed's masks and predictions, the skipped images,
+    and the scores when there is ground truth."""
+    seeded = f"{RESULTS}/seed{SEEDS[0]}"
+    inputs = {
+        "index": f"{RESULTS}/images.tsv",
+        "skipped": f"{RESULTS}/skipped.tsv",
+        "patch_masks": expand(f"{seeded}/patch_masks/{{shard}}.zarr", shard=SHARDS),
+        "pixel_masks": expand(f"{seeded}/pixel_masks/{{shard}}.zarr", shard=SHARDS),
+        "semantic": expand(f"{seeded}/semantic/{{shard}}.zarr", shard=SHARDS),
+    }
+    if HAS_GT:
+        inputs["summary"] = f"{RESULTS}/metrics_summary.json"
+        inputs["metrics"] = f"{seeded}/metrics.json"
+        inputs["iou"] = f"{seeded}/per_class_iou.png"
+        inputs["confusion"] = f"{seeded}/confusion.png"
+    return inputs
 
 
 REFINE_KEYS = (

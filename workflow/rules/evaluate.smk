@@ -1,6 +1,7 @@
 rule evaluate:
     input:
         index=f"{RESULTS}/images.tsv",
+        skipped=f"{RESULTS}/skipped.tsv",
         semantic=expand(
             f"{SEEDED}/semantic/{{shard}}.zarr", shard=SHARDS, allow_missing=True
         ),

@@ -4,12 +4,13 @@ rule index:
         # the optional dataset.image_list file restricting the listing
         image_list=config["dataset"]["image_list"] or [],
     output:
-        f"{RESULTS}/images.tsv",
+        index=f"{RESULTS}/images.tsv",
+        skipped=f"{RESULTS}/skipped.tsv",
     log:
         f"{LOGS}/index.log",
     conda:
         "../../envs/base.yaml"
-    threads: 1
+    threads: 8
     resources:
         mem_mb=4000,
         runtime=10,

@@ -1,0 +1,105 @@
+"""dataset: folder — the user's own images, listed recursively, with optional masks."""
+
+import os
+import re
+
+import cv2
+import numpy as np
+import pytest
+
+from lcseg_steps.data.folder import folder_class_names, folder_inputs, image_ids
+from lcseg_steps.data.index import build_index, class_names, list_images, load_ground_truth
+from lcseg_steps.data.registry import get_dataset
+from lcseg_steps.data.voc import write_label_png
+
+
+def _img(path, h=20, w=30):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.random.default_rng(len(str(path))).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    ext = path.suffix.lower()
+    params = [cv2.IMWRITE_WEBP_QUALITY, 100] if ext == ".webp" else []
+    ok, buf = cv2.imencode(".jpg" if ext == ".jpeg" else ext, arr, params)
+    assert ok
+    path.write_bytes(buf.tobytes())
+    return path
+
+
+def _cfg(root, **kw):
+    return {"name": "folder", "root": str(root), "on_bad_image": None, "masks": None, **kw}
+
+
+def test_every_format_any_case_recursive_sorted_hidden_left_out(tmp_path):
+    root = tmp_path / "photos"
+    names = ["a.jpg", "B.JPEG", "sub/c.PNG", "sub/deep/d.bmp", "e.WebP", "f.TIF", "g.tiff"]
+    for n in names:
+        _img(root / n)
+    (root / "notes.txt").write_text("not an image")
+    _img(root / "._a.jpg")  # macOS resource fork
+    _img(root / ".hidden" / "x.jpg")
+    recs = list_images(_cfg(root))
+    rel = sorted(names)
+    assert [r.path for r in recs] == [os.path.join(str(root), p) for p in rel]
+    assert [r.image_id for r in recs] == [
+        "B",
+        "a",
+        "e",
+        "f",
+        "g",
+        "sub__c",
+        "sub__deep__d",
+    ]
+    assert all(r.gt == "" for r in recs)
+    # every format decodes; ids survive the index
+    out = build_index(_cfg(root), shard_size=4, log=lambda s: None)
+    assert [(r.height, r.width) for r in out] == [(20, 30)] * 7
+    assert [r.shard for r in out] == ["s0000"] * 4 + ["s0001"] * 3
+    assert get_dataset("folder").on_bad_image == "skip"
+
+
+def test_ids_are_unique_when_stems_collide():
+    rel = ["a/b.jpg", "a/b.png", "a__b.jpg", "c.jpg", "x.jpg", "x.jpg.bmp", "x.png"]
+    ids = image_ids(rel)
+    assert ids == ["a__b.jpg", "a__b.png", "a__b.jpg~2", "c", "x.jpg", "x.jpg~2", "x.png"]
+    assert len(set(ids)) == len(ids) and all("/" not in i for i in ids)
+
+
+def test_masks_by_relative_path_unlabelled_images_and_class_names(tmp_path):
+    root, masks = tmp_path / "img", tmp_path / "img" / "gt"  # masks inside root: not images
+    _img(root / "one.jpg")
+    _img(root / "sub" / "two.PNG")
+    _img(root / "three.bmp")
+    write_label_png(masks / "one.png", np.ones((20, 30), np.uint8))
+    lab = np.full((20, 30), 2, np.uint8)
+    lab[0] = 255
+    write_label_png(masks / "sub" / "two.png", lab)
+    cfg = _cfg(root, masks=str(masks), n_classes=2)
+    with pytest.warns(UserWarning, match="1 of 3 images have no mask"):
+        recs = list_images(cfg)
+    assert [r.image_id for r in recs] == ["one", "sub__two", "three"]
+    assert recs[0].gt == os.path.join(str(masks), "one.png") and recs[2].gt == ""
+    assert load_ground_truth(recs[1]).max() == 255
+    assert class_names(cfg) == ["background", "class_1", "class_2"]
+    assert folder_class_names({**cfg, "class_names": ["cat", "dog"]})[1:] == ["cat", "dog"]
+    assert folder_class_names({**cfg, "class_names": ["bg", "cat", "dog"]})[0] == "bg"
+    with pytest.raises(ValueError, match="class_names lists 1"):
+        folder_class_names({**cfg, "class_names": ["cat"]})
+    with pytest.warns(UserWarning):
+        assert sorted(folder_inputs(cfg)) == sorted(
+            [r.path for r in recs] + [r.gt for r in recs if r.gt]
+        )
+
+
+def test_folder_errors_name_the_key(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nowhere.*dataset\.root"):
+        list_images(_cfg(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"no image files"):
+        list_images(_cfg(tmp_path / "empty"))
+    _img(tmp_path / "r" / "a.jpg")
+    with pytest.raises(FileNotFoundError, match=r"nomasks.*dataset\.masks"):
+        list_images(_cfg(tmp_path / "r", masks=str(tmp_path / "nomasks"), n_classes=1))
+    (tmp_path / "m").mkdir()
+    with pytest.raises(ValueError, match=r"dataset\.n_classes"):
+        list_images(_cfg(tmp_path / "r", masks=str(tmp_path / "m")))
+    with pytest.raises(ValueError, match=re.escape("no mask matches")):
+        list_images(_cfg(tmp_path / "r", masks=str(tmp_path / "m"), n_classes=1))
