@@ -15,7 +15,7 @@ from lcseg_steps.kmeans import (
     STREAM_CACHE_BYTES,
     NonFiniteError,
     import_torch_cast_if_worth,
-    streaming_kmeans,
+    kmeans_stream,
 )
 from lcseg_steps.store import iter_row_blocks, open_store, read_ids, write_store
 
@@ -132,7 +132,7 @@ def run_fit_dataset(
     feature: str,
     k: int,
     fg_vote: float,
-    max_points: int | None,
+    init_sample: int | None,
     max_iter: int,
     tol: float,
     seed: int,
@@ -145,7 +145,7 @@ def run_fit_dataset(
     shards = _shard_rows(features, feature)
     n_rows = sum(a.shape[0] for _, _, a in shards)
     log(f"fit_dataset: {n_rows} patches in {len(shards)} shards, k={k}")
-    # streaming_kmeans casts every row once, and again every pass if its float32 cache
+    # kmeans_stream casts every row once, and again every pass if its float32 cache
     # cannot hold them all
     once = n_rows * shards[0][2].shape[1]
     cached = 4 * once <= STREAM_CACHE_BYTES
@@ -156,10 +156,10 @@ def run_fit_dataset(
             yield from iter_row_blocks(arr, lazy=True)
 
     try:
-        fit = streaming_kmeans(
+        fit = kmeans_stream(
             blocks,
             k,
-            max_points=max_points,
+            init_sample=init_sample,
             max_iter=max_iter,
             tol=tol,
             seed=seed,
@@ -221,7 +221,7 @@ def run_fit_category(
     clusterer: str,
     k: int,
     fg_vote: float,
-    max_points: int | None,
+    category_fit_sample: int | None,
     max_iter: int,
     tol: float,
     seed: int,
@@ -251,12 +251,12 @@ def run_fit_category(
             for (_, _, arr), rc in zip(shards, row_cats, strict=True)
         ),
         group_sizes,
-        max_points,
+        category_fit_sample,
         seed,
     )
     log(f"fit_category: fitting k={k} per category on {len(X)} sampled patches")
     import_torch_cast_if_worth(X.size)
-    C, fits = lv.fit_groups(
+    C, fit = lv.fit_groups(
         X,
         g,
         n_categories,
@@ -283,7 +283,7 @@ def run_fit_category(
             "fg_clusters": fg,
             "fg_fraction": frac,
             "counts": counts,
-            "objective": np.array([f.objective for f in fits]),
+            "objective": fit.objective,
         },
         {**attrs, "level": "category", "k": k, "n_categories": n_categories},
     )

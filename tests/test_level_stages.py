@@ -90,8 +90,10 @@ def pipeline(tmp_path_factory):
                 **COMMON,
             )
         )
-    votes = {"fg_vote": 0.5, "max_points": None, "feature": "k", "log": logs.append}
-    ds = run_fit_dataset(feats, ils, tmp / "dataset_level.zarr", k=2, **votes, **COMMON)
+    votes = {"fg_vote": 0.5, "feature": "k", "log": logs.append}
+    ds = run_fit_dataset(
+        feats, ils, tmp / "dataset_level.zarr", k=2, init_sample=None, **votes, **COMMON
+    )
     cs = run_fit_category(
         feats,
         ils,
@@ -99,6 +101,7 @@ def pipeline(tmp_path_factory):
         n_categories=2,
         clusterer="spectral",
         k=2,
+        category_fit_sample=None,
         **votes,
         **COMMON,
     )
@@ -261,7 +264,7 @@ def test_missing_feature_names_store_and_config_key(pipeline, tmp_path):
             feature="q",
             k=2,
             fg_vote=0.5,
-            max_points=None,
+            init_sample=None,
             **COMMON,
         )
     assert str(path) in str(exc.value)

@@ -19,7 +19,7 @@ with stage_log(smk.log[0]) as log:
         clusterer=s["category_clusterer"],
         k=s["k_category"],
         fg_vote=s["fg_vote"],
-        max_points=s["max_points"],
+        category_fit_sample=s["category_fit_sample"],
         max_iter=s["max_iter"],
         tol=s["tol"],
         seed=s["seed"],

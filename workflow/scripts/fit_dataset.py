@@ -17,7 +17,7 @@ with stage_log(smk.log[0]) as log:
         feature=s["feature"],
         k=s["k_dataset"],
         fg_vote=s["fg_vote"],
-        max_points=s["max_points"],
+        init_sample=s["init_sample"],
         max_iter=s["max_iter"],
         tol=s["tol"],
         seed=s["seed"],
