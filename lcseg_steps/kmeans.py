@@ -58,7 +58,9 @@ import numpy as np
 EPS = 1e-12
 STREAM_CACHE_BYTES = 1 << 30  # float32 copies of streamed blocks kept (callers size memory)
 TORCH_CAST_WORTH = 1 << 27  # float16 elements cast above which importing torch pays off
-_PAD_ROWS = 1 << 21  # padded rows per block of problems solved together off NumPy
+# padded rows per block of problems solved together: on NumPy a block stays in cache
+# through all its passes, elsewhere (a GPU) it fills the device
+_CPU_PAD_ROWS, _PAD_ROWS = 4096, 1 << 21
 _SAMPLE_DOMAIN = 1  # random domain of the streamed init sample (k-means++ uses 0)
 
 
@@ -156,25 +158,21 @@ def import_torch_cast_if_worth(n_elements: int) -> bool:
     return bool(_torch())
 
 
-def _as_float32(a, xp, dev=None):
-    """A float32 copy ``(..., D)`` in ``xp`` of ``a`` (host/Zarr/``xp`` array, any real dtype)."""
+def _as_float32(a, xp, dev=None, out=None):
+    """A float32 copy ``(..., D)`` in ``xp`` of ``a`` (host/Zarr/``xp`` array, any real dtype);
+    on NumPy into ``out`` when given."""
     if not _is_np(xp):
         if not aac.is_array_api_obj(a) or isinstance(a, np.ndarray):
             a = xp.asarray(np.asarray(a), device=dev)  # ships the storage dtype
         return xp.astype(a, xp.float32, copy=True)
     a = np.asarray(_to_host(a))
-    out = np.empty(a.shape, dtype=np.float32)
+    out = np.empty(a.shape, dtype=np.float32) if out is None else out
     torch = _torch() if a.dtype == np.float16 and a.size >= 4096 else False
     if torch and a.flags.writeable and a.dtype.isnative:
         torch.from_numpy(out).copy_(torch.from_numpy(np.ascontiguousarray(a)))
     else:
         np.copyto(out, a, casting="unsafe")
     return out
-
-
-def _contiguous(a, xp):
-    """``a`` in C order on NumPy (a product with a transposed view takes a slow path there)."""
-    return np.ascontiguousarray(a) if _is_np(xp) else a
 
 
 def _check_threads(threads, what: str) -> int:
@@ -235,7 +233,11 @@ def _prepare(raw, xp, dev=None):
     """``raw`` ``(..., D)`` -> float32 copy ``X``, inverse norms ``inv`` ``(...,)`` float32 (0
     for zero rows) and ``bad`` ``(...,)`` bool (non-finite row). The unit row is
     ``X * inv[..., None]``; the loop folds ``inv`` into ``(m,)`` vectors instead."""
-    X = _as_float32(raw, xp, dev)
+    return _inverse_norms(_as_float32(raw, xp, dev), xp)
+
+
+def _inverse_norms(X, xp):
+    """``X`` float32 ``(..., D)`` -> ``X``, ``inv`` and ``bad`` as :func:`_prepare`."""
     norm = xp.sqrt(xp.vecdot(X, X))
     valid = norm > EPS
     inv = xp.where(valid, 1.0 / xp.where(valid, norm, 1.0), 0.0)
@@ -285,96 +287,116 @@ def seeded_uniforms(seed: int, streams, count: int, domain: int = 0) -> np.ndarr
 # the algorithm: k-means++ and the Lloyd loop of B problems
 
 
-def _first_above(xp, w, r):
-    """Per problem, the index of the first ``cumsum(w) > r``: ``w`` ``(B, m)`` float64, ``r``
-    ``(B,)``."""
-    cum = xp.cumulative_sum(w, axis=1)
-    return xp.sum(xp.astype(cum <= r[:, None], xp.int64), axis=1), cum
-
-
 def _kmeanspp(X, inv, u, xp):
     """k-means++ of ``B`` problems -> ``(B, k, D)`` float32 unit rows.
 
     ``X`` ``(B, m, D)`` float32 raw rows, ``inv`` ``(B, m)`` float32 (0: zero or padding row;
-    each problem has at least ``k`` others), ``u`` ``(B, k)`` host float64 uniforms.
+    each problem has at least ``k`` others), ``u`` ``(B, k)`` host float64 uniforms. Centre
+    ``j`` is the first row whose cumulative weight exceeds ``u_j`` times the total: weight
+    1 per free valid row for the first centre (and when every free row is at distance 0),
+    else the squared chordal distance to the nearest centre.
     """
     B, m, D = X.shape
     dev = aac.device(X)
     U = xp.asarray(u, device=dev)
     valid = inv > 0
     chosen = xp.zeros((B, m), dtype=xp.bool, device=dev)
-    flat = xp.reshape(X, (B * m, D))
+    flat = (xp.reshape(X, (B * m, D)), xp.reshape(inv, (B * m,)))
     base = xp.arange(B, dtype=xp.int64, device=dev) * m
     cols = xp.arange(m, dtype=xp.int64, device=dev)
     d2, C = None, []
     for j in range(u.shape[1]):
-        free = xp.astype(valid & ~chosen, xp.float64)
-        n_free = xp.sum(free, axis=1)
-        idx, _ = _first_above(xp, free, xp.floor(U[:, j] * n_free))
-        if d2 is not None:  # D^2 weighting; uniform among free rows if all are at distance 0
-            i2, cum = _first_above(xp, xp.astype(d2, xp.float64), U[:, j] * 0.0)
-            total = cum[:, -1]
-            r = xp.minimum(U[:, j] * total, xp.nextafter(total, xp.zeros_like(total)))
-            i2, _ = _first_above(xp, xp.astype(d2, xp.float64), r)
-            idx = xp.where(total > 0, i2, idx)
-        c = xp.take(flat, base + idx, axis=0) * xp.take(xp.reshape(inv, (-1,)), base + idx)[:, None]
+        w = free = xp.astype(valid & ~chosen, xp.float64)
+        if d2 is not None:
+            w = xp.astype(d2, xp.float64)
+            w = xp.where((xp.sum(w, axis=1) > 0)[:, None], w, free)
+        cum = xp.cumulative_sum(w, axis=1)
+        total = cum[:, -1]
+        r = xp.minimum(U[:, j] * total, xp.nextafter(total, xp.zeros_like(total)))
+        at = base + xp.sum(xp.astype(cum <= r[:, None], xp.int64), axis=1)
+        c = xp.take(flat[0], at, axis=0) * xp.take(flat[1], at)[:, None]
         C.append(c)
-        chosen = chosen | (cols[None, :] == idx[:, None])
+        chosen = chosen | (cols[None, :] == (at - base)[:, None])
         cos = (X @ c[:, :, None])[..., 0] * inv
         dj = xp.where(valid & ~chosen, xp.maximum(2.0 - 2.0 * cos, 0.0), 0.0)
         d2 = dj if d2 is None else xp.minimum(d2, dj)
     return xp.stack(C, axis=1)
 
 
-def _assign(X, inv, C, xp, prev=None):
+def _assign(X, inv, C, xp, prev=None, live=None):
     """One chunk of a pass: ``X`` ``(B, m, D)`` float32 raw rows, ``inv`` ``(B, m)``, ``C``
     ``(B, k, D)`` -> labels ``(B, m)`` int64, member sums ``(B, k, D)`` float64 and counts
     ``(B, k)`` int64 (zero rows: label 0, weight 0, not counted). For k = 2 the sign of one
     product with ``c1 - c0`` labels the rows. ``prev``: this chunk's result of the previous
-    pass (see :func:`_member_sums`)."""
+    pass and ``live`` ``(B,)`` host bool, the problems still iterating, both used by the
+    NumPy backend (:func:`_product`, :func:`_moved_np`)."""
     k = C.shape[1]
     if k == 1:
         lab = xp.zeros(inv.shape, dtype=xp.int64, device=aac.device(X))
     elif k == 2:
-        s = (X @ (C[:, 1, :] - C[:, 0, :])[..., None])[..., 0] * inv
+        s = _product(X, (C[:, 1, :] - C[:, 0, :])[..., None], xp, live)[..., 0] * inv
         lab = xp.astype(s > 0, xp.int64)
     else:
-        lab = xp.argmax((X @ _contiguous(xp.matrix_transpose(C), xp)) * inv[..., None], axis=-1)
-    return (lab, *_member_sums(X, inv, lab, k, xp, prev))
-
-
-def _member_sums(X, inv, lab, k: int, xp, prev):
-    """Member sums ``(B, k, D)`` float64 and counts ``(B, k)`` int64 of labels ``lab``.
-
-    One product with the ``(B, k, m)`` weighted membership matrix; on NumPy, given the
-    previous pass's ``(lab, sums, counts)`` of the chunk, only the rows that changed
-    cluster are gathered and moved (a cache-resident problem then costs one product a pass).
-    """
-    B, m, D = X.shape
-    if prev is not None and _is_np(xp) and B == 1:
-        old, sums, counts = prev
-        ch = np.flatnonzero(lab[0] != old[0])  # zero rows keep label 0
-        if len(ch) == 0:
-            return sums, counts
-        E = np.zeros((k, len(ch)), dtype=np.float32)
-        cols = np.arange(len(ch))
-        E[lab[0, ch], cols] = inv[0, ch]
-        E[old[0, ch], cols] = -inv[0, ch]
-        moved = np.bincount(lab[0, ch], minlength=k) - np.bincount(old[0, ch], minlength=k)
-        return sums + (E @ X[0, ch]).astype(np.float64)[None], counts + moved[None]
+        lab = xp.argmax(_product(X, xp.matrix_transpose(C), xp, live) * inv[..., None], axis=-1)
+    moved = _moved_np(X, inv, lab, prev, live) if prev is not None and _is_np(xp) else None
+    if moved is not None:
+        return moved
     member = xp.arange(k, dtype=xp.int64, device=aac.device(X))[:, None] == lab[:, None, :]
     W = xp.astype(member, xp.float32) * inv[:, None, :]  # (B, k, m)
     counts = xp.sum(xp.astype(W > 0, xp.int64), axis=-1)
-    return xp.astype(W @ X, xp.float64), counts
+    return lab, xp.astype(W @ X, xp.float64), counts
 
 
-def _worst_rows(items, load, C, xp):
+def _product(X, M, xp, live=None):
+    """``X @ M`` for ``X`` ``(B, m, D)`` and ``M`` ``(B, D, c)`` float32. NumPy backend: ``M``
+    made contiguous (a transposed view takes a slow path), problems not ``live`` skipped
+    (zeros), and raw rows of another dtype (streamed blocks not cached as float32) cast in
+    cache-sized pieces as they are used."""
+    if not _is_np(xp):
+        return X @ M
+    M = np.ascontiguousarray(M)
+    if live is not None and not live.all():
+        out = np.zeros((*X.shape[:2], M.shape[2]), dtype=np.float32)
+        for b in np.flatnonzero(live):
+            out[b] = _product(X[b : b + 1], M[b : b + 1], xp)[0]
+        return out
+    if X.dtype == np.float32:
+        return X @ M
+    step = 2048
+    parts = [_as_float32(X[:, a : a + step], xp) @ M for a in range(0, X.shape[1], step)]
+    return np.concatenate(parts, axis=1)
+
+
+def _moved_np(X, inv, lab, prev, live):
+    """NumPy backend of :func:`_assign`'s member sums: from the previous pass's ``(labels,
+    sums, counts)`` of the chunk, only the rows that changed cluster are gathered and moved
+    (the rows stay in cache across passes, so this costs one product a pass). None when
+    so many moved that one product over all rows costs less."""
+    old, sums, counts = prev
+    B, k, D = sums.shape
+    if live is not None and not live.all():  # the others keep their (final) labels
+        lab = np.where(live[:, None], lab, old)
+    b, r = np.nonzero(lab != old)  # zero rows keep label 0
+    if len(b) == 0:
+        return lab, sums, counts
+    if 4 * len(b) > lab.size:  # many: one product over all rows costs less than gathering
+        return None
+    new, was, w, cols = b * k + lab[b, r], b * k + old[b, r], inv[b, r], np.arange(len(b))
+    E = np.zeros((B * k, len(b)), dtype=np.float32)
+    E[new, cols] = w
+    E[was, cols] = -w
+    moved = np.bincount(new, minlength=B * k) - np.bincount(was, minlength=B * k)
+    rows = X[b, r].astype(np.float32, copy=False)
+    return lab, sums + np.reshape(E @ rows, (B, k, D)), counts + np.reshape(moved, (B, k))
+
+
+def _worst_rows(chunks, C, xp):
     """Per problem, the ``k`` worst-fitting unit rows ``(B, k, D)`` float32 for ``C``, in
-    order (lowest cosine to the own centroid, ties by lowest row; zero rows last)."""
+    order (lowest cosine to the own centroid, ties by lowest row; zero rows last), over the
+    ``(i, (X, inv))`` of ``chunks()``."""
     B, k, D = C.shape
     sims, vecs = [], []
-    for item in items():
-        X, inv = load(item)
+    for _, (X, inv) in chunks():
         best = xp.max((X @ xp.matrix_transpose(C)) * inv[..., None], axis=-1)
         best = xp.where(inv > 0, best, xp.inf)
         order = xp.argsort(best, axis=1, stable=True)[:, : min(k, X.shape[1])]
@@ -407,64 +429,72 @@ def _lloyd(items, load, C, n, max_iter: int, tol: float, xp, *, threads=1, **kw)
     Every pass calls ``load(item)`` for each ``item`` of ``items()`` (same order each pass)
     to get a chunk ``(X (B, m, D) float32, inv (B, m) float32)`` of the problems' rows. ``C``
     ``(B, k, D)`` float32 unit initial centroids, ``n`` ``(B,)`` host row counts (or a
-    callable giving them after a pass). ``kw``:
-    ``where(b)`` names problem ``b`` in errors, ``on_pass(t, J, n_empty)`` (problem 0).
-    Returns centroids ``(B, k, D)``, labels (list of ``(B, m)`` per chunk, last pass),
-    objectives ``(B,)`` float64 and pass counts ``(B,)`` int64 (host).
+    callable giving them after a pass). ``kw``: ``where(b)`` names problem ``b`` in errors,
+    ``on_pass(t, J, n_empty)`` (problem 0). Problems that stop leave the loop: the others'
+    rows are skipped by the NumPy backend (elsewhere computed, and ignored).
+    Returns host centroids ``(B, k, D)``, labels (``(B, m)`` per chunk, last pass),
+    objectives ``(B,)`` float64 and pass counts ``(B,)`` int64.
     """
     B, k, _ = C.shape
+    dev = aac.device(C)
     live = np.ones(B, dtype=bool)
-    J_prev = np.zeros(B)
-    J_out, it_out = np.zeros(B), np.zeros(B, dtype=np.int64)
-    C_dev = aac.device(C)
-    state: dict[int, tuple] = {}  # chunk index -> (labels, sums, counts) of the last pass
+    J_prev, J_out, it_out = np.zeros(B), np.zeros(B), np.zeros(B, dtype=np.int64)
+    state: dict[int, tuple] = {}  # chunk -> (labels, sums, counts) of the last pass
+    done: list[tuple] = []  # (problems, centroids, {chunk: labels}) as each stopped
+
+    def chunks():
+        yield from enumerate(map(load, items()))
+
     for t in range(max_iter + 1):
-        sums, counts = 0.0, 0
 
-        def one(item, C=C):
-            return item[0], _assign(*load(item[1]), C, xp, state.get(item[0]))
+        def one(chunk, C=C, mask=live.copy()):  # noqa: B008
+            return chunk[0], _assign(*chunk[1], C, xp, state.get(chunk[0]), mask)
 
-        for i, out in _ordered_map(one, enumerate(items()), threads):
+        sums = counts = None
+        for i, out in _ordered_map(one, chunks(), threads):
             state[i] = out
-            sums, counts = sums + out[1], counts + out[2]
+            sums, counts = (out[1], out[2]) if sums is None else (sums + out[1], counts + out[2])
         n_h = n() if callable(n) else n
-        stats = [xp.sum(xp.astype(C, xp.float64) * sums, axis=(1, 2)), counts == 0]
-        stats = [stats[0], xp.sum(xp.astype(stats[1], xp.float64), axis=1)]
+        stats = [xp.sum(xp.astype(C, xp.float64) * sums, axis=(1, 2))]
+        stats.append(xp.astype(xp.count_nonzero(counts, axis=1), xp.float64))
         if t == 0:  # enough non-zero rows (checked here when no k-means++ sample was)
             stats.append(xp.astype(xp.sum(counts, axis=1), xp.float64))
         stats = _to_host(xp.stack(stats))  # the one transfer of a pass
-        J, n_empty = stats[0] / n_h, stats[1]
+        J, n_empty = stats[0] / n_h, (k - stats[1]) * live
         for b in range(B if t == 0 else 0):
             msg = _count_message(k, int(n_h[b]), int(stats[2, b]), kw["where"](b))
             if msg:
                 raise ValueError(msg)
         if "on_pass" in kw:
             kw["on_pass"](t, float(J[0]), int(n_empty[0]))
-        stop = live & (
-            (t >= max_iter) | ((t > 0) & (n_empty == 0) & (J - J_prev <= tol * np.abs(J_prev)))
-        )
-        J_out[stop], it_out[stop] = J[stop], t
-        live &= ~stop
-        if not live.any():
-            return C, [state[i][0] for i in range(len(state))], J_out, it_out
+        stop = (n_empty == 0) & (J - J_prev <= tol * np.abs(J_prev)) if t else J < -np.inf
+        if t >= max_iter or (stop & live).any():
+            stop = live & (stop | (t >= max_iter))
+            J_out[stop], it_out[stop] = J[stop], t
+            sel = xp.asarray(np.flatnonzero(stop), device=dev)
+            labs = {i: xp.take(st[0], sel, axis=0) for i, st in state.items()}
+            done.append((np.flatnonzero(stop), xp.take(C, sel, axis=0), labs))
+            live &= ~stop
+            if not live.any():
+                break
         J_prev = J
         norm = xp.sqrt(xp.vecdot(sums, sums))[..., None]  # (B, k, 1)
         ok = norm > EPS
         C_new = xp.where(ok, xp.astype(sums / xp.where(ok, norm, 1.0), C.dtype), C)
-        fix = np.flatnonzero(live & (n_empty > 0))
-        if len(fix):  # rare: repair empty clusters on the host
-            C_h, worst, empty = (
-                _to_host(C_new).copy(),
-                _to_host(_worst_rows(items, load, C, xp)),
-                (_to_host(counts) == 0),
-            )
-            for b in fix:
+        if n_empty.any():  # rare: repair empty clusters on the host
+            C_h, worst = _to_host(C_new).copy(), _to_host(_worst_rows(chunks, C, xp))
+            empty = _to_host(counts) == 0
+            for b in np.flatnonzero(n_empty):
                 C_h[b, empty[b]] = worst[b, : int(empty[b].sum())]
-            C_new = xp.asarray(C_h, device=C_dev)
-        if not live.all():
-            C_new = xp.where(xp.asarray(live, device=C_dev)[:, None, None], C_new, C)
+            C_new = xp.asarray(C_h, device=dev)
         C = C_new
-    raise AssertionError("unreachable: the loop returns at t == max_iter")
+    C_out = np.zeros((B, *C.shape[1:]), dtype=np.float32)
+    labels = {i: np.zeros((B, *st[0].shape[1:]), dtype=np.int64) for i, st in state.items()}
+    for orig, C_s, labs in done:
+        C_out[orig] = _to_host(C_s)
+        for i, lab in labs.items():
+            labels[i][orig] = _to_host(lab)
+    return C_out, [labels[i] for i in range(len(labels))], J_out, it_out
 
 
 # ---------------------------------------------------------------------------------------
@@ -551,7 +581,7 @@ def _solve(X, starts, streams, k, init, max_iter, tol, seed, xp, threads, where,
     sizes = np.diff(starts)
     for i in np.flatnonzero(sizes < k)[:1]:
         raise ValueError(_count_message(k, int(sizes[i]), int(sizes[i]), where(i)))
-    pad_rows = 1 if _is_np(xp) else _PAD_ROWS  # NumPy: one problem at a time
+    pad_rows = _CPU_PAD_ROWS if _is_np(xp) else _PAD_ROWS
     blocks, cur = [], []
     for i in range(P):
         if cur and (len(cur) + 1) * max(sizes[cur[0] : i + 1]) > pad_rows:
@@ -563,22 +593,27 @@ def _solve(X, starts, streams, k, init, max_iter, tol, seed, xp, threads, where,
     def solve_block(ids):
         m = int(max(sizes[ids]))
         lo, hi = int(starts[ids[0]]), int(starts[ids[-1] + 1])
-        Xf, inv, bad = _prepare(X[lo:hi, ...], xp, dev)
-        if bool(xp.any(bad)):
-            row = lo + int(np.argmax(_to_host(bad)))
-            raise NonFiniteError(
-                f"{where(int(np.searchsorted(starts, row, 'right')) - 1)}non-finite values"
-            )
-        if len(ids) > 1:  # pad each problem to m rows with a zero row (index hi - lo)
-            src = np.full((len(ids), m), hi - lo, dtype=np.int64)
+        B = len(ids)
+        if _is_np(xp) and B > 1:  # cast straight into the zero-padded layout
+            Xf = np.zeros((B, m, D), dtype=np.float32)
+            for b, i in enumerate(ids):
+                _as_float32(X[starts[i] : starts[i + 1]], xp, out=Xf[b, : sizes[i]])
+            Xf, inv, bad = _inverse_norms(Xf, xp)
+        elif B > 1:  # pad each problem to m rows with a zero row (index hi - lo)
+            Xf, inv, bad = _prepare(X[lo:hi, ...], xp, dev)
+            src = np.full((B, m), hi - lo, dtype=np.int64)
             for b, i in enumerate(ids):
                 src[b, : sizes[i]] = np.arange(starts[i] - lo, starts[i + 1] - lo)
             src = xp.asarray(np.reshape(src, (-1,)), device=aac.device(Xf))
             z = xp.zeros((1, D), dtype=xp.float32, device=aac.device(Xf))
-            Xf = xp.reshape(xp.take(xp.concat([Xf, z]), src, axis=0), (len(ids), m, D))
-            inv = xp.reshape(xp.take(xp.concat([inv, z[0, :1]]), src), (len(ids), m))
+            Xf = xp.reshape(xp.take(xp.concat([Xf, z]), src, axis=0), (B, m, D))
+            inv = xp.reshape(xp.take(xp.concat([inv, z[0, :1]]), src), (B, m))
+            bad = xp.reshape(xp.take(xp.concat([bad, z[0, :1] > 0]), src), (B, m))
         else:
-            Xf, inv = Xf[None, ...], inv[None, ...]
+            Xf, inv, bad = (a[None, ...] for a in _prepare(X[lo:hi, ...], xp, dev))
+        bad = _to_host(xp.any(bad, axis=1))
+        if bad.any():
+            raise NonFiniteError(f"{where(ids[int(np.argmax(bad))])}non-finite values")
         C0 = init[ids] if init is not None else None
         if C0 is None:
             nv = _to_host(xp.sum(xp.astype(inv > 0, xp.int64), axis=1))
@@ -602,10 +637,9 @@ def _solve(X, starts, streams, k, init, max_iter, tol, seed, xp, threads, where,
             where=lambda b: where(ids[b]),
             **on_pass,
         )
-        lab = _to_host(labs[0])
         for b, i in enumerate(ids):
-            labels[starts[i] : starts[i + 1]] = lab[b, : sizes[i]]
-        C_out[ids], J_out[ids], it_out[ids] = _to_host(C), J, it
+            labels[starts[i] : starts[i + 1]] = labs[0][b, : sizes[i]]
+        C_out[ids], J_out[ids], it_out[ids] = C, J, it
 
     with _single_threaded_kernels(xp):
         for _ in _ordered_map(solve_block, blocks, threads if _is_np(xp) else 1):
@@ -809,7 +843,8 @@ def kmeans_stream(
         del sample, S, s_inv
     else:
         C = xp.asarray(C0[None], device=dev)
-    cache: dict[int, tuple] = {}
+    cache: dict[int, tuple] = {}  # block -> float32 rows and inverse norms, within cache_bytes
+    invs: dict[int, tuple] = {}  # other blocks -> inverse norms
     seen = {"n": None}
 
     def items():
@@ -825,17 +860,24 @@ def kmeans_stream(
             raise ValueError(f"{what}: a pass saw {n} rows, the first pass saw {seen['n']}")
 
     def load(item):
+        """``(X, inv)`` of block ``i``: cached float32 rows, else read here (a lazy block)
+        and converted; after the first pass on NumPy the raw rows, which the products
+        convert piece by piece while in cache (inverse norms are kept for every block)."""
         i, b, keep, first_pass = item
-        hit = cache.get(i)
-        if hit is not None:
-            if hit[0].shape[1] != b.shape[0]:
+        if not first_pass:
+            if (cache[i][1] if i in cache else invs[i]).shape[1] != b.shape[0]:
                 raise ValueError(f"{what}: block {i} changed size between passes")
-            return hit
-        X, inv, bad = _prepare(b, xp, dev)  # a lazy block is read here
-        if first_pass and bool(xp.any(bad)):
+            if i in cache:
+                return cache[i]
+            raw = np.asarray(_to_host(b)) if _is_np(xp) else _as_float32(b, xp, dev)
+            return raw[None, ...], invs[i]
+        X, inv, bad = _prepare(b, xp, dev)
+        if bool(xp.any(bad)):
             raise NonFiniteError(f"{what}: non-finite values in block {i}")
         if keep:
             cache[i] = (X[None, ...], inv[None, ...])
+        else:
+            invs[i] = inv[None, ...]
         return X[None, ...], inv[None, ...]
 
     history: list[float] = []
@@ -858,5 +900,5 @@ def kmeans_stream(
             where=lambda b: f"{what}: ",
             on_pass=on_pass,
         )
-    labels = np.concatenate([_to_host(lab)[0] for lab in labs]) if return_labels else None
-    return KMeansResult(_to_host(C)[0], labels, float(J[0]), int(it[0]), history)
+    labels = np.concatenate([lab[0] for lab in labs]) if return_labels else None
+    return KMeansResult(C[0], labels, float(J[0]), int(it[0]), history)
