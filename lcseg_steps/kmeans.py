@@ -6,8 +6,9 @@ namespace of its input (``array_api_compat.array_namespace``): NumPy, CuPy, torc
 
 - :func:`kmeans` ``(X, k)``: one problem held in memory;
 - :func:`kmeans` ``(X, k, offsets=...)``: problem ``i`` is rows ``offsets[i]:offsets[i + 1]``
-  (the image level); on NumPy one problem at a time, all its passes while its rows are in
-  cache; elsewhere (a GPU) blocks of problems zero-padded to ``(B, m_max, D)``;
+  (the image level), solved in blocks of consecutive problems zero-padded to
+  ``(B, m_max, D)``: on NumPy a few, which stay in cache through all their passes (problems
+  that stopped are skipped), elsewhere (a GPU) as many as fill the device;
 - :func:`kmeans` ``(X, k, groups=...)``: one problem per distinct group value (rows reordered
   by group, then solved as ``offsets``);
 - :func:`kmeans_stream`: one problem whose rows are streamed block by block, one read per
@@ -26,9 +27,9 @@ Definitions shared by every source (our choices; the paper only says "cosine k-m
   streamed init sample draws one key per global row index in its own domain, so it does not
   depend on the block sizes.
 - A pass ``t = 0, 1, ...`` assigns every row to ``argmax(X @ C_t.T)`` (ties to the lowest
-  cluster) and measures the objective ``J_t`` = mean over all rows (zero rows included) of
-  the cosine similarity to the assigned centroid, computed as ``sum_j c_j . s_j / n`` from
-  the member sums ``s_j``. It stops when ``t == max_iter`` or, for ``t >= 1`` with no empty
+  cluster; for k = 2 the sign of ``x . (c_1 - c_0)``) and measures the objective ``J_t`` =
+  mean over all rows (zero rows included) of the cosine similarity to the assigned
+  centroid, computed as ``sum_j c_j . s_j / n`` from the member sums ``s_j``. It stops when ``t == max_iter`` or, for ``t >= 1`` with no empty
   cluster, when ``J_t - J_{t-1} <= tol * |J_{t-1}|`` (relative tolerance). Otherwise
   ``C_{t+1}`` = renormalised sum of the members of each cluster (a cluster whose members sum
   to ~0 keeps its centroid); each empty cluster is reseeded, in cluster order, with a
@@ -92,26 +93,23 @@ def array_namespace(device: str = "auto"):
     """The array-api-compat namespace (NumPy or CuPy) for ``device`` in ``"auto" | "cpu" |
     "cuda" | "gpu" | "cuda:N"``. ``"auto"``: CuPy when it imports and sees a GPU, else NumPy;
     asking for a GPU without a usable CuPy is a RuntimeError."""
-    dev = device.strip().lower() if isinstance(device, str) else None
-    want_gpu = dev in ("cuda", "gpu") or (dev or "").startswith("cuda:")
-    if dev not in ("cpu", "auto") and not want_gpu:
+    dev = device.strip().lower() if isinstance(device, str) else ""
+    gpu = dev in ("cuda", "gpu") or dev.startswith("cuda:")
+    if dev not in ("cpu", "auto") and not gpu:
         raise ValueError(f"unknown device {device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
-    if dev == "cpu":
-        return aac.array_namespace(np.empty(0))
     try:
+        if dev == "cpu":
+            raise ImportError("device='cpu'")
         import cupy
 
-        n_gpu = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # not installed, or no driver / runtime
-        if want_gpu:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            raise RuntimeError("cupy imports but sees no GPU")
+    except Exception as exc:  # not installed, no driver, no GPU
+        if gpu:
             raise RuntimeError(
                 f"device={device!r} needs cupy and a GPU ({exc}); install the 'gpu' extra "
                 "(cupy-cuda12x) or use device='cpu'"
             ) from exc
-        return aac.array_namespace(np.empty(0))
-    if n_gpu < 1:
-        if want_gpu:
-            raise RuntimeError(f"device={device!r}: cupy imports but sees no GPU")
         return aac.array_namespace(np.empty(0))
     if dev.startswith("cuda:"):
         cupy.cuda.Device(int(dev.split(":", 1)[1])).use()
@@ -175,34 +173,21 @@ def _as_float32(a, xp, dev=None, out=None):
     return out
 
 
-def _check_threads(threads, what: str) -> int:
-    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
-        raise ValueError(f"{what}: threads must be a positive integer, got {threads!r}")
-    return int(threads)
-
-
 @contextlib.contextmanager
 def _single_threaded_kernels(xp):
     """On NumPy, BLAS and torch run one thread each until exit (then their settings return)."""
     torch = _torch() if _is_np(xp) else False
-    if not _is_np(xp):
-        yield
-        return
     before = torch.get_num_threads() if torch else None
-    try:
-        from threadpoolctl import threadpool_limits
+    with contextlib.ExitStack() as stack:
+        if _is_np(xp):
+            with contextlib.suppress(ImportError):  # threadpoolctl ships with scikit-learn
+                from threadpoolctl import threadpool_limits
 
-        limiter = threadpool_limits(1, user_api="blas")
-    except ImportError:  # ships with scikit-learn
-        limiter = contextlib.nullcontext()
-    with limiter:
+                stack.enter_context(threadpool_limits(1, user_api="blas"))
         if torch:
             torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            if torch:
-                torch.set_num_threads(before)
+            stack.callback(torch.set_num_threads, before)
+        yield
 
 
 def _ordered_map(fn: Callable, items: Iterable, threads: int) -> Iterator:
@@ -502,32 +487,26 @@ def _lloyd(items, load, C, n, max_iter: int, tol: float, xp, *, threads=1, **kw)
 
 
 def _check_args(what, k, max_iter, tol, threads):
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
-        raise ValueError(f"{what}: k must be a positive integer, got {k!r}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 0:
-        raise ValueError(f"{what}: max_iter must be a non-negative integer, got {max_iter!r}")
+    for name, v, lo in (("k", k, 1), ("max_iter", max_iter, 0), ("threads", threads, 1)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
+            kind = "a positive" if lo else "a non-negative"
+            raise ValueError(f"{what}: {name} must be {kind} integer, got {v!r}")
     if not np.isfinite(tol) or tol < 0:
         raise ValueError(f"{what}: tol must be a finite number >= 0, got {tol!r}")
-    return int(k), int(max_iter), float(tol), _check_threads(threads, what)
+    return int(k), int(max_iter), float(tol), int(threads)
 
 
 def _check_rows(X, what: str):
     """``X`` must be a real 2-D ``(n, D)`` array with ``D >= 1``."""
-    shape = getattr(X, "shape", None)
-    if shape is None:
-        X = np.asarray(X)
-        shape = X.shape
-    if len(shape) != 2 or shape[1] < 1:
-        raise ValueError(f"{what}: expected a 2-D array of rows (n, D) with D >= 1, got {shape}")
-    dt = X.dtype
-    kind = np.dtype(dt).kind if not aac.is_array_api_obj(X) or isinstance(X, np.ndarray) else None
-    if kind is None:
-        xp = aac.array_namespace(X)
-        real = xp.isdtype(dt, ("real floating", "integral"))
+    X = X if hasattr(X, "shape") else np.asarray(X)
+    if len(X.shape) != 2 or X.shape[1] < 1:
+        raise ValueError(f"{what}: expected a 2-D array of rows (n, D) with D >= 1, got {X.shape}")
+    if aac.is_array_api_obj(X) and not isinstance(X, np.ndarray):
+        real = aac.array_namespace(X).isdtype(X.dtype, ("real floating", "integral"))
     else:
-        real = kind in "fiu"
+        real = np.dtype(X.dtype).kind in "fiu"
     if not real:
-        raise ValueError(f"{what}: expected real numbers, got dtype {dt}")
+        raise ValueError(f"{what}: expected real numbers, got dtype {X.dtype}")
     return X
 
 
@@ -558,23 +537,19 @@ def kmeans_plusplus(X, k: int, seed: int, stream: int = 0):
     what = "kmeans_plusplus"
     k = _check_args(what, k, 0, 0.0, 1)[0]
     X = _check_rows(X, what)
-    xp = _namespace(X, None)
-    Xf, inv, bad = _prepare(X, xp)
-    if bool(xp.any(bad)):
-        raise NonFiniteError(f"{what}: non-finite values in the rows")
-    msg = _count_message(k, X.shape[0], int(xp.sum(xp.astype(inv > 0, xp.int64))), f"{what}: ")
-    if msg:
-        raise ValueError(msg)
-    return _to_host(
-        _kmeanspp(Xf[None, ...], inv[None, ...], seeded_uniforms(seed, [stream], k), xp)[0, ...]
-    )
+    where = f"{what}: "
+    n = np.array([0, X.shape[0]])
+    out = _solve(X, n, np.array([stream]), k, None, 0, 0.0, seed, _namespace(X, None), 1, where)
+    return out[1][0]
 
 
-def _solve(X, starts, streams, k, init, max_iter, tol, seed, xp, threads, where, history):
+def _solve(X, starts, streams, k, init, max_iter, tol, seed, xp, threads, where, history=None):
     """Problems ``i`` = rows ``starts[i]:starts[i + 1]`` of ``X`` (host offsets), k-means++
-    stream ``streams[i]`` or ``init[i]`` ``(k, D)``. On NumPy one problem at a time (its
-    passes run while its rows are in cache), elsewhere blocks of problems zero-padded to a
-    common length. Returns host labels ``(N,)``, centroids, objectives and pass counts."""
+    stream ``streams[i]`` or ``init[i]`` ``(k, D)``, solved in blocks of consecutive problems
+    zero-padded to a common length (on NumPy a few, which stay in cache through all their
+    passes). ``where`` (str or ``i -> str``) names a problem in errors. Returns host labels
+    ``(N,)``, centroids ``(P, k, D)``, objectives ``(P,)`` and pass counts ``(P,)``."""
+    where = where.format if isinstance(where, str) else where
     P, D = len(starts) - 1, X.shape[1]
     labels = np.zeros(X.shape[0], dtype=np.int64)
     C_out, J_out, it_out = np.zeros((P, k, D), np.float32), np.zeros(P), np.zeros(P, np.int64)
@@ -673,10 +648,10 @@ def kmeans(
     what = "kmeans"
     k, max_iter, tol, threads = _check_args(what, k, max_iter, tol, threads)
     X = _check_rows(X, what)
-    N, D = X.shape
+    (N, D), xp = X.shape, _namespace(X, device)
+    args = (max_iter, tol, seed, xp, threads)
     if offsets is not None and groups is not None:
         raise ValueError(f"{what}: give offsets or groups, not both")
-    xp = _namespace(X, device)
     if groups is not None:
         g = np.asarray(_to_host(groups))
         if g.shape != (N,) or g.dtype.kind not in "iu":
@@ -685,23 +660,21 @@ def kmeans(
                 f"got shape {g.shape} dtype {g.dtype}"
             )
         values, counts = np.unique(g.astype(np.int64), return_counts=True)
-        order = np.argsort(g, kind="stable")
-        starts = np.concatenate([[0], np.cumsum(counts)])
         if isinstance(init, Mapping):
             missing = [int(v) for v in values if int(v) not in init]
             if missing:
                 raise ValueError(f"{what}: init has no centroids for groups {missing}")
             init = np.stack([np.asarray(_to_host(init[int(v)]), np.float64) for v in values])
         C0 = _check_init(init, (len(values), k, D), what)
-        Xs = (
-            X[order]
-            if _is_np(xp) or not aac.is_array_api_obj(X)
-            else xp.take(X, xp.asarray(order, device=aac.device(X)), axis=0)
-        )
+        order = np.argsort(g, kind="stable")  # rows grouped, then solved as offsets
+        if aac.is_array_api_obj(X) and not _is_np(xp):
+            Xs = xp.take(X, xp.asarray(order, device=aac.device(X)), axis=0)
+        else:
+            Xs = X[order]
+        starts = np.concatenate([[0], np.cumsum(counts)])
         lab, C, J, it = _solve(
-            Xs, starts, -1 - values, k, C0, max_iter, tol, seed, xp, threads,
-            lambda i: f"{what}: group {values[i]}: ", None,
-        )  # fmt: skip
+            Xs, starts, -1 - values, k, C0, *args, lambda i: f"{what}: group {values[i]}: "
+        )
         labels = np.empty_like(lab)
         labels[order] = lab
         return KMeansResult(C, labels, J, it, [], values)
@@ -720,18 +693,13 @@ def kmeans(
             )
         C0 = _check_init(init, (len(off) - 1, k, D), what)
         P = len(off) - 1
-        lab, C, J, it = _solve(
-            X, off, np.arange(P), k, C0, max_iter, tol, seed, xp, threads,
-            lambda i: f"{what}: problem {i}: ", None,
-        )  # fmt: skip
+        lab, C, J, it = _solve(X, off, np.arange(P), k, C0, *args, f"{what}: problem {{}}: ")
         return KMeansResult(C, lab, J, it)
     C0 = _check_init(init, (k, D), what)
-    history: list[float] = []
-    lab, C, J, it = _solve(
-        X, np.array([0, N]), np.array([0]), k, None if C0 is None else C0[None], max_iter, tol,
-        seed, xp, 1, lambda i: f"{what}: ", history,
-    )  # fmt: skip
-    return KMeansResult(C[0], lab, float(J[0]), int(it[0]), history)
+    C0 = None if C0 is None else C0[None]
+    hist: list[float] = []
+    lab, C, J, it = _solve(X, np.array([0, N]), np.array([0]), k, C0, *args, f"{what}: ", hist)
+    return KMeansResult(C[0], lab, float(J[0]), int(it[0]), hist)
 
 
 # ---------------------------------------------------------------------------------------
