@@ -29,8 +29,9 @@ Definitions shared by every source (our choices; the paper only says "cosine k-m
 - A pass ``t = 0, 1, ...`` assigns every row to ``argmax(X @ C_t.T)`` (ties to the lowest
   cluster; for k = 2 the sign of ``x . (c_1 - c_0)``) and measures the objective ``J_t`` =
   mean over all rows (zero rows included) of the cosine similarity to the assigned
-  centroid, computed as ``sum_j c_j . s_j / n`` from the member sums ``s_j``. It stops when ``t == max_iter`` or, for ``t >= 1`` with no empty
-  cluster, when ``J_t - J_{t-1} <= tol * |J_{t-1}|`` (relative tolerance). Otherwise
+  centroid, computed as ``sum_j c_j . s_j / n`` from the member sums ``s_j``. It stops
+  when ``t == max_iter`` or, for ``t >= 1`` with no empty cluster, when
+  ``J_t - J_{t-1} <= tol * |J_{t-1}|`` (relative tolerance). Otherwise
   ``C_{t+1}`` = renormalised sum of the members of each cluster (a cluster whose members sum
   to ~0 keeps its centroid); each empty cluster is reseeded, in cluster order, with a
   distinct worst-fitting row (lowest similarity to its own centroid, ties by lowest row).
