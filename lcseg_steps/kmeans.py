@@ -372,7 +372,8 @@ def _moved_np(X, inv, lab, prev, live):
     E[new, cols] = w
     E[was, cols] = -w
     moved = np.bincount(new, minlength=B * k) - np.bincount(was, minlength=B * k)
-    rows = X[b, r].astype(np.float32, copy=False)
+    rows = np.take(X.reshape(B * X.shape[1], D), b * X.shape[1] + r, axis=0)
+    rows = rows.astype(np.float32, copy=False)
     return lab, sums + np.reshape(E @ rows, (B, k, D)), counts + np.reshape(moved, (B, k))
 
 
