@@ -1,10 +1,10 @@
 """Cosine k-means drivers against scikit-learn's Lloyd k-means from the same initial centroids.
 
-- ``kmeans_image``: :func:`lcseg_steps.kmeans.batched_kmeans` on many ~900 x 384 float16
+- ``kmeans_image``: ``lcseg_steps.kmeans.kmeans(offsets=...)`` on many ~900 x 384 float16
   problems (one per image) against a loop of ``sklearn.cluster.KMeans`` fits, one per image,
   on the L2-normalised float32 rows (normalised outside the timing: the reference is not
-  charged for it, ours is, since batched_kmeans takes the stored float16).
-- ``kmeans_dataset``: :func:`lcseg_steps.kmeans.streaming_kmeans` over 16,384-row blocks of
+  charged for it, ours is, since kmeans takes the stored float16).
+- ``kmeans_dataset``: ``lcseg_steps.kmeans.kmeans_stream`` over 16,384-row blocks of
   an in-memory float16 array (the dataset level's driver) against one sklearn fit on all
   rows as normalised float32. Also: the same fit streamed from a Zarr store, and the peak
   memory of each side measured in its own process.
@@ -107,7 +107,7 @@ def image_child(data: str, lo: int, hi: int, max_iter: int, start_at: float) -> 
     children run side by side. Returns the fit's wall-clock start and end."""
     import torch  # noqa: F401  (the stage imports it for the float16 cast at this size)
 
-    from lcseg_steps.kmeans import batched_kmeans
+    from lcseg_steps.kmeans import kmeans
 
     d = np.load(f"{data}.npz")
     off = d["offsets"][lo : hi + 1]
@@ -115,7 +115,7 @@ def image_child(data: str, lo: int, hi: int, max_iter: int, start_at: float) -> 
     init = d["init"][lo:hi]
     time.sleep(max(0.0, start_at - time.time()))
     t0 = time.time()
-    batched_kmeans(X, off - off[0], 2, init=init, max_iter=max_iter, tol=0.0, device="cpu")
+    kmeans(X, 2, offsets=off - off[0], init=init, max_iter=max_iter, tol=0.0, device="cpu")
     return {"start": t0, "end": time.time()}
 
 
@@ -150,7 +150,7 @@ def side_by_side(ctx: Context, X, offsets, init, max_iter: int, jobs: int) -> fl
 
 
 def run_image(ctx: Context) -> list[Result]:
-    from lcseg_steps.kmeans import batched_kmeans, kmeans_plusplus
+    from lcseg_steps.kmeans import kmeans, kmeans_plusplus
 
     n_prob = ctx.pick(1449, 150, 12)
     dim = 384
@@ -170,10 +170,10 @@ def run_image(ctx: Context) -> list[Result]:
     ctx.log(f"kmeans_image: {n_prob} problems of {n_lo}-{n_hi} x {dim}, k={k}")
 
     def ours(threads: int = 1):
-        return batched_kmeans(
+        return kmeans(
             X,
-            offsets,
             k,
+            offsets=offsets,
             init=init,
             max_iter=max_iter,
             tol=0.0,
@@ -194,7 +194,7 @@ def run_image(ctx: Context) -> list[Result]:
     bound = _image_bound(parts[0], init[0])
     # what the pipeline does with 2 cores: two image_level jobs, one shard each
     two_jobs_s = side_by_side(ctx, X, offsets, init, max_iter, 2)
-    labels, _, _, n_iter = t.last["ours"]
+    labels, n_iter = t.last["ours"].labels, t.last["ours"].n_iter
     fits = t.last["reference"]
     differ = np.array(
         [np.sum(labels[offsets[i] : offsets[i + 1]] != fits[i].labels_) for i in range(n_prob)]
@@ -240,15 +240,17 @@ def _image_bound(X16: np.ndarray, C: np.ndarray, reps: int = 200) -> dict:
     """Per-problem costs that bound any float32 CPU implementation (microseconds, one
     thread): the float16 -> float32 cast of a problem not in cache, and one
     matrix-vector product over its float32 rows, cache-warm (every Lloyd pass needs one)."""
-    from lcseg_steps.kmeans import _as_float32, _single_threaded_kernels
+    from lcseg_steps.kmeans import _as_float32, _single_threaded_kernels, array_namespace
+
+    xp = array_namespace("cpu")
 
     copies = [X16.copy() for _ in range(64)]  # ~44 MB: cycling them defeats the L3
     X32 = X16.astype(np.float32)
     d = (C[1] - C[0]).astype(np.float32)
-    with _single_threaded_kernels(np):
+    with _single_threaded_kernels(xp):
         t0 = time.perf_counter()
         for i in range(reps):
-            _as_float32(copies[i % len(copies)], np)
+            _as_float32(copies[i % len(copies)], xp)
         cast = (time.perf_counter() - t0) / reps
         X32 @ d
         t0 = time.perf_counter()
@@ -280,7 +282,7 @@ def dataset_child(
     ``points`` is a float16 ``.npy``; sklearn gets it as normalised float32 (the float16
     copy is dropped before the fit).
     """
-    from lcseg_steps.kmeans import streaming_kmeans
+    from lcseg_steps.kmeans import kmeans_stream
     from lcseg_steps.store import iter_row_blocks, open_store
 
     limit_threads(threads)
@@ -289,7 +291,7 @@ def dataset_child(
         arr = open_store(store)["k"]
 
         def fit():
-            return streaming_kmeans(
+            return kmeans_stream(
                 lambda: iter_row_blocks(arr, lazy=True),
                 2,
                 init=C0,
@@ -303,7 +305,7 @@ def dataset_child(
         X = np.load(points)
 
         def fit():
-            return streaming_kmeans(
+            return kmeans_stream(
                 _blocks_of(X), 2, init=C0, max_iter=max_iter, tol=0.0, device="cpu", threads=threads
             )
 
@@ -338,7 +340,7 @@ def dataset_child(
 
 
 def run_dataset(ctx: Context) -> list[Result]:
-    from lcseg_steps.kmeans import kmeans_plusplus, streaming_kmeans
+    from lcseg_steps.kmeans import kmeans_plusplus, kmeans_stream
     from lcseg_steps.store import StoreWriter
 
     n = ctx.pick(1_000_000, 100_000, 5_000)
@@ -351,7 +353,7 @@ def run_dataset(ctx: Context) -> list[Result]:
     ctx.log(f"kmeans_dataset: {n} x {dim} float16, k={k}, max_iter={max_iter}")
 
     def ours():
-        return streaming_kmeans(
+        return kmeans_stream(
             _blocks_of(X), k, init=C0, max_iter=max_iter, tol=0.0, device="cpu", threads=ctx.threads
         )
 

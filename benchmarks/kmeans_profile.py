@@ -5,10 +5,10 @@ sides (threadpoolctl for OpenBLAS / OpenMP, ``torch.set_num_threads`` for the fl
 conversion):
 
 - batched: ``P`` problems of ~900 x 384 float16 rows, k=2, ``max_iter`` 10, ours
-  (``batched_kmeans``, float16 in, conversion and normalisation included) vs a loop of
+  (``kmeans(offsets=...)``, float16 in, conversion and normalisation included) vs a loop of
   sklearn ``KMeans(n_clusters=2, n_init=1, max_iter=10, algorithm="lloyd", init=C0)`` on
   pre-normalised float32 rows (normalisation not timed), from the same initial centroids;
-- streaming: ``N`` x 384 float16 rows, k=2, 20 iterations, ``streaming_kmeans`` over row
+- streaming: ``N`` x 384 float16 rows, k=2, 20 iterations, ``kmeans_stream`` over row
   blocks vs sklearn lloyd on the whole float32 normalised array, same init; the objectives
   are compared (mean cosine to the assigned, renormalised centroid).
 
@@ -83,19 +83,12 @@ def bench_batched(args, km):
     print(f"batched: {P} problems, {X.shape[0]} rows x {D} float16, k=2, max_iter=10")
 
     def ours(init):
-        return km.batched_kmeans(
-            X,
-            off,
-            2,
-            init=init,
-            max_iter=10,
-            tol=args.tol,
-            seed=0,
-            device="cpu",
-            **({"block_problems": args.block} if args.block else {}),
+        return km.kmeans(
+            X, 2, offsets=off, init=init, max_iter=10, tol=args.tol, seed=0, device="cpu"
         )
 
-    t_ours, ts, (lab, C, J, it) = median_time(lambda: ours(C0), args.repeats)
+    t_ours, ts, res = median_time(lambda: ours(C0), args.repeats)
+    lab, it = res.labels, res.n_iter
     print(
         f"  ours (init array, tol={args.tol}): {t_ours:.3f} s  runs {np.round(ts, 3).tolist()}"
         f"  mean n_iter {it.mean():.2f}"
@@ -151,7 +144,7 @@ def bench_streaming(args, km):
         return (X[i : i + block] for i in range(0, N, block))
 
     def ours():
-        return km.streaming_kmeans(
+        return km.kmeans_stream(
             blocks, 2, init=C0, max_iter=20, tol=args.tol, device="cpu", return_labels=True
         )
 
@@ -188,7 +181,6 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP/torch threads, both sides")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--tol", type=float, default=0.0, help="our tol (0: always max_iter passes)")
-    p.add_argument("--block", type=int, default=0, help="block_problems (0: default)")
     p.add_argument("--stream-block", type=int, default=65536)
     p.add_argument(
         "--noise", type=float, default=1.5, help="noise scale (higher: slower convergence)"

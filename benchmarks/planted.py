@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 
 from lcseg_steps import levels as lv  # noqa: E402
 from lcseg_steps.fit_category import pseudo_categories  # noqa: E402
-from lcseg_steps.kmeans import streaming_kmeans  # noqa: E402
+from lcseg_steps.kmeans import kmeans_stream  # noqa: E402
 
 K = 2  # clusters per image, over the dataset and per pseudo-category (pipeline defaults)
 FG_VOTE = 0.5
@@ -159,7 +159,7 @@ def run_levels(
     def blocks():
         return (p.X[i : i + block] for i in range(0, len(p.X), block))
 
-    fit = streaming_kmeans(blocks, k_dataset, max_points=200_000, max_iter=MAX_ITER, seed=seed,
+    fit = kmeans_stream(blocks, k_dataset, init_sample=200_000, max_iter=MAX_ITER, seed=seed,
                            device="cpu")  # fmt: skip
     lab = lv.nearest_centroid(p.X, fit.centroids)
     ds_fg, _ = lv.foreground_clusters(lv.vote_counts(lab, image_fg, k_dataset), FG_VOTE)

@@ -90,7 +90,7 @@ def assign_classes(
         n_classes: number of classes (clusters) to form.
         method: ``"spectral"`` (sklearn ``SpectralClustering`` on the cosine kNN graph of
             ``cosine_knn_affinity``, ``affinity="precomputed"``) or ``"kmeans"``
-            (``lcseg_steps.kmeans.cosine_kmeans``).
+            (``lcseg_steps.kmeans.kmeans``).
         n_neighbors: kNN graph degree for spectral, clipped to ``n_regions - 1``.
         seed: random state; the same seed gives identical labels.
         assign_labels: spectral-embedding labelling, ``"cluster_qr"`` (deterministic,
@@ -114,19 +114,14 @@ def assign_classes(
         return np.zeros(n, dtype=np.int64)
 
     if method == "kmeans":
-        from lcseg_steps.kmeans import cosine_kmeans
+        from lcseg_steps.kmeans import kmeans
 
         if n_init < 1:
             raise ValueError(f"n_init must be >= 1, got {n_init}")
         x32 = x.astype(np.float32)
-        runs = (cosine_kmeans(x32, n_classes, seed=seed + i) for i in range(n_init))
+        runs = (kmeans(x32, n_classes, seed=seed + i) for i in range(n_init))
         # max() keeps the first of equal objectives, so the result is seed-deterministic.
-        labels = max(runs, key=lambda r: float(r.objective)).labels
-        if hasattr(labels, "get"):  # cupy array on GPU
-            labels = labels.get()
-        elif hasattr(labels, "cpu"):  # torch tensor, possibly on GPU
-            labels = labels.cpu().numpy()
-        return np.asarray(labels, dtype=np.int64)
+        return max(runs, key=lambda r: r.objective).labels  # NumPy int64
 
     from sklearn.cluster import SpectralClustering
 

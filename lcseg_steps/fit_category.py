@@ -45,7 +45,7 @@ def run_fit_category(
     category_clusterer: str,
     k_category: int,
     fg_vote: float,
-    max_points: int | None,
+    category_fit_sample: int | None,
     max_iter: int,
     tol: float,
     seed: int,
@@ -76,12 +76,12 @@ def run_fit_category(
             for (_, _, arr), rc in zip(shards, row_cats, strict=True)
         ),
         group_sizes,
-        max_points,
+        category_fit_sample,
         seed,
     )
     log(f"fit_category: fitting k={k} per category on {len(X)} sampled patches")
     import_torch_cast_if_worth(X.size)
-    C, fits = lv.fit_groups(
+    C, fit = lv.fit_groups(
         X,
         g,
         n_categories,
@@ -108,7 +108,7 @@ def run_fit_category(
             "fg_clusters": fg,
             "fg_fraction": frac,
             "counts": counts,
-            "objective": np.array([f.objective for f in fits]),
+            "objective": fit.objective,
         },
         {**attrs, "level": "category", "k": k, "n_categories": n_categories},
     )

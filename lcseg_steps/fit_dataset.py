@@ -17,7 +17,7 @@ from lcseg_steps.kmeans import (
     STREAM_CACHE_BYTES,
     NonFiniteError,
     import_torch_cast_if_worth,
-    streaming_kmeans,
+    kmeans_stream,
 )
 from lcseg_steps.store import check_finite, feature_shards, iter_row_blocks, write_store
 
@@ -35,7 +35,7 @@ def run_fit_dataset(
     feature: str,
     k_dataset: int,
     fg_vote: float,
-    max_points: int | None,
+    init_sample: int | None,
     max_iter: int,
     tol: float,
     seed: int,
@@ -49,7 +49,7 @@ def run_fit_dataset(
     shards = feature_shards(features, feature)
     n_rows = sum(a.shape[0] for _, _, a in shards)
     log(f"fit_dataset: {n_rows} patches in {len(shards)} shards, k={k}")
-    # streaming_kmeans casts every row once, and again every pass if its float32 cache
+    # kmeans_stream casts every row once, and again every pass if its float32 cache
     # cannot hold them all
     once = n_rows * shards[0][2].shape[1]
     cached = 4 * once <= STREAM_CACHE_BYTES
@@ -60,10 +60,10 @@ def run_fit_dataset(
             yield from iter_row_blocks(arr, lazy=True)
 
     try:
-        fit = streaming_kmeans(
+        fit = kmeans_stream(
             blocks,
             k,
-            max_points=max_points,
+            init_sample=init_sample,
             max_iter=max_iter,
             tol=tol,
             seed=seed,

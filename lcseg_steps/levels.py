@@ -12,7 +12,9 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from lcseg_steps.kmeans import KMeansResult, batched_kmeans, grouped_kmeans, l2_normalize
+from lcseg_steps.kmeans import KMeansResult, kmeans, l2_normalize, seeded_uniforms
+
+_CATEGORY_SAMPLE_DOMAIN = 2  # random domain of the category fit sample (kmeans uses 0, 1)
 
 LEVELS = ("dataset", "category", "image")
 
@@ -86,18 +88,18 @@ def image_level(
     if len(solvable):
         rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in solvable])
         sub_off = np.concatenate([[0], np.cumsum(sizes[solvable])])
-        lab, _, obj, _ = batched_kmeans(
+        fit = kmeans(
             X[rows],
-            sub_off,
             k,
+            offsets=sub_off,
             max_iter=max_iter,
             tol=tol,
             seed=seed,
             device=device,
             threads=threads,
         )
-        labels[rows] = lab
-        objective[solvable] = obj
+        labels[rows] = fit.labels
+        objective[solvable] = fit.objective
     fg_cluster = np.full(n, -1, dtype=np.int16)
     fg = np.zeros(X.shape[0], dtype=np.uint8)
     for i in solvable:
@@ -153,24 +155,26 @@ def foreground_clusters(counts: np.ndarray, fg_vote: float) -> tuple[np.ndarray,
 def sample_rows_by_group(
     shards: Iterable[tuple[Callable[[], np.ndarray], np.ndarray]],
     group_sizes: np.ndarray,
-    max_points: int | None,
+    sample: int | None,
     seed: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded sample of at most about ``max_points`` rows per group, in one pass.
+    """A seeded sample of about ``sample`` rows per group (approximate), in one pass.
 
     ``shards`` yields ``(load, row_groups)``: ``load()`` returns the shard's ``(n, D)`` rows,
     ``row_groups`` ``(n,)`` their group. Each row of group g is kept with probability
-    ``max_points / group_sizes[g]`` (all rows when ``max_points`` is None or larger), so
-    the fit sees the whole dataset's variety without holding it. Returns float16 rows and
-    their groups.
+    ``sample / group_sizes[g]`` (all rows when ``sample`` is None or larger), decided by
+    ``seeded_uniforms(seed, row, 1, domain=2)`` of its global row index, so the fit sees
+    the whole dataset's variety without holding it. Returns float16 rows and their groups.
     """
-    rng = np.random.default_rng(seed)
     keep_p = np.ones(len(group_sizes))
-    if max_points is not None:
-        keep_p = np.minimum(1.0, max_points / np.maximum(group_sizes, 1))
-    xs, gs = [], []
+    if sample is not None:
+        keep_p = np.minimum(1.0, sample / np.maximum(group_sizes, 1))
+    xs, gs, start = [], [], 0
     for load, row_groups in shards:
-        take = rng.random(len(row_groups)) < keep_p[row_groups]
+        rows = np.arange(start, start + len(row_groups))
+        start += len(row_groups)
+        u = seeded_uniforms(seed, rows, 1, domain=_CATEGORY_SAMPLE_DOMAIN)[:, 0]
+        take = u < keep_p[row_groups]
         if take.any():
             xs.append(np.asarray(load()[take], dtype=np.float16))
             gs.append(row_groups[take])
@@ -181,18 +185,18 @@ def sample_rows_by_group(
 
 def fit_groups(
     X: np.ndarray, groups: np.ndarray, n_groups: int, k: int, **kw
-) -> tuple[np.ndarray, list[KMeansResult]]:
-    """``k`` cosine centroids per group -> ``(n_groups, k, D)`` float32 and the fits.
+) -> tuple[np.ndarray, KMeansResult]:
+    """``k`` cosine centroids per group -> ``(n_groups, k, D)`` float32 and the fit
+    (``kmeans(groups=...)``: ``objective`` ``(n_groups,)``, labels in row order).
 
     A group with fewer than ``k`` sampled rows is a clear error (lower ``k_category`` or
     ``n_categories``).
     """
-    fits = grouped_kmeans(X, groups.astype(np.int64), k, **kw)
-    missing = sorted(set(range(n_groups)) - set(fits))
+    fit = kmeans(X, k, groups=groups.astype(np.int64), **kw)
+    missing = sorted(set(range(n_groups)) - set(fit.group_values.tolist()))
     if missing:
         raise ValueError(f"pseudo-categories {missing} have no patches")
-    C = np.stack([fits[g].centroids for g in range(n_groups)])
-    return C, [fits[g] for g in range(n_groups)]
+    return fit.centroids, fit
 
 
 # ---------------------------------------------------------------------------------------

@@ -64,10 +64,10 @@ def test_same_seed_same_labels(method):
 
 @pytest.mark.skipif(not HAVE_KMEANS, reason="lcseg_steps.kmeans missing")
 def test_kmeans_restarts_keep_best_objective():
-    from lcseg_steps.kmeans import cosine_kmeans
+    from lcseg_steps.kmeans import kmeans
 
     x, _ = _sphere_blobs(noise=0.6, seed=4)
-    runs = [cosine_kmeans(x, 5, seed=10 + i) for i in range(4)]
+    runs = [kmeans(x, 5, seed=10 + i) for i in range(4)]
     best = max(runs, key=lambda r: r.objective)
     labels = assign_classes(x, 5, method="kmeans", seed=10, n_init=4)
     np.testing.assert_array_equal(labels, best.labels)

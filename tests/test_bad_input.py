@@ -706,7 +706,7 @@ def test_non_finite_features_are_refused_naming_the_store(tmp_path, stage, bad_v
                 feature="k",
                 k_dataset=2,
                 fg_vote=0.5,
-                max_points=None,
+                init_sample=None,
                 log=_quiet,
                 **KMEANS,
             )

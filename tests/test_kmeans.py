@@ -1,10 +1,12 @@
-"""Cosine k-means: the algorithm against sklearn and a pure-Python loop, and its drivers
-(streaming, batched, grouped) against the in-memory one."""
+"""Cosine k-means: the engine against sklearn and a pure-Python loop, every row source
+(plain, offsets, groups, stream) against the in-memory one, and every namespace (NumPy,
+array_api_strict, torch) against NumPy."""
 
 import math
 import sys
 import warnings
 
+import array_api_compat
 import numpy as np
 import pytest
 from sklearn.cluster import KMeans
@@ -14,19 +16,29 @@ from lcseg_steps.kmeans import (
     KMeansResult,
     _init_sample,
     array_namespace,
-    batched_kmeans,
-    cosine_kmeans,
-    grouped_kmeans,
+    kmeans,
     kmeans_plusplus,
+    kmeans_stream,
     l2_normalize,
     seeded_uniforms,
-    streaming_kmeans,
 )
 
 CPU = {"device": "cpu"}
-# batched_kmeans's two ways through a block of problems (CPU uses "each", a GPU
-# "together"; both must follow the same rules, so both run here)
-SOLVES = ["each", "together"]
+
+
+def as_strict(a):
+    import array_api_strict
+
+    return array_api_strict.asarray(np.asarray(a, dtype=np.float32))
+
+
+def as_torch(a):
+    import torch
+
+    return torch.from_numpy(np.asarray(a, dtype=np.float32).copy())
+
+
+NAMESPACES = {"numpy": lambda a: a, "strict": as_strict, "torch": as_torch}
 
 
 def unit(a):
@@ -53,7 +65,8 @@ def objective_of(Xn, labels, k):
 
 
 def blocks_of(X, size):
-    return lambda: (X[i : i + size] for i in range(0, len(X), size))
+    n = X.shape[0]
+    return lambda: (X[i : min(i + size, n), ...] for i in range(0, n, size))
 
 
 # ---------------------------------------------------------------------------------------
@@ -141,10 +154,12 @@ def test_l2_normalize_keeps_zero_rows_zero():
 
 def test_array_namespace_without_cupy(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy -> ImportError
-    assert array_namespace("cpu") is np
-    assert array_namespace("auto") is np
+    assert array_api_compat.is_numpy_namespace(array_namespace("cpu"))
+    assert array_api_compat.is_numpy_namespace(array_namespace("auto"))
     with pytest.raises(RuntimeError, match="cupy"):
         array_namespace("cuda")
+    with pytest.raises(RuntimeError, match="cupy"):
+        kmeans(np.eye(3, dtype=np.float32), 2, device="cuda:0")
     with pytest.raises(ValueError, match="unknown device"):
         array_namespace("tpu")
 
@@ -159,12 +174,12 @@ def test_first_step_matches_sklearn():
     Xn = l2_normalize(rng.standard_normal((300, 8)))
     C0 = Xn[[3, 50, 120, 240]]
     ref_labels = pairwise_distances_argmin(Xn, C0)
-    r0 = cosine_kmeans(Xn, 4, init=C0, max_iter=0, **CPU)
+    r0 = kmeans(Xn, 4, init=C0, max_iter=0, **CPU)
     np.testing.assert_array_equal(r0.labels, ref_labels)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sk = KMeans(n_clusters=4, init=C0, n_init=1, algorithm="lloyd", max_iter=1).fit(Xn)
-    r1 = cosine_kmeans(Xn, 4, init=C0, max_iter=1, tol=0.0, **CPU)
+    r1 = kmeans(Xn, 4, init=C0, max_iter=1, tol=0.0, **CPU)
     np.testing.assert_allclose(r1.centroids, unit(sk.cluster_centers_), atol=2e-6)
 
 
@@ -175,7 +190,7 @@ def test_converged_blobs_match_sklearn():
     C0 = Xn[[0, 100, 200, 300]] + 0.3 * rng.standard_normal((4, 16)).astype(np.float32)
     C0 = l2_normalize(C0)
     sk = KMeans(n_clusters=4, init=C0, n_init=1, algorithm="lloyd", max_iter=100, tol=0).fit(Xn)
-    ours = cosine_kmeans(Xn, 4, init=C0, max_iter=100, tol=0.0, **CPU)
+    ours = kmeans(Xn, 4, init=C0, max_iter=100, tol=0.0, **CPU)
     np.testing.assert_array_equal(ours.labels, sk.labels_)
     np.testing.assert_array_equal(ours.labels, truth)
     ref = objective_of(Xn.astype(np.float64), sk.labels_, 4)
@@ -183,16 +198,18 @@ def test_converged_blobs_match_sklearn():
     assert abs(ours.objective - objective_of(Xn.astype(np.float64), ours.labels, 4)) < 1e-6
 
 
+@pytest.mark.parametrize("ns", list(NAMESPACES))
 @pytest.mark.parametrize("with_zero_row", [False, True])
-def test_matches_pure_python_loop(with_zero_row):
+def test_matches_pure_python_loop(with_zero_row, ns):
     rng = np.random.default_rng(3)
     X = rng.standard_normal((15, 3)).astype(np.float32)
     if with_zero_row:
         X[4] = 0
     C0 = py_kmeanspp(X.tolist(), 3, seed=7)
-    np.testing.assert_allclose(kmeans_plusplus(X, 3, seed=7), C0, atol=1e-6)
+    np.testing.assert_allclose(kmeans_plusplus(NAMESPACES[ns](X), 3, seed=7), C0, atol=1e-6)
     labels, C, J, n_iter = py_kmeans(X.tolist(), C0, max_iter=20, tol=0.0)
-    ours = cosine_kmeans(X, 3, seed=7, max_iter=20, tol=0.0, **CPU)
+    ours = kmeans(NAMESPACES[ns](X), 3, seed=7, max_iter=20, tol=0.0)
+    assert isinstance(ours.labels, np.ndarray) and isinstance(ours.centroids, np.ndarray)
     np.testing.assert_array_equal(ours.labels, labels)
     np.testing.assert_allclose(ours.centroids, C, atol=1e-6)
     assert ours.n_iter == n_iter and abs(ours.objective - J) < 1e-6
@@ -202,20 +219,20 @@ def test_empty_cluster_repair_matches_pure_python_loop():
     rng = np.random.default_rng(4)
     X = unit(np.array([1.0, 0, 0, 0]) + 0.3 * rng.standard_normal((20, 4))).astype(np.float32)
     C0 = np.array([X[0], X[1], [-1.0, 0, 0, 0]], dtype=np.float32)  # the last is far from all
-    assert np.bincount(cosine_kmeans(X, 3, init=C0, max_iter=0, **CPU).labels, minlength=3)[2] == 0
+    assert np.bincount(kmeans(X, 3, init=C0, max_iter=0, **CPU).labels, minlength=3)[2] == 0
     labels, C, J, n_iter = py_kmeans(X.tolist(), C0, max_iter=1, tol=0.0)
-    ours = cosine_kmeans(X, 3, init=C0, max_iter=1, tol=0.0, **CPU)
+    ours = kmeans(X, 3, init=C0, max_iter=1, tol=0.0, **CPU)
     sims0 = np.max(X @ C0.T, axis=1)
     np.testing.assert_allclose(ours.centroids[2], X[np.argmin(sims0)], atol=1e-6)
     np.testing.assert_allclose(ours.centroids, C, atol=1e-6)
     np.testing.assert_array_equal(ours.labels, labels)
 
 
-@pytest.mark.parametrize("solve", SOLVES)
+@pytest.mark.parametrize("ns", list(NAMESPACES))
 @pytest.mark.parametrize("zero_row", [False, True])
-def test_batched_two_clusters_with_an_empty_one_match_pure_python_loop(zero_row, solve):
-    """k = 2 has its own CPU loop; a cluster emptied by the init must be repaired as in
-    the general rules (worst-fitting row), whichever problem of a block it happens in."""
+def test_offsets_two_clusters_with_an_empty_one_match_pure_python_loop(zero_row, ns):
+    """A cluster emptied by the init must be repaired by the general rules (worst-fitting
+    row), whichever problem of a block it happens in."""
     rng = np.random.default_rng(21)
     X = unit(np.array([1.0, 0, 0, 0]) + 0.3 * rng.standard_normal((20, 4))).astype(np.float32)
     if zero_row:
@@ -223,63 +240,65 @@ def test_batched_two_clusters_with_an_empty_one_match_pure_python_loop(zero_row,
     far = np.array([X[0], [-1.0, 0, 0, 0]], dtype=np.float32)  # nothing is near -e1
     Xb = np.concatenate([X, X[::-1]])
     off = np.array([0, 20, 40])
-    init = np.stack([far, far])
-    L, C, J, it = batched_kmeans(Xb, off, 2, init=init, max_iter=10, tol=0.0, solve=solve, **CPU)
+    r = kmeans(NAMESPACES[ns](Xb), 2, offsets=off, init=np.stack([far, far]), tol=0.0, max_iter=10)
     for i, rows in enumerate((X, X[::-1])):
         labels, C_ref, J_ref, n_ref = py_kmeans(rows.tolist(), far, max_iter=10, tol=0.0)
         assert np.bincount(labels, minlength=2).min() > 0
-        np.testing.assert_array_equal(L[off[i] : off[i + 1]], labels)
-        np.testing.assert_allclose(C[i], C_ref, atol=1e-6)
-        assert it[i] == n_ref and abs(J[i] - J_ref) < 1e-6
+        np.testing.assert_array_equal(r.labels[off[i] : off[i + 1]], labels)
+        np.testing.assert_allclose(r.centroids[i], C_ref, atol=1e-6)
+        assert r.n_iter[i] == n_ref and abs(r.objective[i] - J_ref) < 1e-6
 
 
-def test_empty_clusters_end_non_empty_in_every_driver():
+def test_empty_clusters_end_non_empty_in_every_source():
     rng = np.random.default_rng(5)
     X = unit(np.array([1.0, 0, 0, 0, 0]) + 0.4 * rng.standard_normal((60, 5))).astype(np.float32)
     C0 = np.array([X[0], [-1.0, 0, 0, 0, 0], [0, 0, 0, 0, -1.0]], dtype=np.float32)
-    r = cosine_kmeans(X, 3, init=C0, max_iter=10, **CPU)
+    r = kmeans(X, 3, init=C0, max_iter=10, **CPU)
     assert np.all(np.bincount(r.labels, minlength=3) > 0)
-    s = streaming_kmeans(blocks_of(X, 7), 3, init=C0, max_iter=10, return_labels=True, **CPU)
+    s = kmeans_stream(blocks_of(X, 7), 3, init=C0, max_iter=10, return_labels=True, **CPU)
     assert np.all(np.bincount(s.labels, minlength=3) > 0)
     off = np.array([0, 30, 60])
-    for solve in SOLVES:
-        L, *_ = batched_kmeans(X, off, 3, init=np.stack([C0, C0]), max_iter=10, solve=solve, **CPU)
+    for ns in NAMESPACES.values():
+        L = kmeans(ns(X), 3, offsets=off, init=np.stack([C0, C0]), max_iter=10).labels
         for i in range(2):
             assert np.all(np.bincount(L[off[i] : off[i + 1]], minlength=3) > 0)
+    g = kmeans(X, 3, groups=np.repeat([4, 9], 30), init={4: C0, 9: C0}, max_iter=10, **CPU)
+    for lab in (g.labels[:30], g.labels[30:]):
+        assert np.all(np.bincount(lab, minlength=3) > 0)
 
 
 def test_zero_rows_give_no_nan_and_count_in_the_objective():
     rng = np.random.default_rng(6)
     X = rng.standard_normal((80, 6)).astype(np.float16)
     X[[0, 17, 79]] = 0
-    r = cosine_kmeans(X, 3, **CPU)
+    r = kmeans(X, 3, **CPU)
     assert np.isfinite(r.centroids).all() and np.isfinite(r.objective)
     Xn = l2_normalize(X)
     sims = (Xn @ r.centroids.T)[np.arange(80), r.labels]
     assert np.all(r.labels[[0, 17, 79]] == 0) and np.all(sims[[0, 17, 79]] == 0)
     assert abs(r.objective - sims.astype(np.float64).mean()) < 1e-6
-    s = streaming_kmeans(blocks_of(X, 16), 3, **CPU)
+    s = kmeans_stream(blocks_of(X, 16), 3, **CPU)
     assert np.isfinite(s.centroids).all()
-    for solve in SOLVES:
-        L, C, J, _ = batched_kmeans(X, np.array([0, 40, 80]), 3, solve=solve, **CPU)
-        assert np.isfinite(C).all() and np.isfinite(J).all()
-        assert np.all(L[[0, 17, 79]] == 0)
+    for ns in NAMESPACES.values():
+        b = kmeans(ns(X), 3, offsets=np.array([0, 40, 80]))
+        assert np.isfinite(b.centroids).all() and np.isfinite(b.objective).all()
+        assert np.all(b.labels[[0, 17, 79]] == 0)
 
 
 def test_objective_is_monotone():
     rng = np.random.default_rng(7)
     X = rng.standard_normal((1500, 24)).astype(np.float32)
-    r = cosine_kmeans(X, 8, max_iter=40, tol=0.0, **CPU)
+    r = kmeans(X, 8, max_iter=40, tol=0.0, **CPU)
     assert len(r.history) == r.n_iter + 1 and r.n_iter > 3
     assert np.all(np.diff(r.history) >= -1e-6)
-    s = streaming_kmeans(blocks_of(X, 256), 8, max_iter=15, tol=0.0, **CPU)
+    s = kmeans_stream(blocks_of(X, 256), 8, max_iter=15, tol=0.0, **CPU)
     assert np.all(np.diff(s.history) >= -1e-6)
 
 
 def test_tol_is_relative_to_the_previous_objective():
     rng = np.random.default_rng(16)
     X = rng.standard_normal((800, 16)).astype(np.float32)
-    h = np.array(cosine_kmeans(X, 6, max_iter=25, tol=0.0, seed=2, **CPU).history)
+    h = np.array(kmeans(X, 6, max_iter=25, tol=0.0, seed=2, **CPU).history)
     rel = np.diff(h) / np.abs(h[:-1])
     assert np.all(h > 0) and len(rel) >= 6
     # halfway between the median improvement and the next larger one, so no pass sits
@@ -288,7 +307,7 @@ def test_tol_is_relative_to_the_previous_objective():
     mid = len(srt) // 2
     tol = float((srt[mid] + srt[mid + 1]) / 2)
     expected = 1 + int(np.flatnonzero(rel <= tol)[0])
-    r = cosine_kmeans(X, 6, max_iter=25, tol=tol, seed=2, **CPU)
+    r = kmeans(X, 6, max_iter=25, tol=tol, seed=2, **CPU)
     assert r.n_iter == expected
     np.testing.assert_allclose(r.history, h[: expected + 1], rtol=1e-12)
 
@@ -296,7 +315,7 @@ def test_tol_is_relative_to_the_previous_objective():
 def test_seed_determinism():
     rng = np.random.default_rng(8)
     X = rng.standard_normal((200, 10)).astype(np.float32)
-    a, b = cosine_kmeans(X, 5, seed=3, **CPU), cosine_kmeans(X, 5, seed=3, **CPU)
+    a, b = kmeans(X, 5, seed=3, **CPU), kmeans(X, 5, seed=3, **CPU)
     np.testing.assert_array_equal(a.centroids, b.centroids)
     np.testing.assert_array_equal(a.labels, b.labels)
     inits = [kmeans_plusplus(X, 5, seed=s) for s in range(5)]
@@ -305,7 +324,29 @@ def test_seed_determinism():
 
 
 # ---------------------------------------------------------------------------------------
-# drivers against the in-memory one
+# row sources and namespaces against the in-memory NumPy run
+
+
+@pytest.mark.parametrize("ns", ["strict", "torch"])
+def test_every_source_gives_numpy_labels_in_every_namespace(ns):
+    rng = np.random.default_rng(31)
+    X = rng.standard_normal((400, 12)).astype(np.float32)
+    X[9] = 0
+    off = np.array([0, 90, 91 + 90, 300, 400])
+    groups = rng.integers(0, 3, 400) * 7
+    to = NAMESPACES[ns]
+    for kw in ({}, {"offsets": off}, {"groups": groups}):
+        ref = kmeans(X, 3, seed=4, max_iter=30, **kw)
+        got = kmeans(to(X), 3, seed=4, max_iter=30, **kw)
+        np.testing.assert_array_equal(got.labels, ref.labels)
+        np.testing.assert_allclose(got.centroids, ref.centroids, atol=1e-5)
+        np.testing.assert_array_equal(got.n_iter, ref.n_iter)
+        np.testing.assert_allclose(got.objective, ref.objective, rtol=1e-6)
+    Xs = to(X)
+    ref = kmeans_stream(blocks_of(X, 64), 3, seed=4, return_labels=True, init_sample=200)
+    got = kmeans_stream(blocks_of(Xs, 64), 3, seed=4, return_labels=True, init_sample=200)
+    np.testing.assert_array_equal(got.labels, ref.labels)
+    np.testing.assert_allclose(got.centroids, ref.centroids, atol=1e-5)
 
 
 @pytest.mark.parametrize("cache_bytes", [0, 7 * 12 * 4 * 5, 1 << 30])
@@ -318,9 +359,9 @@ def test_streaming_equals_in_memory(dtype, block, cache_bytes):
     X[5] = 0
     init = rng.standard_normal((5, 12))
     for kw in ({"init": init}, {"init": "k-means++", "seed": 4}):
-        ref = cosine_kmeans(X, 5, max_iter=30, **kw, **CPU)
+        ref = kmeans(X, 5, max_iter=30, **kw, **CPU)
         lines = []
-        s = streaming_kmeans(
+        s = kmeans_stream(
             blocks_of(X, block),
             5,
             max_iter=30,
@@ -334,7 +375,7 @@ def test_streaming_equals_in_memory(dtype, block, cache_bytes):
         np.testing.assert_allclose(s.centroids, ref.centroids, atol=1e-5)
         assert s.n_iter == ref.n_iter and len(lines) == s.n_iter + 1
         assert abs(s.objective - ref.objective) < 1e-6
-    assert streaming_kmeans(blocks_of(X, block), 5, max_iter=2, **CPU).labels is None
+    assert kmeans_stream(blocks_of(X, block), 5, max_iter=2, **CPU).labels is None
 
 
 def full_lloyd(Xn, C0, max_iter, tol):
@@ -351,9 +392,9 @@ def full_lloyd(Xn, C0, max_iter, tol):
 
 
 @pytest.mark.parametrize("k", [2, 5])
-def test_skipping_decided_rows_equals_full_recompute(k):
-    """Later passes re-score only rows near a boundary (gathered, or whole problems / blocks
-    when many are): every driver must still match a loop that re-scores every row."""
+def test_every_source_equals_full_recompute(k):
+    """Later passes move only the rows that changed cluster between member sums (NumPy) or
+    recompute them whole: every source must match a loop that re-scores every row."""
     rng = np.random.default_rng(17)
     centres = unit(rng.standard_normal((k, 24)))
     Xn, _ = sphere_blobs(rng, 400, centres, noise=0.35)  # overlapping: many rows move
@@ -361,45 +402,28 @@ def test_skipping_decided_rows_equals_full_recompute(k):
     C0 = unit(centres + 0.5 * rng.standard_normal(centres.shape))
     ref_lab, ref_C, ref_J, ref_it = full_lloyd(unit(X), C0, 25, 0.0)
     assert ref_it > 3
-    r = cosine_kmeans(X, k, init=C0, max_iter=25, tol=0.0, **CPU)
-    s = streaming_kmeans(
-        blocks_of(X, 90),
-        k,
-        init=C0,
-        max_iter=25,
-        tol=0.0,
-        return_labels=True,
-        cache_bytes=0,
-        **CPU,
+    r = kmeans(X, k, init=C0, max_iter=25, tol=0.0, **CPU)
+    s = kmeans_stream(
+        blocks_of(X, 90), k, init=C0, max_iter=25, tol=0.0, return_labels=True, cache_bytes=0
     )
     for got in (r, s):
         np.testing.assert_array_equal(got.labels, ref_lab)
         np.testing.assert_allclose(got.centroids, ref_C, atol=1e-5)
         assert got.n_iter == ref_it and abs(got.objective - ref_J) < 1e-6
-    # batched: this problem among easy ones (solved together: few undecided rows,
-    # gathered across problems; or each in turn, full passes)
+    # offsets: this problem among easy ones (one at a time on NumPy, padded together
+    # elsewhere)
     easy, _ = sphere_blobs(rng, 60, centres, noise=0.02)
     E0 = unit(centres + 0.05 * rng.standard_normal(centres.shape))  # no cluster empties
     Xb = np.concatenate([easy, X, easy])
     off = np.array([0, len(easy), len(easy) + len(X), len(Xb)])
     e_lab, e_C, e_J, e_it = full_lloyd(unit(easy), E0, 25, 0.0)
-    for solve in SOLVES:
-        L, C, J, it = batched_kmeans(
-            Xb,
-            off,
-            k,
-            init=np.stack([E0, C0, E0]),
-            max_iter=25,
-            tol=0.0,
-            block_problems=3,
-            solve=solve,
-            **CPU,
-        )
-        np.testing.assert_array_equal(L[off[1] : off[2]], ref_lab)
-        assert it[1] == ref_it
+    for ns in NAMESPACES.values():
+        b = kmeans(ns(Xb), k, offsets=off, init=np.stack([E0, C0, E0]), max_iter=25, tol=0.0)
+        np.testing.assert_array_equal(b.labels[off[1] : off[2]], ref_lab)
+        assert b.n_iter[1] == ref_it
         for i in (0, 2):
-            np.testing.assert_array_equal(L[off[i] : off[i + 1]], e_lab)
-            assert it[i] == e_it and abs(J[i] - e_J) < 1e-6
+            np.testing.assert_array_equal(b.labels[off[i] : off[i + 1]], e_lab)
+            assert b.n_iter[i] == e_it and abs(b.objective[i] - e_J) < 1e-6
 
 
 def test_streaming_sample_is_uniform_and_independent_of_blocking():
@@ -410,12 +434,16 @@ def test_streaming_sample_is_uniform_and_independent_of_blocking():
     np.testing.assert_array_equal(s7, s64)
     rows = [int(np.flatnonzero((X.astype(np.float32) == r).all(axis=1))[0]) for r in s7]
     assert len(set(rows)) == 50 and rows == sorted(rows)
+    keys = seeded_uniforms(1, np.arange(500), 1, domain=1)[:, 0]  # its own domain
+    assert rows == sorted(np.argsort(keys)[:50].tolist())
     assert not np.array_equal(s7, _init_sample(blocks_of(X, 7), 50, 2, "t"))
     np.testing.assert_array_equal(_init_sample(blocks_of(X, 7), 10**6, 1, "t"), X)
-    a = streaming_kmeans(blocks_of(X, 7), 4, max_points=50, return_labels=True, **CPU)
-    b = streaming_kmeans(blocks_of(X, 64), 4, max_points=50, return_labels=True, **CPU)
+    a = kmeans_stream(blocks_of(X, 7), 4, init_sample=50, return_labels=True, **CPU)
+    b = kmeans_stream(blocks_of(X, 64), 4, init_sample=50, return_labels=True, **CPU)
     np.testing.assert_array_equal(a.labels, b.labels)
     np.testing.assert_allclose(a.centroids, b.centroids, atol=1e-5)
+    d = kmeans_stream(blocks_of(X, 7), 4, init_sample=50, max_iter=0, seed=1, **CPU)
+    np.testing.assert_array_equal(d.centroids, kmeans_plusplus(s7, 4, 1))
 
 
 def ragged(rng, sizes, D, dtype=np.float16):
@@ -423,57 +451,66 @@ def ragged(rng, sizes, D, dtype=np.float16):
     return rng.standard_normal((off[-1], D)).astype(dtype), off
 
 
-@pytest.mark.parametrize("solve", SOLVES)
-@pytest.mark.parametrize("block_problems", [1, 3, 64])
-def test_batched_equals_per_problem_loop(block_problems, solve):
+@pytest.mark.parametrize("ns", list(NAMESPACES))
+def test_offsets_equal_the_per_problem_loop(ns):
     rng = np.random.default_rng(11)
     X, off = ragged(rng, [12, 30, 7, 25, 9, 30, 4, 18], D=10)
     X[off[1] + 3] = 0  # a zero row inside a padded problem
     init = rng.standard_normal((8, 3, 10)).astype(np.float32)
-    L, C, J, it = batched_kmeans(
-        X, off, 3, init=init, max_iter=10, block_problems=block_problems, solve=solve, **CPU
-    )
-    assert L.dtype == np.int64 and C.shape == (8, 3, 10) and C.dtype == np.float32
+    r = kmeans(NAMESPACES[ns](X.astype(np.float32)), 3, offsets=off, init=init, max_iter=10)
+    assert r.labels.dtype == np.int64 and r.centroids.shape == (8, 3, 10)
+    assert r.centroids.dtype == np.float32 and r.objective.shape == r.n_iter.shape == (8,)
+    assert r.group_values is None
     for i in range(8):
-        ref = cosine_kmeans(X[off[i] : off[i + 1]], 3, init=init[i], max_iter=10, **CPU)
-        np.testing.assert_array_equal(L[off[i] : off[i + 1]], ref.labels)
-        np.testing.assert_allclose(C[i], ref.centroids, atol=1e-5)
-        assert it[i] == ref.n_iter and abs(J[i] - ref.objective) < 1e-6
+        ref = kmeans(X[off[i] : off[i + 1]], 3, init=init[i], max_iter=10, **CPU)
+        np.testing.assert_array_equal(r.labels[off[i] : off[i + 1]], ref.labels)
+        np.testing.assert_allclose(r.centroids[i], ref.centroids, atol=1e-5)
+        assert r.n_iter[i] == ref.n_iter and abs(r.objective[i] - ref.objective) < 1e-6
 
 
-@pytest.mark.parametrize("solve", SOLVES)
-def test_batched_kmeanspp_uses_a_stream_per_problem(solve):
+@pytest.mark.parametrize("ns", list(NAMESPACES))
+def test_offsets_kmeanspp_uses_a_stream_per_problem(ns):
     rng = np.random.default_rng(12)
-    X, off = ragged(rng, [20, 5, 40, 13, 40, 8], D=6)
-    L0, C0, _, it0 = batched_kmeans(
-        X, off, 4, max_iter=0, seed=5, block_problems=2, solve=solve, **CPU
-    )
-    assert np.all(it0 == 0)
+    X, off = ragged(rng, [20, 5, 40, 13, 40, 8], D=6, dtype=np.float32)
+    r0 = kmeans(NAMESPACES[ns](X), 4, offsets=off, max_iter=0, seed=5)
+    assert np.all(r0.n_iter == 0)
     for i in range(6):
         ref = kmeans_plusplus(X[off[i] : off[i + 1]], 4, seed=5, stream=i)
-        np.testing.assert_allclose(C0[i], ref, atol=1e-6)
-    runs = [
-        batched_kmeans(X, off, 4, seed=5, block_problems=b, solve=solve, **CPU) for b in (1, 4, 64)
-    ]
-    for other in runs[1:]:
-        np.testing.assert_array_equal(other[0], runs[0][0])
-        np.testing.assert_allclose(other[1], runs[0][1], atol=1e-6)
-        np.testing.assert_array_equal(other[3], runs[0][3])
+        np.testing.assert_allclose(r0.centroids[i], ref, atol=1e-6)
+    # problem i's result does not depend on the other problems around it
+    alone = kmeans(X[off[2] : off[3]], 4, init=kmeans_plusplus(X[off[2] : off[3]], 4, 5, 2))
+    full = kmeans(NAMESPACES[ns](X), 4, offsets=off, seed=5)
+    np.testing.assert_array_equal(full.labels[off[2] : off[3]], alone.labels)
 
 
-def test_grouped_equals_per_group_fits():
+def test_groups_equal_per_group_fits_with_a_stream_per_group():
     rng = np.random.default_rng(13)
     X = rng.standard_normal((120, 5)).astype(np.float32)
     groups = rng.integers(0, 3, 120) * 10
-    out = grouped_kmeans(X, groups, 2, seed=1, device="cpu")
-    assert list(out) == [0, 10, 20] and all(isinstance(r, KMeansResult) for r in out.values())
-    for g, r in out.items():
-        ref = cosine_kmeans(X[groups == g], 2, seed=1, **CPU)
-        np.testing.assert_array_equal(r.labels, ref.labels)
+    out = kmeans(X, 2, groups=groups, seed=1, **CPU)
+    assert isinstance(out, KMeansResult) and out.group_values.tolist() == [0, 10, 20]
+    assert out.centroids.shape == (3, 2, 5) and out.labels.shape == (120,)
+    for i, g in enumerate(out.group_values):
+        init = kmeans_plusplus(X[groups == g], 2, seed=1, stream=-1 - int(g))
+        ref = kmeans(X[groups == g], 2, init=init, **CPU)
+        np.testing.assert_array_equal(out.labels[groups == g], ref.labels)
+        np.testing.assert_allclose(out.centroids[i], ref.centroids, atol=1e-6)
+        assert out.n_iter[i] == ref.n_iter
     inits = {g: rng.standard_normal((2, 5)) for g in (0, 10, 20)}
-    out = grouped_kmeans(X, groups, 2, init=inits, max_iter=0, device="cpu")
-    ref = cosine_kmeans(X[groups == 10], 2, init=inits[10], max_iter=0, **CPU)
-    np.testing.assert_array_equal(out[10].labels, ref.labels)
+    out = kmeans(X, 2, groups=groups, init=inits, max_iter=0, **CPU)
+    ref = kmeans(X[groups == 10], 2, init=inits[10], max_iter=0, **CPU)
+    np.testing.assert_array_equal(out.labels[groups == 10], ref.labels)
+
+
+def test_each_group_gets_its_own_stream():
+    """The same rows in two groups start from different k-means++ centres (one stream per
+    group value), and a group's start does not depend on the other groups."""
+    rng = np.random.default_rng(14)
+    X = rng.standard_normal((50, 6)).astype(np.float32)
+    two = kmeans(np.concatenate([X, X]), 3, groups=np.repeat([3, 8], 50), max_iter=0, seed=2)
+    assert not np.allclose(two.centroids[0], two.centroids[1])
+    one = kmeans(X, 3, groups=np.full(50, 8), max_iter=0, seed=2)
+    np.testing.assert_array_equal(one.centroids[0], two.centroids[1])
 
 
 @pytest.mark.parametrize("threads", [2, 3])
@@ -490,7 +527,7 @@ def test_worker_threads_give_the_same_result(threads):
     before = (torch.get_num_threads(), [p["num_threads"] for p in threadpool_info()])
 
     def streamed(t):
-        return streaming_kmeans(
+        return kmeans_stream(
             blocks_of(X, 97),
             3,
             seed=2,
@@ -509,27 +546,18 @@ def test_worker_threads_give_the_same_result(threads):
 
     off = np.concatenate([[0], np.cumsum(rng.integers(30, 90, 25))])
     Xb = rng.standard_normal((off[-1], 24)).astype(np.float16)
-    for solve in SOLVES:
-        b1 = batched_kmeans(Xb, off, 2, seed=3, block_problems=3, solve=solve, **CPU)
-        bn = batched_kmeans(
-            Xb, off, 2, seed=3, block_problems=3, threads=threads, solve=solve, **CPU
-        )
-        for a, b in zip(b1, bn, strict=True):
-            np.testing.assert_array_equal(a, b)
-
     groups = rng.integers(0, 5, X.shape[0])
-    g1 = grouped_kmeans(X, groups, 2, seed=1, **CPU)
-    gn = grouped_kmeans(X, groups, 2, seed=1, threads=threads, **CPU)
-    assert list(g1) == list(gn) == [0, 1, 2, 3, 4]
-    for g in g1:
-        np.testing.assert_array_equal(g1[g].labels, gn[g].labels)
-        np.testing.assert_array_equal(g1[g].centroids, gn[g].centroids)
+    for data, kw in ((Xb, {"offsets": off}), (X, {"groups": groups})):
+        r1 = kmeans(data, 2, seed=3, **kw, **CPU)
+        rn = kmeans(data, 2, seed=3, threads=threads, **kw, **CPU)
+        for f in ("labels", "centroids", "objective", "n_iter"):
+            np.testing.assert_array_equal(getattr(r1, f), getattr(rn, f))
     assert (torch.get_num_threads(), [p["num_threads"] for p in threadpool_info()]) == before
 
 
 def test_lazy_blocks_are_read_only_when_not_cached(tmp_path):
     """store.RowBlock blocks give the result of eager blocks; a block whose float32 rows
-    are cached is read once (first pass), the others once per pass that needs them."""
+    are cached is read once (first pass), the others once per pass."""
     from lcseg_steps.store import RowBlock, iter_row_blocks, open_store, write_store
 
     rng = np.random.default_rng(23)
@@ -547,17 +575,17 @@ def test_lazy_blocks_are_read_only_when_not_cached(tmp_path):
 
     kw = {"seed": 1, "max_iter": 30, "tol": 0.0, "return_labels": True, **CPU}
     cache = 3 * 100 * 16 * 4  # the first three blocks' float32 rows
-    eager = streaming_kmeans(blocks_of(X, 100), 4, cache_bytes=cache, **kw)
+    eager = kmeans_stream(blocks_of(X, 100), 4, cache_bytes=cache, **kw)
     for threads in (1, 2):
         reads[:] = [0] * 10
-        got = streaming_kmeans(lazy, 4, cache_bytes=cache, threads=threads, **kw)
+        got = kmeans_stream(lazy, 4, cache_bytes=cache, threads=threads, **kw)
         np.testing.assert_array_equal(got.labels, eager.labels)
         np.testing.assert_array_equal(got.centroids, eager.centroids)
         assert got.n_iter == eager.n_iter > 3
         # k-means++ reads every block for its sample, the first pass once more; after that
-        # only uncached blocks are read (when they hold undecided rows)
+        # only uncached blocks are read, once a pass
         assert reads[:3] == [2, 2, 2]
-        assert sum(reads[3:]) > 2 * 7
+        assert reads[3:] == [got.n_iter + 2] * 7
 
 
 def test_a_failing_block_in_a_worker_thread_names_the_block():
@@ -565,12 +593,12 @@ def test_a_failing_block_in_a_worker_thread_names_the_block():
     X[260, 3] = np.nan
     init = X[:2] + 1  # explicit: the k-means++ sample would see the NaN first
     with pytest.raises(ValueError, match="non-finite values in block 2"):
-        streaming_kmeans(blocks_of(X, 100), 2, init=init, threads=2, **CPU)
+        kmeans_stream(blocks_of(X, 100), 2, init=init, threads=2, **CPU)
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="threads must be a positive integer"):
-            streaming_kmeans(blocks_of(X, 100), 2, threads=bad, **CPU)
+            kmeans_stream(blocks_of(X, 100), 2, threads=bad, **CPU)
         with pytest.raises(ValueError, match="threads must be a positive integer"):
-            batched_kmeans(X, np.array([0, 500]), 2, threads=bad, **CPU)
+            kmeans(X, 2, offsets=np.array([0, 500]), threads=bad, **CPU)
 
 
 # ---------------------------------------------------------------------------------------
@@ -580,45 +608,56 @@ def test_a_failing_block_in_a_worker_thread_names_the_block():
 def test_bad_input_raises_clear_errors():
     X = np.random.default_rng(14).standard_normal((3, 4)).astype(np.float32)
     with pytest.raises(ValueError, match="k=5 clusters but only 3 points"):
-        cosine_kmeans(X, 5, **CPU)
+        kmeans(X, 5, **CPU)
     Xz = X.copy()
     Xz[1:] = 0
     with pytest.raises(ValueError, match="only 1 non-zero rows"):
-        cosine_kmeans(Xz, 2, **CPU)
+        kmeans(Xz, 2, **CPU)
+    with pytest.raises(ValueError, match="only 1 non-zero rows"):
+        kmeans(Xz, 2, init=np.ones((2, 4)), **CPU)
     with pytest.raises(ValueError, match="2-D"):
-        cosine_kmeans(X[0], 2, **CPU)
+        kmeans(X[0], 2, **CPU)
     with pytest.raises(ValueError, match="shape"):
-        cosine_kmeans(X, 2, init=np.ones((3, 4)), **CPU)
+        kmeans(X, 2, init=np.ones((3, 4)), **CPU)
     with pytest.raises(ValueError, match="non-zero"):
-        cosine_kmeans(X, 2, init=np.zeros((2, 4)), **CPU)
+        kmeans(X, 2, init=np.zeros((2, 4)), **CPU)
     Xn = X.copy()
     Xn[2, 1] = np.nan
     with pytest.raises(ValueError, match="non-finite"):
-        cosine_kmeans(Xn, 2, **CPU)
+        kmeans(Xn, 2, **CPU)
     with pytest.raises(ValueError, match="k must be a positive integer"):
-        cosine_kmeans(X, 0, **CPU)
+        kmeans(X, 0, **CPU)
+    with pytest.raises(ValueError, match="init must be 'k-means\\+\\+' or an array"):
+        kmeans(X, 2, init="random", **CPU)
     with pytest.raises(ValueError, match="k=4 clusters but only 3 points"):
-        streaming_kmeans(blocks_of(X, 2), 4, init=np.ones((4, 4)), **CPU)
+        kmeans_stream(blocks_of(X, 2), 4, init=np.ones((4, 4)), **CPU)
     with pytest.raises(ValueError, match="block 1 has D=3"):
-        streaming_kmeans(lambda: iter([X, X[:, :3]]), 2, **CPU)
-    with pytest.raises(ValueError, match="max_points=1"):
-        streaming_kmeans(blocks_of(X, 2), 2, max_points=1, **CPU)
+        kmeans_stream(lambda: iter([X, X[:, :3]]), 2, **CPU)
+    with pytest.raises(ValueError, match="init_sample=1"):
+        kmeans_stream(blocks_of(X, 2), 2, init_sample=1, **CPU)
+    with pytest.raises(ValueError, match="no rows"):
+        kmeans_stream(lambda: iter([]), 2, **CPU)
 
 
-def test_batched_bad_input_names_the_problem():
+def test_offsets_and_groups_bad_input_names_the_problem():
     rng = np.random.default_rng(15)
     X, off = ragged(rng, [5, 4, 2, 6], D=3)
-    with pytest.raises(ValueError, match="problem 2 has 2 rows, fewer than k=3"):
-        batched_kmeans(X, off, 3, **CPU)
+    with pytest.raises(ValueError, match="problem 2: k=3 clusters but only 2 points"):
+        kmeans(X, 3, offsets=off, **CPU)
     X[off[1] : off[1] + 3] = 0
-    for solve in SOLVES:
-        with pytest.raises(ValueError, match="problem 1 has 1 non-zero rows"):
-            batched_kmeans(X, off, 2, solve=solve, **CPU)
-    with pytest.raises(ValueError, match="solve must be 'auto', 'each' or 'together'"):
-        batched_kmeans(X, off, 1, solve="fast", **CPU)
+    for ns in NAMESPACES.values():
+        with pytest.raises(ValueError, match="problem 1: k=2 clusters but only 1 non-zero rows"):
+            kmeans(ns(X.astype(np.float32)), 2, offsets=off)
     with pytest.raises(ValueError, match="end at len"):
-        batched_kmeans(X, off[:-1], 2, **CPU)
+        kmeans(X, 2, offsets=off[:-1], **CPU)
     with pytest.raises(ValueError, match=r"\(n_problems, k, D\)"):
-        batched_kmeans(X, off, 2, init=np.ones((4, 3, 3)), **CPU)
+        kmeans(X, 2, offsets=off, init=np.ones((4, 3, 3)), **CPU)
     with pytest.raises(ValueError, match="group 20"):
-        grouped_kmeans(X, np.array([0] * 16 + [20]), 2, device="cpu")
+        kmeans(X, 2, groups=np.array([0] * 16 + [20]), **CPU)
+    with pytest.raises(ValueError, match="no centroids for groups"):
+        kmeans(X, 2, groups=np.array([0] * 16 + [20]), init={0: np.ones((2, 3))}, **CPU)
+    with pytest.raises(ValueError, match="not both"):
+        kmeans(X, 2, offsets=off, groups=np.zeros(17, int), **CPU)
+    X[5, 1] = np.inf
+    with pytest.raises(ValueError, match="problem 1: non-finite values"):
+        kmeans(X, 1, offsets=off, **CPU)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from lcseg_steps.kmeans import cosine_kmeans
+from lcseg_steps.kmeans import kmeans, kmeans_plusplus
 from lcseg_steps.levels import (
     border_sides,
     check_levels,
@@ -202,7 +202,7 @@ def test_image_level_per_image_consistency(rule):
         np.testing.assert_array_equal(fg, (lab == c).astype(np.uint8))
         assert set(np.unique(lab)) <= {0, 1}
         # the per-image partition is the planted one (same as a standalone fit)
-        ref = cosine_kmeans(X[lo:hi], 2, seed=0, **CPU).labels
+        ref = kmeans(X[lo:hi], 2, seed=0, **CPU).labels
         assert adjusted_rand_score(ref, lab) == 1.0
         assert np.isfinite(res["objective"][i]) and res["objective"][i] > 0.8
     # both rules find the planted centre blocks (grids of at least 3x3)
@@ -357,12 +357,13 @@ def test_fit_groups_matches_one_fit_per_group():
     rng = np.random.default_rng(8)
     X = rng.standard_normal((90, 4)).astype(np.float32)
     groups = np.repeat([0, 1, 2], 30)
-    C, fits = fit_groups(X, groups, 3, 2, max_iter=20, seed=5, **CPU)
-    assert C.shape == (3, 2, 4) and C.dtype == np.float32 and len(fits) == 3
+    C, fit = fit_groups(X, groups, 3, 2, max_iter=20, seed=5, **CPU)
+    assert C.shape == (3, 2, 4) and C.dtype == np.float32 and fit.objective.shape == (3,)
     for gi in range(3):
-        ref = cosine_kmeans(X[groups == gi], 2, max_iter=20, seed=5, **CPU)
+        init = kmeans_plusplus(X[groups == gi], 2, seed=5, stream=-1 - gi)  # group stream
+        ref = kmeans(X[groups == gi], 2, init=init, max_iter=20, **CPU)
         np.testing.assert_allclose(C[gi], ref.centroids, atol=1e-6)
-        np.testing.assert_array_equal(fits[gi].labels, ref.labels)
+        np.testing.assert_array_equal(fit.labels[groups == gi], ref.labels)
 
 
 def test_fit_groups_names_missing_or_too_small_groups():

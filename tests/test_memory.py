@@ -22,7 +22,7 @@ from tests.conftest import REPO
 FIT = r"""
 import json, sys
 import numpy as np
-from lcseg_steps.kmeans import streaming_kmeans
+from lcseg_steps.kmeans import kmeans_stream
 
 def vmhwm_mb():
     with open("/proc/self/status") as fh:
@@ -32,7 +32,7 @@ n_blocks = int(sys.argv[1])
 base = np.random.default_rng(0).standard_normal((16384, 384)).astype(np.float16)
 blocks = lambda: (np.roll(base, i, axis=1) for i in range(n_blocks))
 before = vmhwm_mb()
-fit = streaming_kmeans(blocks, 8, max_points=100_000, max_iter=2, tol=0.0, device="cpu",
+fit = kmeans_stream(blocks, 8, init_sample=100_000, max_iter=2, tol=0.0, device="cpu",
                        threads=2, return_labels=True)
 print(json.dumps({"rows": len(fit.labels), "before_mb": before, "peak_mb": vmhwm_mb()}))
 """

@@ -89,8 +89,10 @@ def pipeline(tmp_path_factory):
                 **COMMON,
             )
         )
-    votes = {"fg_vote": 0.5, "max_points": None, "feature": "k", "log": logs.append}
-    ds = run_fit_dataset(feats, ils, tmp / "dataset_level.zarr", k_dataset=2, **votes, **COMMON)
+    votes = {"fg_vote": 0.5, "feature": "k", "log": logs.append}
+    ds = run_fit_dataset(
+        feats, ils, tmp / "dataset_level.zarr", k_dataset=2, init_sample=None, **votes, **COMMON
+    )
     cs = run_fit_category(
         feats,
         ils,
@@ -98,6 +100,7 @@ def pipeline(tmp_path_factory):
         n_categories=2,
         category_clusterer="spectral",
         k_category=2,
+        category_fit_sample=None,
         **votes,
         **COMMON,
     )
@@ -262,7 +265,7 @@ def test_missing_feature_names_store_and_config_key(pipeline, tmp_path):
             feature="q",
             k_dataset=2,
             fg_vote=0.5,
-            max_points=None,
+            init_sample=None,
             **COMMON,
         )
     assert str(path) in str(exc.value)

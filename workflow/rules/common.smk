@@ -206,15 +206,17 @@ def extract_kb_per_image():
 
 
 def fit_mem_mb(level):
-    """Global fit: the float32 sample (clustering.max_points rows; per pseudo-category at
-    the category level; every patch when null), the streamed fit's 1 GiB float32 block
-    cache, ~17 bytes of per-row state per patch, and 1 GiB of interpreter and libraries.
+    """Global fit: the float32 sample (clustering.init_sample rows at the dataset level,
+    clustering.category_fit_sample per pseudo-category at the category level; every patch
+    when null), the streamed fit's 1 GiB float32 block cache, ~17 bytes of per-row state
+    per patch, and 1 GiB of interpreter and libraries.
     """
     c = config["clustering"]
     n_patches = len(IMAGES) * patches_per_image()
-    rows = c["max_points"] or n_patches
+    rows = c["init_sample"] or n_patches
     if level == "category":
-        rows = rows * c["n_categories"] if c["max_points"] else n_patches
+        per = c["category_fit_sample"]
+        rows = per * c["n_categories"] if per else n_patches
     rows = min(rows, n_patches) if level == "dataset" else rows
     need = rows * embed_dim() * 4 + STREAM_CACHE_BYTES + 17 * n_patches + 1024 * MIB
 

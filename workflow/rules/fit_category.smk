@@ -23,7 +23,7 @@ rule fit_category:
             "category_clusterer",
             "k_category",
             "fg_vote",
-            "max_points",
+            "category_fit_sample",
             "max_iter",
             "tol",
             "device",

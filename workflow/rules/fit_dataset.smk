@@ -21,7 +21,7 @@ rule fit_dataset:
             "feature",
             "k_dataset",
             "fg_vote",
-            "max_points",
+            "init_sample",
             "max_iter",
             "tol",
             "device",
