@@ -70,10 +70,10 @@ class Check:
     """Runs sections in order, logging to the console and ``gpu_check.log`` and keeping
     every section's dict (or its error) in ``gpu_check.json``."""
 
-    def __init__(self, out: Path, device: str, scale: str):
+    def __init__(self, out: Path, device: str, scale: str, keep: bool = False):
         self.out, self.device, self.scale = out, device, scale
         out.mkdir(parents=True, exist_ok=True)
-        self.log_fh = open(out / "gpu_check.log", "w", buffering=1)
+        self.log_fh = open(out / "gpu_check.log", "a" if keep else "w", buffering=1)
         self.result: dict = {"device": device, "scale": scale, "sections": {}, "errors": {}}
         self.t0 = time.perf_counter()
 
@@ -422,13 +422,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", choices=("full", "tiny"), default=None, help="full on cuda")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks/results/gpu")
     ap.add_argument("--only", default="", help="comma-separated sections: " + ",".join(SECTIONS))
+    ap.add_argument(
+        "--keep", action="store_true", help="keep the other sections of an existing JSON in --out"
+    )
     args = ap.parse_args(argv)
     scale = args.scale or ("full" if args.device == "cuda" else "tiny")
     chosen = [s for s in args.only.split(",") if s] or list(SECTIONS)
     unknown = set(chosen) - set(SECTIONS)
     if unknown:
         ap.error(f"unknown sections {sorted(unknown)}; choose from {list(SECTIONS)}")
-    c = Check(args.out, args.device, scale)
+    c = Check(args.out, args.device, scale, args.keep)
+    if args.keep and (args.out / "gpu_check.json").is_file():
+        old = json.loads((args.out / "gpu_check.json").read_text())
+        for key in ("sections", "errors", "section_s"):
+            kept = {s: v for s, v in old.get(key, {}).items() if s not in chosen}
+            c.result[key] = {**kept, **c.result.get(key, {})}
     for name in chosen:
         c.section(name, SECTIONS[name])
     c.log(f"wrote {args.out / 'gpu_check.json'}; errors: {c.result['errors'] or 'none'}")

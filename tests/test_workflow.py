@@ -45,7 +45,8 @@ def snakemake(workdir, config, *args):
     cfg = os.path.join(workdir, "config.yaml")
     with open(cfg, "w") as fh:
         yaml.safe_dump(config, fh)
-    cmd = [os.path.join(BIN, "snakemake"), "-s", os.path.join(REPO, "Snakefile")]
+    # ``-m``: also where snakemake is installed without a script beside the interpreter
+    cmd = [sys.executable, "-m", "snakemake", "-s", os.path.join(REPO, "Snakefile")]
     cmd += ["--directory", str(workdir), "--configfile", cfg, "--cores", "2", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
 
