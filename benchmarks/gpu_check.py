@@ -70,8 +70,8 @@ class Check:
     """Runs sections in order, logging to the console and ``gpu_check.log`` and keeping
     every section's dict (or its error) in ``gpu_check.json``."""
 
-    def __init__(self, out: Path, device: str, scale: str, keep: bool = False):
-        self.out, self.device, self.scale = out, device, scale
+    def __init__(self, out: Path, device: str, scale: str, keep: bool = False, budget_s=None):
+        self.out, self.device, self.scale, self.budget_s = out, device, scale, budget_s
         out.mkdir(parents=True, exist_ok=True)
         self.log_fh = open(out / "gpu_check.log", "a" if keep else "w", buffering=1)
         self.result: dict = {"device": device, "scale": scale, "sections": {}, "errors": {}}
@@ -380,10 +380,15 @@ def pipeline(c: Check) -> dict:
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory"]
     cmd += [str(wd), "--configfile", str(wd / "config.yaml"), "--cores", str(cores)]
     cmd += ["--resources", "gpu=1"]
+    limit = max(30.0, c.budget_s - (time.perf_counter() - c.t0)) if c.budget_s else 900.0
     t = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=480 if full else 300)
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=limit)
+        stopped = None
+    except subprocess.TimeoutExpired:  # report the stages that finished
+        p, stopped = None, f"stopped after {limit:.0f} s (--budget-s): partial figures"
     wall = time.perf_counter() - t
-    if p.returncode != 0:
+    if p is not None and p.returncode != 0:
         raise RuntimeError(f"snakemake failed ({p.returncode}):\n{p.stderr[-3000:]}")
     stages: dict[str, dict] = defaultdict(lambda: {"jobs": 0, "s": 0.0, "max_rss_mb": 0.0})
     for tsv in (wd / "results/gpu_check/logs").rglob("benchmarks/**/*.tsv"):
@@ -394,8 +399,11 @@ def pipeline(c: Check) -> dict:
             st["s"] += float(row["s"])
             rss = row.get("max_rss", "NA")
             st["max_rss_mb"] = max(st["max_rss_mb"], float(rss) if rss != "NA" else 0.0)
-    metrics = json.loads((wd / "results/gpu_check/seed0/metrics.json").read_text())
+    metrics_json = wd / "results/gpu_check/seed0/metrics.json"
+    metrics = json.loads(metrics_json.read_text()) if metrics_json.is_file() else {}
     return {
+        "complete": stopped is None,
+        "stopped": stopped,
         "images": n,
         "cores": cores,
         "crf": crf if crf else "skipped: pydensecrf does not import here",
@@ -423,6 +431,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks/results/gpu")
     ap.add_argument("--only", default="", help="comma-separated sections: " + ",".join(SECTIONS))
     ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="stop the pipeline run this many seconds after the check began (partial figures)",
+    )
+    ap.add_argument(
         "--keep", action="store_true", help="keep the other sections of an existing JSON in --out"
     )
     args = ap.parse_args(argv)
@@ -431,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(chosen) - set(SECTIONS)
     if unknown:
         ap.error(f"unknown sections {sorted(unknown)}; choose from {list(SECTIONS)}")
-    c = Check(args.out, args.device, scale, args.keep)
+    c = Check(args.out, args.device, scale, args.keep, args.budget_s)
     if args.keep and (args.out / "gpu_check.json").is_file():
         old = json.loads((args.out / "gpu_check.json").read_text())
         for key in ("sections", "errors", "section_s"):

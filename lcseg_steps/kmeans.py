@@ -157,6 +157,14 @@ def import_torch_cast_if_worth(n_elements: int) -> bool:
     return bool(_torch())
 
 
+def _device_of(a, xp):
+    """The device of ``a`` when it already is an array of (non-NumPy) ``xp``, else None:
+    host rows (NumPy, Zarr) go to ``xp``'s current device."""
+    if _is_np(xp) or isinstance(a, np.ndarray) or not aac.is_array_api_obj(a):
+        return None
+    return aac.device(a)
+
+
 def _as_float32(a, xp, dev=None, out=None):
     """A float32 copy ``(..., D)`` in ``xp`` of ``a`` (host/Zarr/``xp`` array, any real dtype);
     on NumPy into ``out`` when given."""
@@ -565,7 +573,7 @@ def _solve(X, starts, streams, k, init, max_iter, tol, seed, xp, threads, where,
             blocks, cur = blocks + [cur], []
         cur.append(i)
     blocks += [cur] if cur else []
-    dev = aac.device(X) if aac.is_array_api_obj(X) and not _is_np(xp) else None
+    dev = _device_of(X, xp)
 
     def solve_block(ids):
         m = int(max(sizes[ids]))
@@ -669,8 +677,9 @@ def kmeans(
             init = np.stack([np.asarray(_to_host(init[int(v)]), np.float64) for v in values])
         C0 = _check_init(init, (len(values), k, D), what)
         order = np.argsort(g, kind="stable")  # rows grouped, then solved as offsets
-        if aac.is_array_api_obj(X) and not _is_np(xp):
-            Xs = xp.take(X, xp.asarray(order, device=aac.device(X)), axis=0)
+        dev = _device_of(X, xp)
+        if dev is not None:
+            Xs = xp.take(X, xp.asarray(order, device=dev), axis=0)
         else:
             Xs = X[order]
         starts = np.concatenate([[0], np.cumsum(counts)])
@@ -796,7 +805,7 @@ def kmeans_stream(
         raise ValueError(f"{what}: blocks() yielded no rows")
     xp = _namespace(first, device)
     D = first.shape[1]
-    dev = aac.device(first) if aac.is_array_api_obj(first) and not _is_np(xp) else None
+    dev = _device_of(first, xp)
     del first
     C0 = _check_init(init, (k, D), what)
     if C0 is None:

@@ -349,6 +349,29 @@ def test_every_source_gives_numpy_labels_in_every_namespace(ns):
     np.testing.assert_allclose(got.centroids, ref.centroids, atol=1e-5)
 
 
+def test_host_rows_move_to_the_device_namespace(monkeypatch):
+    """NumPy (or Zarr) rows with ``device="cuda"`` are shipped to the device's namespace,
+    as on a GPU; array_api_strict stands in for CuPy and refuses NumPy's device."""
+    import array_api_strict
+
+    import lcseg_steps.kmeans as km
+
+    real = km.array_namespace
+    strict = array_api_compat.array_namespace(array_api_strict.asarray([0.0]))
+    monkeypatch.setattr(km, "array_namespace", lambda d: strict if d == "cuda" else real(d))
+    rng = np.random.default_rng(32)
+    X = rng.standard_normal((300, 8)).astype(np.float32)  # strict has no float16
+    off = np.array([0, 100, 300])
+    groups = rng.integers(0, 2, 300)
+    for kw in ({}, {"offsets": off}, {"groups": groups}):
+        ref = kmeans(X, 3, seed=5, max_iter=20, device="cpu", **kw)
+        got = kmeans(X, 3, seed=5, max_iter=20, device="cuda", **kw)
+        np.testing.assert_array_equal(got.labels, ref.labels)
+    ref = kmeans_stream(blocks_of(X, 64), 3, seed=5, return_labels=True, device="cpu")
+    got = kmeans_stream(blocks_of(X, 64), 3, seed=5, return_labels=True, device="cuda")
+    np.testing.assert_array_equal(got.labels, ref.labels)
+
+
 @pytest.mark.parametrize("cache_bytes", [0, 7 * 12 * 4 * 5, 1 << 30])
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
 @pytest.mark.parametrize("block", [1, 7, 64, 1000])
