@@ -4,9 +4,10 @@ from snakemake.utils import validate
 
 # Snakemake puts the Snakefile's folder (the repository root) on sys.path while parsing.
 from lcseg_steps.backbone import embed_dim_of
-from lcseg_steps.data.index import list_images, shard_names
+from lcseg_steps.data.index import shard_names
 from lcseg_steps.data.registry import get_dataset
 from lcseg_steps.kmeans import STREAM_CACHE_BYTES
+from lcseg_steps.listing_cache import count_images
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -23,11 +24,13 @@ if DATASET.generated and not config["dataset"]["root"]:
     config["dataset"]["root"] = f"{RESULTS}/{DATASET.name}"
 
 # Image ids are known when the DAG is built (split file or annotation JSON), so the
-# shard list is fixed here and no checkpoint is needed.
-IMAGES = list_images(config["dataset"])
-if not IMAGES:
+# shard list is fixed here and no checkpoint is needed. The DAG needs only their number;
+# for COCO it is cached next to the results, keyed on the instances JSON's path, size,
+# mtime, ctime and inode (lcseg_steps/listing_cache.py).
+N_IMAGES = count_images(config["dataset"], f"{RESULTS}/.listing-cache.json")
+if not N_IMAGES:
     raise ValueError(f"dataset {config['dataset']['name']!r} lists no images")
-SHARDS = shard_names(len(IMAGES), config["shard_size"])
+SHARDS = shard_names(N_IMAGES, config["shard_size"])
 
 
 wildcard_constraints:
@@ -113,7 +116,7 @@ def objects_settings(wildcards):
 # on them). mem_mb grows with the attempt, so `--retries` resubmits with more memory.
 
 MIB = 1024**2
-IMAGES_PER_SHARD = min(config["shard_size"], len(IMAGES))
+IMAGES_PER_SHARD = min(config["shard_size"], N_IMAGES)
 
 
 def patches_per_image():
@@ -167,7 +170,7 @@ def fit_mem_mb(level):
     cache, ~17 bytes of per-row state per patch, and 1 GiB of interpreter and libraries.
     """
     c = config["clustering"]
-    n_patches = len(IMAGES) * patches_per_image()
+    n_patches = N_IMAGES * patches_per_image()
     rows = c["max_points"] or n_patches
     if level == "category":
         rows = rows * c["n_categories"] if c["max_points"] else n_patches
@@ -182,7 +185,7 @@ def fit_mem_mb(level):
 
 def fit_runtime():
     """Minutes for a streamed fit: a few seconds per million patches and iteration."""
-    n_patches = len(IMAGES) * patches_per_image()
+    n_patches = N_IMAGES * patches_per_image()
     return int(10 + config["clustering"]["max_iter"] * n_patches / 1e6 * 3 / 60 * 2)
 
 
@@ -190,13 +193,13 @@ def dataset_mem_mb(base_mb, kb_per_image):
     """Memory of a job that reads something of every image (assign, evaluate)."""
 
     def mem_mb(wildcards, attempt):
-        return int((base_mb + kb_per_image * len(IMAGES) / 1024) * attempt)
+        return int((base_mb + kb_per_image * N_IMAGES / 1024) * attempt)
 
     return mem_mb
 
 
 def dataset_runtime(base_min, s_per_image):
-    return int(base_min + 2 * s_per_image * len(IMAGES) / 60 + 1)
+    return int(base_min + 2 * s_per_image * N_IMAGES / 60 + 1)
 
 
 def feature_kb_per_image():
