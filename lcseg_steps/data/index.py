@@ -21,7 +21,6 @@ from PIL import Image, UnidentifiedImageError
 from lcseg_steps.atomic_write import tmp_sibling
 from lcseg_steps.data.records import ImageRecord, gt_file
 from lcseg_steps.data.registry import dataset_for_gt, get_dataset
-from lcseg_steps.images import ImageError
 
 INDEX_COLUMNS = ("id", "path", "gt", "height", "width", "shard")
 PROGRESS_EVERY = 1000
@@ -59,6 +58,10 @@ def assign_shards(records: Sequence[ImageRecord], shard_size: int) -> list[Image
 
 def _header_size(path: str) -> tuple[int, int]:
     """``(height, width)`` from the image header only; the pixels are not decoded."""
+    # here, not at the top: the workflow imports this module while Snakemake builds the
+    # DAG, and lcseg_steps.images imports OpenCV (~40 ms)
+    from lcseg_steps.images import ImageError
+
     if os.path.isdir(path):
         raise ImageError(f"{path}: is a directory, not an image file")
     if not os.path.isfile(path):

@@ -53,13 +53,15 @@ def extract_settings():
 
 
 def stage_settings(section, *keys, seeded=True):
-    """The config keys one stage uses (plus the job's seed), as a params function, so a
-    change of one key reruns that stage and its dependents and nothing else."""
+    """The config keys one stage uses (plus the job's seed), so a change of one key reruns
+    that stage and its dependents and nothing else: a params function for seeded stages,
+    else the dict itself (Snakemake evaluates a function once per job)."""
+    if not seeded:
+        return {key: config[section][key] for key in keys}
 
     def settings(wildcards):
         out = {key: config[section][key] for key in keys}
-        if seeded:
-            out["seed"] = int(wildcards.seed)
+        out["seed"] = int(wildcards.seed)
         return out
 
     return settings
@@ -101,7 +103,7 @@ REFINE_KEYS = (
 )
 
 
-def objects_settings(wildcards):
+def objects_settings():
     """Region and descriptor settings; the backbone matters only for CLS descriptors."""
     out = dict(config["objects"])
     if out["descriptor"] == "cls":
