@@ -13,6 +13,11 @@ The reference is a generated Snakefile of trivial ``touch`` rules with the same 
 graph (from lcseg's ``--rulegraph``) and the same number of jobs per rule, each job
 depending on its matching job(s) upstream; its dry run is what Snakemake alone costs for
 a DAG of this size. The result is an overhead ratio (lcseg / bare), target 1.5.
+
+lcseg caches the image count of a COCO listing next to the results, keyed on the JSON's
+path, size, mtime, ctime and inode (``lcseg_steps/listing_cache.py``), so the timed runs,
+like every dry run after the first, reuse the count the untimed first runs cached;
+``ours_cold_s`` is one more run with the cache removed, as after the JSON changed.
 """
 
 from __future__ import annotations
@@ -218,6 +223,14 @@ def run(ctx: Context) -> list[Result]:
         **t.summary(),
         "annotation_json_mb": ann.stat().st_size / 1e6,
     }
+
+    # the timed runs reuse the image count cached by the first ones (results/dag/
+    # .listing-cache.json): a dry run after the instances JSON changed lists it again
+    cache = ctx.tmp / "wd" / "results" / "dag" / ".listing-cache.json"
+    extra["listing_cached"] = cache.is_file()
+    if ctx.scale != "tiny":
+        cache.unlink(missing_ok=True)
+        extra["ours_cold_s"], _ = time_call(ours)
 
     # where the time goes: the listing alone, and interpreter + snakemake start-up
     if ctx.scale != "tiny":

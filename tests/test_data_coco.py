@@ -1,9 +1,12 @@
 import json
+import os
+import time
 
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
+from lcseg_steps import listing_cache
 from lcseg_steps.data import coco as coco_mod
 from lcseg_steps.data.coco import (
     coco_category_map,
@@ -12,6 +15,7 @@ from lcseg_steps.data.coco import (
     render_coco_gt,
 )
 from lcseg_steps.data.index import ImageRecord, class_names, list_images, load_ground_truth
+from lcseg_steps.listing_cache import count_images
 
 # pycocotools 2.0.x with numpy 2 warns on every decode; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -280,3 +284,124 @@ def test_coco_class_names(tmp_path):
     _make_coco(root)
     names = class_names({"name": "coco", "root": str(root), "split": "val2017"})
     assert names == ["background", "person", "car", "dog", "toothbrush"]
+
+
+# --- the DAG-time image count and its cache (lcseg_steps/listing_cache.py)
+
+
+def _coco_cfg(root, split="val2017"):
+    return {"name": "coco", "root": str(root), "split": split, "extra_lists": []}
+
+
+def _age(path, seconds=60):
+    """Set a file's mtime into the past (its ctime stays now: the cache needs both old)."""
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - int(seconds * 1e9)))
+
+
+@pytest.fixture
+def cached_coco(tmp_path, monkeypatch):
+    """A tiny COCO tree, a cache path, and a counter of real listings; files count as
+    settled at once."""
+    monkeypatch.setattr(listing_cache, "SETTLE_S", -1e9)
+    root = tmp_path / "coco"
+    ann = _make_coco(root)
+    calls = []
+    real = listing_cache._listing()
+
+    def counting(ds):
+        calls.append(ds["root"])
+        return real(ds)
+
+    monkeypatch.setattr(listing_cache, "_listing", lambda: counting)
+    return root, ann, tmp_path / "results" / "run" / ".listing-cache.json", calls
+
+
+def test_count_is_cached_and_reused(cached_coco):
+    root, _, cache, calls = cached_coco
+    n = len(list_coco(root, "val2017"))
+    assert count_images(_coco_cfg(root), cache) == n and len(calls) == 1
+    assert json.loads(cache.read_text())["n_images"] == n
+    assert count_images(_coco_cfg(root), cache) == n and len(calls) == 1  # no listing
+    assert not list(cache.parent.glob("*.tmp-*"))
+
+
+def test_changed_json_invalidates_the_cache(cached_coco):
+    root, ann, cache, calls = cached_coco
+    assert count_images(_coco_cfg(root), cache) == 3
+    data = json.loads(ann.read_text())
+    old = os.stat(ann)
+    # one more image, mtime set back to the old one: size, ctime and inode still differ
+    data["images"].append({"id": 991, "file_name": "000000000991.jpg", "height": 4, "width": 5})
+    time.sleep(0.02)  # past one tick of the kernel's file clock
+    ann.write_text(json.dumps(data))
+    os.utime(ann, ns=(old.st_atime_ns, old.st_mtime_ns))
+    assert count_images(_coco_cfg(root), cache) == 4 and len(calls) == 2
+    # the same size and mtime, rewritten in place: the ctime differs
+    data["images"][-1].update(id=992, file_name="000000000992.jpg")
+    time.sleep(0.02)  # past one tick of the kernel's file clock
+    ann.write_text(json.dumps(data))
+    os.utime(ann, ns=(old.st_atime_ns, old.st_mtime_ns))
+    assert count_images(_coco_cfg(root), cache) == 4 and len(calls) == 3
+    # replaced by another file of the same content (a new inode)
+    time.sleep(0.02)
+    other = ann.with_name("other.json")
+    other.write_text(ann.read_text())
+    os.replace(other, ann)
+    assert count_images(_coco_cfg(root), cache) == 4 and len(calls) == 4
+    assert count_images(_coco_cfg(root), cache) == 4 and len(calls) == 4
+
+
+def test_other_dataset_section_is_a_miss(cached_coco):
+    root, _, cache, calls = cached_coco
+    count_images(_coco_cfg(root), cache)
+    cfg = _coco_cfg(root)
+    cfg["extra_lists"] = ["x.txt"]
+    count_images(cfg, cache)
+    assert len(calls) == 2
+
+
+def test_a_fresh_json_is_not_cached(cached_coco, monkeypatch):
+    root, ann, cache, calls = cached_coco
+    monkeypatch.setattr(listing_cache, "SETTLE_S", 3600.0)
+    count_images(_coco_cfg(root), cache)
+    assert not cache.exists()
+
+
+def test_missing_image_folder_raises_despite_the_cache(cached_coco):
+    root, _, cache, _ = cached_coco
+    count_images(_coco_cfg(root), cache)
+    (root / "val2017").rmdir()
+    with pytest.raises(FileNotFoundError, match="COCO image directory"):
+        count_images(_coco_cfg(root), cache)
+    (root / "val2017").mkdir()
+    (root / "annotations" / "instances_val2017.json").unlink()
+    with pytest.raises(FileNotFoundError, match="COCO annotation file"):
+        count_images(_coco_cfg(root), cache)
+
+
+@pytest.mark.parametrize("content", ["", "{", "[]", '{"key": {}, "n_images": 3}'])
+def test_a_broken_cache_is_a_miss(cached_coco, content):
+    root, _, cache, calls = cached_coco
+    cache.parent.mkdir(parents=True)
+    cache.write_text(content)
+    assert count_images(_coco_cfg(root), cache) == 3 and len(calls) == 1
+    assert count_images(_coco_cfg(root), cache) == 3 and len(calls) == 1
+
+
+def test_a_listing_error_writes_no_cache(cached_coco):
+    root, ann, cache, _ = cached_coco
+    data = json.loads(ann.read_text())
+    data["images"].append(dict(data["images"][0], id=99))  # a second image of the same stem
+    ann.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="share the file stem"):
+        count_images(_coco_cfg(root), cache)
+    assert not cache.exists()
+
+
+def test_unwritable_cache_still_counts(cached_coco):
+    root, _, cache, calls = cached_coco
+    cache.parent.parent.mkdir(parents=True)
+    cache.parent.write_text("a file where the results folder should be")
+    assert count_images(_coco_cfg(root), cache) == 3
+    assert count_images(_coco_cfg(root), cache) == 3 and len(calls) == 2

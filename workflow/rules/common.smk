@@ -7,6 +7,7 @@ from lcseg_steps.backbone import embed_dim_of, patch_size_of
 from lcseg_steps.data.index import list_images, shard_names
 from lcseg_steps.data.registry import get_dataset
 from lcseg_steps.kmeans import STREAM_CACHE_BYTES
+from lcseg_steps.listing_cache import count_images
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -23,14 +24,16 @@ if DATASET.generated and not config["dataset"]["root"]:
     config["dataset"]["root"] = f"{RESULTS}/{DATASET.name}"
 
 # Image ids are known when the DAG is built (split file or annotation JSON), so the
-# shard list is fixed here and no checkpoint is needed.
-IMAGES = list_images(config["dataset"])
-if not IMAGES:
+# shard list is fixed here and no checkpoint is needed. The DAG needs only their number;
+# for COCO it is cached next to the results, keyed on the instances JSON's path, size,
+# mtime, ctime and inode (lcseg_steps/listing_cache.py).
+N_IMAGES = count_images(config["dataset"], f"{RESULTS}/.listing-cache.json")
+if not N_IMAGES:
     raise ValueError(f"dataset {config['dataset']['name']!r} lists no images")
-SHARDS = shard_names(len(IMAGES), config["shard_size"])
+SHARDS = shard_names(N_IMAGES, config["shard_size"])
 # Without any ground truth (a folder without masks) the run ends with the predictions and
-# the report: no evaluate, no summary.
-HAS_GT = any(r.gt for r in IMAGES)
+# the report: no evaluate, no summary. Only a folder can lack it (listing one is cheap).
+HAS_GT = DATASET.name != "folder" or any(r.gt for r in list_images(config["dataset"]))
 
 
 wildcard_constraints:
@@ -65,13 +68,15 @@ def extract_settings():
 
 
 def stage_settings(section, *keys, seeded=True):
-    """The config keys one stage uses (plus the job's seed), as a params function, so a
-    change of one key reruns that stage and its dependents and nothing else."""
+    """The config keys one stage uses (plus the job's seed), so a change of one key reruns
+    that stage and its dependents and nothing else: a params function for seeded stages,
+    else the dict itself (Snakemake evaluates a function once per job)."""
+    if not seeded:
+        return {key: config[section][key] for key in keys}
 
     def settings(wildcards):
         out = {key: config[section][key] for key in keys}
-        if seeded:
-            out["seed"] = int(wildcards.seed)
+        out["seed"] = int(wildcards.seed)
         return out
 
     return settings
@@ -142,7 +147,7 @@ REFINE_KEYS = (
 )
 
 
-def objects_settings(wildcards):
+def objects_settings():
     """Region and descriptor settings; the backbone matters only for CLS descriptors."""
     out = dict(config["objects"])
     if out["descriptor"] == "cls":
@@ -157,7 +162,7 @@ def objects_settings(wildcards):
 # on them). mem_mb grows with the attempt, so `--retries` resubmits with more memory.
 
 MIB = 1024**2
-IMAGES_PER_SHARD = min(config["shard_size"], len(IMAGES))
+IMAGES_PER_SHARD = min(config["shard_size"], N_IMAGES)
 
 
 def patches_per_image():
@@ -212,7 +217,7 @@ def fit_mem_mb(level):
     per patch, and 1 GiB of interpreter and libraries.
     """
     c = config["clustering"]
-    n_patches = len(IMAGES) * patches_per_image()
+    n_patches = N_IMAGES * patches_per_image()
     rows = c["init_sample"] or n_patches
     if level == "category":
         per = c["category_fit_sample"]
@@ -228,7 +233,7 @@ def fit_mem_mb(level):
 
 def fit_runtime():
     """Minutes for a streamed fit: a few seconds per million patches and iteration."""
-    n_patches = len(IMAGES) * patches_per_image()
+    n_patches = N_IMAGES * patches_per_image()
     return int(10 + config["clustering"]["max_iter"] * n_patches / 1e6 * 3 / 60 * 2)
 
 
@@ -236,13 +241,13 @@ def dataset_mem_mb(base_mb, kb_per_image):
     """Memory of a job that reads something of every image (assign, evaluate)."""
 
     def mem_mb(wildcards, attempt):
-        return int((base_mb + kb_per_image * len(IMAGES) / 1024) * attempt)
+        return int((base_mb + kb_per_image * N_IMAGES / 1024) * attempt)
 
     return mem_mb
 
 
 def dataset_runtime(base_min, s_per_image):
-    return int(base_min + 2 * s_per_image * len(IMAGES) / 60 + 1)
+    return int(base_min + 2 * s_per_image * N_IMAGES / 60 + 1)
 
 
 def feature_kb_per_image():
