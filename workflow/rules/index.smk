@@ -10,7 +10,7 @@ rule index:
         f"{LOGS}/index.log",
     conda:
         "../../envs/base.yaml"
-    threads: 8
+    threads: 2
     resources:
         mem_mb=4000,
         runtime=10,
