@@ -1,6 +1,7 @@
-"""Stage ``image_level``: per-image cosine k-means of one shard and each image's
-foreground cluster, ``features/{shard}.zarr`` -> ``image_level/{shard}.zarr``. The
-algorithm lives in ``lcseg_steps.levels`` and ``lcseg_steps.kmeans``."""
+"""Stage ``image_level``: per-image cosine k-means (or a graph bipartition,
+``clustering.image_clusterer``) of one shard and each image's foreground cluster,
+``features/{shard}.zarr`` -> ``image_level/{shard}.zarr``. The algorithm lives in
+``lcseg_steps.levels``, ``lcseg_steps.kmeans`` and ``lcseg_steps.graph_split``."""
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ def run_image_level(
     attrs: dict,
     log: Log = print,
     threads: int = 1,
+    image_clusterer: str = "kmeans",
 ) -> Path:
     """``features/{shard}.zarr`` -> ``image_level/{shard}.zarr`` (labels, fg mask, fg cluster)."""
     k = k_image
@@ -46,8 +48,12 @@ def run_image_level(
     X = np.asarray(feature_array(fs, features, feature)[:])
     layout = patch_layout(fs)
     n = len(layout["image_ids"])
-    log(f"image_level: {n} images, {X.shape[0]} patches, k={k}, fg_rule={fg_rule}")
-    import_torch_cast_if_worth(X.size)
+    log(
+        f"image_level: {n} images, {X.shape[0]} patches, {image_clusterer}, k={k}, "
+        f"fg_rule={fg_rule}"
+    )
+    if image_clusterer == "kmeans":
+        import_torch_cast_if_worth(X.size)
     try:
         res = lv.image_level(
             X,
@@ -61,6 +67,7 @@ def run_image_level(
             seed=seed,
             device=device,
             threads=threads,
+            clusterer=image_clusterer,
         )
     except NonFiniteError:
         check_finite(fs, features, feature, X)  # names the store and image (error path only)
@@ -72,7 +79,11 @@ def run_image_level(
         f"image_level: mean objective {np.nanmean(res['objective']):.4f}, "
         f"foreground share {res['fg'].mean():.3f}"
     )
-    return write_store(out, {**res, **layout}, {**attrs, "level": "image", "k": k})
+    return write_store(
+        out,
+        {**res, **layout},
+        {**attrs, "level": "image", "k": k, "image_clusterer": image_clusterer},
+    )
 
 
 def run(job: Job) -> Path:

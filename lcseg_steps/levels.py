@@ -12,11 +12,20 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from lcseg_steps.kmeans import KMeansResult, kmeans, l2_normalize, seeded_uniforms
+from lcseg_steps.graph_split import METHODS as GRAPH_METHODS
+from lcseg_steps.graph_split import bipartition_images
+from lcseg_steps.kmeans import (
+    KMeansResult,
+    NonFiniteError,
+    kmeans,
+    l2_normalize,
+    seeded_uniforms,
+)
 
 _CATEGORY_SAMPLE_DOMAIN = 2  # random domain of the category fit sample (kmeans uses 0, 1)
 
 LEVELS = ("dataset", "category", "image")
+IMAGE_CLUSTERERS = ("kmeans", *GRAPH_METHODS)
 
 
 # ---------------------------------------------------------------------------------------
@@ -71,21 +80,38 @@ def image_level(
     seed: int = 0,
     device: str = "auto",
     threads: int = 1,
+    clusterer: str = "kmeans",
 ) -> dict[str, np.ndarray]:
-    """Per-image cosine k-means of one shard, batched, and each image's foreground cluster.
+    """Per-image clustering of one shard and each image's foreground cluster.
 
     ``X`` ``(N, D)`` float16/32 patch features, ``offsets`` ``(n + 1,)``, ``grids``
-    ``(n, 2)``, ``cls_attn`` ``(N,)``. Returns ``labels`` ``(N,)`` int16, ``fg`` ``(N,)``
-    uint8 image-level foreground mask, ``fg_cluster`` ``(n,)`` int16 (-1 for an image
-    with fewer patches than ``k``, which is left all background), ``objective`` ``(n,)``.
+    ``(n, 2)``, ``cls_attn`` ``(N,)``. ``clusterer``: ``kmeans`` (cosine k-means, batched)
+    or a bipartition of ``lcseg_steps.graph_split`` (``spectral``, ``ncut``; ``k`` must be
+    2, and ``fg_rule`` picks the foreground side, not the method's own rule). Returns
+    ``labels`` ``(N,)`` int16, ``fg`` ``(N,)`` uint8 image-level foreground mask,
+    ``fg_cluster`` ``(n,)`` int16 (-1 for an image with fewer patches than ``k``, which is
+    left all background), ``objective`` ``(n,)`` (k-means: the mean cosine to the
+    centroids; graph methods: the second-smallest Laplacian eigenvalue).
     """
+    if clusterer not in IMAGE_CLUSTERERS:
+        raise ValueError(f"image_clusterer must be one of {IMAGE_CLUSTERERS}, got {clusterer!r}")
+    if clusterer != "kmeans" and k != 2:
+        raise ValueError(
+            f"clustering.image_clusterer={clusterer!r} splits each image in two: it needs "
+            f"k_image=2, got {k}"
+        )
     offsets = np.asarray(offsets, dtype=np.int64)
     sizes = np.diff(offsets)
     n = len(sizes)
     solvable = np.flatnonzero(sizes >= k)
     labels = np.zeros(X.shape[0], dtype=np.int16)
     objective = np.full(n, np.nan)
-    if len(solvable):
+    if clusterer != "kmeans":
+        if not np.isfinite(X).all():
+            raise NonFiniteError(f"image_level ({clusterer}): non-finite values")
+        split = bipartition_images(X, offsets, clusterer)
+        labels, objective = split["labels"], split["eigenvalue"]
+    elif len(solvable):
         rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in solvable])
         sub_off = np.concatenate([[0], np.cumsum(sizes[solvable])])
         fit = kmeans(

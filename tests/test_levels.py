@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from lcseg_steps.kmeans import kmeans, kmeans_plusplus
+from lcseg_steps.graph_split import bipartition
+from lcseg_steps.kmeans import NonFiniteError, kmeans, kmeans_plusplus
 from lcseg_steps.levels import (
     border_sides,
     check_levels,
@@ -152,10 +153,13 @@ def test_pick_image_foreground_rejects_unknown_rule():
         pick_image_foreground(np.zeros(4, dtype=np.int64), (2, 2), np.zeros(4), 2, "biggest")
 
 
-def _planted_images(rng, grids, D=16, noise=0.15):
-    """Ragged rows of images whose patches come from 2 directions; the centre block is
-    direction 1 with high attention. Returns X (N, D) float16, offsets, grids, attn, truth."""
+def _planted_images(rng, grids, D=16, noise=0.15, orthogonal=False):
+    """Ragged rows of images whose patches come from 2 directions (random, or orthogonal);
+    the centre block is direction 1 with high attention. Returns X (N, D) float16,
+    offsets, grids, attn, truth."""
     bg, fg = unit(rng.standard_normal((2, D)))
+    if orthogonal:
+        fg = unit(fg - (fg @ bg) * bg)
     xs, attn, truth, sizes = [], [], [], []
     for gh, gw in grids:
         t = np.zeros((gh, gw), dtype=bool)
@@ -219,6 +223,52 @@ def test_image_level_k3_images_smaller_than_k_are_background():
     assert (res["fg_cluster"][[1, 3]] >= 0).all()
     for i in (0, 2):
         assert not res["fg"][offsets[i] : offsets[i + 1]].any()
+
+
+@pytest.mark.parametrize("clusterer", ["spectral", "ncut"])
+@pytest.mark.parametrize("rule", ["attention", "border"])
+def test_image_level_graph_clusterers(clusterer, rule):
+    """The graph bipartitions fill the same layout: each image's labels are its own
+    bipartition, and the fg rule (not the method's own) picks the foreground side."""
+    rng = np.random.default_rng(3)
+    grids = [(4, 5), (1, 1), (6, 3), (5, 5), (3, 7), (1, 2), (7, 8)]
+    # orthogonal directions and low noise: ncut links two patches with weight 1 as soon as
+    # cos >= 0.2 (random directions in 16 dims are often at cos 0.3, and at noise 0.1 a
+    # background patch reaches cos 0.2 to the foreground), and a patch linked to both
+    # groups sits near either method's threshold (sign, mean), where k-means still puts it
+    # in the background
+    X, offsets, g, attn, truth = _planted_images(rng, grids, noise=0.05, orthogonal=True)
+    res = image_level(X, offsets, g, attn, k=2, fg_rule=rule, clusterer=clusterer, **CPU)
+    assert set(res) == {"labels", "fg", "fg_cluster", "objective"}
+    assert res["labels"].dtype == np.int16 and res["fg"].dtype == np.uint8
+    assert res["fg_cluster"].dtype == np.int16 and res["objective"].shape == (len(grids),)
+    for i, grid in enumerate(grids):
+        lo, hi = offsets[i], offsets[i + 1]
+        lab, fg = res["labels"][lo:hi], res["fg"][lo:hi]
+        if hi - lo < 2:
+            assert res["fg_cluster"][i] == -1 and not fg.any()
+            assert np.isnan(res["objective"][i])
+            continue
+        one = bipartition(X[lo:hi], clusterer)
+        np.testing.assert_array_equal(lab, one.labels)
+        assert res["objective"][i] == one.eigenvalue
+        c = res["fg_cluster"][i]
+        assert c == pick_image_foreground(lab.astype(np.int64), grid, attn[lo:hi], 2, rule)
+        np.testing.assert_array_equal(fg, (lab == c).astype(np.uint8))
+    big = np.repeat([min(gr) >= 3 for gr in grids], np.diff(offsets))
+    np.testing.assert_array_equal(res["fg"][big].astype(bool), truth[big])
+
+
+def test_image_level_graph_clusterer_needs_k2_and_known_name():
+    rng = np.random.default_rng(0)
+    X, offsets, g, attn, _ = _planted_images(rng, [(3, 3)])
+    with pytest.raises(ValueError, match="k_image=2"):
+        image_level(X, offsets, g, attn, k=3, clusterer="ncut", **CPU)
+    with pytest.raises(ValueError, match="image_clusterer"):
+        image_level(X, offsets, g, attn, clusterer="dbscan", **CPU)
+    X[4, 0] = np.nan
+    with pytest.raises(NonFiniteError):
+        image_level(X, offsets, g, attn, clusterer="spectral", **CPU)
 
 
 # ---------------------------------------------------------------------------------------

@@ -157,6 +157,28 @@ def test_image_level_store_layout(pipeline):
         assert s.attrs["level"] == "image" and s.attrs["k"] == 2 and s.attrs["test"] is True
 
 
+@pytest.mark.parametrize("clusterer", ["spectral", "ncut"])
+def test_image_level_graph_clusterer_same_layout(pipeline, tmp_path, clusterer):
+    f = pipeline["features"][0]
+    out = run_image_level(
+        f,
+        tmp_path / "il.zarr",
+        feature="k",
+        k_image=2,
+        fg_rule="attention",
+        image_clusterer=clusterer,
+        log=lambda _: None,
+        **COMMON,
+    )
+    fs, s, ref = open_store(f), open_store(out), open_store(pipeline["image_level"][0])
+    _check_ragged(s, fs)
+    for name in ("labels", "fg", "fg_cluster", "objective"):
+        assert s[name].shape == ref[name].shape and s[name].dtype == ref[name].dtype, name
+    assert set(np.unique(s["labels"][:])) <= {0, 1}
+    assert s.attrs["image_clusterer"] == clusterer and s.attrs["k"] == 2
+    assert _iou(s["fg"][:], pipeline["truth"][0]) > 0.9
+
+
 def test_dataset_and_category_store_layout(pipeline):
     ds, cs = open_store(pipeline["dataset"]), open_store(pipeline["category"])
     assert ds["centroids"].shape == (2, D)

@@ -17,7 +17,13 @@ rule image_level:
         runtime=shard_runtime(2, 0.2),
     params:
         settings=clustering_settings(
-            "feature", "k_image", "fg_rule", "max_iter", "tol", "device"
+            "feature",
+            "image_clusterer",
+            "k_image",
+            "fg_rule",
+            "max_iter",
+            "tol",
+            "device",
         ),
     script:
         "../scripts/stage.py"
