@@ -112,6 +112,10 @@ def assign_classes(
     n = x.shape[0]
     if n_classes == 1:
         return np.zeros(n, dtype=np.int64)
+    if n == n_classes and method == "spectral":
+        # One region per class is the only partition into n_classes non-empty classes;
+        # the spectral embedding cannot even be computed (ARPACK needs k < n).
+        return np.arange(n, dtype=np.int64)
 
     if method == "kmeans":
         from lcseg_steps.kmeans import kmeans

@@ -126,3 +126,31 @@ def test_affinity_is_symmetric_knn_by_cosine():
         nn = np.argsort(-sim[i])[:4]
         ref[i, nn] = np.maximum(sim[i, nn], 1e-6)
     np.testing.assert_allclose(a, 0.5 * (ref + ref.T), atol=1e-12)
+
+
+@pytest.mark.parametrize("n_classes", [1, 2, 3, 6, 20])
+@pytest.mark.parametrize("extra", [0, 1, 2])
+@pytest.mark.parametrize("method", METHODS)
+def test_as_many_regions_as_classes_or_barely_more(method, n_classes, extra):
+    """1, 2, k or k + 1 (+ 2) regions: every clusterer gives a valid labelling (the issue:
+    6 regions into 6 classes died in scipy's eigh for spectral)."""
+    n = n_classes + extra
+    rng = np.random.default_rng(n_classes * 10 + extra)
+    x = rng.normal(size=(n, 32)).astype(np.float32)
+    labels = assign_classes(x, n_classes, method=method, seed=0)
+    assert labels.shape == (n,) and labels.dtype == np.int64
+    assert labels.min() >= 0 and labels.max() < n_classes
+    if extra == 0:  # the only partition into n_classes classes: one region each
+        assert sorted(labels.tolist()) == list(range(n_classes))
+    np.testing.assert_array_equal(labels, assign_classes(x, n_classes, method=method, seed=0))
+
+
+@pytest.mark.parametrize("n", [1, 2])
+@pytest.mark.parametrize("method", METHODS)
+def test_one_or_two_regions(method, n):
+    x = np.random.default_rng(n).normal(size=(n, 8))
+    for k in range(1, n + 1):
+        labels = assign_classes(x, k, method=method)
+        assert sorted(set(labels.tolist())) == list(range(k))
+    with pytest.raises(ValueError, match=rf"only {n} object regions.*{n + 1} classes"):
+        assign_classes(x, n + 1, method=method)

@@ -483,6 +483,27 @@ def test_assign_fewer_regions_than_classes_names_the_key(tmp_path):
     assert not (tmp_path / "c.zarr").exists()
 
 
+@pytest.mark.parametrize("n_regions", [1, 2, 6, 7])
+@pytest.mark.parametrize("clusterer", ["spectral", "kmeans"])
+def test_assign_as_many_regions_as_classes(tmp_path, clusterer, n_regions):
+    """The issue: a COCO-layout set with 6 object regions and labels.n_classes: 6. As many
+    regions as classes, or one more, gives a class per region; fewer names the key and
+    the count."""
+    rng = np.random.default_rng(n_regions)
+    p = _desc_store(tmp_path / "o.zarr", rng.standard_normal((n_regions, 8)))
+    kw = dict(class_clusterer=clusterer, n_neighbors=10, seed=0, attrs=ATTRS, log=_quiet)
+    n_classes = min(n_regions, 6)
+    cl = open_store(run_assign([p], ["sA"], tmp_path / "c.zarr", n_classes=n_classes, **kw))
+    labels = np.asarray(cl["labels"][:])
+    assert labels.shape == (n_regions,)
+    assert set(labels.tolist()) <= set(range(n_classes))
+    if n_regions == n_classes:
+        assert sorted(labels.tolist()) == list(range(n_classes))
+    msg = rf"labels\.n_classes={n_regions + 1} but the masks gave only {n_regions} object"
+    with pytest.raises(ValueError, match=msg):
+        run_assign([p], ["sA"], tmp_path / "d.zarr", n_classes=n_regions + 1, **kw)
+
+
 # ---------------------------------------------------------------------------------------
 # segment
 
