@@ -464,6 +464,39 @@ def test_assign_concatenates_shards_and_records_offsets(tmp_path):
     assert adjusted_rand_score(truth, labels) == 1.0
     assert np.asarray(cl["region_offsets"][:]).tolist() == [0, 5, 9]
     assert list(read_ids(cl, "shards")) == ["sA", "sB"]
+    # 9 regions <= the default fit sample: all fitted, prototypes = normalised class means
+    assert np.asarray(cl["fitted"][:]).tolist() == list(range(9))
+    proto = np.asarray(cl["prototypes"][:])
+    assert proto.shape == (2, 8) and proto.dtype == np.float32
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    for c in range(2):
+        mean = xn[labels == c].mean(0)
+        np.testing.assert_allclose(proto[c], mean / np.linalg.norm(mean), atol=1e-6)
+
+
+def test_assign_fits_a_sample_and_sends_the_rest_to_the_prototypes(tmp_path):
+    rng = np.random.default_rng(4)
+    centres = rng.standard_normal((3, 8)) * 3
+    truth = rng.integers(0, 3, 60)
+    x = centres[truth] + 0.1 * rng.standard_normal((60, 8))
+    p = _desc_store(tmp_path / "o.zarr", x)
+    logs = []
+    out = run_assign(
+        [p],
+        ["sA"],
+        tmp_path / "classes.zarr",
+        n_classes=3,
+        class_clusterer="agglomerative",
+        n_neighbors=5,
+        seed=0,
+        fit_sample=20,
+        attrs=ATTRS,
+        log=logs.append,
+    )
+    cl = open_store(out)
+    assert adjusted_rand_score(truth, np.asarray(cl["labels"][:])) == 1.0
+    assert cl["fitted"].shape == (20,) and cl["prototypes"].shape == (3, 8)
+    assert any("sample of 20 regions, the other 40" in m for m in logs)
 
 
 def test_assign_fewer_regions_than_classes_names_the_key(tmp_path):
@@ -484,7 +517,7 @@ def test_assign_fewer_regions_than_classes_names_the_key(tmp_path):
 
 
 @pytest.mark.parametrize("n_regions", [1, 2, 6, 7])
-@pytest.mark.parametrize("clusterer", ["spectral", "kmeans"])
+@pytest.mark.parametrize("clusterer", ["spectral", "kmeans", "agglomerative"])
 def test_assign_as_many_regions_as_classes(tmp_path, clusterer, n_regions):
     """The issue: a COCO-layout set with 6 object regions and labels.n_classes: 6. As many
     regions as classes, or one more, gives a class per region; fewer names the key and
