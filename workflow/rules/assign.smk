@@ -13,7 +13,7 @@ rule assign:
         "../../envs/cluster.yaml"
     threads: 2
     resources:
-        mem_mb=dataset_mem_mb(1024, 20 * embed_dim() * 4 / 1024),
+        mem_mb=dataset_mem_mb(1024 + assign_fit_mb(), 20 * embed_dim() * 4 / 1024),
         runtime=dataset_runtime(5, 0.01),
     params:
         settings=stage_settings(
