@@ -50,7 +50,8 @@ def _check_descriptors(descriptors: np.ndarray, n_classes: int) -> np.ndarray:
             f"{int(zero.sum())} descriptors are all-zero, cosine similarity is undefined "
             f"(first at row {int(np.flatnonzero(zero)[0])})"
         )
-    return x / norms[:, None]
+    x /= norms[:, None]  # in place: x is astype's copy (no second float64 copy)
+    return x
 
 
 def cosine_knn_affinity(x: np.ndarray, n_neighbors: int):
@@ -278,6 +279,7 @@ def run_assign(
     descs = [np.asarray(open_store(p)["descriptors"][:]) for p in objects]
     counts = [len(d) for d in descs]
     X = np.concatenate(descs)
+    del descs  # one copy of the descriptors, not two
     log(
         f"assign: {len(X)} regions from {len(objects)} shard(s) -> {n_classes} classes "
         f"({class_clusterer})"
