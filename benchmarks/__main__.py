@@ -22,7 +22,14 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import bench_dag, bench_extract, bench_kmeans, bench_pipeline, bench_refine
+from benchmarks import (
+    bench_assign,
+    bench_dag,
+    bench_extract,
+    bench_kmeans,
+    bench_pipeline,
+    bench_refine,
+)
 from benchmarks.harness import Context, Result, format_table, limit_threads, machine_info
 
 # name -> function(ctx) -> list[Result]; order is the run order (cheap and independent first)
@@ -31,6 +38,7 @@ BENCHMARKS: dict[str, Callable[[Context], list[Result]]] = {
     "kmeans_image": bench_kmeans.run_image,
     "kmeans_dataset": bench_kmeans.run_dataset,
     "refine": bench_refine.run,
+    "assign": bench_assign.run,
     "pipeline": bench_pipeline.run,
     "dag": bench_dag.run,
 }

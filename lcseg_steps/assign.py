@@ -7,6 +7,7 @@ Each cluster is one predicted class; ``evaluate`` later matches clusters to gt c
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,7 +18,8 @@ from lcseg_steps.store import open_store, write_store
 if TYPE_CHECKING:
     from lcseg_steps.stage import Job
 
-METHODS = ("spectral", "kmeans")
+METHODS = ("spectral", "kmeans", "agglomerative")
+DEFAULT_FIT_SAMPLE = 20000  # the schema's default of labels.fit_sample
 
 
 def _check_descriptors(descriptors: np.ndarray, n_classes: int) -> np.ndarray:
@@ -48,7 +50,8 @@ def _check_descriptors(descriptors: np.ndarray, n_classes: int) -> np.ndarray:
             f"{int(zero.sum())} descriptors are all-zero, cosine similarity is undefined "
             f"(first at row {int(np.flatnonzero(zero)[0])})"
         )
-    return x / norms[:, None]
+    x /= norms[:, None]  # in place: x is astype's copy (no second float64 copy)
+    return x
 
 
 def cosine_knn_affinity(x: np.ndarray, n_neighbors: int):
@@ -72,6 +75,137 @@ def cosine_knn_affinity(x: np.ndarray, n_neighbors: int):
     return (0.5 * (a + a.T)).tocsr()
 
 
+@dataclass
+class ClassFit:
+    """The result of :func:`fit_classes`.
+
+    ``labels``: ``(n_regions,)`` int64 class of every region. ``prototypes``:
+    ``(n_classes, D)`` float32, the L2-normalised mean descriptor (unit rows) of each
+    class among the fitted regions; all-zero for a class the clusterer left empty.
+    ``fitted``: ``(m,)`` int64 ascending rows the clusterer saw (all rows when
+    ``m == n_regions``); every other row took the class of its nearest prototype.
+    """
+
+    labels: np.ndarray
+    prototypes: np.ndarray
+    fitted: np.ndarray
+
+
+def _cluster(
+    x: np.ndarray,
+    n_classes: int,
+    method: str,
+    n_neighbors: int,
+    seed: int,
+    assign_labels: str,
+    n_init: int,
+) -> np.ndarray:
+    """Labels of unit rows ``x`` (``n >= n_classes >= 1``) by one clusterer, on all rows."""
+    n = x.shape[0]
+    if n_classes == 1:
+        return np.zeros(n, dtype=np.int64)
+    if n == n_classes and method != "kmeans":
+        # One region per class is the only partition into n_classes non-empty classes;
+        # the spectral embedding cannot even be computed (ARPACK needs k < n).
+        return np.arange(n, dtype=np.int64)
+
+    if method == "kmeans":
+        from lcseg_steps.kmeans import kmeans
+
+        x32 = x.astype(np.float32)
+        runs = (kmeans(x32, n_classes, seed=seed + i) for i in range(n_init))
+        # max() keeps the first of equal objectives, so the result is seed-deterministic.
+        return max(runs, key=lambda r: r.objective).labels  # NumPy int64
+
+    if method == "agglomerative":
+        from sklearn.cluster import AgglomerativeClustering
+
+        # Ward on unit rows: ||a - b||^2 = 2 - 2 cos(a, b), so it merges by cosine.
+        model = AgglomerativeClustering(n_clusters=n_classes, linkage="ward")
+        return model.fit_predict(x).astype(np.int64)
+
+    from sklearn.cluster import SpectralClustering
+
+    affinity = cosine_knn_affinity(x, min(n_neighbors, n - 1))
+    model = SpectralClustering(
+        n_clusters=n_classes,
+        affinity="precomputed",
+        assign_labels=assign_labels,
+        random_state=seed,
+    )
+    return model.fit_predict(affinity).astype(np.int64)
+
+
+def class_prototypes(x: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """``(n_classes, D)`` float64: the normalised mean of the unit rows ``x`` of each class
+    (all-zero for an empty class)."""
+    sums = np.zeros((n_classes, x.shape[1]))
+    np.add.at(sums, labels, x)
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    return np.divide(sums, norms, out=np.zeros_like(sums), where=norms > 0)
+
+
+def nearest_prototype(x: np.ndarray, prototypes: np.ndarray, block: int = 65536) -> np.ndarray:
+    """``(n,)`` int64: the class of the prototype with the highest cosine to each unit row
+    of ``x`` (all-zero prototypes never win; ties go to the lowest class)."""
+    live = np.linalg.norm(prototypes, axis=1) > 0
+    out = np.empty(x.shape[0], dtype=np.int64)
+    for lo in range(0, x.shape[0], block):
+        sim = x[lo : lo + block] @ prototypes.T
+        sim[:, ~live] = -np.inf
+        out[lo : lo + block] = np.argmax(sim, axis=1)
+    return out
+
+
+def fit_classes(
+    descriptors: np.ndarray,
+    n_classes: int,
+    *,
+    method: str = "spectral",
+    n_neighbors: int = 10,
+    seed: int = 0,
+    assign_labels: str = "cluster_qr",
+    n_init: int = 10,
+    fit_sample: int | None = None,
+) -> ClassFit:
+    """Cluster region descriptors into ``n_classes`` classes; see :func:`assign_classes`.
+
+    With ``fit_sample`` set and more regions than that, ``spectral`` and
+    ``agglomerative`` cluster a seeded random sample of ``fit_sample`` regions (rows drawn
+    without replacement by ``numpy.random.default_rng(seed)``, kept in their order) and
+    give every other region the class of its nearest prototype by cosine. ``kmeans`` always
+    fits all regions (its cost is linear in their number). With at most ``fit_sample``
+    regions every region is fitted and the labels equal a fit without a sample.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown class assignment method {method!r}; expected one of {METHODS}")
+    if method == "spectral" and n_neighbors < 1:
+        raise ValueError(f"n_neighbors must be >= 1, got {n_neighbors}")
+    if method == "kmeans" and n_init < 1:
+        raise ValueError(f"n_init must be >= 1, got {n_init}")
+    if fit_sample is not None and fit_sample < n_classes:
+        raise ValueError(
+            f"labels.fit_sample={fit_sample} is below labels.n_classes={n_classes}: the "
+            "sample cannot hold a region of every class; raise labels.fit_sample"
+        )
+    x = _check_descriptors(descriptors, n_classes)
+    n = x.shape[0]
+    if fit_sample is None or n <= fit_sample or method == "kmeans":
+        fitted = np.arange(n, dtype=np.int64)
+    else:
+        rng = np.random.default_rng(seed)
+        fitted = np.sort(rng.choice(n, size=fit_sample, replace=False)).astype(np.int64)
+    xs = x if len(fitted) == n else x[fitted]
+    fit_labels = _cluster(xs, n_classes, method, n_neighbors, seed, assign_labels, n_init)
+    prototypes = class_prototypes(xs, fit_labels, n_classes)
+    if len(fitted) == n:
+        labels = fit_labels
+    else:
+        labels = nearest_prototype(x, prototypes)
+        labels[fitted] = fit_labels
+    return ClassFit(labels, prototypes.astype(np.float32), fitted)
+
+
 def assign_classes(
     descriptors: np.ndarray,
     n_classes: int,
@@ -81,6 +215,7 @@ def assign_classes(
     seed: int = 0,
     assign_labels: str = "cluster_qr",
     n_init: int = 10,
+    fit_sample: int | None = None,
 ) -> np.ndarray:
     """Cluster region descriptors into ``n_classes`` classes.
 
@@ -89,8 +224,10 @@ def assign_classes(
             by cosine (rows are L2-normalised here).
         n_classes: number of classes (clusters) to form.
         method: ``"spectral"`` (sklearn ``SpectralClustering`` on the cosine kNN graph of
-            ``cosine_knn_affinity``, ``affinity="precomputed"``) or ``"kmeans"``
-            (``lcseg_steps.kmeans.kmeans``).
+            ``cosine_knn_affinity``, ``affinity="precomputed"``), ``"kmeans"``
+            (``lcseg_steps.kmeans.kmeans``) or ``"agglomerative"`` (sklearn
+            ``AgglomerativeClustering``, Ward linkage on the unit rows, i.e. by cosine).
+            With as many regions as classes, each region is its own class.
         n_neighbors: kNN graph degree for spectral, clipped to ``n_regions - 1``.
         seed: random state; the same seed gives identical labels.
         assign_labels: spectral-embedding labelling, ``"cluster_qr"`` (deterministic,
@@ -98,43 +235,27 @@ def assign_classes(
         n_init: kmeans restarts (seeds ``seed .. seed + n_init - 1``); the run with the
             highest objective (mean cosine to centroid) wins. One k-means++ run lands in
             a local optimum on a sizeable fraction of even well-separated data.
+        fit_sample: None fits all regions; else spectral and agglomerative fit a seeded
+            sample of this many regions and assign the rest to the nearest class
+            prototype (see :func:`fit_classes`).
 
     Returns:
         ``(n_regions,)`` int64 labels in ``[0, n_classes)``.
 
     Raises:
         ValueError: fewer regions than classes, bad shape/dtype, NaN or all-zero rows,
-        unknown method.
+        unknown method, ``fit_sample < n_classes``.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown class assignment method {method!r}; expected one of {METHODS}")
-    x = _check_descriptors(descriptors, n_classes)
-    n = x.shape[0]
-    if n_classes == 1:
-        return np.zeros(n, dtype=np.int64)
-
-    if method == "kmeans":
-        from lcseg_steps.kmeans import kmeans
-
-        if n_init < 1:
-            raise ValueError(f"n_init must be >= 1, got {n_init}")
-        x32 = x.astype(np.float32)
-        runs = (kmeans(x32, n_classes, seed=seed + i) for i in range(n_init))
-        # max() keeps the first of equal objectives, so the result is seed-deterministic.
-        return max(runs, key=lambda r: r.objective).labels  # NumPy int64
-
-    from sklearn.cluster import SpectralClustering
-
-    if n_neighbors < 1:
-        raise ValueError(f"n_neighbors must be >= 1, got {n_neighbors}")
-    affinity = cosine_knn_affinity(x, min(n_neighbors, n - 1))
-    model = SpectralClustering(
-        n_clusters=n_classes,
-        affinity="precomputed",
+    return fit_classes(
+        descriptors,
+        n_classes,
+        method=method,
+        n_neighbors=n_neighbors,
+        seed=seed,
         assign_labels=assign_labels,
-        random_state=seed,
-    )
-    return model.fit_predict(affinity).astype(np.int64)
+        n_init=n_init,
+        fit_sample=fit_sample,
+    ).labels
 
 
 def run_assign(
@@ -147,12 +268,18 @@ def run_assign(
     n_neighbors: int,
     seed: int,
     attrs: dict,
+    fit_sample: int | None = DEFAULT_FIT_SAMPLE,
     log: Callable[[str], None] = print,
 ) -> Path:
-    """All region descriptors -> one class per region (spectral clustering by default)."""
+    """All region descriptors -> one class per region (spectral clustering by default).
+
+    Writes ``labels``, ``region_offsets``, ``shards``, the class ``prototypes`` and the
+    ``fitted`` rows (see :class:`ClassFit`).
+    """
     descs = [np.asarray(open_store(p)["descriptors"][:]) for p in objects]
     counts = [len(d) for d in descs]
     X = np.concatenate(descs)
+    del descs  # one copy of the descriptors, not two
     log(
         f"assign: {len(X)} regions from {len(objects)} shard(s) -> {n_classes} classes "
         f"({class_clusterer})"
@@ -162,16 +289,29 @@ def run_assign(
             f"labels.n_classes={n_classes} but the masks gave only {len(X)} object regions; "
             "lower labels.n_classes, lower objects.min_region_area or add images"
         )
-    labels = assign_classes(
-        X, n_classes, method=class_clusterer, n_neighbors=n_neighbors, seed=seed
+    fit = fit_classes(
+        X,
+        n_classes,
+        method=class_clusterer,
+        n_neighbors=n_neighbors,
+        seed=seed,
+        fit_sample=fit_sample,
     )
-    log(f"assign: class sizes {np.bincount(labels, minlength=n_classes).tolist()}")
+    del X
+    if len(fit.fitted) < len(fit.labels):
+        log(
+            f"assign: fitted a seeded sample of {len(fit.fitted)} regions, the other "
+            f"{len(fit.labels) - len(fit.fitted)} went to the nearest class prototype"
+        )
+    log(f"assign: class sizes {np.bincount(fit.labels, minlength=n_classes).tolist()}")
     return write_store(
         out,
         {
-            "labels": labels,
+            "labels": fit.labels,
             "region_offsets": np.concatenate([[0], np.cumsum(counts)]),
             "shards": np.asarray(list(shards), dtype=object),
+            "prototypes": fit.prototypes,
+            "fitted": fit.fitted,
         },
         attrs,
     )

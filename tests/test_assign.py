@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from lcseg_steps.assign import assign_classes, cosine_knn_affinity
+from lcseg_steps.assign import (
+    assign_classes,
+    class_prototypes,
+    cosine_knn_affinity,
+    fit_classes,
+    nearest_prototype,
+)
 
 HAVE_KMEANS = importlib.util.find_spec("lcseg_steps.kmeans") is not None
 METHODS = [
@@ -17,6 +23,7 @@ METHODS = [
     pytest.param(
         "kmeans", marks=pytest.mark.skipif(not HAVE_KMEANS, reason="lcseg_steps.kmeans missing")
     ),
+    "agglomerative",
 ]
 
 
@@ -126,3 +133,88 @@ def test_affinity_is_symmetric_knn_by_cosine():
         nn = np.argsort(-sim[i])[:4]
         ref[i, nn] = np.maximum(sim[i, nn], 1e-6)
     np.testing.assert_allclose(a, 0.5 * (ref + ref.T), atol=1e-12)
+
+
+@pytest.mark.parametrize("n_classes", [1, 2, 3, 6, 20])
+@pytest.mark.parametrize("extra", [0, 1, 2])
+@pytest.mark.parametrize("method", METHODS)
+def test_as_many_regions_as_classes_or_barely_more(method, n_classes, extra):
+    """1, 2, k or k + 1 (+ 2) regions: every clusterer gives a valid labelling (the issue:
+    6 regions into 6 classes died in scipy's eigh for spectral)."""
+    n = n_classes + extra
+    rng = np.random.default_rng(n_classes * 10 + extra)
+    x = rng.normal(size=(n, 32)).astype(np.float32)
+    labels = assign_classes(x, n_classes, method=method, seed=0)
+    assert labels.shape == (n,) and labels.dtype == np.int64
+    assert labels.min() >= 0 and labels.max() < n_classes
+    if extra == 0:  # the only partition into n_classes classes: one region each
+        assert sorted(labels.tolist()) == list(range(n_classes))
+    np.testing.assert_array_equal(labels, assign_classes(x, n_classes, method=method, seed=0))
+
+
+@pytest.mark.parametrize("n", [1, 2])
+@pytest.mark.parametrize("method", METHODS)
+def test_one_or_two_regions(method, n):
+    x = np.random.default_rng(n).normal(size=(n, 8))
+    for k in range(1, n + 1):
+        labels = assign_classes(x, k, method=method)
+        assert sorted(set(labels.tolist())) == list(range(k))
+    with pytest.raises(ValueError, match=rf"only {n} object regions.*{n + 1} classes"):
+        assign_classes(x, n + 1, method=method)
+
+
+# ---------------------------------------------------------------------------------------
+# fit on a sample, assign the rest to the nearest prototype
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_at_most_fit_sample_regions_equals_a_fit_of_all(method):
+    x, _ = _sphere_blobs(noise=0.6, seed=5)  # 160 overlapping regions
+    full = assign_classes(x, 5, method=method, seed=2)
+    for fit_sample in (160, 1000):
+        fit = fit_classes(x, 5, method=method, seed=2, fit_sample=fit_sample)
+        np.testing.assert_array_equal(fit.labels, full)
+        np.testing.assert_array_equal(fit.fitted, np.arange(160))
+
+
+@pytest.mark.parametrize("method", ["spectral", "agglomerative"])
+def test_sample_then_nearest_prototype(method):
+    x, truth = _sphere_blobs(n_clusters=4, per=100, seed=8)
+    fit = fit_classes(x, 4, method=method, seed=1, fit_sample=60)
+    assert fit.fitted.shape == (60,) and np.all(np.diff(fit.fitted) > 0)
+    assert adjusted_rand_score(truth, fit.labels) == 1.0
+    # the prototypes are the normalised class means of the sample ...
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    xs = xn[fit.fitted].astype(np.float64)
+    proto = class_prototypes(xs, fit.labels[fit.fitted], 4)
+    np.testing.assert_allclose(fit.prototypes, proto, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(fit.prototypes, axis=1), 1.0, atol=1e-6)
+    # ... and every other region took the nearest one
+    rest = np.setdiff1d(np.arange(len(x)), fit.fitted)
+    np.testing.assert_array_equal(fit.labels[rest], nearest_prototype(xn[rest], proto))
+    again = fit_classes(x, 4, method=method, seed=1, fit_sample=60)
+    np.testing.assert_array_equal(again.labels, fit.labels)
+    np.testing.assert_array_equal(again.fitted, fit.fitted)
+    other = fit_classes(x, 4, method=method, seed=2, fit_sample=60)
+    assert not np.array_equal(other.fitted, fit.fitted)  # the seed draws the sample
+
+
+@pytest.mark.skipif(not HAVE_KMEANS, reason="lcseg_steps.kmeans missing")
+def test_kmeans_ignores_fit_sample():
+    x, _ = _sphere_blobs(noise=0.6, seed=5)
+    fit = fit_classes(x, 5, method="kmeans", seed=2, fit_sample=20)
+    np.testing.assert_array_equal(fit.labels, assign_classes(x, 5, method="kmeans", seed=2))
+    assert len(fit.fitted) == len(x)
+
+
+def test_empty_class_prototype_never_wins():
+    x = np.eye(3)
+    proto = class_prototypes(x[:2], np.array([0, 2]), 3)
+    assert not proto[1].any()
+    np.testing.assert_array_equal(nearest_prototype(-x, proto), [2, 0, 0])
+
+
+def test_fit_sample_below_n_classes_names_both_keys():
+    x, _ = _sphere_blobs()
+    with pytest.raises(ValueError, match=r"labels\.fit_sample=3 .*labels\.n_classes=4"):
+        fit_classes(x, 4, fit_sample=3)

@@ -19,8 +19,8 @@ FIELDS = {"name", "kind", "ours_s", "reference_s", "ratio", "target", "meets", "
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     cmd = [sys.executable, "-m", "benchmarks", "--scale", "tiny", "--repeats", "1"]
-    cmd += ["--only", "kmeans_image,dag", "--json", str(out)]
-    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    cmd += ["--only", "kmeans_image,dag,assign", "--json", str(out)]
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout + p.stderr[-3000:]
     return p.stdout, json.loads(out.read_text())
 
@@ -29,8 +29,15 @@ def test_table_lists_the_chosen_benchmarks(tiny_run):
     stdout, _ = tiny_run
     header = stdout.splitlines()[0].split()
     assert header == ["name", "kind", "ours_s", "reference_s", "ratio", "target", "meets"]
-    names = [line.split()[0] for line in stdout.splitlines()[2:4]]
-    assert names == ["kmeans_image", "dag"]
+    names = [line.split()[0] for line in stdout.splitlines()[2:7]]
+    # in the order --only names them
+    assert names == [
+        "kmeans_image",
+        "dag",
+        "assign_spectral_400",
+        "assign_kmeans_400",
+        "assign_agglomerative_400",
+    ]
 
 
 def test_json_results_have_the_documented_fields(tiny_run):
@@ -38,7 +45,11 @@ def test_json_results_have_the_documented_fields(tiny_run):
     assert doc["scale"] == "tiny" and not doc["errors"]
     assert len(doc["loadavg_before"]) == 3 and len(doc["machine"]["loadavg"]) == 3
     by_name = {r["name"]: r for r in doc["results"]}
-    assert set(by_name) == {"kmeans_image", "dag"}
+    assert set(by_name) == {
+        "kmeans_image",
+        "dag",
+        *(f"assign_{c}_400" for c in ("spectral", "kmeans", "agglomerative")),
+    }
     for r in by_name.values():
         assert FIELDS <= set(r), r
         assert r["ours_s"] > 0 and r["reference_s"] > 0
@@ -67,3 +78,24 @@ def test_answers_are_checked_against_the_reference(tiny_run):
     assert dag["extra"]["total_jobs"] == sum(dag["extra"]["jobs"].values())
     assert dag["extra"]["rule_edges"] > 0
     assert len(dag["extra"]["ours_runs_s"]) == len(dag["extra"]["reference_runs_s"]) == 1
+
+
+def test_assign_measures_each_clusterer_against_a_fit_of_all_regions(tiny_run):
+    _, doc = tiny_run
+    for c in ("spectral", "kmeans", "agglomerative"):
+        r = next(r for r in doc["results"] if r["name"] == f"assign_{c}_400")
+        assert r["kind"] == "speedup" and r["target"] == 0.9
+        assert r["sizes"] == {
+            "regions": 400,
+            "dim": 384,
+            "n_classes": 5,
+            "fit_sample": 300,
+            "clusterer": c,
+        }
+        ex = r["extra"]
+        assert ex["ours_peak_rss_mb"] > 0 and ex["reference_peak_rss_mb"] > 0
+        assert ex["ours_within_8gb"]
+        # spectral and agglomerative fit the sample of 300; kmeans all 400
+        assert ex["ours_fitted_regions"] == (400 if c == "kmeans" else 300)
+        # planted classes far apart: both sides find them
+        assert ex["ari_ours_vs_planted"] > 0.9 and ex["ari_reference_vs_planted"] > 0.9

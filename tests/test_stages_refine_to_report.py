@@ -464,6 +464,39 @@ def test_assign_concatenates_shards_and_records_offsets(tmp_path):
     assert adjusted_rand_score(truth, labels) == 1.0
     assert np.asarray(cl["region_offsets"][:]).tolist() == [0, 5, 9]
     assert list(read_ids(cl, "shards")) == ["sA", "sB"]
+    # 9 regions <= the default fit sample: all fitted, prototypes = normalised class means
+    assert np.asarray(cl["fitted"][:]).tolist() == list(range(9))
+    proto = np.asarray(cl["prototypes"][:])
+    assert proto.shape == (2, 8) and proto.dtype == np.float32
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    for c in range(2):
+        mean = xn[labels == c].mean(0)
+        np.testing.assert_allclose(proto[c], mean / np.linalg.norm(mean), atol=1e-6)
+
+
+def test_assign_fits_a_sample_and_sends_the_rest_to_the_prototypes(tmp_path):
+    rng = np.random.default_rng(4)
+    centres = rng.standard_normal((3, 8)) * 3
+    truth = rng.integers(0, 3, 60)
+    x = centres[truth] + 0.1 * rng.standard_normal((60, 8))
+    p = _desc_store(tmp_path / "o.zarr", x)
+    logs = []
+    out = run_assign(
+        [p],
+        ["sA"],
+        tmp_path / "classes.zarr",
+        n_classes=3,
+        class_clusterer="agglomerative",
+        n_neighbors=5,
+        seed=0,
+        fit_sample=20,
+        attrs=ATTRS,
+        log=logs.append,
+    )
+    cl = open_store(out)
+    assert adjusted_rand_score(truth, np.asarray(cl["labels"][:])) == 1.0
+    assert cl["fitted"].shape == (20,) and cl["prototypes"].shape == (3, 8)
+    assert any("sample of 20 regions, the other 40" in m for m in logs)
 
 
 def test_assign_fewer_regions_than_classes_names_the_key(tmp_path):
@@ -481,6 +514,27 @@ def test_assign_fewer_regions_than_classes_names_the_key(tmp_path):
             log=_quiet,
         )
     assert not (tmp_path / "c.zarr").exists()
+
+
+@pytest.mark.parametrize("n_regions", [1, 2, 6, 7])
+@pytest.mark.parametrize("clusterer", ["spectral", "kmeans", "agglomerative"])
+def test_assign_as_many_regions_as_classes(tmp_path, clusterer, n_regions):
+    """The issue: a COCO-layout set with 6 object regions and labels.n_classes: 6. As many
+    regions as classes, or one more, gives a class per region; fewer names the key and
+    the count."""
+    rng = np.random.default_rng(n_regions)
+    p = _desc_store(tmp_path / "o.zarr", rng.standard_normal((n_regions, 8)))
+    kw = dict(class_clusterer=clusterer, n_neighbors=10, seed=0, attrs=ATTRS, log=_quiet)
+    n_classes = min(n_regions, 6)
+    cl = open_store(run_assign([p], ["sA"], tmp_path / "c.zarr", n_classes=n_classes, **kw))
+    labels = np.asarray(cl["labels"][:])
+    assert labels.shape == (n_regions,)
+    assert set(labels.tolist()) <= set(range(n_classes))
+    if n_regions == n_classes:
+        assert sorted(labels.tolist()) == list(range(n_classes))
+    msg = rf"labels\.n_classes={n_regions + 1} but the masks gave only {n_regions} object"
+    with pytest.raises(ValueError, match=msg):
+        run_assign([p], ["sA"], tmp_path / "d.zarr", n_classes=n_regions + 1, **kw)
 
 
 # ---------------------------------------------------------------------------------------

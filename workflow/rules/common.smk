@@ -246,6 +246,17 @@ def dataset_mem_mb(base_mb, kb_per_image):
     return mem_mb
 
 
+def assign_fit_mb():
+    """Memory of the class clustering beyond the descriptors: Ward's condensed float64
+    distances of the fitted regions (at most fit_sample, about 20 an image) and their
+    copy; spectral's kNN search and embedding stay below; kmeans needs none."""
+    labels = config["labels"]
+    if labels["class_clusterer"] == "kmeans":
+        return 0
+    m = min(labels["fit_sample"] or 20 * N_IMAGES, 20 * N_IMAGES)
+    return 8 * m * m / 2**20
+
+
 def dataset_runtime(base_min, s_per_image):
     return int(base_min + 2 * s_per_image * N_IMAGES / 60 + 1)
 
