@@ -12,7 +12,7 @@ namespace of its input (``array_api_compat.array_namespace``): NumPy, CuPy, torc
 - :func:`kmeans` ``(X, k, groups=...)``: one problem per distinct group value (rows reordered
   by group, then solved as ``offsets``);
 - :func:`kmeans_stream`: one problem whose rows are streamed block by block, one read per
-  pass, with float32 copies of the first blocks kept up to ``STREAM_CACHE_BYTES``.
+  pass, with float32 copies of the first blocks kept up to a budget (:func:`_cache_budget`).
 
 Definitions shared by every source (our choices; the paper only says "cosine k-means"):
 
@@ -155,6 +155,25 @@ def import_torch_cast_if_worth(n_elements: int) -> bool:
         with contextlib.suppress(ImportError):
             import torch  # noqa: F401
     return bool(_torch())
+
+
+def _device_free_bytes(xp) -> int | None:
+    """Free memory of ``xp``'s current device in bytes (CuPy), None when unknown."""
+    if aac.is_cupy_namespace(xp):
+        import cupy
+
+        return int(cupy.cuda.runtime.memGetInfo()[0])
+    return None
+
+
+def _cache_budget(xp, requested: int | None) -> int:
+    """Bytes of float32 streamed rows :func:`kmeans_stream` keeps: ``requested`` when given;
+    on NumPy ``STREAM_CACHE_BYTES`` (host memory, which the callers size); on a device half
+    of its free memory, never less than ``STREAM_CACHE_BYTES``."""
+    if requested is not None:
+        return requested
+    free = None if _is_np(xp) else _device_free_bytes(xp)
+    return max(STREAM_CACHE_BYTES, (free or 0) // 2)
 
 
 def _device_of(a, xp):
@@ -780,15 +799,16 @@ def kmeans_stream(
     threads: int = 1,
     return_labels: bool = False,
     log: Callable[[str], None] | None = None,
-    cache_bytes: int = STREAM_CACHE_BYTES,
+    cache_bytes: int | None = None,
 ) -> KMeansResult:
     """Cosine k-means over rows streamed from ``blocks()``, one read of the blocks per pass.
 
     ``blocks()`` returns a fresh iterable of ``(n_i, D)`` real arrays (or lazy blocks with
     ``shape`` and ``dtype`` that ``np.asarray`` reads, e.g. ``store.RowBlock``), in the same
     order every call. The float32 copies of the first blocks are kept while their total
-    stays within ``cache_bytes``; other blocks are read and converted again every pass, in
-    the worker thread that uses them, so memory is bounded by the cache, ``2 * threads``
+    stays within ``cache_bytes`` (None: :func:`_cache_budget`, ``STREAM_CACHE_BYTES`` on
+    NumPy, half of a device's free memory); other blocks are read and converted again every
+    pass, in the worker thread that uses them, so memory is bounded by the cache, ``2 * threads``
     blocks and ``(n,)`` labels (with ``return_labels``). k-means++ runs on a seeded uniform
     sample of at most ``init_sample`` rows (None: all rows). Same result as :func:`kmeans` on
     the concatenated rows, up to float rounding of per-block sums; ``device`` None computes
@@ -798,8 +818,14 @@ def kmeans_stream(
     k, max_iter, tol, threads = _check_args(what, k, max_iter, tol, threads)
     if not callable(blocks):
         raise ValueError(f"{what}: blocks must be a callable returning an iterable of blocks")
-    if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, numbers.Integral):
-        raise ValueError(f"{what}: cache_bytes must be an integer >= 0, got {cache_bytes!r}")
+    if cache_bytes is not None and (
+        isinstance(cache_bytes, bool)
+        or not isinstance(cache_bytes, numbers.Integral)
+        or cache_bytes < 0
+    ):
+        raise ValueError(
+            f"{what}: cache_bytes must be None or an integer >= 0, got {cache_bytes!r}"
+        )
     first = next(iter(_checked_blocks(blocks, what)), None)
     if first is None:
         raise ValueError(f"{what}: blocks() yielded no rows")
@@ -807,6 +833,7 @@ def kmeans_stream(
     D = first.shape[1]
     dev = _device_of(first, xp)
     del first
+    cache_bytes = _cache_budget(xp, cache_bytes)
     C0 = _check_init(init, (k, D), what)
     if C0 is None:
         sample = _init_sample(blocks, init_sample, seed, what)
