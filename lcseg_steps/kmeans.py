@@ -242,31 +242,29 @@ def _ordered_map(fn: Callable, items: Iterable, threads: int) -> Iterator:
 # normalisation and random numbers
 
 
-def _prepare(raw, xp, dev=None):
-    """``raw`` ``(..., D)`` -> float32 copy ``X``, inverse norms ``inv`` ``(...,)`` float32 (0
-    for zero rows) and ``bad`` ``(...,)`` bool (non-finite row). The unit row is
-    ``X * inv[..., None]``; the loop folds ``inv`` into ``(m,)`` vectors instead."""
-    return _inverse_norms(_as_float32(raw, xp, dev), xp)
-
-
 def _inverse_norms(X, xp):
-    """``X`` float32 ``(..., D)`` -> ``X``, ``inv`` and ``bad`` as :func:`_prepare`."""
+    """``X`` float32 ``(..., D)`` -> ``X``, inverse norms ``inv`` ``(...,)`` float32 (0 for
+    zero rows) and ``bad`` ``(...,)`` bool (non-finite row). The unit row is
+    ``X * inv[..., None]``; the loop folds ``inv`` into ``(m,)`` vectors instead."""
     norm = xp.sqrt(xp.vecdot(X, X))
     valid = norm > EPS
     inv = xp.where(valid, 1.0 / xp.where(valid, norm, 1.0), 0.0)
     return X, xp.astype(inv, xp.float32), ~xp.isfinite(norm)
 
 
-def l2_normalize(X, xp=None, eps: float = EPS):
-    """Unit-norm float32 copy of ``X`` ``(..., D)`` (rows with norm <= ``eps`` become zero), in
+def l2_normalize(X, xp=None):
+    """Unit-norm float32 copy of ``X`` ``(..., D)`` (rows with norm <= ``EPS`` become zero), in
     ``xp`` (default: ``X``'s namespace). Non-finite rows are not checked here."""
     if len(getattr(X, "shape", np.shape(X))) == 0:
         raise ValueError("l2_normalize: expected an array of rows (..., D), got a scalar")
     xp = xp or _namespace(X, None)
-    Xf = _as_float32(X, xp)
-    norm = xp.sqrt(xp.vecdot(Xf, Xf))
-    ok = norm > eps
-    return Xf * xp.astype(xp.where(ok, 1.0 / xp.where(ok, norm, 1.0), 0.0), xp.float32)[..., None]
+    Xf, inv, _ = _prepare(X, xp)
+    return Xf * inv[..., None]
+
+
+def _prepare(raw, xp, dev=None):
+    """:func:`_inverse_norms` of a float32 copy of ``raw`` (on ``dev``)."""
+    return _inverse_norms(_as_float32(raw, xp, dev), xp)
 
 
 _M64 = (1 << 64) - 1
@@ -347,8 +345,8 @@ def _assign(X, inv, C, xp, prev=None, live=None):
     if k == 1:
         lab = xp.zeros(inv.shape, dtype=xp.int64, device=aac.device(X))
     elif k == 2:
-        s = _product(X, (C[:, 1, :] - C[:, 0, :])[..., None], xp, live)[..., 0] * inv
-        lab = xp.astype(s > 0, xp.int64)
+        s = _product(X, (C[:, 1, :] - C[:, 0, :])[..., None], xp, live)[..., 0]
+        lab = xp.astype((s > 0) & (inv > 0), xp.int64)
     else:
         lab = xp.argmax(_product(X, xp.matrix_transpose(C), xp, live) * inv[..., None], axis=-1)
     moved = _moved_np(X, inv, lab, prev, live) if prev is not None and _is_np(xp) else None
@@ -469,14 +467,12 @@ def _lloyd(items, load, C, n, max_iter: int, tol: float, xp, *, threads=1, **kw)
             state[i] = out
             sums, counts = (out[1], out[2]) if sums is None else (sums + out[1], counts + out[2])
         n_h = n() if callable(n) else n
-        stats = [xp.sum(xp.astype(C, xp.float64) * sums, axis=(1, 2))]
-        stats.append(xp.astype(xp.count_nonzero(counts, axis=1), xp.float64))
-        if t == 0:  # enough non-zero rows (checked here when no k-means++ sample was)
-            stats.append(xp.astype(xp.sum(counts, axis=1), xp.float64))
-        stats = _to_host(xp.stack(stats))  # the one transfer of a pass
-        J, n_empty = stats[0] / n_h, (k - stats[1]) * live
-        for b in range(B if t == 0 else 0):
-            msg = _count_message(k, int(n_h[b]), int(stats[2, b]), kw["where"](b))
+        dot = xp.sum(xp.vecdot(xp.astype(C, xp.float64), sums), axis=1)[:, None]
+        stats = _to_host(xp.concat([dot, xp.astype(counts, xp.float64)], axis=1))  # (B, 1 + k)
+        J, counts_h = stats[:, 0] / n_h, stats[:, 1:]  # the one transfer of a pass
+        n_empty = np.sum(counts_h == 0, axis=1) * live
+        for b in range(B if t == 0 else 0):  # enough non-zero rows (if no k-means++ sample)
+            msg = _count_message(k, int(n_h[b]), int(counts_h[b].sum()), kw["where"](b))
             if msg:
                 raise ValueError(msg)
         if "on_pass" in kw:
@@ -497,7 +493,7 @@ def _lloyd(items, load, C, n, max_iter: int, tol: float, xp, *, threads=1, **kw)
         C_new = xp.where(ok, xp.astype(sums / xp.where(ok, norm, 1.0), C.dtype), C)
         if n_empty.any():  # rare: repair empty clusters on the host
             C_h, worst = _to_host(C_new).copy(), _to_host(_worst_rows(chunks, C, xp))
-            empty = _to_host(counts) == 0
+            empty = counts_h == 0
             for b in np.flatnonzero(n_empty):
                 C_h[b, empty[b]] = worst[b, : int(empty[b].sum())]
             C_new = xp.asarray(C_h, device=dev)
@@ -598,10 +594,11 @@ def _solve(X, starts, streams, k, init, max_iter, tol, seed, xp, threads, where,
         m = int(max(sizes[ids]))
         lo, hi = int(starts[ids[0]]), int(starts[ids[-1] + 1])
         B = len(ids)
-        if _is_np(xp) and B > 1:  # cast straight into the zero-padded layout
-            Xf = np.zeros((B, m, D), dtype=np.float32)
+        if _is_np(xp):  # cast straight into the zero-padded layout
+            Xf = np.empty((B, m, D), dtype=np.float32)
             for b, i in enumerate(ids):
                 _as_float32(X[starts[i] : starts[i + 1]], xp, out=Xf[b, : sizes[i]])
+                Xf[b, sizes[i] :] = 0
             Xf, inv, bad = _inverse_norms(Xf, xp)
         elif B > 1:  # pad each problem to m rows with a zero row (index hi - lo)
             Xf, inv, bad = _prepare(X[lo:hi, ...], xp, dev)
@@ -684,10 +681,7 @@ def kmeans(
     if groups is not None:
         g = np.asarray(_to_host(groups))
         if g.shape != (N,) or g.dtype.kind not in "iu":
-            raise ValueError(
-                f"{what}: groups must be an integer array of shape ({N},), "
-                f"got shape {g.shape} dtype {g.dtype}"
-            )
+            raise ValueError(f"{what}: groups must be integers of shape ({N},), got {g.shape}")
         values, counts = np.unique(g.astype(np.int64), return_counts=True)
         if isinstance(init, Mapping):
             missing = [int(v) for v in values if int(v) not in init]
@@ -697,10 +691,7 @@ def kmeans(
         C0 = _check_init(init, (len(values), k, D), what)
         order = np.argsort(g, kind="stable")  # rows grouped, then solved as offsets
         dev = _device_of(X, xp)
-        if dev is not None:
-            Xs = xp.take(X, xp.asarray(order, device=dev), axis=0)
-        else:
-            Xs = X[order]
+        Xs = X[order] if dev is None else xp.take(X, xp.asarray(order, device=dev), axis=0)
         starts = np.concatenate([[0], np.cumsum(counts)])
         lab, C, J, it = _solve(
             Xs, starts, -1 - values, k, C0, *args, lambda i: f"{what}: group {values[i]}: "
@@ -710,19 +701,14 @@ def kmeans(
         return KMeansResult(C, labels, J, it, [], values)
     if offsets is not None:
         off = np.asarray(_to_host(offsets))
-        if off.ndim != 1 or off.shape[0] < 1 or off.dtype.kind not in "iu":
+        ok = off.ndim == 1 and off.shape[0] >= 1 and off.dtype.kind in "iu"
+        if not ok or off[0] != 0 or off[-1] != N or np.any(np.diff(off) < 0):
             raise ValueError(
-                f"{what}: offsets must be a 1-D integer array (problems + 1,), "
-                f"got shape {off.shape} dtype {off.dtype}"
+                f"{what}: offsets must be 1-D integers that start at 0, never decrease and "
+                f"end at len(X)={N}, got shape {off.shape} dtype {off.dtype}"
             )
-        off = off.astype(np.int64)
-        if off[0] != 0 or off[-1] != N or np.any(np.diff(off) < 0):
-            raise ValueError(
-                f"{what}: offsets must start at 0, never decrease and end at len(X)={N}, "
-                f"got {off[0]}..{off[-1]}"
-            )
-        C0 = _check_init(init, (len(off) - 1, k, D), what)
-        P = len(off) - 1
+        off, P = off.astype(np.int64), len(off) - 1
+        C0 = _check_init(init, (P, k, D), what)
         lab, C, J, it = _solve(X, off, np.arange(P), k, C0, *args, f"{what}: problem {{}}: ")
         return KMeansResult(C, lab, J, it)
     C0 = _check_init(init, (k, D), what)
