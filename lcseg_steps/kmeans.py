@@ -468,8 +468,9 @@ def _lloyd(items, load, C, n, max_iter: int, tol: float, xp, *, threads=1, **kw)
             sums, counts = (out[1], out[2]) if sums is None else (sums + out[1], counts + out[2])
         n_h = n() if callable(n) else n
         dot = xp.sum(xp.vecdot(xp.astype(C, xp.float64), sums), axis=1)[:, None]
-        stats = _to_host(xp.concat([dot, xp.astype(counts, xp.float64)], axis=1))  # (B, 1 + k)
-        J, counts_h = stats[:, 0] / n_h, stats[:, 1:]  # the one transfer of a pass
+        norm = xp.sqrt(xp.vecdot(sums, sums))  # (B, k): the next centroids' norms
+        stats = _to_host(xp.concat([dot, xp.astype(counts, xp.float64), norm], axis=1))
+        J, counts_h = stats[:, 0] / n_h, stats[:, 1 : k + 1]  # the one transfer of a pass
         n_empty = np.sum(counts_h == 0, axis=1) * live
         for b in range(B if t == 0 else 0):  # enough non-zero rows (if no k-means++ sample)
             msg = _count_message(k, int(n_h[b]), int(counts_h[b].sum()), kw["where"](b))
@@ -488,9 +489,11 @@ def _lloyd(items, load, C, n, max_iter: int, tol: float, xp, *, threads=1, **kw)
             if not live.any():
                 break
         J_prev = J
-        norm = xp.sqrt(xp.vecdot(sums, sums))[..., None]  # (B, k, 1)
-        ok = norm > EPS
-        C_new = xp.where(ok, xp.astype(sums / xp.where(ok, norm, 1.0), C.dtype), C)
+        if (stats[:, k + 1 :] > EPS).all():
+            C_new = xp.astype(sums / norm[..., None], C.dtype)
+        else:  # a cluster whose members sum to ~0 keeps its centroid
+            ok = (norm > EPS)[..., None]
+            C_new = xp.where(ok, xp.astype(sums / xp.where(ok, norm[..., None], 1.0), C.dtype), C)
         if n_empty.any():  # rare: repair empty clusters on the host
             C_h, worst = _to_host(C_new).copy(), _to_host(_worst_rows(chunks, C, xp))
             empty = counts_h == 0
