@@ -424,15 +424,18 @@ def _worst_rows(chunks, C, xp):
     return xp.reshape(xp.take(xp.reshape(V, (-1, D)), xp.reshape(flat, (-1,)), axis=0), C.shape)
 
 
-def _count_message(k: int, n: int, n_valid: int, where: str) -> str | None:
-    if k > n:
-        return f"{where}k={k} clusters but only {n} points"
-    if k > n_valid:
-        return (
-            f"{where}k={k} clusters but only {n_valid} non-zero rows (of {n} points); "
-            "zero rows cannot be cluster centres"
+def _check_counts(k: int, n, n_valid, where: Callable[[int], str]) -> None:
+    """Raise for the first problem ``b`` with fewer than ``k`` points or non-zero rows (``n``,
+    ``n_valid``: host counts per problem; ``where(b)`` names it, built only then)."""
+    n, n_valid = np.reshape(n, -1), np.reshape(n_valid, -1)
+    for b in np.flatnonzero((n < k) | (n_valid < k))[:1]:
+        msg = f"{where(b)}k={k} clusters but only "
+        if n[b] < k:
+            raise ValueError(f"{msg}{int(n[b])} points")
+        raise ValueError(
+            f"{msg}{int(n_valid[b])} non-zero rows (of {int(n[b])} points); zero rows cannot "
+            "be cluster centres"
         )
-    return None
 
 
 def _lloyd(items, load, C, n, max_iter: int, tol: float, xp, *, threads=1, **kw):
@@ -472,10 +475,8 @@ def _lloyd(items, load, C, n, max_iter: int, tol: float, xp, *, threads=1, **kw)
         stats = _to_host(xp.concat([dot, xp.astype(counts, xp.float64), norm], axis=1))
         J, counts_h = stats[:, 0] / n_h, stats[:, 1 : k + 1]  # the one transfer of a pass
         n_empty = np.sum(counts_h == 0, axis=1) * live
-        for b in range(B if t == 0 else 0):  # enough non-zero rows (if no k-means++ sample)
-            msg = _count_message(k, int(n_h[b]), int(counts_h[b].sum()), kw["where"](b))
-            if msg:
-                raise ValueError(msg)
+        if t == 0:  # enough non-zero rows (checked here when no k-means++ sample was)
+            _check_counts(k, n_h, np.sum(counts_h, axis=1), kw["where"])
         if "on_pass" in kw:
             kw["on_pass"](t, float(J[0]), int(n_empty[0]))
         stop = (n_empty == 0) & (J - J_prev <= tol * np.abs(J_prev)) if t else J < -np.inf
@@ -582,8 +583,7 @@ def _solve(X, starts, streams, k, init, max_iter, tol, seed, xp, threads, where,
     labels = np.zeros(X.shape[0], dtype=np.int64)
     C_out, J_out, it_out = np.zeros((P, k, D), np.float32), np.zeros(P), np.zeros(P, np.int64)
     sizes = np.diff(starts)
-    for i in np.flatnonzero(sizes < k)[:1]:
-        raise ValueError(_count_message(k, int(sizes[i]), int(sizes[i]), where(i)))
+    _check_counts(k, sizes, sizes, where)
     pad_rows = _CPU_PAD_ROWS if _is_np(xp) else _PAD_ROWS
     blocks, cur = [], []
     for i in range(P):
@@ -621,10 +621,7 @@ def _solve(X, starts, streams, k, init, max_iter, tol, seed, xp, threads, where,
         C0 = init[ids] if init is not None else None
         if C0 is None:
             nv = _to_host(xp.sum(xp.astype(inv > 0, xp.int64), axis=1))
-            for b, i in enumerate(ids):
-                msg = _count_message(k, int(sizes[i]), int(nv[b]), where(i))
-                if msg:
-                    raise ValueError(msg)
+            _check_counts(k, sizes[ids], nv, lambda b: where(ids[b]))
             C0 = _kmeanspp(Xf, inv, seeded_uniforms(seed, streams[ids], k), xp)
         else:
             C0 = xp.asarray(C0, device=aac.device(Xf))
@@ -831,9 +828,7 @@ def kmeans_stream(
             raise NonFiniteError(f"{what}: non-finite values in the init sample")
         scope = "" if init_sample is None else f"the init sample of init_sample={init_sample}: "
         n_valid = int(xp.sum(xp.astype(s_inv > 0, xp.int64)))
-        msg = _count_message(k, sample.shape[0], n_valid, f"{what}: {scope}")
-        if msg:
-            raise ValueError(msg)
+        _check_counts(k, sample.shape[0], n_valid, lambda b: f"{what}: {scope}")
         C = _kmeanspp(S[None, ...], s_inv[None, ...], seeded_uniforms(seed, [0], k), xp)
         del sample, S, s_inv
     else:
