@@ -12,7 +12,8 @@ namespace of its input (``array_api_compat.array_namespace``): NumPy, CuPy, torc
 - :func:`kmeans` ``(X, k, groups=...)``: one problem per distinct group value (rows reordered
   by group, then solved as ``offsets``);
 - :func:`kmeans_stream`: one problem whose rows are streamed block by block, one read per
-  pass, with float32 copies of the first blocks kept up to a budget (:func:`_cache_budget`).
+  pass, with the first blocks kept up to a budget (:func:`_cache_budget`): on NumPy as read
+  (the products cast float16 piece by piece in cache), elsewhere as float32 copies.
 
 Definitions shared by every source (our choices; the paper only says "cosine k-means"):
 
@@ -791,13 +792,13 @@ def kmeans_stream(
 
     ``blocks()`` returns a fresh iterable of ``(n_i, D)`` real arrays (or lazy blocks with
     ``shape`` and ``dtype`` that ``np.asarray`` reads, e.g. ``store.RowBlock``), in the same
-    order every call. The float32 copies of the first blocks are kept while their total
-    stays within ``cache_bytes`` (None: :func:`_cache_budget`, ``STREAM_CACHE_BYTES`` on
-    NumPy, half of a device's free memory); other blocks are read and converted again every
-    pass, in the worker thread that uses them, so memory is bounded by the cache, ``2 * threads``
-    blocks and ``(n,)`` labels (with ``return_labels``). k-means++ runs on a seeded uniform
-    sample of at most ``init_sample`` rows (None: all rows). Same result as :func:`kmeans` on
-    the concatenated rows, up to float rounding of per-block sums; ``device`` None computes
+    order every call. The first blocks are kept (on NumPy as read, elsewhere as float32
+    copies) while their size as float32 stays within ``cache_bytes`` (None:
+    :func:`_cache_budget`); other blocks are read again every pass, in the worker thread
+    that uses them, so memory is bounded by the cache, ``2 * threads`` blocks and ``(n,)``
+    labels (with ``return_labels``). k-means++ runs on a seeded uniform sample of at most
+    ``init_sample`` rows (None: all rows). Same result as :func:`kmeans` on the concatenated
+    rows, up to float rounding of per-block sums; ``device`` None computes
     in the first block's namespace (NumPy for host blocks).
     """
     what = "kmeans_stream"
@@ -850,9 +851,10 @@ def kmeans_stream(
             raise ValueError(f"{what}: a pass saw {n} rows, the first pass saw {seen['n']}")
 
     def load(item):
-        """``(X, inv)`` of block ``i``: cached float32 rows, else read here (a lazy block)
-        and converted; after the first pass on NumPy the raw rows, which the products
-        convert piece by piece while in cache (inverse norms are kept for every block)."""
+        """``(X, inv)`` of block ``i``: cached rows, else read here (a lazy block). On NumPy
+        the rows stay as read (float16 storage: half the bytes a pass) and the products
+        convert them piece by piece while in cache; elsewhere float32 copies. The first
+        pass returns float32 rows; inverse norms are kept for every block."""
         i, b, keep, first_pass = item
         if not first_pass:
             if (cache[i][1] if i in cache else invs[i]).shape[1] != b.shape[0]:
@@ -861,11 +863,12 @@ def kmeans_stream(
                 return cache[i]
             raw = np.asarray(_to_host(b)) if _is_np(xp) else _as_float32(b, xp, dev)
             return raw[None, ...], invs[i]
-        X, inv, bad = _prepare(b, xp, dev)
+        raw = np.asarray(_to_host(b)) if _is_np(xp) else b  # one read of a lazy block
+        X, inv, bad = _prepare(raw, xp, dev)
         if bool(xp.any(bad)):
             raise NonFiniteError(f"{what}: non-finite values in block {i}")
         if keep:
-            cache[i] = (X[None, ...], inv[None, ...])
+            cache[i] = ((raw if _is_np(xp) else X)[None, ...], inv[None, ...])
         else:
             invs[i] = inv[None, ...]
         return X[None, ...], inv[None, ...]
