@@ -14,7 +14,6 @@ import numpy as np
 from lcseg_steps import levels as lv
 from lcseg_steps.image_level import read_fg
 from lcseg_steps.kmeans import (
-    STREAM_CACHE_BYTES,
     NonFiniteError,
     import_torch_cast_if_worth,
     kmeans_stream,
@@ -49,11 +48,8 @@ def run_fit_dataset(
     shards = feature_shards(features, feature)
     n_rows = sum(a.shape[0] for _, _, a in shards)
     log(f"fit_dataset: {n_rows} patches in {len(shards)} shards, k={k}")
-    # kmeans_stream casts every row once, and again every pass if its float32 cache
-    # cannot hold them all
-    once = n_rows * shards[0][2].shape[1]
-    cached = 4 * once <= STREAM_CACHE_BYTES
-    import_torch_cast_if_worth(once if cached else once * max(1, max_iter))
+    # on NumPy kmeans_stream keeps rows as stored and casts every row every pass
+    import_torch_cast_if_worth(n_rows * shards[0][2].shape[1] * max(1, max_iter))
 
     def blocks():
         for _, _, arr in shards:

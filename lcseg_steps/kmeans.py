@@ -12,7 +12,8 @@ namespace of its input (``array_api_compat.array_namespace``): NumPy, CuPy, torc
 - :func:`kmeans` ``(X, k, groups=...)``: one problem per distinct group value (rows reordered
   by group, then solved as ``offsets``);
 - :func:`kmeans_stream`: one problem whose rows are streamed block by block, one read per
-  pass, with float32 copies of the first blocks kept up to ``STREAM_CACHE_BYTES``.
+  pass, with the first blocks kept up to a budget (:func:`_cache_budget`): on NumPy as read
+  (the products cast float16 piece by piece in cache), elsewhere as float32 copies.
 
 Definitions shared by every source (our choices; the paper only says "cosine k-means"):
 
@@ -157,6 +158,25 @@ def import_torch_cast_if_worth(n_elements: int) -> bool:
     return bool(_torch())
 
 
+def _device_free_bytes(xp) -> int | None:
+    """Free memory of ``xp``'s current device in bytes (CuPy), None when unknown."""
+    if aac.is_cupy_namespace(xp):
+        import cupy
+
+        return int(cupy.cuda.runtime.memGetInfo()[0])
+    return None
+
+
+def _cache_budget(xp, requested: int | None) -> int:
+    """Bytes of float32 streamed rows :func:`kmeans_stream` keeps: ``requested`` when given;
+    on NumPy ``STREAM_CACHE_BYTES`` (host memory, which the callers size); on a device half
+    of its free memory, never less than ``STREAM_CACHE_BYTES``."""
+    if requested is not None:
+        return requested
+    free = None if _is_np(xp) else _device_free_bytes(xp)
+    return max(STREAM_CACHE_BYTES, (free or 0) // 2)
+
+
 def _device_of(a, xp):
     """The device of ``a`` when it already is an array of (non-NumPy) ``xp``, else None:
     host rows (NumPy, Zarr) go to ``xp``'s current device."""
@@ -223,31 +243,29 @@ def _ordered_map(fn: Callable, items: Iterable, threads: int) -> Iterator:
 # normalisation and random numbers
 
 
-def _prepare(raw, xp, dev=None):
-    """``raw`` ``(..., D)`` -> float32 copy ``X``, inverse norms ``inv`` ``(...,)`` float32 (0
-    for zero rows) and ``bad`` ``(...,)`` bool (non-finite row). The unit row is
-    ``X * inv[..., None]``; the loop folds ``inv`` into ``(m,)`` vectors instead."""
-    return _inverse_norms(_as_float32(raw, xp, dev), xp)
-
-
 def _inverse_norms(X, xp):
-    """``X`` float32 ``(..., D)`` -> ``X``, ``inv`` and ``bad`` as :func:`_prepare`."""
+    """``X`` float32 ``(..., D)`` -> ``X``, inverse norms ``inv`` ``(...,)`` float32 (0 for
+    zero rows) and ``bad`` ``(...,)`` bool (non-finite row). The unit row is
+    ``X * inv[..., None]``; the loop folds ``inv`` into ``(m,)`` vectors instead."""
     norm = xp.sqrt(xp.vecdot(X, X))
     valid = norm > EPS
     inv = xp.where(valid, 1.0 / xp.where(valid, norm, 1.0), 0.0)
     return X, xp.astype(inv, xp.float32), ~xp.isfinite(norm)
 
 
-def l2_normalize(X, xp=None, eps: float = EPS):
-    """Unit-norm float32 copy of ``X`` ``(..., D)`` (rows with norm <= ``eps`` become zero), in
+def l2_normalize(X, xp=None):
+    """Unit-norm float32 copy of ``X`` ``(..., D)`` (rows with norm <= ``EPS`` become zero), in
     ``xp`` (default: ``X``'s namespace). Non-finite rows are not checked here."""
     if len(getattr(X, "shape", np.shape(X))) == 0:
         raise ValueError("l2_normalize: expected an array of rows (..., D), got a scalar")
     xp = xp or _namespace(X, None)
-    Xf = _as_float32(X, xp)
-    norm = xp.sqrt(xp.vecdot(Xf, Xf))
-    ok = norm > eps
-    return Xf * xp.astype(xp.where(ok, 1.0 / xp.where(ok, norm, 1.0), 0.0), xp.float32)[..., None]
+    Xf, inv, _ = _prepare(X, xp)
+    return Xf * inv[..., None]
+
+
+def _prepare(raw, xp, dev=None):
+    """:func:`_inverse_norms` of a float32 copy of ``raw`` (on ``dev``)."""
+    return _inverse_norms(_as_float32(raw, xp, dev), xp)
 
 
 _M64 = (1 << 64) - 1
@@ -328,8 +346,8 @@ def _assign(X, inv, C, xp, prev=None, live=None):
     if k == 1:
         lab = xp.zeros(inv.shape, dtype=xp.int64, device=aac.device(X))
     elif k == 2:
-        s = _product(X, (C[:, 1, :] - C[:, 0, :])[..., None], xp, live)[..., 0] * inv
-        lab = xp.astype(s > 0, xp.int64)
+        s = _product(X, (C[:, 1, :] - C[:, 0, :])[..., None], xp, live)[..., 0]
+        lab = xp.astype((s > 0) & (inv > 0), xp.int64)
     else:
         lab = xp.argmax(_product(X, xp.matrix_transpose(C), xp, live) * inv[..., None], axis=-1)
     moved = _moved_np(X, inv, lab, prev, live) if prev is not None and _is_np(xp) else None
@@ -407,15 +425,18 @@ def _worst_rows(chunks, C, xp):
     return xp.reshape(xp.take(xp.reshape(V, (-1, D)), xp.reshape(flat, (-1,)), axis=0), C.shape)
 
 
-def _count_message(k: int, n: int, n_valid: int, where: str) -> str | None:
-    if k > n:
-        return f"{where}k={k} clusters but only {n} points"
-    if k > n_valid:
-        return (
-            f"{where}k={k} clusters but only {n_valid} non-zero rows (of {n} points); "
-            "zero rows cannot be cluster centres"
+def _check_counts(k: int, n, n_valid, where: Callable[[int], str]) -> None:
+    """Raise for the first problem ``b`` with fewer than ``k`` points or non-zero rows (``n``,
+    ``n_valid``: host counts per problem; ``where(b)`` names it, built only then)."""
+    n, n_valid = np.reshape(n, -1), np.reshape(n_valid, -1)
+    for b in np.flatnonzero((n < k) | (n_valid < k))[:1]:
+        msg = f"{where(b)}k={k} clusters but only "
+        if n[b] < k:
+            raise ValueError(f"{msg}{int(n[b])} points")
+        raise ValueError(
+            f"{msg}{int(n_valid[b])} non-zero rows (of {int(n[b])} points); zero rows cannot "
+            "be cluster centres"
         )
-    return None
 
 
 def _lloyd(items, load, C, n, max_iter: int, tol: float, xp, *, threads=1, **kw):
@@ -450,16 +471,13 @@ def _lloyd(items, load, C, n, max_iter: int, tol: float, xp, *, threads=1, **kw)
             state[i] = out
             sums, counts = (out[1], out[2]) if sums is None else (sums + out[1], counts + out[2])
         n_h = n() if callable(n) else n
-        stats = [xp.sum(xp.astype(C, xp.float64) * sums, axis=(1, 2))]
-        stats.append(xp.astype(xp.count_nonzero(counts, axis=1), xp.float64))
+        dot = xp.sum(xp.vecdot(xp.astype(C, xp.float64), sums), axis=1)[:, None]
+        norm = xp.sqrt(xp.vecdot(sums, sums))  # (B, k): the next centroids' norms
+        stats = _to_host(xp.concat([dot, xp.astype(counts, xp.float64), norm], axis=1))
+        J, counts_h = stats[:, 0] / n_h, stats[:, 1 : k + 1]  # the one transfer of a pass
+        n_empty = np.sum(counts_h == 0, axis=1) * live
         if t == 0:  # enough non-zero rows (checked here when no k-means++ sample was)
-            stats.append(xp.astype(xp.sum(counts, axis=1), xp.float64))
-        stats = _to_host(xp.stack(stats))  # the one transfer of a pass
-        J, n_empty = stats[0] / n_h, (k - stats[1]) * live
-        for b in range(B if t == 0 else 0):
-            msg = _count_message(k, int(n_h[b]), int(stats[2, b]), kw["where"](b))
-            if msg:
-                raise ValueError(msg)
+            _check_counts(k, n_h, np.sum(counts_h, axis=1), kw["where"])
         if "on_pass" in kw:
             kw["on_pass"](t, float(J[0]), int(n_empty[0]))
         stop = (n_empty == 0) & (J - J_prev <= tol * np.abs(J_prev)) if t else J < -np.inf
@@ -473,12 +491,14 @@ def _lloyd(items, load, C, n, max_iter: int, tol: float, xp, *, threads=1, **kw)
             if not live.any():
                 break
         J_prev = J
-        norm = xp.sqrt(xp.vecdot(sums, sums))[..., None]  # (B, k, 1)
-        ok = norm > EPS
-        C_new = xp.where(ok, xp.astype(sums / xp.where(ok, norm, 1.0), C.dtype), C)
+        if (stats[:, k + 1 :] > EPS).all():
+            C_new = xp.astype(sums / norm[..., None], C.dtype)
+        else:  # a cluster whose members sum to ~0 keeps its centroid
+            ok = (norm > EPS)[..., None]
+            C_new = xp.where(ok, xp.astype(sums / xp.where(ok, norm[..., None], 1.0), C.dtype), C)
         if n_empty.any():  # rare: repair empty clusters on the host
             C_h, worst = _to_host(C_new).copy(), _to_host(_worst_rows(chunks, C, xp))
-            empty = _to_host(counts) == 0
+            empty = counts_h == 0
             for b in np.flatnonzero(n_empty):
                 C_h[b, empty[b]] = worst[b, : int(empty[b].sum())]
             C_new = xp.asarray(C_h, device=dev)
@@ -564,8 +584,7 @@ def _solve(X, starts, streams, k, init, max_iter, tol, seed, xp, threads, where,
     labels = np.zeros(X.shape[0], dtype=np.int64)
     C_out, J_out, it_out = np.zeros((P, k, D), np.float32), np.zeros(P), np.zeros(P, np.int64)
     sizes = np.diff(starts)
-    for i in np.flatnonzero(sizes < k)[:1]:
-        raise ValueError(_count_message(k, int(sizes[i]), int(sizes[i]), where(i)))
+    _check_counts(k, sizes, sizes, where)
     pad_rows = _CPU_PAD_ROWS if _is_np(xp) else _PAD_ROWS
     blocks, cur = [], []
     for i in range(P):
@@ -579,10 +598,11 @@ def _solve(X, starts, streams, k, init, max_iter, tol, seed, xp, threads, where,
         m = int(max(sizes[ids]))
         lo, hi = int(starts[ids[0]]), int(starts[ids[-1] + 1])
         B = len(ids)
-        if _is_np(xp) and B > 1:  # cast straight into the zero-padded layout
-            Xf = np.zeros((B, m, D), dtype=np.float32)
+        if _is_np(xp):  # cast straight into the zero-padded layout
+            Xf = np.empty((B, m, D), dtype=np.float32)
             for b, i in enumerate(ids):
                 _as_float32(X[starts[i] : starts[i + 1]], xp, out=Xf[b, : sizes[i]])
+                Xf[b, sizes[i] :] = 0
             Xf, inv, bad = _inverse_norms(Xf, xp)
         elif B > 1:  # pad each problem to m rows with a zero row (index hi - lo)
             Xf, inv, bad = _prepare(X[lo:hi, ...], xp, dev)
@@ -602,10 +622,7 @@ def _solve(X, starts, streams, k, init, max_iter, tol, seed, xp, threads, where,
         C0 = init[ids] if init is not None else None
         if C0 is None:
             nv = _to_host(xp.sum(xp.astype(inv > 0, xp.int64), axis=1))
-            for b, i in enumerate(ids):
-                msg = _count_message(k, int(sizes[i]), int(nv[b]), where(i))
-                if msg:
-                    raise ValueError(msg)
+            _check_counts(k, sizes[ids], nv, lambda b: where(ids[b]))
             C0 = _kmeanspp(Xf, inv, seeded_uniforms(seed, streams[ids], k), xp)
         else:
             C0 = xp.asarray(C0, device=aac.device(Xf))
@@ -665,10 +682,7 @@ def kmeans(
     if groups is not None:
         g = np.asarray(_to_host(groups))
         if g.shape != (N,) or g.dtype.kind not in "iu":
-            raise ValueError(
-                f"{what}: groups must be an integer array of shape ({N},), "
-                f"got shape {g.shape} dtype {g.dtype}"
-            )
+            raise ValueError(f"{what}: groups must be integers of shape ({N},), got {g.shape}")
         values, counts = np.unique(g.astype(np.int64), return_counts=True)
         if isinstance(init, Mapping):
             missing = [int(v) for v in values if int(v) not in init]
@@ -678,10 +692,7 @@ def kmeans(
         C0 = _check_init(init, (len(values), k, D), what)
         order = np.argsort(g, kind="stable")  # rows grouped, then solved as offsets
         dev = _device_of(X, xp)
-        if dev is not None:
-            Xs = xp.take(X, xp.asarray(order, device=dev), axis=0)
-        else:
-            Xs = X[order]
+        Xs = X[order] if dev is None else xp.take(X, xp.asarray(order, device=dev), axis=0)
         starts = np.concatenate([[0], np.cumsum(counts)])
         lab, C, J, it = _solve(
             Xs, starts, -1 - values, k, C0, *args, lambda i: f"{what}: group {values[i]}: "
@@ -691,19 +702,14 @@ def kmeans(
         return KMeansResult(C, labels, J, it, [], values)
     if offsets is not None:
         off = np.asarray(_to_host(offsets))
-        if off.ndim != 1 or off.shape[0] < 1 or off.dtype.kind not in "iu":
+        ok = off.ndim == 1 and off.shape[0] >= 1 and off.dtype.kind in "iu"
+        if not ok or off[0] != 0 or off[-1] != N or np.any(np.diff(off) < 0):
             raise ValueError(
-                f"{what}: offsets must be a 1-D integer array (problems + 1,), "
-                f"got shape {off.shape} dtype {off.dtype}"
+                f"{what}: offsets must be 1-D integers that start at 0, never decrease and "
+                f"end at len(X)={N}, got shape {off.shape} dtype {off.dtype}"
             )
-        off = off.astype(np.int64)
-        if off[0] != 0 or off[-1] != N or np.any(np.diff(off) < 0):
-            raise ValueError(
-                f"{what}: offsets must start at 0, never decrease and end at len(X)={N}, "
-                f"got {off[0]}..{off[-1]}"
-            )
-        C0 = _check_init(init, (len(off) - 1, k, D), what)
-        P = len(off) - 1
+        off, P = off.astype(np.int64), len(off) - 1
+        C0 = _check_init(init, (P, k, D), what)
         lab, C, J, it = _solve(X, off, np.arange(P), k, C0, *args, f"{what}: problem {{}}: ")
         return KMeansResult(C, lab, J, it)
     C0 = _check_init(init, (k, D), what)
@@ -780,26 +786,33 @@ def kmeans_stream(
     threads: int = 1,
     return_labels: bool = False,
     log: Callable[[str], None] | None = None,
-    cache_bytes: int = STREAM_CACHE_BYTES,
+    cache_bytes: int | None = None,
 ) -> KMeansResult:
     """Cosine k-means over rows streamed from ``blocks()``, one read of the blocks per pass.
 
     ``blocks()`` returns a fresh iterable of ``(n_i, D)`` real arrays (or lazy blocks with
     ``shape`` and ``dtype`` that ``np.asarray`` reads, e.g. ``store.RowBlock``), in the same
-    order every call. The float32 copies of the first blocks are kept while their total
-    stays within ``cache_bytes``; other blocks are read and converted again every pass, in
-    the worker thread that uses them, so memory is bounded by the cache, ``2 * threads``
-    blocks and ``(n,)`` labels (with ``return_labels``). k-means++ runs on a seeded uniform
-    sample of at most ``init_sample`` rows (None: all rows). Same result as :func:`kmeans` on
-    the concatenated rows, up to float rounding of per-block sums; ``device`` None computes
+    order every call. The first blocks are kept (on NumPy as read, elsewhere as float32
+    copies) while their size as float32 stays within ``cache_bytes`` (None:
+    :func:`_cache_budget`); other blocks are read again every pass, in the worker thread
+    that uses them, so memory is bounded by the cache, ``2 * threads`` blocks and ``(n,)``
+    labels (with ``return_labels``). k-means++ runs on a seeded uniform sample of at most
+    ``init_sample`` rows (None: all rows). Same result as :func:`kmeans` on the concatenated
+    rows, up to float rounding of per-block sums; ``device`` None computes
     in the first block's namespace (NumPy for host blocks).
     """
     what = "kmeans_stream"
     k, max_iter, tol, threads = _check_args(what, k, max_iter, tol, threads)
     if not callable(blocks):
         raise ValueError(f"{what}: blocks must be a callable returning an iterable of blocks")
-    if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, numbers.Integral):
-        raise ValueError(f"{what}: cache_bytes must be an integer >= 0, got {cache_bytes!r}")
+    if cache_bytes is not None and (
+        isinstance(cache_bytes, bool)
+        or not isinstance(cache_bytes, numbers.Integral)
+        or cache_bytes < 0
+    ):
+        raise ValueError(
+            f"{what}: cache_bytes must be None or an integer >= 0, got {cache_bytes!r}"
+        )
     first = next(iter(_checked_blocks(blocks, what)), None)
     if first is None:
         raise ValueError(f"{what}: blocks() yielded no rows")
@@ -807,6 +820,7 @@ def kmeans_stream(
     D = first.shape[1]
     dev = _device_of(first, xp)
     del first
+    cache_bytes = _cache_budget(xp, cache_bytes)
     C0 = _check_init(init, (k, D), what)
     if C0 is None:
         sample = _init_sample(blocks, init_sample, seed, what)
@@ -815,9 +829,7 @@ def kmeans_stream(
             raise NonFiniteError(f"{what}: non-finite values in the init sample")
         scope = "" if init_sample is None else f"the init sample of init_sample={init_sample}: "
         n_valid = int(xp.sum(xp.astype(s_inv > 0, xp.int64)))
-        msg = _count_message(k, sample.shape[0], n_valid, f"{what}: {scope}")
-        if msg:
-            raise ValueError(msg)
+        _check_counts(k, sample.shape[0], n_valid, lambda b: f"{what}: {scope}")
         C = _kmeanspp(S[None, ...], s_inv[None, ...], seeded_uniforms(seed, [0], k), xp)
         del sample, S, s_inv
     else:
@@ -839,9 +851,10 @@ def kmeans_stream(
             raise ValueError(f"{what}: a pass saw {n} rows, the first pass saw {seen['n']}")
 
     def load(item):
-        """``(X, inv)`` of block ``i``: cached float32 rows, else read here (a lazy block)
-        and converted; after the first pass on NumPy the raw rows, which the products
-        convert piece by piece while in cache (inverse norms are kept for every block)."""
+        """``(X, inv)`` of block ``i``: cached rows, else read here (a lazy block). On NumPy
+        the rows stay as read (float16 storage: half the bytes a pass) and the products
+        convert them piece by piece while in cache; elsewhere float32 copies. The first
+        pass returns float32 rows; inverse norms are kept for every block."""
         i, b, keep, first_pass = item
         if not first_pass:
             if (cache[i][1] if i in cache else invs[i]).shape[1] != b.shape[0]:
@@ -850,11 +863,12 @@ def kmeans_stream(
                 return cache[i]
             raw = np.asarray(_to_host(b)) if _is_np(xp) else _as_float32(b, xp, dev)
             return raw[None, ...], invs[i]
-        X, inv, bad = _prepare(b, xp, dev)
+        raw = np.asarray(_to_host(b)) if _is_np(xp) else b  # one read of a lazy block
+        X, inv, bad = _prepare(raw, xp, dev)
         if bool(xp.any(bad)):
             raise NonFiniteError(f"{what}: non-finite values in block {i}")
         if keep:
-            cache[i] = (X[None, ...], inv[None, ...])
+            cache[i] = ((raw if _is_np(xp) else X)[None, ...], inv[None, ...])
         else:
             invs[i] = inv[None, ...]
         return X[None, ...], inv[None, ...]

@@ -611,6 +611,52 @@ def test_lazy_blocks_are_read_only_when_not_cached(tmp_path):
         assert reads[3:] == [got.n_iter + 2] * 7
 
 
+def test_stream_cache_is_sized_from_device_memory(monkeypatch, tmp_path):
+    """Without ``cache_bytes``, a device namespace (array_api_strict standing in for CuPy)
+    caches float32 blocks up to half of the device's free memory, never less than
+    STREAM_CACHE_BYTES; NumPy keeps STREAM_CACHE_BYTES; an explicit ``cache_bytes`` wins."""
+    import array_api_strict
+
+    import lcseg_steps.kmeans as km
+    from lcseg_steps.store import RowBlock, iter_row_blocks, open_store, write_store
+
+    real = km.array_namespace
+    strict = array_api_compat.array_namespace(array_api_strict.asarray([0.0]))
+    monkeypatch.setattr(km, "array_namespace", lambda d: strict if d == "cuda" else real(d))
+    free = {"bytes": 10 << 30}
+    monkeypatch.setattr(km, "_device_free_bytes", lambda xp: free["bytes"])
+    assert km._cache_budget(strict, None) == 5 << 30
+    assert km._cache_budget(real("cpu"), None) == km.STREAM_CACHE_BYTES
+    assert km._cache_budget(strict, 123) == 123
+    free["bytes"] = 1 << 20
+    assert km._cache_budget(strict, None) == km.STREAM_CACHE_BYTES
+    free["bytes"] = None
+    assert km._cache_budget(strict, None) == km.STREAM_CACHE_BYTES
+
+    # end to end: blocks of 100 x 16 float32 rows, read once when cached, else every pass
+    block = 100 * 16 * 4
+    monkeypatch.setattr(km, "STREAM_CACHE_BYTES", 3 * block)
+    X = np.random.default_rng(24).standard_normal((1000, 16)).astype(np.float32)
+    arr = open_store(write_store(tmp_path / "x.zarr", {"k": X}, chunk_rows=100))["k"]
+    reads = [0] * 10
+
+    class Counted(RowBlock):
+        def __array__(self, dtype=None, copy=None):
+            reads[self.lo // 100] += 1
+            return super().__array__(dtype, copy)
+
+    def lazy():
+        return (Counted(b.array, b.lo, b.hi) for b in iter_row_blocks(arr, lazy=True))
+
+    free["bytes"] = 12 * block  # half of it: 6 blocks
+    kw = {"seed": 1, "max_iter": 30, "tol": 0.0}
+    for device, cache_bytes, cached in (("cuda", None, 6), ("cpu", None, 3), ("cuda", 0, 0)):
+        reads[:] = [0] * 10
+        got = kmeans_stream(lazy, 4, device=device, cache_bytes=cache_bytes, **kw)
+        assert got.n_iter > 3
+        assert reads == [2] * cached + [got.n_iter + 2] * (10 - cached)
+
+
 def test_a_failing_block_in_a_worker_thread_names_the_block():
     X = np.random.default_rng(22).standard_normal((500, 8)).astype(np.float32)
     X[260, 3] = np.nan
