@@ -49,9 +49,10 @@ def settings_attrs(settings: dict) -> dict:
 
 def run_rule(smk) -> Any:
     """Run the stage module named by the rule (``snakemake`` object of a ``script:``)."""
-    stage = importlib.import_module(f"lcseg_steps.{smk.rule}")
     settings = smk.params.get("settings", {})
     with stage_log(smk.log[0]) as log:
+        # inside the log: an import error (a missing package in a conda env) lands there
+        stage = importlib.import_module(f"lcseg_steps.{smk.rule}")
         limit_threads(smk.threads)
         job = Job(
             input=smk.input,
