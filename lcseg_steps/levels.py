@@ -67,6 +67,45 @@ def pick_image_foreground(
     return int(p[np.lexsort((-mean_attn[p], on_border[p], touched[p]))[0]])
 
 
+def per_image_kmeans(
+    X: np.ndarray,
+    offsets: np.ndarray,
+    k: int,
+    *,
+    max_iter: int,
+    tol: float,
+    seed: int,
+    device: str,
+    threads: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine k-means of every image with at least ``k`` patches, batched.
+
+    ``X`` ``(N, D)``, ``offsets`` ``(n + 1,)``. Returns ``labels`` ``(N,)`` int16 (0 in an
+    image of fewer than ``k`` patches) and ``objective`` ``(n,)`` (NaN there).
+    """
+    offsets = np.asarray(offsets, dtype=np.int64)
+    sizes = np.diff(offsets)
+    solvable = np.flatnonzero(sizes >= k)
+    labels = np.zeros(int(offsets[-1]), dtype=np.int16)
+    objective = np.full(len(sizes), np.nan)
+    if len(solvable):
+        rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in solvable])
+        sub_off = np.concatenate([[0], np.cumsum(sizes[solvable])])
+        fit = kmeans(
+            X[rows],
+            k,
+            offsets=sub_off,
+            max_iter=max_iter,
+            tol=tol,
+            seed=seed,
+            device=device,
+            threads=threads,
+        )
+        labels[rows] = fit.labels
+        objective[solvable] = fit.objective
+    return labels, objective
+
+
 def image_level(
     X: np.ndarray,
     offsets: np.ndarray,
@@ -104,28 +143,15 @@ def image_level(
     sizes = np.diff(offsets)
     n = len(sizes)
     solvable = np.flatnonzero(sizes >= k)
-    labels = np.zeros(X.shape[0], dtype=np.int16)
-    objective = np.full(n, np.nan)
     if clusterer != "kmeans":
         if not np.isfinite(X).all():
             raise NonFiniteError(f"image_level ({clusterer}): non-finite values")
         split = bipartition_images(X, offsets, clusterer)
         labels, objective = split["labels"], split["eigenvalue"]
-    elif len(solvable):
-        rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in solvable])
-        sub_off = np.concatenate([[0], np.cumsum(sizes[solvable])])
-        fit = kmeans(
-            X[rows],
-            k,
-            offsets=sub_off,
-            max_iter=max_iter,
-            tol=tol,
-            seed=seed,
-            device=device,
-            threads=threads,
+    else:
+        labels, objective = per_image_kmeans(
+            X, offsets, k, max_iter=max_iter, tol=tol, seed=seed, device=device, threads=threads
         )
-        labels[rows] = fit.labels
-        objective[solvable] = fit.objective
     fg_cluster = np.full(n, -1, dtype=np.int16)
     fg = np.zeros(X.shape[0], dtype=np.uint8)
     for i in solvable:

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lcseg_steps.kmeans import kmeans
+from lcseg_steps.levels import per_image_kmeans
 from lcseg_steps.store import feature_array, open_store, patch_layout
 
 VOID = 255
@@ -162,20 +162,9 @@ def best_split_iou(
     offsets = np.asarray(offsets, dtype=np.int64)
     sizes = np.diff(offsets)
     solvable = np.flatnonzero(sizes >= 2)
-    labels = np.zeros(int(offsets[-1]), dtype=np.int16)
-    if len(solvable):
-        rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in solvable])
-        sub_off = np.concatenate([[0], np.cumsum(sizes[solvable])])
-        fit = kmeans(
-            np.asarray(X)[rows],
-            2,
-            offsets=sub_off,
-            max_iter=max_iter,
-            tol=tol,
-            seed=seed,
-            device=device,
-        )
-        labels[rows] = fit.labels
+    labels, _ = per_image_kmeans(
+        np.asarray(X), offsets, 2, max_iter=max_iter, tol=tol, seed=seed, device=device
+    )
     iou = np.full(len(sizes), np.nan)
     for i in solvable:
         lo, hi = offsets[i], offsets[i + 1]
