@@ -21,6 +21,8 @@ include: "workflow/rules/segment.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/summary.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/analysis_grid.smk"
+include: "workflow/rules/analysis.smk"
 
 
 rule all:

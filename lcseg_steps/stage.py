@@ -1,11 +1,12 @@
 """The one adapter between a Snakemake rule and its stage.
 
 Every rule runs ``workflow/scripts/stage.py``, which calls :func:`run_rule`. Rule ``X``
-runs ``lcseg_steps.X.run(job)``: the stage module reads the rule's inputs and writes its
-outputs. :func:`run_rule` does what every stage needs first: everything printed goes to
-the rule's log, BLAS (and torch, when imported) use the rule's ``threads``, and the
-settings (``params.settings``, named as in the config schema) come with the attrs every
-store records: the settings and the digest of exactly those settings.
+runs ``lcseg_steps.X.run(job)`` (or the module its ``params.stage`` names): the stage
+module reads the rule's inputs and writes its outputs. :func:`run_rule` does what every
+stage needs first: everything printed goes to the rule's log, BLAS (and torch, when
+imported) use the rule's ``threads``, and the settings (``params.settings``, named as in
+the config schema) come with the attrs every store records: the settings and the digest
+of exactly those settings.
 """
 
 from __future__ import annotations
@@ -47,12 +48,19 @@ def settings_attrs(settings: dict) -> dict:
     return {"settings": settings, "settings_digest": settings_digest(settings)}
 
 
+def stage_name(smk) -> str:
+    """The stage module a rule runs, relative to ``lcseg_steps``: ``params.stage`` when
+    the rule names one (the analysis reuses the pipeline's rules under other names), else
+    the rule's name."""
+    return smk.params.get("stage") or smk.rule
+
+
 def run_rule(smk) -> Any:
     """Run the stage module named by the rule (``snakemake`` object of a ``script:``)."""
     settings = smk.params.get("settings", {})
     with stage_log(smk.log[0]) as log:
         # inside the log: an import error (a missing package in a conda env) lands there
-        stage = importlib.import_module(f"lcseg_steps.{smk.rule}")
+        stage = importlib.import_module(f"lcseg_steps.{stage_name(smk)}")
         limit_threads(smk.threads)
         job = Job(
             input=smk.input,

@@ -16,9 +16,7 @@ rule assign:
         mem_mb=dataset_mem_mb(1024 + assign_fit_mb(), 20 * embed_dim() * 4 / 1024),
         runtime=dataset_runtime(5, 0.01),
     params:
-        settings=stage_settings(
-            "labels", "n_classes", "class_clusterer", "n_neighbors", "fit_sample"
-        ),
+        settings=settings_of("assign"),
         shards=SHARDS,
     script:
         "../scripts/stage.py"

@@ -3,11 +3,13 @@ import os
 from snakemake.utils import validate
 
 # Snakemake puts the Snakefile's folder (the repository root) on sys.path while parsing.
-from lcseg_steps.backbone import embed_dim_of, patch_size_of
+from lcseg_steps.backbone import embed_dim_of
 from lcseg_steps.data.index import list_images, shard_names
 from lcseg_steps.data.registry import get_dataset
 from lcseg_steps.kmeans import STREAM_CACHE_BYTES
 from lcseg_steps.listing_cache import count_images
+from lcseg_steps.stage_settings import SEEDED as SEEDED_STAGES
+from lcseg_steps.stage_settings import stage_settings
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -39,6 +41,7 @@ HAS_GT = DATASET.name != "folder" or any(r.gt for r in list_images(config["datas
 wildcard_constraints:
     shard=r"s\d+",
     seed=r"\d+",
+    key=r"[0-9a-f]{12}",
 
 
 def dataset_inputs(wildcards):
@@ -47,43 +50,13 @@ def dataset_inputs(wildcards):
     return list(DATASET.inputs(config["dataset"]))
 
 
-def index_settings():
-    """The dataset, and what decides which images extract can take: the resize policy's
-    long side and the backbone's patch size (the backbone itself only when its name does
-    not tell the patch size)."""
-    bb = config["backbone"]
-    out = {
-        "dataset": config["dataset"],
-        "shard_size": config["shard_size"],
-        "long_side": config["extract"]["long_side"],
-        "patch_size": patch_size_of(bb["name"], bb.get("overrides")),
-    }
-    if out["patch_size"] is None:
-        out["backbone"] = {"name": bb["name"], "overrides": bb.get("overrides") or {}}
-    return out
-
-
-def extract_settings():
-    return {"backbone": config["backbone"], "extract": config["extract"]}
-
-
-def stage_settings(section, *keys, seeded=True):
-    """The config keys one stage uses (plus the job's seed), so a change of one key reruns
-    that stage and its dependents and nothing else: a params function for seeded stages,
-    else the dict itself (Snakemake evaluates a function once per job)."""
-    if not seeded:
-        return {key: config[section][key] for key in keys}
-
-    def settings(wildcards):
-        out = {key: config[section][key] for key in keys}
-        out["seed"] = int(wildcards.seed)
-        return out
-
-    return settings
-
-
-def clustering_settings(*keys):
-    return stage_settings("clustering", *keys)
+def settings_of(stage):
+    """A rule's ``params.settings``: the config keys its stage reads
+    (lcseg_steps/stage_settings.py), with the job's seed for a seeded stage (a params
+    function then, which Snakemake evaluates once per job)."""
+    if stage in SEEDED_STAGES:
+        return lambda wildcards: stage_settings(stage, config, int(wildcards.seed))
+    return stage_settings(stage, config)
 
 
 def merge_inputs(wildcards):
@@ -132,30 +105,6 @@ def report_inputs(wildcards):
         inputs["iou"] = f"{seeded}/per_class_iou.png"
         inputs["confusion"] = f"{seeded}/confusion.png"
     return inputs
-
-
-REFINE_KEYS = (
-    "crf",
-    "threshold",
-    "iterations",
-    "gauss_sxy",
-    "gauss_compat",
-    "bilateral_sxy",
-    "bilateral_srgb",
-    "bilateral_compat",
-    "clip",
-)
-
-
-def objects_settings():
-    """Region and descriptor settings; the backbone matters only for CLS descriptors."""
-    out = dict(config["objects"])
-    if out["descriptor"] == "cls":
-        out["backbone"] = config["backbone"]
-        out["device"] = config["extract"]["device"]
-    else:
-        out["feature"] = config["clustering"]["feature"]
-    return out
 
 
 # --- Resource estimates (scheduling only: no script reads them, so outputs do not depend

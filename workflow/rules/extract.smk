@@ -15,6 +15,6 @@ rule extract:
         mem_mb=shard_mem_mb(2048, extract_kb_per_image()),
         runtime=shard_runtime(5, 0.1 if uses_cuda(config["extract"]["device"]) else 1.0),
     params:
-        settings=extract_settings(),
+        settings=settings_of("extract"),
     script:
         "../scripts/stage.py"

@@ -17,16 +17,6 @@ rule fit_category:
         mem_mb=fit_mem_mb("category"),
         runtime=fit_runtime(),
     params:
-        settings=clustering_settings(
-            "feature",
-            "n_categories",
-            "category_clusterer",
-            "k_category",
-            "fg_vote",
-            "category_fit_sample",
-            "max_iter",
-            "tol",
-            "device",
-        ),
+        settings=settings_of("fit_category"),
     script:
         "../scripts/stage.py"

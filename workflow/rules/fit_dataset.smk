@@ -17,14 +17,6 @@ rule fit_dataset:
         mem_mb=fit_mem_mb("dataset"),
         runtime=fit_runtime(),
     params:
-        settings=clustering_settings(
-            "feature",
-            "k_dataset",
-            "fg_vote",
-            "init_sample",
-            "max_iter",
-            "tol",
-            "device",
-        ),
+        settings=settings_of("fit_dataset"),
     script:
         "../scripts/stage.py"

@@ -16,14 +16,6 @@ rule image_level:
         mem_mb=shard_mem_mb(1024, 2 * feature_kb_per_image()),
         runtime=shard_runtime(2, 0.2),
     params:
-        settings=clustering_settings(
-            "feature",
-            "image_clusterer",
-            "k_image",
-            "fg_rule",
-            "max_iter",
-            "tol",
-            "device",
-        ),
+        settings=settings_of("image_level"),
     script:
         "../scripts/stage.py"

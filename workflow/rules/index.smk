@@ -15,6 +15,6 @@ rule index:
         mem_mb=4000,
         runtime=10,
     params:
-        settings=index_settings(),
+        settings=settings_of("index"),
     script:
         "../scripts/stage.py"

@@ -12,6 +12,6 @@ rule merge:
         mem_mb=shard_mem_mb(512, 64),
         runtime=shard_runtime(2, 0.01),
     params:
-        settings=clustering_settings("feature", "levels", "consistency", "min_levels"),
+        settings=settings_of("merge"),
     script:
         "../scripts/stage.py"

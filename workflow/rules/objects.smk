@@ -17,6 +17,6 @@ rule objects:
         mem_mb=shard_mem_mb(2048, 512),
         runtime=shard_runtime(5, 0.5),
     params:
-        settings=objects_settings(),
+        settings=settings_of("objects"),
     script:
         "../scripts/stage.py"

@@ -15,6 +15,6 @@ rule refine:
         mem_mb=shard_mem_mb(1024, 256),
         runtime=shard_runtime(2, 1.0),
     params:
-        settings=stage_settings("refine", *REFINE_KEYS, seeded=False),
+        settings=settings_of("refine"),
     script:
         "../scripts/stage.py"

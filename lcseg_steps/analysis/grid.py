@@ -1,0 +1,286 @@
+"""The analysis grid: the variants of the config's ``analysis:`` block and the stages each
+one needs, keyed so that variants share every stage a normal run of each would compute
+alike.
+
+A variant is the run's config with some keys changed (``analysis.axes``: one key at a
+time; ``analysis.variants``: named sets of changes), or a baseline (``analysis.baselines``)
+whose patch masks replace the three levels. Each stage of a variant gets a key: the digest
+of its settings (``lcseg_steps.stage_settings``, the seed left out) and of the keys of the
+stages it reads. Equal keys mean equal outputs, so a stage is computed once however many
+variants need it, a new variant computes only its new stages, and a stage whose key is the
+run's own uses the run's own outputs (``results/<run>/features/``, ``seed<N>/...``).
+
+Pure Python over the config: the Snakefile builds the grid while it builds the DAG.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from lcseg_steps.settings import settings_digest
+from lcseg_steps.stage_settings import SEEDED, stage_settings
+
+# keys an axis or a variant may not change: they define the images and the run itself
+FIXED = ("run", "dataset", "shard_size", "seeds", "analysis", "report")
+# a variant's stages, each with the stages it reads (in the order they run)
+METHOD_STAGES: dict[str, tuple[str, ...]] = {
+    "index": (),
+    "extract": ("index",),
+    "image_level": ("extract",),
+    "fit_dataset": ("extract", "image_level"),
+    "fit_category": ("extract", "image_level"),
+    "merge": ("extract", "image_level", "fit_dataset", "fit_category"),
+    "refine": ("index", "merge"),
+    "objects": ("index", "refine", "extract"),
+    "assign": ("objects",),
+    "segment": ("objects", "assign"),
+    "evaluate": ("index", "segment"),
+}
+# a baseline's patch masks come from the features alone; the rest runs as for a method
+BASELINE_STAGES: dict[str, tuple[str, ...]] = {
+    "index": (),
+    "extract": ("index",),
+    "baselines": ("extract",),
+    "refine": ("index", "baselines"),
+    "objects": ("index", "refine", "extract"),
+    "assign": ("objects",),
+    "segment": ("objects", "assign"),
+    "evaluate": ("index", "segment"),
+}
+KEY_LENGTH = 12
+
+
+@dataclass(frozen=True)
+class Node:
+    """One stage of one or more variants: its settings (without the seed), the keys of
+    the stages it reads (``deps``: stage name -> key), and whether its output depends on
+    the seed (a seeded stage or one reading one; a baseline's masks, their refinement and
+    their regions do not, so they are computed once for all seeds)."""
+
+    stage: str
+    key: str
+    settings: dict
+    deps: dict
+    seeded: bool
+
+
+@dataclass
+class Variant:
+    """One row of the analysis table.
+
+    ``name``: ``base``, ``<dotted key>=<value>``, a name from ``analysis.variants``, or
+    ``baseline:<name>``; ``kind``: ``method`` or ``baseline``; ``changes``: dotted key ->
+    value set on the run's config; ``config``: the full config; ``keys``: stage -> key.
+    """
+
+    name: str
+    kind: str
+    changes: dict
+    config: dict
+    keys: dict = field(default_factory=dict)
+
+
+def dotted_get(config: Mapping, dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise KeyError(dotted)
+        node = node[part]
+    return node
+
+
+def dotted_set(config: dict, dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    node = config
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = copy.deepcopy(value)
+
+
+def flatten(changes: Mapping, prefix: str = "") -> dict[str, Any]:
+    """A nested config fragment -> ``{dotted key: value}`` (dicts are descended, except
+    ``backbone.overrides``, which is one value)."""
+    out: dict[str, Any] = {}
+    for key, value in changes.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and dotted != "backbone.overrides":
+            out.update(flatten(value, f"{dotted}."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def value_label(value: Any) -> str:
+    """A short cell text: lists joined with ``+``, the rest as JSON without quotes."""
+    if isinstance(value, (list, tuple)):
+        return "+".join(value_label(v) for v in value)
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True)
+
+
+def _check_changes(changes: Mapping[str, Any], base: Mapping, where: str) -> None:
+    for dotted in changes:
+        if dotted.split(".")[0] in FIXED:
+            raise ValueError(
+                f"{where}: {dotted!r} cannot vary in an analysis (it changes the images or "
+                f"the run itself: {', '.join(FIXED)} are fixed); run a second config instead"
+            )
+        try:
+            dotted_get(base, dotted)
+        except KeyError:
+            raise ValueError(
+                f"{where}: {dotted!r} is not a config key (see workflow/schemas/"
+                "config.schema.yaml; nested keys are dotted, e.g. clustering.feature)"
+            ) from None
+
+
+def _variant(name, kind, changes, base, validate, where) -> Variant:
+    _check_changes(changes, base, where)
+    config = copy.deepcopy(dict(base))
+    for dotted, value in changes.items():
+        dotted_set(config, dotted, value)
+    try:
+        validate(config)
+    except Exception as err:  # the schema's own message, with the variant named
+        raise ValueError(f"{where} gives an invalid config: {err}") from err
+    return Variant(name=name, kind=kind, changes=dict(changes), config=config)
+
+
+def variants(config: Mapping, validate: Callable[[dict], Any] = lambda c: None) -> list[Variant]:
+    """The variants of ``config["analysis"]``: ``base`` (the run's own config), one per
+    value of each axis that differs from the base, each named variant, then the
+    baselines. ``validate(config)`` checks (and completes) a variant's config; it raises
+    on an invalid one. A variant whose config equals an earlier one is left out."""
+    spec = config["analysis"]
+    base = copy.deepcopy(dict(config))
+    out = [Variant("base", "method", {}, base)]
+    for dotted, values in spec["axes"].items():
+        _check_changes({dotted: None}, base, f"analysis.axes.{dotted}")
+        for value in values:
+            if value == dotted_get(base, dotted):
+                continue
+            name = f"{dotted}={value_label(value)}"
+            out.append(
+                _variant(name, "method", {dotted: value}, base, validate, f"analysis.axes.{name}")
+            )
+    for i, item in enumerate(spec["variants"]):
+        where = f"analysis.variants[{i}] ({item['name']})"
+        out.append(_variant(item["name"], "method", flatten(item["set"]), base, validate, where))
+    for name in spec["baselines"]:
+        out.append(Variant(f"baseline:{name}", "baseline", {}, base))
+    seen: dict[str, str] = {}
+    unique = []
+    for v in out:
+        v.keys = stage_keys(v)
+        if v.keys["evaluate"] in seen:
+            continue
+        seen[v.keys["evaluate"]] = v.name
+        unique.append(v)
+    names = [v.name for v in unique]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"analysis: variant names must be unique, repeated: {dup}")
+    return unique
+
+
+def node_settings(stage: str, variant: Variant) -> dict:
+    """A stage's settings in a variant, the seed left out (it is part of the path)."""
+    config = variant.config
+    if stage == "baselines":
+        spec = config["analysis"]
+        return {
+            "baseline": variant.name.split(":", 1)[1],
+            "fraction": spec["centre_fraction"],
+            "shape": "ellipse",
+            "mass": spec["attention_mass"],
+        }
+    if stage == "segment":
+        return {}
+    settings = stage_settings(stage, config, seed=0 if stage in SEEDED else None)
+    settings.pop("seed", None)
+    if stage == "assign" and variant.kind == "baseline":
+        # all background leaves no object region: an empty class set, not an error
+        settings["empty_ok"] = True
+    return settings
+
+
+def _unused_fits(variant: Variant) -> set[str]:
+    """The global fits whose level the variant switches off (a baseline has none)."""
+    if variant.kind == "baseline":
+        return set()
+    levels = variant.config["clustering"]["levels"]
+    return {f"fit_{level}" for level in ("dataset", "category") if level not in levels}
+
+
+def _graph(variant: Variant) -> dict[str, tuple[str, ...]]:
+    graph = METHOD_STAGES if variant.kind == "method" else BASELINE_STAGES
+    unused = _unused_fits(variant)
+    return {
+        s: tuple(d for d in reads if d not in unused)
+        for s, reads in graph.items()
+        if s not in unused
+    }
+
+
+def stage_keys(variant: Variant) -> dict[str, str]:
+    """Stage -> key of every stage the variant runs (see the module docstring)."""
+    keys: dict[str, str] = {}
+    for stage, reads in _graph(variant).items():
+        deps = {dep: keys[dep] for dep in reads}
+        blob = {"stage": stage, "settings": node_settings(stage, variant), "deps": deps}
+        keys[stage] = settings_digest(blob)[:KEY_LENGTH]
+    return keys
+
+
+def nodes(variant_list: Sequence[Variant]) -> dict[str, dict[str, Node]]:
+    """Stage -> key -> :class:`Node` over all variants (each shared stage once)."""
+    out: dict[str, dict[str, Node]] = {}
+    for v in variant_list:
+        seeded: set[str] = set()
+        for stage, reads in _graph(v).items():
+            if stage in SEEDED or seeded.intersection(reads):
+                seeded.add(stage)
+            deps = {dep: v.keys[dep] for dep in reads}
+            node = Node(stage, v.keys[stage], node_settings(stage, v), deps, stage in seeded)
+            out.setdefault(stage, {})[node.key] = node
+    return out
+
+
+def varying_keys(variant_list: Sequence[Variant]) -> list[str]:
+    """The dotted keys that some variant changes, in the order they first appear."""
+    out: list[str] = []
+    for v in variant_list:
+        out += [k for k in v.changes if k not in out]
+    return out
+
+
+def row_keys(variant: Variant, varying: Sequence[str]) -> dict[str, str]:
+    """A variant's cells for the varying keys; a baseline shows only the backbone and
+    extraction keys (the clustering ones do not apply to it)."""
+    keys = varying
+    if variant.kind == "baseline":
+        keys = [k for k in varying if k.split(".")[0] in ("backbone", "extract")]
+    return {k: value_label(dotted_get(variant.config, k)) for k in keys}
+
+
+def extractions(variant_list: Sequence[Variant]) -> list[dict]:
+    """One entry per distinct extraction of the method variants: its key, the backbone
+    name, the layer and the stored features (what separability measures)."""
+    out: dict[str, dict] = {}
+    for v in variant_list:
+        if v.kind != "method" or v.keys["extract"] in out:
+            continue
+        c = v.config
+        out[v.keys["extract"]] = {
+            "key": v.keys["extract"],
+            "backbone": c["backbone"]["name"],
+            "layer": c["extract"]["layer"],
+            "features": list(c["extract"]["store_features"]),
+            "config": c,
+        }
+    return list(out.values())
