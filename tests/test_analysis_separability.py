@@ -322,8 +322,9 @@ def test_run_without_ground_truth_writes_null(tmp_path):
     write_index(records, index)
     settings = {"features": ["k"], "k_image": 3, "max_iter": 10, "tol": 1e-4, "seed": 1}
     settings |= {"backbone": "b", "layer": 4}
+    # one shard: Snakemake gives a single input file as a plain string
     separability_mod.run(
-        _job({"index": index, "features": stores[:1]}, tmp_path / "s.json", settings)
+        _job({"index": index, "features": stores[0]}, tmp_path / "s.json", settings)
     )
     k = json.loads((tmp_path / "s.json").read_text())["per_feature"]["k"]
     assert k["auc"] is None and k["mean_iou"] is None

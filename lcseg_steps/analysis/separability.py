@@ -369,6 +369,6 @@ def run(job: Job) -> dict:
     ``job.output[0]`` (JSON). Settings: ``features`` (e.g. ``["q", "k", "v"]``),
     ``k_image``, ``max_iter``, ``tol``, ``seed`` (optional ``device``, default cpu), and
     ``backbone`` / ``layer``, recorded only."""
-    return run_separability(
-        job.input.index, list(job.input.features), job.output[0], **job.settings, log=job.log
-    )
+    stores = job.input.features
+    stores = [stores] if isinstance(stores, (str, os.PathLike)) else list(stores)  # one shard
+    return run_separability(job.input.index, stores, job.output[0], **job.settings, log=job.log)
