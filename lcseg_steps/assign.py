@@ -206,6 +206,20 @@ def fit_classes(
     return ClassFit(labels, prototypes.astype(np.float32), fitted)
 
 
+def class_per_region(descriptors: np.ndarray, n_classes: int) -> ClassFit:
+    """``(n, D)`` descriptors with ``n < n_classes`` (possibly 0) -> every region its own
+    class ``0 .. n - 1``; prototypes ``(n_classes, D)`` are the unit rows, then zeros."""
+    x = np.asarray(descriptors)
+    n = x.shape[0]
+    labels = np.arange(n, dtype=np.int64)
+    if n:
+        x = _check_descriptors(x, n)  # unit rows; the same errors as a real fit
+        prototypes = class_prototypes(x, labels, n_classes)
+    else:
+        prototypes = np.zeros((n_classes, x.shape[1] if x.ndim == 2 else 0))
+    return ClassFit(labels, prototypes.astype(np.float32), labels.copy())
+
+
 def assign_classes(
     descriptors: np.ndarray,
     n_classes: int,
@@ -269,12 +283,15 @@ def run_assign(
     seed: int,
     attrs: dict,
     fit_sample: int | None = DEFAULT_FIT_SAMPLE,
+    empty_ok: bool = False,
     log: Callable[[str], None] = print,
 ) -> Path:
     """All region descriptors -> one class per region (spectral clustering by default).
 
     Writes ``labels``, ``region_offsets``, ``shards``, the class ``prototypes`` and the
-    ``fitted`` rows (see :class:`ClassFit`).
+    ``fitted`` rows (see :class:`ClassFit`). Fewer regions than ``n_classes`` is an error,
+    unless ``empty_ok`` (not a config key: the analysis baselines pass it, whose masks may
+    leave few or no regions): then every region is its own class (:func:`class_per_region`).
     """
     descs = [np.asarray(open_store(p)["descriptors"][:]) for p in objects]
     counts = [len(d) for d in descs]
@@ -284,19 +301,23 @@ def run_assign(
         f"assign: {len(X)} regions from {len(objects)} shard(s) -> {n_classes} classes "
         f"({class_clusterer})"
     )
-    if len(X) < n_classes:
+    if len(X) < n_classes and not empty_ok:
         raise ValueError(
             f"labels.n_classes={n_classes} but the masks gave only {len(X)} object regions; "
             "lower labels.n_classes, lower objects.min_region_area or add images"
         )
-    fit = fit_classes(
-        X,
-        n_classes,
-        method=class_clusterer,
-        n_neighbors=n_neighbors,
-        seed=seed,
-        fit_sample=fit_sample,
-    )
+    if len(X) < n_classes:
+        log(f"assign: only {len(X)} region(s) for {n_classes} classes: one class per region")
+        fit = class_per_region(X, n_classes)
+    else:
+        fit = fit_classes(
+            X,
+            n_classes,
+            method=class_clusterer,
+            n_neighbors=n_neighbors,
+            seed=seed,
+            fit_sample=fit_sample,
+        )
     del X
     if len(fit.fitted) < len(fit.labels):
         log(

@@ -40,3 +40,13 @@ def tmp_sibling(path: str | os.PathLike) -> Path:
             else:
                 old.unlink(missing_ok=True)
     return path.with_name(f"{path.name}.tmp-{host}-{pid}")
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to a :func:`tmp_sibling` of ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_sibling(path)
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -1,11 +1,15 @@
 """Baseline patch masks against hand computations (and DINO's ascending formulation)."""
 
 import math
+from types import SimpleNamespace
 
+import cv2
 import numpy as np
 import pytest
 
+from lcseg_steps.analysis import baselines
 from lcseg_steps.analysis.baselines import (
+    BASELINES,
     all_background,
     baseline_masks,
     centre_mask,
@@ -13,7 +17,10 @@ from lcseg_steps.analysis.baselines import (
     cls_attention_mask,
     top_mass_mask,
 )
-from lcseg_steps.store import write_store
+from lcseg_steps.data.index import ImageRecord
+from lcseg_steps.refine import run_refine
+from lcseg_steps.stage import settings_attrs
+from lcseg_steps.store import open_store, patch_layout, pixel_map, read_ids, write_store
 
 
 def grid_of(rows, cols, gh, gw):
@@ -116,3 +123,65 @@ def test_baseline_masks_from_a_store(tmp_path):
     assert list(baseline_masks(path, "centre_prior")["image_ids"]) == ["a", "b"]
     with pytest.raises(ValueError, match="baseline"):
         baseline_masks(path, "random")
+
+
+def _job(inputs: dict, output, settings: dict) -> SimpleNamespace:
+    """A stand-in for ``lcseg_steps.stage.Job`` with what the stage reads."""
+    return SimpleNamespace(
+        input=SimpleNamespace(**inputs),
+        output=[str(output)],
+        settings=settings,
+        attrs=settings_attrs(settings),
+        log=lambda _msg: None,
+    )
+
+
+@pytest.mark.parametrize("baseline", BASELINES)
+def test_run_writes_a_patch_masks_store_refine_reads(tmp_path, baseline):
+    rng = np.random.default_rng(0)
+    grids = np.array([[3, 4], [5, 5]], dtype=np.int32)
+    offsets = np.array([0, 12, 37], dtype=np.int64)
+    features = write_store(
+        tmp_path / "features" / "s0000.zarr",
+        {
+            "cls_attn": rng.random(37).astype(np.float32),
+            "offsets": offsets,
+            "grid": grids,
+            "image_ids": np.array(["a", "b"]),
+        },
+    )
+    records = []
+    for image_id, (gh, gw) in zip("ab", grids, strict=True):
+        path = tmp_path / f"{image_id}.png"
+        assert cv2.imwrite(str(path), rng.integers(0, 256, (8 * gh, 8 * gw, 3), dtype=np.uint8))
+        records.append(ImageRecord(image_id, str(path), "", 8 * int(gh), 8 * int(gw), "s0000"))
+    settings = {"baseline": baseline, "fraction": 0.5, "shape": "ellipse", "mass": 0.6, "seed": 3}
+    out = baselines.run(_job({"features": features}, tmp_path / "pm.zarr", settings))
+    pm = open_store(out)
+    want = baseline_masks(features, baseline)
+    merged = np.asarray(pm["merged"][:])
+    assert merged.dtype == np.uint8
+    np.testing.assert_array_equal(merged, want["fg"])
+    score = np.asarray(pm["score"][:])
+    assert score.dtype == np.float32  # the dtype of merge's soft score
+    np.testing.assert_array_equal(score, want["fg"])
+    layout = patch_layout(pm)
+    np.testing.assert_array_equal(layout["offsets"], offsets)
+    np.testing.assert_array_equal(layout["grid"], grids)
+    assert list(read_ids(pm)) == ["a", "b"]
+    assert pm.attrs["baseline"] == baseline and pm.attrs["settings"] == settings
+    assert pm.attrs["settings_digest"] == settings_attrs(settings)["settings_digest"]
+    # refine runs on it unchanged; without the CRF a 0/1 score at threshold 0.5 keeps
+    # exactly the patches of the mask, upsampled
+    px = open_store(
+        run_refine(
+            out, records, tmp_path / "px.zarr", crf=False, threshold=0.5, processes=1, attrs={}
+        )
+    )
+    for i, (gh, gw) in enumerate(grids):
+        mask = pixel_map(px, "mask", i)
+        fg = want["fg"][offsets[i] : offsets[i + 1]].reshape(gh, gw)
+        assert mask.shape == (8 * gh, 8 * gw)
+        np.testing.assert_array_equal(mask[4::8, 4::8], fg)  # the patch centres
+        if baseline == "all_background":
+            assert not mask.any()

@@ -1,27 +1,37 @@
 """Foreground/background separability against sklearn's ROC-AUC, loops and brute force."""
 
 import itertools
+import json
+from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from lcseg_steps.analysis import separability as separability_mod
 from lcseg_steps.analysis.separability import (
     IOU_BINS,
     SCORE_BINS,
+    SUMMARY_KEYS,
+    VOID,
     best_assignment_iou,
     best_split_iou,
     centroid_scores,
     histogram,
     patch_ground_truth,
     patch_ground_truths,
+    pool_separability,
     pooled_auc,
     roc_auc,
     separability,
     store_separability,
 )
+from lcseg_steps.data.index import ImageRecord, read_index, write_index
+from lcseg_steps.data.voc import write_label_png
 from lcseg_steps.kmeans import kmeans
-from lcseg_steps.store import write_store
+from lcseg_steps.stage import settings_attrs
+from lcseg_steps.store import open_store, write_store
 
 
 def test_patch_ground_truth_by_hand():
@@ -210,3 +220,128 @@ def test_separability_summary_and_store(tmp_path):
     assert st["auc"] == pytest.approx(out["auc"], abs=1e-3)
     with pytest.raises(ValueError, match="2 ground-truth maps for 3 images"):
         store_separability(path, gts[:2], "k")
+
+
+def _job(inputs: dict, output, settings: dict) -> SimpleNamespace:
+    """A stand-in for ``lcseg_steps.stage.Job`` with what the stage reads."""
+    return SimpleNamespace(
+        input=SimpleNamespace(**inputs),
+        output=[str(output)],
+        settings=settings,
+        attrs=settings_attrs(settings),
+        log=lambda _msg: None,
+    )
+
+
+def _extraction(tmp_path, rng):
+    """Two shard stores (q/k/v; k follows the ground truth, q and v are noise), their
+    gt PNGs (8x8 pixels per patch, the left half of each image class 3) and the index;
+    image c has no ground truth."""
+    shards = {"s0000": {"a": (3, 4), "b": (2, 5)}, "s0001": {"c": (4, 4), "d": (3, 3)}}
+    records, stores, gts = [], [], {}
+    for shard, images in shards.items():
+        grids = np.array(list(images.values()), dtype=np.int32)
+        maps = []
+        for image_id, (gh, gw) in images.items():
+            m = np.zeros((8 * gh, 8 * gw), dtype=np.uint8)
+            m[:, : 4 * gw] = 3
+            m[0, :] = VOID
+            gt = ""
+            if image_id != "c":
+                gt = str(tmp_path / "gt" / f"{image_id}.png")
+                write_label_png(gt, m)
+                gts[image_id] = m
+            maps.append(m if gt else None)
+            records.append(ImageRecord(image_id, f"/img/{image_id}.jpg", gt, 8 * gh, 8 * gw, shard))
+        g = patch_ground_truths(maps, grids)
+        n = len(g)
+        k = np.where((g == 1)[:, None], np.eye(8)[0], np.eye(8)[1]) + 0.3 * rng.standard_normal(
+            (n, 8)
+        )
+        arrays = {name: rng.standard_normal((n, 8)).astype(np.float16) for name in "qv"}
+        stores.append(
+            write_store(
+                tmp_path / "features" / f"{shard}.zarr",
+                {
+                    **arrays,
+                    "k": k.astype(np.float16),
+                    "offsets": np.concatenate([[0], np.cumsum(grids.prod(axis=1))]),
+                    "grid": grids,
+                    "image_ids": np.array(list(images)),
+                },
+            )
+        )
+    index = tmp_path / "images.tsv"
+    write_index(records[::-1], index)  # the store's order, not the index's, decides
+    return index, stores, gts
+
+
+def test_run_pools_the_shards_into_json(tmp_path):
+    rng = np.random.default_rng(6)
+    index, stores, gts = _extraction(tmp_path, rng)
+    settings = {
+        "features": ["q", "k", "v"],
+        "k_image": 2,
+        "max_iter": 30,
+        "tol": 1e-4,
+        "seed": 0,
+        "backbone": "dino_vits16",
+        "layer": 11,
+    }
+    job = _job({"index": str(index), "features": stores}, tmp_path / "sep.json", settings)
+    separability_mod.run(job)
+    out = json.loads((tmp_path / "sep.json").read_text())
+    assert out["backbone"] == "dino_vits16" and out["layer"] == 11
+    assert list(out["per_feature"]) == ["q", "k", "v"]
+    # one separability over all images at once (image c: no ground truth)
+    shard_gts = [[gts["a"], gts["b"]], [None, gts["d"]]]
+    parts = [store_separability(p, g, "k", seed=0) for p, g in zip(stores, shard_gts, strict=True)]
+    X = np.concatenate([np.asarray(open_store(p)["k"][:]) for p in stores])
+    grids = np.concatenate([np.asarray(open_store(p)["grid"][:]) for p in stores])
+    offsets = np.concatenate([[0], np.cumsum(grids.prod(axis=1))])
+    whole = separability(X, offsets, patch_ground_truths(sum(shard_gts, []), grids), seed=0)
+    k = out["per_feature"]["k"]
+    assert set(k) == set(SUMMARY_KEYS)
+    assert k["auc"] == pytest.approx(whole["auc"], abs=1e-12) and k["auc"] > 0.9
+    iou = np.concatenate([p["iou"] for p in parts])
+    assert k["mean_iou"] == pytest.approx(np.nanmean(iou))
+    assert k["n_images_scored"] == whole["n_images_scored"] == 3
+    assert k["n_patches_scored"] == whole["n_patches_scored"]
+    for key in ("score_hist_fg", "score_hist_bg"):
+        assert k[key] == whole[key].tolist()
+    assert k["iou_hist"] == (parts[0]["iou_hist"] + parts[1]["iou_hist"]).tolist()
+    assert k["score_bins"] == pytest.approx(SCORE_BINS.tolist())
+    assert k["iou_bins"] == pytest.approx(IOU_BINS.tolist())
+    assert sum(k["iou_hist"]) == 3
+
+
+def test_run_without_ground_truth_writes_null(tmp_path):
+    rng = np.random.default_rng(7)
+    index, stores, _ = _extraction(tmp_path, rng)
+    records = [replace(r, gt="") for r in read_index(index)]
+    write_index(records, index)
+    settings = {"features": ["k"], "k_image": 3, "max_iter": 10, "tol": 1e-4, "seed": 1}
+    settings |= {"backbone": "b", "layer": 4}
+    # one shard: Snakemake gives a single input file as a plain string
+    separability_mod.run(
+        _job({"index": index, "features": stores[0]}, tmp_path / "s.json", settings)
+    )
+    k = json.loads((tmp_path / "s.json").read_text())["per_feature"]["k"]
+    assert k["auc"] is None and k["mean_iou"] is None
+    assert k["n_images_scored"] == 0 and sum(k["score_hist_fg"]) == 0
+
+
+def test_pool_separability_with_k3_matches_brute_force():
+    rng = np.random.default_rng(8)
+    X, offsets, g = planted(rng, [20, 2, 30])
+    out = separability(X, offsets, g, k=3, seed=0)
+    assert np.isnan(out["iou"][1])  # 2 patches < k
+    for i in (0, 2):
+        lo, hi = offsets[i], offsets[i + 1]
+        assert out["iou"][i] == pytest.approx(
+            best_assignment_iou(out["labels"][lo:hi], g[lo:hi], 3)[0]
+        )
+    pooled = pool_separability([out])
+    assert pooled["auc"] == out["auc"] and pooled["mean_iou"] == out["mean_iou"]
+    with pytest.raises(ValueError, match="k >= 2"):
+        best_split_iou(X, offsets, g, k=1)

@@ -537,6 +537,88 @@ def test_assign_as_many_regions_as_classes(tmp_path, clusterer, n_regions):
         run_assign([p], ["sA"], tmp_path / "d.zarr", n_classes=n_regions + 1, **kw)
 
 
+@pytest.mark.parametrize("n_regions", [0, 2])
+def test_assign_empty_ok_gives_every_region_its_own_class(tmp_path, n_regions):
+    """The analysis baselines (all background) may leave fewer regions than classes, even
+    none: with ``empty_ok`` each region is its own class and the store is still written."""
+    x = np.random.default_rng(0).standard_normal((n_regions, 8))
+    paths = [_desc_store(tmp_path / "oa.zarr", x), _desc_store(tmp_path / "ob.zarr", x[:0])]
+    kw = dict(class_clusterer="spectral", n_neighbors=5, seed=0, attrs=ATTRS, log=_quiet)
+    with pytest.raises(ValueError, match=r"labels\.n_classes=4"):
+        run_assign(paths, ["sA", "sB"], tmp_path / "c.zarr", n_classes=4, **kw)
+    out = run_assign(paths, ["sA", "sB"], tmp_path / "c.zarr", n_classes=4, empty_ok=True, **kw)
+    cl = open_store(out)
+    assert np.asarray(cl["labels"][:]).tolist() == list(range(n_regions))
+    assert np.asarray(cl["region_offsets"][:]).tolist() == [0, n_regions, n_regions]
+    assert list(read_ids(cl, "shards")) == ["sA", "sB"]
+    assert np.asarray(cl["fitted"][:]).tolist() == list(range(n_regions))
+    proto = np.asarray(cl["prototypes"][:])
+    assert proto.shape == (4, 8) and not proto[n_regions:].any()
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    np.testing.assert_allclose(proto[:n_regions], unit, atol=1e-6)
+    # as many regions as classes or more: empty_ok changes nothing
+    y = np.random.default_rng(1).standard_normal((9, 8))
+    p = _desc_store(tmp_path / "oc.zarr", y)
+    a = run_assign([p], ["sA"], tmp_path / "d.zarr", n_classes=3, **kw)
+    b = run_assign([p], ["sA"], tmp_path / "e.zarr", n_classes=3, empty_ok=True, **kw)
+    np.testing.assert_array_equal(open_store(a)["labels"][:], open_store(b)["labels"][:])
+
+
+def test_no_regions_segment_predicts_background(shard, tmp_path):
+    """All-background masks: objects finds no region, assign (empty_ok) writes an empty
+    classes store, segment predicts background everywhere and evaluate scores it."""
+    lay = pixel_layout([np.zeros(s, np.uint8) for s in SIZES.values()])
+    px = write_store(
+        tmp_path / "px.zarr",
+        {"mask": lay["flat"], **{k: lay[k] for k in ("pixel_offsets", "sizes")}}
+        | {"image_ids": np.array(list(SIZES))},
+    )
+    records = list(shard["records"].values())
+    ob = run_objects(
+        px,
+        shard["features"],
+        records,
+        tmp_path / "ob.zarr",
+        descriptor="masked_keys",
+        backbone={},
+        log=_quiet,
+        **OBJ_KW,
+    )
+    assert open_store(ob)["descriptors"].shape == (0, D)
+    cl = run_assign(
+        [ob],
+        [SHARD],
+        tmp_path / "cl.zarr",
+        n_classes=2,
+        class_clusterer="spectral",
+        n_neighbors=5,
+        seed=0,
+        empty_ok=True,
+        attrs=ATTRS,
+        log=_quiet,
+    )
+    assert open_store(cl)["labels"].shape == (0,)
+    sem = run_segment(ob, cl, SHARD, tmp_path / "sem.zarr", tmp_path / "pred", attrs=ATTRS)
+    st = open_store(sem)
+    for i, size in enumerate(SIZES.values()):
+        sem_map = pixel_map(st, "semantic", i)
+        assert sem_map.shape == size and not sem_map.any()
+    metrics = run_evaluate(
+        [sem],
+        records,
+        tmp_path / "m.json",
+        tmp_path / "iou.png",
+        tmp_path / "conf.png",
+        class_names=["background", "one", "two"],
+        n_classes=2,
+        matching="hungarian",
+        facts={},
+        log=_quiet,
+    )
+    assert 0 < metrics["per_class_iou"]["background"] < 1
+    assert metrics["per_class_iou"]["one"] == 0 and metrics["per_class_iou"]["two"] == 0
+
+
 # ---------------------------------------------------------------------------------------
 # segment
 

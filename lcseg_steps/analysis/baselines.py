@@ -25,10 +25,16 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lcseg_steps.store import open_store, patch_layout
+from lcseg_steps.store import open_store, patch_layout, write_store
+
+if TYPE_CHECKING:
+    from lcseg_steps.stage import Job
 
 BASELINES = ("all_background", "centre_prior", "cls_attention")
 _MASS_TOL = 1e-9  # mass reached up to rounding counts as reached (0.4 + 0.3 + 0.2 vs 0.9)
@@ -127,3 +133,42 @@ def baseline_masks(
     if len(fg) != int(layout["offsets"][-1]):
         raise ValueError(f"{features}: grid and offsets disagree on the number of patches")
     return {"fg": fg, **layout}
+
+
+def run_baseline(
+    features: str | os.PathLike,
+    out: str | os.PathLike,
+    baseline: str,
+    *,
+    fraction: float = 0.5,
+    shape: str = "ellipse",
+    mass: float = 0.6,
+    attrs: dict,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """One shard's baseline mask as a ``patch_masks`` store in the layout ``merge`` writes
+    (``merged`` ``(N,)`` uint8, ``score`` ``(N,)`` float32, ``offsets``, ``grid``,
+    ``image_ids``), so refine and the later stages run on it unchanged. The score is the
+    mask itself: refine thresholds (or CRF-refines) a hard 0/1 score."""
+    masks = baseline_masks(features, baseline, fraction=fraction, shape=shape, mass=mass)
+    fg = masks.pop("fg")
+    sizes = np.diff(masks["offsets"])
+    fg_per_image = np.add.reduceat(fg, masks["offsets"][:-1]) if len(fg) else sizes * 0
+    log(
+        f"baseline {baseline}: foreground share {fg.mean() if len(fg) else 0.0:.3f}; "
+        f"{int((fg_per_image == 0).sum())} of {len(sizes)} image(s) with empty foreground"
+    )
+    return write_store(
+        out,
+        {"merged": fg, "score": fg.astype(np.float32), **masks},
+        {**attrs, "baseline": baseline},
+    )
+
+
+def run(job: Job) -> Path:
+    """The analysis rule of a baseline: ``job.input.features`` (one shard's feature store)
+    -> ``job.output[0]`` (its ``patch_masks`` store). Settings: ``baseline`` (one of
+    :data:`BASELINES`), ``fraction``, ``shape``, ``mass``; a ``seed`` only keys the
+    output folder (no baseline draws anything at random)."""
+    settings = {key: value for key, value in job.settings.items() if key != "seed"}
+    return run_baseline(job.input.features, job.output[0], **settings, attrs=job.attrs, log=job.log)

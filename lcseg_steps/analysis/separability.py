@@ -22,7 +22,8 @@ Arrays follow the ragged layout of the feature stores (``lcseg_steps.store``): `
   (``lcseg_steps.kmeans.kmeans(offsets=...)``), then the one cluster taken as foreground
   that maximises the patch IoU against ground truth (over the labelled patches; "both" and
   "neither" are not splits). NaN for an image with fewer than 2 patches or no labelled
-  foreground patch.
+  foreground patch. With ``k > 2`` (the analysis's ``k_image``) the best union of
+  clusters (:func:`best_assignment_iou`), NaN for an image of fewer than ``k`` patches.
 - Histograms: counts in fixed bins, :data:`SCORE_BINS` (the score of foreground and of
   background patches apart) and :data:`IOU_BINS`; the last bin includes its right edge.
 """
@@ -30,13 +31,21 @@ Arrays follow the ragged layout of the feature stores (``lcseg_steps.store``): `
 from __future__ import annotations
 
 import itertools
+import json
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from lcseg_steps.atomic_write import write_text_atomic
+from lcseg_steps.data.index import ImageRecord, load_ground_truth, read_index
 from lcseg_steps.levels import per_image_kmeans
-from lcseg_steps.store import feature_array, open_store, patch_layout
+from lcseg_steps.store import feature_array, open_store, patch_layout, records_in_order
+
+if TYPE_CHECKING:
+    from lcseg_steps.stage import Job
 
 VOID = 255
 BACKGROUND = 0
@@ -149,26 +158,29 @@ def best_split_iou(
     offsets: np.ndarray,
     gt_patch: np.ndarray,
     *,
+    k: int = 2,
     max_iter: int = 30,
     tol: float = 1e-4,
     seed: int = 0,
     device: str = "cpu",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image k-means with k = 2 and the best cluster-to-foreground choice.
+    """Per-image k-means (k = 2 by default) and the best cluster-to-foreground choice.
 
-    Returns ``labels`` ``(N,)`` int16 (0 for an image of fewer than 2 patches) and ``iou``
-    ``(n,)`` float64 (NaN where undefined, see the module docstring).
+    Returns ``labels`` ``(N,)`` int16 (0 for an image of fewer than ``k`` patches) and
+    ``iou`` ``(n,)`` float64 (NaN where undefined, see the module docstring).
     """
+    if k < 2:
+        raise ValueError(f"a split needs k >= 2 clusters, got k={k}")
     offsets = np.asarray(offsets, dtype=np.int64)
     sizes = np.diff(offsets)
-    solvable = np.flatnonzero(sizes >= 2)
+    solvable = np.flatnonzero(sizes >= k)
     labels, _ = per_image_kmeans(
-        np.asarray(X), offsets, 2, max_iter=max_iter, tol=tol, seed=seed, device=device
+        np.asarray(X), offsets, k, max_iter=max_iter, tol=tol, seed=seed, device=device
     )
     iou = np.full(len(sizes), np.nan)
     for i in solvable:
         lo, hi = offsets[i], offsets[i + 1]
-        iou[i] = best_assignment_iou(labels[lo:hi], gt_patch[lo:hi], 2)[0]
+        iou[i] = best_assignment_iou(labels[lo:hi], gt_patch[lo:hi], k)[0]
     return labels, iou
 
 
@@ -185,7 +197,8 @@ def separability(
     """All of the above for one set of images.
 
     Returns ``auc`` (float), ``mean_iou`` (float, mean over images with an IoU),
-    ``score`` ``(N,)``, ``labels`` ``(N,)``, ``iou`` ``(n,)``, ``score_bins``,
+    ``score`` ``(N,)``, ``labels`` ``(N,)``, ``gt_patch`` ``(N,)``, ``iou`` ``(n,)``,
+    ``score_bins``,
     ``score_hist_fg`` / ``score_hist_bg`` (counts of the labelled foreground / background
     patches' scores), ``iou_bins``, ``iou_hist``, ``n_images_scored`` (images with a
     score) and ``n_patches_scored`` (labelled patches in the AUC).
@@ -205,6 +218,7 @@ def separability(
         "mean_iou": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
         "score": score,
         "labels": labels,
+        "gt_patch": gt_patch,
         "iou": iou,
         "score_bins": SCORE_BINS,
         "score_hist_fg": histogram(score[scored & (gt_patch == 1)], SCORE_BINS),
@@ -230,3 +244,131 @@ def store_separability(
     X = np.asarray(feature_array(fs, features, feature)[:])
     gt_patch = patch_ground_truths(gts, layout["grid"])
     return separability(X, layout["offsets"], gt_patch, **kmeans_kw)
+
+
+# ---------------------------------------------------------------- the analysis stage
+
+SUMMARY_KEYS = (
+    "auc",
+    "mean_iou",
+    "n_images_scored",
+    "n_patches_scored",
+    "score_bins",
+    "score_hist_fg",
+    "score_hist_bg",
+    "iou_bins",
+    "iou_hist",
+)
+
+
+def _cat(parts: Sequence[dict], key: str, dtype) -> np.ndarray:
+    return np.concatenate([np.zeros(0, dtype)] + [np.asarray(p[key]) for p in parts])
+
+
+def _hist_sum(parts: Sequence[dict], key: str, bins: np.ndarray) -> np.ndarray:
+    return sum((np.asarray(p[key]) for p in parts), np.zeros(len(bins) - 1, np.int64))
+
+
+def pool_separability(parts: Sequence[dict]) -> dict[str, object]:
+    """:func:`separability` results of disjoint image sets (the shards of an extraction)
+    -> the :data:`SUMMARY_KEYS` of all their images together.
+
+    The centroid score is per image, so the pooled AUC over the concatenated scores equals
+    the AUC of one :func:`separability` over all images; the mean IoU is over every image
+    with an IoU; histograms and counts add up.
+    """
+    score = _cat(parts, "score", np.float64)
+    gt_patch = _cat(parts, "gt_patch", np.int8)
+    iou = _cat(parts, "iou", np.float64)
+    return {
+        "auc": pooled_auc(score, gt_patch),
+        "mean_iou": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
+        "n_images_scored": sum(int(p["n_images_scored"]) for p in parts),
+        "n_patches_scored": sum(int(p["n_patches_scored"]) for p in parts),
+        "score_bins": SCORE_BINS,
+        "score_hist_fg": _hist_sum(parts, "score_hist_fg", SCORE_BINS),
+        "score_hist_bg": _hist_sum(parts, "score_hist_bg", SCORE_BINS),
+        "iou_bins": IOU_BINS,
+        "iou_hist": _hist_sum(parts, "iou_hist", IOU_BINS),
+    }
+
+
+def json_summary(result: dict) -> dict:
+    """The :data:`SUMMARY_KEYS` of a result as JSON values: arrays as lists, counts as
+    ints, NaN as ``None``."""
+
+    def plain(v):
+        if isinstance(v, np.ndarray):
+            return plain(v.tolist())
+        if isinstance(v, list):
+            return [plain(x) for x in v]
+        if isinstance(v, (float, np.floating)):
+            return None if math.isnan(v) else float(v)
+        return v.item() if isinstance(v, np.generic) else v
+
+    return {key: plain(result[key]) for key in SUMMARY_KEYS}
+
+
+def shard_ground_truths(
+    features: str | os.PathLike, records: Sequence[ImageRecord]
+) -> list[np.ndarray | None]:
+    """One ``(H, W)`` ground-truth map per image of a feature store, in the store's order
+    (``None`` for an image without ground truth: its patches are ignored)."""
+    store = open_store(features)
+    return [load_ground_truth(r) for r in records_in_order(store, records, features)]
+
+
+def run_separability(
+    index: str | os.PathLike,
+    stores: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    features: Sequence[str],
+    k_image: int = 2,
+    max_iter: int = 30,
+    tol: float = 1e-4,
+    seed: int = 0,
+    device: str = "cpu",
+    backbone: object = None,
+    layer: object = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Separability of each of ``features`` (``q``/``k``/``v``) over all images of the
+    feature ``stores`` (the shards of one extraction) -> JSON at ``out``:
+    ``{"backbone", "layer", "k_image", "per_feature": {name: json_summary}}``.
+
+    Shard by shard (one shard's features in memory at a time), then pooled
+    (:func:`pool_separability`).
+    """
+    records = read_index(index)
+    parts: dict[str, list[dict]] = {name: [] for name in features}
+    for path in stores:
+        gts = shard_ground_truths(path, records)
+        n_gt = sum(g is not None for g in gts)
+        log(f"separability: {path}: {len(gts)} images, {n_gt} with ground truth")
+        for name in features:
+            r = store_separability(
+                path, gts, name, k=k_image, max_iter=max_iter, tol=tol, seed=seed, device=device
+            )
+            # keep what pooling needs, not the shard's k-means labels
+            parts[name].append({key: r[key] for key in (*SUMMARY_KEYS, "score", "gt_patch", "iou")})
+    per_feature = {name: json_summary(pool_separability(parts[name])) for name in features}
+    for name, r in per_feature.items():
+        log(
+            f"separability: {backbone} layer {layer} {name}: AUC {r['auc']}, best-split IoU "
+            f"{r['mean_iou']} over {r['n_images_scored']} images"
+        )
+    result = {"backbone": backbone, "layer": layer, "k_image": k_image, "per_feature": per_feature}
+    write_text_atomic(out, json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def run(job: Job) -> dict:
+    """The analysis rule of one extraction's separability: ``job.input.index``
+    (images.tsv) and ``job.input.features`` (its shard stores, in shard order) ->
+    ``job.output[0]`` (JSON). Settings: ``features`` (e.g. ``["q", "k", "v"]``),
+    ``k_image``, ``max_iter``, ``tol``, ``seed`` (optional ``device``, default cpu), and
+    ``backbone`` / ``layer``, recorded only."""
+    stores = job.input.features
+    stores = [stores] if isinstance(stores, (str, os.PathLike)) else list(stores)  # one shard
+    return run_separability(job.input.index, stores, job.output[0], **job.settings, log=job.log)
