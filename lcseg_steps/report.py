@@ -44,8 +44,9 @@ td.num { text-align: right; font-family: monospace; }
 .warning { background: #fde2e1; border: 2px solid #c0392b; padding: 0.6em 1em;
            margin: 1em 0; font-weight: bold; }
 .row { display: flex; flex-wrap: wrap; gap: 6px; margin-bottom: 1em; }
-figure { margin: 0; }
-figcaption { font-size: 0.8em; max-width: 256px; }
+figure { margin: 0; width: min-content; }
+/* long names (class_names_with_underscores) wrap rather than widen a narrow panel */
+figcaption { font-size: 0.8em; overflow-wrap: anywhere; }
 dl { display: grid; grid-template-columns: max-content auto; gap: 2px 1.5em; }
 dt { font-weight: bold; }
 dd { margin: 0; font-family: monospace; }
@@ -54,10 +55,11 @@ table.protocols th { white-space: nowrap; }
 table.analysis th { white-space: nowrap; }
 table.analysis tr.best td { background: #e3f4e1; font-weight: bold; }
 ul.legend { list-style: none; margin: 2px 0 0 0; padding: 0; font-size: 0.8em;
-            max-width: 256px; }
+            overflow-wrap: anywhere; }
 ul.legend li { display: flex; align-items: center; gap: 4px; line-height: 1.35; }
 .sw { display: inline-block; flex: none; width: 0.9em; height: 0.9em;
       border: 1px solid #666; }
+.sw.wide { width: 2.5em; }
 .note { color: #555; }
 .caveat { background: #fff6d5; border: 1px solid #c9a400; padding: 0.4em 0.8em; }
 """
@@ -263,9 +265,11 @@ def _legend_html(legend: Sequence[tuple[str, str | None]]) -> str:
         return ""
     items = []
     for label, colour in legend:
-        sw = (
-            "" if colour is None else f'<span class="sw" style="background: {_esc(colour)}"></span>'
-        )
+        sw = ""
+        if colour is not None:
+            # a gradient (a soft score's scale) gets a wider swatch
+            cls = "sw wide" if "gradient" in colour else "sw"
+            sw = f'<span class="{cls}" style="background: {_esc(colour)}"></span>'
         items.append(f"<li>{sw}{_esc(label)}</li>")
     return '<ul class="legend">' + "".join(items) + "</ul>"
 
@@ -470,7 +474,7 @@ MASK_LEGEND: tuple[tuple[str, str | None], ...] = (
 )
 SCORE_LEGEND: tuple[tuple[str, str | None], ...] = (
     (
-        "foreground score, 0 (dim) to 1 (red)",
+        "foreground score 0 (dim) to 1 (red)",
         f"linear-gradient(to right, #595959, {_css_rgb(MASK_RGB)})",
     ),
 )
@@ -543,8 +547,11 @@ def gallery_panels(
             legend = list(SCORE_LEGEND if name == "score" else MASK_LEGEND)
             panels.append((name.replace("mask_", "level: "), patch_mask_image(img, grid), legend))
     refined = pixel_map(pixel_masks, "mask", i_pix)
-    legend = label_legend(refined, palette, lambda i: "foreground" if i == 1 else f"mask {i}")
-    panels.append(("refined (CRF)", overlay(img, refined, palette), legend))
+    # foreground in the level masks' red (VOC's dark red for 1 hides on dark objects)
+    fg_palette = palette.copy()
+    fg_palette[1] = MASK_RGB
+    legend = label_legend(refined, fg_palette, lambda i: "foreground" if i == 1 else f"mask {i}")
+    panels.append(("refined (CRF)", overlay(img, refined, fg_palette), legend))
     pred = pixel_map(semantic, "semantic", i_sem)
     legend = label_legend(pred, palette, lambda i: f"cluster {i}")
     panels.append(("prediction (cluster ids)", overlay(img, pred, palette), legend))
