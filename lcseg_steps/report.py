@@ -54,6 +54,8 @@ table.protocols td { vertical-align: top; }
 table.protocols th { white-space: nowrap; }
 table.analysis th { white-space: nowrap; }
 table.analysis tr.best td { background: #e3f4e1; font-weight: bold; }
+table.analysis tr.baseline td { color: #666; font-style: italic; }
+.plots { margin-top: 1em; }
 ul.legend { list-style: none; margin: 2px 0 0 0; padding: 0; font-size: 0.8em;
             overflow-wrap: anywhere; }
 ul.legend li { display: flex; align-items: center; gap: 4px; line-height: 1.35; }
@@ -373,7 +375,12 @@ def _analysis(analysis: Mapping[str, Any] | None) -> str:
                 f'<td class="num">{_pct(r.get("pixel_accuracy_mean"))}</td>',
                 f'<td class="num">{_esc(r.get("n_seeds", ""))}</td>',
             ]
-            cls = ' class="best"' if i == best else ""
+            if i == best:
+                cls = ' class="best"'
+            elif str(r.get("kind", "")).strip() == "baseline":
+                cls = ' class="baseline"'
+            else:
+                cls = ""
             lines.append(f"<tr{cls}>" + "".join(cells) + "</tr>")
         parts.append(
             "<p>One row per variant of the run's config (values in percent, mean ± standard "
@@ -383,7 +390,7 @@ def _analysis(analysis: Mapping[str, Any] | None) -> str:
         )
     plots = analysis.get("plots") or []
     if plots:
-        parts.append(_plot_figures(plots))
+        parts.append(f'<div class="plots">{_plot_figures(plots)}</div>')
     return "\n".join(parts)
 
 
