@@ -8,6 +8,7 @@ single file can be mailed, archived or opened from any directory.
 from __future__ import annotations
 
 import base64
+import csv
 import html
 import json
 import math
@@ -43,13 +44,26 @@ td.num { text-align: right; font-family: monospace; }
 .warning { background: #fde2e1; border: 2px solid #c0392b; padding: 0.6em 1em;
            margin: 1em 0; font-weight: bold; }
 .row { display: flex; flex-wrap: wrap; gap: 6px; margin-bottom: 1em; }
-figure { margin: 0; }
-figcaption { font-size: 0.8em; max-width: 256px; }
+figure { margin: 0; width: min-content; }
+/* long names (class_names_with_underscores) wrap rather than widen a narrow panel */
+figcaption { font-size: 0.8em; overflow-wrap: anywhere; }
 dl { display: grid; grid-template-columns: max-content auto; gap: 2px 1.5em; }
 dt { font-weight: bold; }
 dd { margin: 0; font-family: monospace; }
 table.protocols td { vertical-align: top; }
 table.protocols th { white-space: nowrap; }
+table.analysis th { white-space: nowrap; }
+table.analysis tr.best td { background: #e3f4e1; font-weight: bold; }
+table.analysis tr.baseline td { color: #666; font-style: italic; }
+.plots { margin-top: 1em; }
+ul.legend { list-style: none; margin: 2px 0 0 0; padding: 0; font-size: 0.8em;
+            overflow-wrap: anywhere; }
+ul.legend li { display: flex; align-items: center; gap: 4px; line-height: 1.35; }
+.sw { display: inline-block; flex: none; width: 0.9em; height: 0.9em;
+      border: 1px solid #666; }
+.sw.wide { width: 2.5em; }
+.note { color: #555; }
+.caveat { background: #fff6d5; border: 1px solid #c9a400; padding: 0.4em 0.8em; }
 """
 
 
@@ -246,37 +260,159 @@ def _protocols(metrics: Mapping[str, Any]) -> str:
     )
 
 
-def _figure_html(caption: str, uri: str, alt: str) -> str:
+def _legend_html(legend: Sequence[tuple[str, str | None]]) -> str:
+    """``[(label, CSS background or None), ...]`` -> a list of swatches with labels (an
+    entry without a colour is a plain line of text)."""
+    if not legend:
+        return ""
+    items = []
+    for label, colour in legend:
+        sw = ""
+        if colour is not None:
+            # a gradient (a soft score's scale) gets a wider swatch
+            cls = "sw wide" if "gradient" in colour else "sw"
+            sw = f'<span class="{cls}" style="background: {_esc(colour)}"></span>'
+        items.append(f"<li>{sw}{_esc(label)}</li>")
+    return '<ul class="legend">' + "".join(items) + "</ul>"
+
+
+def _figure_html(
+    caption: str, uri: str, alt: str, legend: Sequence[tuple[str, str | None]] = ()
+) -> str:
     return (
         f'<figure><img src="{uri}" alt="{_esc(alt)}">'
-        f"<figcaption>{_esc(caption)}</figcaption></figure>"
+        f"<figcaption>{_esc(caption)}</figcaption>{_legend_html(legend)}</figure>"
     )
 
 
-def _plots(plots: Sequence[tuple[str, str | os.PathLike]]) -> str:
-    if not plots:
-        return ""
+def _plot_figures(plots: Sequence[tuple[str, str | os.PathLike]]) -> str:
     figs = []
     for caption, path in plots:
         # read_rgb names the file if a plot is missing or unreadable
         uri = png_data_uri(read_rgb(path), PLOT_MAX_SIDE)
         figs.append(_figure_html(caption, uri, caption))
-    return "<h2>Plots</h2>\n" + "\n".join(figs)
+    return "\n".join(figs)
+
+
+def _plots(plots: Sequence[tuple[str, str | os.PathLike]]) -> str:
+    if not plots:
+        return ""
+    return "<h2>Plots</h2>\n" + _plot_figures(plots)
+
+
+# The analysis table's fixed columns; the others are the varying config keys (dotted
+# names) and the per-class ``iou/<class>`` columns, which the page leaves out.
+ANALYSIS_COLUMNS = ("variant", "kind", "miou_mean", "miou_std", "n_seeds", "pixel_accuracy_mean")
+
+
+def read_analysis(
+    table_csv: str | os.PathLike | None,
+    plots: Sequence[str | os.PathLike] = (),
+    note: str | None = None,
+) -> dict[str, Any]:
+    """The analysis inputs of the report -> ``build_report``'s ``analysis``.
+
+    ``table_csv``: one row per variant with ``variant``, ``kind`` (``method`` or
+    ``baseline``), the varying config keys, ``miou_mean``, ``miou_std``, ``n_seeds``,
+    ``pixel_accuracy_mean`` (fractions) and ``iou/<class>`` columns. Returns ``{"note",
+    "keys" (the varying keys, in the table's order), "rows" (dicts of strings), "plots"
+    ((caption, path), the caption from the file name)}``.
+    """
+    keys: list[str] = []
+    rows: list[dict[str, str]] = []
+    if table_csv is not None:
+        with open(table_csv, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            columns = list(reader.fieldnames or [])
+            rows = [dict(r) for r in reader]
+        missing = [c for c in ("variant", "kind", "miou_mean") if c not in columns]
+        if missing:
+            raise ValueError(f"{table_csv}: analysis table has no column {', '.join(missing)}")
+        keys = [c for c in columns if c not in ANALYSIS_COLUMNS and not c.startswith("iou/")]
+    return {
+        "note": note or None,
+        "keys": keys,
+        "rows": rows,
+        "plots": [(Path(p).stem.replace("_", " "), p) for p in plots],
+    }
+
+
+def _best_method(rows: Sequence[Mapping[str, Any]]) -> int | None:
+    """Index of the ``kind: method`` row with the highest finite ``miou_mean`` (the first
+    on a tie), or None."""
+    best, best_v = None, -math.inf
+    for i, r in enumerate(rows):
+        v = _num(r.get("miou_mean"))
+        if str(r.get("kind", "")).strip() == "method" and v is not None and v > best_v:
+            best, best_v = i, v
+    return best
+
+
+def _mean_std(mean: Any, std: Any) -> str:
+    return _pct(mean) if _num(mean) is None or _num(std) is None else f"{_pct(mean)} ± {_pct(std)}"
+
+
+def _analysis(analysis: Mapping[str, Any] | None) -> str:
+    if not analysis:
+        return ""
+    parts = ["<h2>Analysis</h2>"]
+    if analysis.get("note"):
+        parts.append(f'<p class="caveat">{_esc(analysis["note"])}</p>')
+    rows = list(analysis.get("rows") or [])
+    keys = list(analysis.get("keys") or [])
+    if rows:
+        best = _best_method(rows)
+        head = ["variant", "kind", *keys, "mIoU (mean ± std)", "pixel acc.", "seeds"]
+        lines = ["<tr>" + "".join(f"<th>{_esc(h)}</th>" for h in head) + "</tr>"]
+        for i, r in enumerate(rows):
+            cells = [
+                f"<td>{_esc(r.get('variant', ''))}</td>",
+                f"<td>{_esc(r.get('kind', ''))}</td>",
+            ]
+            cells += [f"<td><code>{_esc(r.get(k, ''))}</code></td>" for k in keys]
+            cells += [
+                f'<td class="num">{_esc(_mean_std(r.get("miou_mean"), r.get("miou_std")))}</td>',
+                f'<td class="num">{_pct(r.get("pixel_accuracy_mean"))}</td>',
+                f'<td class="num">{_esc(r.get("n_seeds", ""))}</td>',
+            ]
+            if i == best:
+                cls = ' class="best"'
+            elif str(r.get("kind", "")).strip() == "baseline":
+                cls = ' class="baseline"'
+            else:
+                cls = ""
+            lines.append(f"<tr{cls}>" + "".join(cells) + "</tr>")
+        parts.append(
+            "<p>One row per variant of the run's config (values in percent, mean ± standard "
+            "deviation over seeds); baselines are reference points, not methods. The best "
+            "method is highlighted.</p>\n"
+            '<table class="analysis">\n' + "\n".join(lines) + "\n</table>"
+        )
+    plots = analysis.get("plots") or []
+    if plots:
+        parts.append(f'<div class="plots">{_plot_figures(plots)}</div>')
+    return "\n".join(parts)
 
 
 def _gallery(gallery: Sequence[Mapping[str, Any]]) -> str:
     if not gallery:
         return ""
-    parts = ["<h2>Gallery</h2>"]
+    parts = [
+        "<h2>Gallery</h2>",
+        '<p class="note">Under each overlay, what its colours mean. Uncoloured pixels are '
+        "background (in the level masks: dimmed); white is void (no label) or a cluster "
+        "the matching left unmatched.</p>",
+    ]
     for n, entry in enumerate(gallery):
         image_id = str(entry.get("image_id", f"#{n}"))
         figs = []
-        for caption, panel in entry.get("panels", ()):
+        for caption, panel, *legend in entry.get("panels", ()):
             try:
                 uri = png_data_uri(panel, PANEL_MAX_SIDE)
             except ValueError as exc:
                 raise ValueError(f"gallery image {image_id!r}, panel {caption!r}: {exc}") from exc
-            figs.append(_figure_html(caption, uri, f"{image_id}: {caption}"))
+            legend = legend[0] if legend else ()
+            figs.append(_figure_html(caption, uri, f"{image_id}: {caption}", legend))
         parts.append(f'<h3>{_esc(image_id)}</h3>\n<div class="row">{"".join(figs)}</div>')
     return "\n".join(parts)
 
@@ -290,6 +426,7 @@ def build_report(
     gallery: Sequence[Mapping[str, Any]],
     notes: Sequence[str] = (),
     scores: bool = True,
+    analysis: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the report page to ``out_html`` (atomically) and return its path.
 
@@ -302,7 +439,9 @@ def build_report(
     shown as one table after the scores. ``gallery``: ``{"image_id": str, "panels":
     [(caption, (H, W, 3) uint8 RGB), ...]}``, panels downscaled to ``PANEL_MAX_SIDE``.
     A set ``weights_warning`` is shown in a warning box at the top. ``scores=False`` (no
-    ground truth) leaves the scores table out.
+    ground truth) leaves the scores table out. ``analysis`` (``read_analysis``'s dict:
+    ``note``, ``keys``, ``rows``, ``plots``) adds an Analysis section before the gallery;
+    None leaves it out.
     """
     out = Path(out_html)
     warning = metrics.get("weights_warning")
@@ -313,7 +452,7 @@ def build_report(
     if notes:
         body.append("<ul>" + "".join(f"<li>{_esc(n)}</li>" for n in notes) + "</ul>")
     scored = [_scores(metrics), _protocols(metrics)] if scores else []
-    body += [*scored, _plots(plots), _gallery(gallery)]
+    body += [*scored, _plots(plots), _analysis(analysis), _gallery(gallery)]
     page = (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{_esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
@@ -330,6 +469,58 @@ def build_report(
     return out
 
 
+def _css_rgb(rgb: Sequence[int] | np.ndarray) -> str:
+    r, g, b = (int(x) for x in rgb)
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+# the level masks' look (``patch_mask_image``): red tint = foreground, dimmed = background
+MASK_LEGEND: tuple[tuple[str, str | None], ...] = (
+    ("foreground", _css_rgb(MASK_RGB)),
+    ("background (dimmed)", "#595959"),
+)
+SCORE_LEGEND: tuple[tuple[str, str | None], ...] = (
+    (
+        "foreground score 0 (dim) to 1 (red)",
+        f"linear-gradient(to right, #595959, {_css_rgb(MASK_RGB)})",
+    ),
+)
+
+
+def label_legend(
+    labels: np.ndarray,
+    palette: np.ndarray,
+    name_of,
+    void: str = "void",
+) -> list[tuple[str, str | None]]:
+    """The legend of an ``overlay``: one ``(name_of(id), palette colour)`` per label id
+    present in ``labels`` (ascending), background 0 left out (it is not drawn), 255 as
+    ``void`` in white; a map of background only says so."""
+    legend: list[tuple[str, str | None]] = []
+    for i in np.unique(np.asarray(labels)).tolist():
+        if i == 0:
+            continue
+        legend.append((void, "#ffffff") if i == VOID else (name_of(i), _css_rgb(palette[i])))
+    return legend or [("background only: nothing drawn", None)]
+
+
+def matched_labels(pred: np.ndarray, mapping: Sequence[int]) -> np.ndarray:
+    """Predicted cluster ids -> matched class ids through evaluate's ``mapping`` (cluster id
+    -> class id, -1 unmatched); unmatched clusters, ids past the mapping and classes that
+    do not fit a label map become ``VOID`` (255)."""
+    m = np.asarray(mapping, dtype=np.int64).reshape(-1)
+    lut = np.full(VOID + 1, VOID, dtype=np.uint8)
+    n = min(len(m), VOID + 1)
+    ok = (m[:n] >= 0) & (m[:n] < VOID)
+    lut[:n][ok] = m[:n][ok]
+    pred = np.asarray(pred)
+    return lut[np.clip(pred, 0, VOID)]
+
+
+def _class_name(class_names: Sequence[str], i: int) -> str:
+    return str(class_names[i]) if 0 <= i < len(class_names) else f"class {i}"
+
+
 def gallery_panels(
     record: ImageRecord,
     patch_masks,
@@ -338,24 +529,54 @@ def gallery_panels(
     i_pix: int,
     semantic,
     i_sem: int,
-) -> list[tuple[str, np.ndarray]]:
-    """Captioned panels of one image: picture, ground truth, level masks, refined, prediction."""
+    *,
+    class_names: Sequence[str] = (),
+    mapping: Sequence[int] | None = None,
+    matching: str = "hungarian",
+) -> list[tuple[str, np.ndarray, list[tuple[str, str | None]]]]:
+    """Captioned panels of one image with their legends: picture, ground truth, level
+    masks, refined, prediction as cluster ids and, given evaluate's ``mapping`` (cluster
+    id -> class id), the prediction in the ground truth's palette after that matching."""
     from lcseg_steps.data.voc import voc_palette
 
     palette = voc_palette()
     img = read_rgb(record.path)
-    panels = [("image", img)]
+    panels: list[tuple[str, np.ndarray, list[tuple[str, str | None]]]] = [("image", img, [])]
     gt = load_ground_truth(record)
     if gt is not None:
-        panels.append(("ground truth", overlay(img, gt, palette)))
+        legend = label_legend(
+            gt, palette, lambda i: _class_name(class_names, i), "void (unlabelled)"
+        )
+        panels.append(("ground truth", overlay(img, gt, palette), legend))
     for name in ("mask_dataset", "mask_category", "mask_image", "merged", "score"):
         if name in patch_masks:
             grid = image_grid_array(patch_masks, name, i_patch).astype(np.float32)
-            panels.append((name.replace("mask_", "level: "), patch_mask_image(img, grid)))
+            legend = list(SCORE_LEGEND if name == "score" else MASK_LEGEND)
+            panels.append((name.replace("mask_", "level: "), patch_mask_image(img, grid), legend))
     refined = pixel_map(pixel_masks, "mask", i_pix)
-    panels.append(("refined (CRF)", overlay(img, refined, palette)))
+    # foreground in the level masks' red (VOC's dark red for 1 hides on dark objects)
+    fg_palette = palette.copy()
+    fg_palette[1] = MASK_RGB
+    legend = label_legend(refined, fg_palette, lambda i: "foreground" if i == 1 else f"mask {i}")
+    panels.append(("refined (CRF)", overlay(img, refined, fg_palette), legend))
     pred = pixel_map(semantic, "semantic", i_sem)
-    panels.append(("prediction (cluster ids)", overlay(img, pred, palette)))
+    legend = label_legend(pred, palette, lambda i: f"cluster {i}")
+    panels.append(("prediction (cluster ids)", overlay(img, pred, palette), legend))
+    if mapping is not None:
+        matched = matched_labels(pred, mapping)
+        clusters: dict[int, list[int]] = {}
+        for cluster, cls in enumerate(mapping):
+            clusters.setdefault(int(cls), []).append(cluster)
+
+        def name_of(i: int) -> str:
+            ids = clusters.get(i, [])
+            which = "cluster" if len(ids) == 1 else "clusters"
+            return f"{_class_name(class_names, i)} ({which} {', '.join(map(str, ids))})"
+
+        legend = label_legend(matched, palette, name_of, "unmatched cluster")
+        panels.append(
+            (f"prediction matched to classes ({matching})", overlay(img, matched, palette), legend)
+        )
     return panels
 
 
@@ -372,13 +593,15 @@ def run_report(
     semantic: Sequence[str | Path],
     n_gallery: int,
     skipped: Sequence[Any] = (),
+    analysis: Mapping[str, Any] | None = None,
     log=print,
 ) -> Path:
     """The self-contained HTML page of one run (first seed's images, every seed's scores).
 
     Without ground truth ``metrics_json`` and ``summary_json`` are None: the page shows the
     run facts (from the semantic stores' ``extraction`` attrs) and the overlays, no scores.
-    ``skipped``: the index's ``SkippedImage``s, listed in the notes.
+    ``skipped``: the index's ``SkippedImage``s, listed in the notes. ``analysis``: see
+    ``build_report``.
     """
     if metrics_json is None:
         extraction = open_store(semantic[0]).attrs.get("extraction") or {} if semantic else {}
@@ -386,6 +609,10 @@ def run_report(
         metrics["n_images_skipped"] = len(skipped)
     else:
         metrics = json.loads(Path(metrics_json).read_text())
+    names = [n for n, _ in _per_class(metrics)]
+    mapping = metrics.get("mapping") if metrics_json is not None else None
+    if not isinstance(mapping, Sequence) or isinstance(mapping, str):
+        mapping = None
     gallery: list[dict] = []
     for pm_path, px_path, sem_path in zip(patch_masks, pixel_masks, semantic, strict=True):
         pm, px, sem = open_store(pm_path), open_store(px_path), open_store(sem_path)
@@ -393,9 +620,19 @@ def run_report(
         for i, r in enumerate(recs):
             if len(gallery) >= n_gallery:
                 break
-            gallery.append(
-                {"image_id": r.image_id, "panels": gallery_panels(r, pm, i, px, i, sem, i)}
+            panels = gallery_panels(
+                r,
+                pm,
+                i,
+                px,
+                i,
+                sem,
+                i,
+                class_names=names,
+                mapping=mapping,
+                matching=str(metrics.get("matching", "hungarian")),
             )
+            gallery.append({"image_id": r.image_id, "panels": panels})
     if summary_json is None:
         notes = ["No ground truth: predictions and overlays only, no scores."]
     else:
@@ -404,8 +641,12 @@ def run_report(
         over = "n/a" if m["mean"] is None else f"{100 * m['mean']:.1f} ± {100 * m['std']:.1f}"
         notes = [
             f"mIoU over seeds {summary['seeds']}: {over}",
-            "Prediction colours are cluster ids before matching; scores use the Hungarian "
-            "(or majority) matching of clusters to classes.",
+            "The gallery shows each prediction twice: as raw cluster ids (colours carry no "
+            "class meaning) and in the ground truth's palette after the matching of clusters "
+            "to classes that the scores use (Hungarian, or majority)."
+            if mapping is not None
+            else "Prediction colours are cluster ids before matching; scores use the "
+            "Hungarian (or majority) matching of clusters to classes.",
         ]
     if skipped:
         notes.append(
@@ -424,7 +665,22 @@ def run_report(
         gallery=gallery,
         notes=notes,
         scores=metrics_json is not None,
+        analysis=analysis,
     )
+
+
+def job_analysis(job: Job) -> dict[str, Any] | None:
+    """The Analysis section's inputs of a report job, or None when it has none: input
+    ``analysis_table`` (the analysis ``table.csv``), input ``analysis_plots`` (PNG paths,
+    possibly none) and param ``analysis_note`` (a short caveat shown above the table)."""
+    table = job.input.get("analysis_table")
+    plots = job.input.get("analysis_plots")
+    if isinstance(plots, (str, os.PathLike)):
+        plots = [plots]
+    plots = list(plots or [])
+    if not table and not plots:
+        return None
+    return read_analysis(table or None, plots, job.params.get("analysis_note"))
 
 
 def run(job: Job) -> Path:
@@ -446,5 +702,6 @@ def run(job: Job) -> Path:
         pixel_masks=job.input.pixel_masks,
         semantic=job.input.semantic,
         n_gallery=job.params.gallery,
+        analysis=job_analysis(job),
         log=job.log,
     )

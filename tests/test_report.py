@@ -7,7 +7,15 @@ import cv2
 import numpy as np
 import pytest
 
-from lcseg_steps.report import build_report, overlay, patch_mask_image
+from lcseg_steps.report import (
+    build_report,
+    job_analysis,
+    label_legend,
+    matched_labels,
+    overlay,
+    patch_mask_image,
+    read_analysis,
+)
 
 
 class _Collector(HTMLParser):
@@ -228,3 +236,145 @@ def test_protocols_table_one_row_each_with_peers(tmp_path):
     assert "<dt>protocols</dt>" not in text
     plain = build_report(tmp_path / "p.html", title="t", metrics=_metrics(), plots=[], gallery=[])
     assert '<table class="protocols">' not in plain.read_text(encoding="utf-8")
+
+
+# ---------------------------------------------------------------- legends
+
+
+def test_gallery_legends_beside_panels(tmp_path):
+    img = np.zeros((8, 8, 3), np.uint8)
+    legend = [("foreground", "#ff2828"), ("cat <1>", "#800000"), ("just text", None)]
+    gallery = [{"image_id": "im", "panels": [("image", img), ("gt", img, legend)]}]
+    text = build_report(
+        tmp_path / "r.html", title="t", metrics={}, plots=[], gallery=gallery
+    ).read_text(encoding="utf-8")
+    figs = re.findall(r"<figure>.*?</figure>", text)
+    assert len(figs) == 2
+    assert '<ul class="legend">' not in figs[0]  # a plain picture has no legend
+    items = re.findall(r"<li>(.*?)</li>", figs[1])
+    assert items == [
+        '<span class="sw" style="background: #ff2828"></span>foreground',
+        '<span class="sw" style="background: #800000"></span>cat &lt;1&gt;',
+        "just text",
+    ]
+    assert text.count("<img") == 2  # swatches are not images
+
+
+def test_label_legend_lists_present_ids_in_palette_colours():
+    pal = np.zeros((256, 3), np.uint8)
+    pal[2] = (128, 0, 64)
+    pal[7] = (1, 2, 3)
+    labels = np.array([[0, 2, 2], [7, 255, 0]])
+    legend = label_legend(labels, pal, lambda i: f"c{i}", void="unmatched")
+    assert legend == [("c2", "#800040"), ("c7", "#010203"), ("unmatched", "#ffffff")]
+    assert label_legend(np.zeros((2, 2), np.uint8), pal, str) == [
+        ("background only: nothing drawn", None)
+    ]
+
+
+def test_matched_labels_follow_the_mapping():
+    pred = np.array([[0, 1, 2], [3, 4, 9]])
+    # cluster 0 -> class 0, 1 -> 3, 2 unmatched, 3 -> 1, 4 -> 2; 9 is past the mapping
+    out = matched_labels(pred, [0, 3, -1, 1, 2])
+    np.testing.assert_array_equal(out, [[0, 3, 255], [1, 2, 255]])
+    assert out.dtype == np.uint8
+
+
+# ---------------------------------------------------------------- analysis
+
+
+ANALYSIS_CSV = (
+    "variant,kind,clustering.feature,backbone.name,miou_mean,miou_std,n_seeds,"
+    "pixel_accuracy_mean,iou/background,iou/cat\n"
+    "attention_k,method,k,dino_vits16,0.227,0.031,3,0.61,0.5,0.1\n"
+    "border_k,method,k,dino_vits16,0.361,0.0125,3,0.72,0.6,0.2\n"
+    "all_background,baseline,,,0.40,0.0,1,0.80,0.8,0.0\n"
+    "broken,method,q,<b>x</b>,,,0,,,\n"
+)
+
+
+def _analysis_section(text):
+    start = text.index("<h2>Analysis</h2>")
+    end = text.find("<h2>", start + 1)
+    return text[start : end if end >= 0 else len(text)]
+
+
+def test_analysis_section_table_and_plots(tmp_path, plot_png):
+    table = tmp_path / "table.csv"
+    table.write_text(ANALYSIS_CSV, encoding="utf-8")
+    note = "random-weight backbone: numbers measure the pipeline, not the method"
+    analysis = read_analysis(table, [plot_png], note)
+    assert analysis["keys"] == ["clustering.feature", "backbone.name"]
+    assert analysis["plots"] == [("plot", plot_png)]
+    gallery, _ = _gallery()
+    text = build_report(
+        tmp_path / "r.html",
+        title="t",
+        metrics=_metrics(),
+        plots=[],
+        gallery=gallery,
+        analysis=analysis,
+    ).read_text(encoding="utf-8")
+    # before the gallery, the note first
+    assert text.index("<h2>Analysis</h2>") < text.index("<h2>Gallery</h2>")
+    section = _analysis_section(text)
+    assert note in section and section.index(note) < section.index('<table class="analysis">')
+    rows = re.findall(r"<tr(?: class=\"(\w+)\")?>(.*?)</tr>", section)
+    cells = [re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", r) for _, r in rows]
+    assert cells[0] == [
+        "variant",
+        "kind",
+        "clustering.feature",
+        "backbone.name",
+        "mIoU (mean ± std)",
+        "pixel acc.",
+        "seeds",
+    ]
+    assert [c[0] for c in cells[1:]] == ["attention_k", "border_k", "all_background", "broken"]
+    assert cells[1][2:] == ["<code>k</code>", "<code>dino_vits16</code>", "22.7 ± 3.1", "61.0", "3"]
+    assert cells[2][4:6] == ["36.1 ± 1.2", "72.0"]
+    assert cells[3][1] == "baseline" and cells[3][4] == "40.0 ± 0.0"
+    assert cells[4][3] == "<code>&lt;b&gt;x&lt;/b&gt;</code>" and cells[4][4:6] == ["n/a", "n/a"]
+    # the best method is highlighted, not the (higher) baseline
+    assert [c for c, _ in rows] == ["", "", "best", "baseline", ""]
+    # per-class columns stay out of the page
+    assert "iou/" not in section
+    # the plot is embedded in the section, at the plot size
+    imgs = _parse(section).imgs
+    assert len(imgs) == 1 and _decode(imgs[0]["src"]).shape[:2] == (300, 400)
+
+
+def test_no_analysis_no_section(tmp_path):
+    text = build_report(
+        tmp_path / "r.html", title="t", metrics=_metrics(), plots=[], gallery=[]
+    ).read_text(encoding="utf-8")
+    body = text[text.index("<body>") :]
+    assert "Analysis" not in body and "analysis" not in body
+
+
+class _Named(dict):
+    """The slice of Snakemake's named lists a stage uses: ``.get`` and ``.keys``."""
+
+
+def test_job_analysis_reads_the_job_inputs(tmp_path, plot_png):
+    from types import SimpleNamespace
+
+    table = tmp_path / "table.csv"
+    table.write_text(ANALYSIS_CSV, encoding="utf-8")
+    job = SimpleNamespace(
+        input=_Named(analysis_table=str(table), analysis_plots=[str(plot_png)]),
+        params=_Named(analysis_note="a note"),
+    )
+    got = job_analysis(job)
+    assert got["note"] == "a note" and len(got["rows"]) == 4 and len(got["plots"]) == 1
+    job = SimpleNamespace(input=_Named(analysis_table=str(table), analysis_plots=[]), params={})
+    got = job_analysis(job)
+    assert got["note"] is None and got["plots"] == [] and len(got["rows"]) == 4
+    assert job_analysis(SimpleNamespace(input=_Named(), params=_Named())) is None
+
+
+def test_analysis_table_without_required_columns_is_named(tmp_path):
+    table = tmp_path / "table.csv"
+    table.write_text("name,miou\nx,0.1\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"table\.csv.*variant, kind, miou_mean"):
+        read_analysis(table)
