@@ -680,7 +680,23 @@ def job_analysis(job: Job) -> dict[str, Any] | None:
     plots = list(plots or [])
     if not table and not plots:
         return None
-    return read_analysis(table or None, plots, job.params.get("analysis_note"))
+    note = job.params.get("analysis_note")
+    if note is None and "metrics" in job.input.keys():
+        note = weights_note(job.input.metrics)
+    return read_analysis(table or None, plots, note)
+
+
+def weights_note(metrics_json: str | os.PathLike) -> str | None:
+    """The Analysis section's default note: a warning when the run's backbone had random
+    weights (``weights`` in its metrics.json), else None."""
+    with open(metrics_json) as fh:
+        weights = str(json.load(fh).get("weights") or "")
+    if not weights.startswith("random"):
+        return None
+    return (
+        f"Random-weight backbone ({weights}): these numbers measure the pipeline on this "
+        "data, not the method. Set backbone.weights to a checkpoint to compare with the paper."
+    )
 
 
 def run(job: Job) -> Path:

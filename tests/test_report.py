@@ -1,4 +1,5 @@
 import base64
+import json
 import math
 import re
 from html.parser import HTMLParser
@@ -378,3 +379,13 @@ def test_analysis_table_without_required_columns_is_named(tmp_path):
     table.write_text("name,miou\nx,0.1\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"table\.csv.*variant, kind, miou_mean"):
         read_analysis(table)
+
+
+def test_analysis_note_says_when_the_weights_were_random(tmp_path):
+    from lcseg_steps.report import weights_note
+
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps({"weights": "random:seed=0"}))
+    assert "Random-weight backbone (random:seed=0)" in weights_note(path)
+    path.write_text(json.dumps({"weights": "pretrained:timm"}))
+    assert weights_note(path) is None
