@@ -55,7 +55,6 @@ def run_fit_category(
     threads: int = 1,
 ) -> Path:
     """CLS tokens -> pseudo-categories; per category ``k`` centroids and fg clusters."""
-    k = k_category
     shards = feature_shards(features, feature)
     cls = np.concatenate([np.asarray(s["cls"][:], dtype=np.float32) for _, s, _ in shards])
     image_ids = np.concatenate([patch_layout(s)["image_ids"] for _, s, _ in shards])
@@ -79,24 +78,24 @@ def run_fit_category(
         category_fit_sample,
         seed,
     )
-    log(f"fit_category: fitting k={k} per category on {len(X)} sampled patches")
+    log(f"fit_category: fitting k={k_category} per category on {len(X)} sampled patches")
     import_torch_cast_if_worth(X.size)
     C, fit = lv.fit_groups(
         X,
         g,
         n_categories,
-        k,
+        k_category,
         max_iter=max_iter,
         tol=tol,
         seed=seed,
         device=device,
         threads=threads,
     )
-    counts = np.zeros((n_categories * k, 2), dtype=np.int64)
+    counts = np.zeros((n_categories * k_category, 2), dtype=np.int64)
     for (_, _, arr), rc, il in zip(shards, row_cats, image_levels, strict=True):
         lab = lv.nearest_centroid_grouped(arr[:], rc, C)
-        counts += lv.vote_counts(rc * k + lab, read_fg(il), n_categories * k)
-    counts = counts.reshape(n_categories, k, 2)
+        counts += lv.vote_counts(rc * k_category + lab, read_fg(il), n_categories * k_category)
+    counts = counts.reshape(n_categories, k_category, 2)
     fg, frac = lv.foreground_clusters(counts, fg_vote)
     log(f"fit_category: fg clusters per category {[np.flatnonzero(f).tolist() for f in fg]}")
     return write_store(
@@ -110,7 +109,7 @@ def run_fit_category(
             "counts": counts,
             "objective": fit.objective,
         },
-        {**attrs, "level": "category", "k": k, "n_categories": n_categories},
+        {**attrs, "level": "category", "k": k_category, "n_categories": n_categories},
     )
 
 

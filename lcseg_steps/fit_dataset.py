@@ -44,10 +44,9 @@ def run_fit_dataset(
     threads: int = 1,
 ) -> Path:
     """All feature shards (streamed) -> ``dataset_level.zarr``: centroids and fg clusters."""
-    k = k_dataset
     shards = feature_shards(features, feature)
     n_rows = sum(a.shape[0] for _, _, a in shards)
-    log(f"fit_dataset: {n_rows} patches in {len(shards)} shards, k={k}")
+    log(f"fit_dataset: {n_rows} patches in {len(shards)} shards, k={k_dataset}")
     # on NumPy kmeans_stream keeps rows as stored and casts every row every pass
     import_torch_cast_if_worth(n_rows * shards[0][2].shape[1] * max(1, max_iter))
 
@@ -58,7 +57,7 @@ def run_fit_dataset(
     try:
         fit = kmeans_stream(
             blocks,
-            k,
+            k_dataset,
             init_sample=init_sample,
             max_iter=max_iter,
             tol=tol,
@@ -73,11 +72,11 @@ def run_fit_dataset(
         for path, store, _ in shards:
             check_finite(store, path, feature)
         raise
-    counts = np.zeros((k, 2), dtype=np.int64)
+    counts = np.zeros((k_dataset, 2), dtype=np.int64)
     start = 0
     for (_, _, arr), il in zip(shards, image_levels, strict=True):
         labels = fit.labels[start : start + arr.shape[0]]
-        counts += lv.vote_counts(labels, read_fg(il), k)
+        counts += lv.vote_counts(labels, read_fg(il), k_dataset)
         start += arr.shape[0]
     fg, frac = lv.foreground_clusters(counts, fg_vote)
     log(
@@ -94,7 +93,13 @@ def run_fit_dataset(
             "counts": counts,
             "history": np.asarray(fit.history),
         },
-        {**attrs, "level": "dataset", "k": k, "objective": fit.objective, "n_iter": fit.n_iter},
+        {
+            **attrs,
+            "level": "dataset",
+            "k": k_dataset,
+            "objective": fit.objective,
+            "n_iter": fit.n_iter,
+        },
     )
 
 

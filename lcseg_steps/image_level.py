@@ -43,13 +43,12 @@ def run_image_level(
     image_clusterer: str = "kmeans",
 ) -> Path:
     """``features/{shard}.zarr`` -> ``image_level/{shard}.zarr`` (labels, fg mask, fg cluster)."""
-    k = k_image
     fs = open_store(features)
     X = np.asarray(feature_array(fs, features, feature)[:])
     layout = patch_layout(fs)
     n = len(layout["image_ids"])
     log(
-        f"image_level: {n} images, {X.shape[0]} patches, {image_clusterer}, k={k}, "
+        f"image_level: {n} images, {X.shape[0]} patches, {image_clusterer}, k={k_image}, "
         f"fg_rule={fg_rule}"
     )
     if image_clusterer == "kmeans":
@@ -60,7 +59,7 @@ def run_image_level(
             layout["offsets"],
             layout["grid"],
             np.asarray(fs["cls_attn"][:]),
-            k=k,
+            k=k_image,
             fg_rule=fg_rule,
             max_iter=max_iter,
             tol=tol,
@@ -74,7 +73,7 @@ def run_image_level(
         raise
     skipped = int((res["fg_cluster"] < 0).sum())
     if skipped:
-        log(f"WARNING: {skipped} image(s) have fewer than k={k} patches; left as background")
+        log(f"WARNING: {skipped} image(s) have fewer than k={k_image} patches; left as background")
     log(
         f"image_level: mean objective {np.nanmean(res['objective']):.4f}, "
         f"foreground share {res['fg'].mean():.3f}"
@@ -82,7 +81,7 @@ def run_image_level(
     return write_store(
         out,
         {**res, **layout},
-        {**attrs, "level": "image", "k": k, "image_clusterer": image_clusterer},
+        {**attrs, "level": "image", "k": k_image, "image_clusterer": image_clusterer},
     )
 
 
