@@ -361,15 +361,17 @@ def _analysis(analysis: Mapping[str, Any] | None) -> str:
     rows = list(analysis.get("rows") or [])
     keys = list(analysis.get("keys") or [])
     if rows:
+        from lcseg_steps.analysis.table import changes
+
         best = _best_method(rows)
-        head = ["variant", "kind", *keys, "mIoU (mean ± std)", "pixel acc.", "seeds"]
+        head = ["variant", "kind", "changes from base", "mIoU (mean ± std)", "pixel acc.", "seeds"]
         lines = ["<tr>" + "".join(f"<th>{_esc(h)}</th>" for h in head) + "</tr>"]
-        for i, r in enumerate(rows):
+        for i, (r, change) in enumerate(zip(rows, changes(rows, keys), strict=True)):
             cells = [
                 f"<td>{_esc(r.get('variant', ''))}</td>",
                 f"<td>{_esc(r.get('kind', ''))}</td>",
+                f"<td><code>{_esc(change)}</code></td>",
             ]
-            cells += [f"<td><code>{_esc(r.get(k, ''))}</code></td>" for k in keys]
             cells += [
                 f'<td class="num">{_esc(_mean_std(r.get("miou_mean"), r.get("miou_std")))}</td>',
                 f'<td class="num">{_pct(r.get("pixel_accuracy_mean"))}</td>',

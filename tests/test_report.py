@@ -287,7 +287,7 @@ def test_matched_labels_follow_the_mapping():
 ANALYSIS_CSV = (
     "variant,kind,clustering.feature,backbone.name,miou_mean,miou_std,n_seeds,"
     "pixel_accuracy_mean,iou/background,iou/cat\n"
-    "attention_k,method,k,dino_vits16,0.227,0.031,3,0.61,0.5,0.1\n"
+    "base,method,k,dino_vits16,0.227,0.031,3,0.61,0.5,0.1\n"
     "border_k,method,k,dino_vits16,0.361,0.0125,3,0.72,0.6,0.2\n"
     "all_background,baseline,,,0.40,0.0,1,0.80,0.8,0.0\n"
     "broken,method,q,<b>x</b>,,,0,,,\n"
@@ -322,20 +322,21 @@ def test_analysis_section_table_and_plots(tmp_path, plot_png):
     assert note in section and section.index(note) < section.index('<table class="analysis">')
     rows = re.findall(r"<tr(?: class=\"(\w+)\")?>(.*?)</tr>", section)
     cells = [re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", r) for _, r in rows]
+    # one column says what a row changes from base (the CSV has one per key)
     assert cells[0] == [
         "variant",
         "kind",
-        "clustering.feature",
-        "backbone.name",
+        "changes from base",
         "mIoU (mean ± std)",
         "pixel acc.",
         "seeds",
     ]
-    assert [c[0] for c in cells[1:]] == ["attention_k", "border_k", "all_background", "broken"]
-    assert cells[1][2:] == ["<code>k</code>", "<code>dino_vits16</code>", "22.7 ± 3.1", "61.0", "3"]
-    assert cells[2][4:6] == ["36.1 ± 1.2", "72.0"]
-    assert cells[3][1] == "baseline" and cells[3][4] == "40.0 ± 0.0"
-    assert cells[4][3] == "<code>&lt;b&gt;x&lt;/b&gt;</code>" and cells[4][4:6] == ["n/a", "n/a"]
+    assert [c[0] for c in cells[1:]] == ["base", "border_k", "all_background", "broken"]
+    assert cells[1][2:] == ["<code>-</code>", "22.7 ± 3.1", "61.0", "3"]
+    assert cells[2][2:5] == ["<code></code>", "36.1 ± 1.2", "72.0"]
+    assert cells[3][1] == "baseline" and cells[3][3] == "40.0 ± 0.0"
+    assert cells[4][2] == "<code>clustering.feature=q, backbone.name=&lt;b&gt;x&lt;/b&gt;</code>"
+    assert cells[4][3:5] == ["n/a", "n/a"]
     # the best method is highlighted, not the (higher) baseline
     assert [c for c, _ in rows] == ["", "", "best", "baseline", ""]
     # per-class columns stay out of the page
