@@ -1,48 +1,41 @@
 """Cosine (spherical) k-means: one Lloyd loop over row sources, written against the array API.
 
-The loop (:func:`_lloyd`) runs ``B`` problems at once on arrays ``(B, m, D)`` through the
-namespace of its input (``array_api_compat.array_namespace``): NumPy, CuPy, torch,
-``array_api_strict``. The row sources only decide what a chunk of rows is:
+The loop (:func:`_lloyd`) runs ``B`` problems at once on arrays ``(B, m, D)`` in the namespace
+of its input (NumPy, CuPy, torch, ``array_api_strict``). The row sources:
 
 - :func:`kmeans` ``(X, k)``: one problem held in memory;
-- :func:`kmeans` ``(X, k, offsets=...)``: problem ``i`` is rows ``offsets[i]:offsets[i + 1]``
-  (the image level), solved in blocks of consecutive problems zero-padded to
-  ``(B, m_max, D)``: on NumPy a few, which stay in cache through all their passes (problems
-  that stopped are skipped), elsewhere (a GPU) as many as fill the device;
-- :func:`kmeans` ``(X, k, groups=...)``: one problem per distinct group value (rows reordered
-  by group, then solved as ``offsets``);
-- :func:`kmeans_stream`: one problem whose rows are streamed block by block, one read per
-  pass, with the first blocks kept up to a budget (:func:`_cache_budget`): on NumPy as read
-  (the products cast float16 piece by piece in cache), elsewhere as float32 copies.
+- ``offsets=``: problem ``i`` is rows ``offsets[i]:offsets[i + 1]`` (the image level), solved
+  in blocks of consecutive problems zero-padded to ``(B, m_max, D)``: on NumPy a few, which
+  stay in cache through all their passes, elsewhere (a GPU) as many as fill the device;
+- ``groups=``: one problem per distinct group value (rows reordered, then as ``offsets``);
+- :func:`kmeans_stream`: one problem streamed block by block, one read per pass, the first
+  blocks kept up to a budget (on NumPy as read, elsewhere as float32 copies).
 
 Definitions shared by every source (our choices; the paper only says "cosine k-means"):
 
-- Rows are L2-normalised in float32 (float16 storage is converted chunk by chunk). A row
-  whose norm is ``<= eps`` is a *zero row*: it stays exactly zero (never NaN), is labelled
-  0, is never a member of any cluster, never becomes a centroid, and counts in the
-  objective with similarity 0.
+- Rows are L2-normalised in float32. A row whose norm is ``<= eps`` is a *zero row*: it
+  stays zero (never NaN), is labelled 0, is never a member nor a centroid, and counts in
+  the objective with similarity 0.
 - Initialisation is k-means++ with the squared chordal distance ``d^2 = 2 - 2 cos(x, c)``,
-  one candidate per step. Its random numbers come from :func:`seeded_uniforms` (a
-  counter-based hash of ``(domain, seed, stream, draw)``): problem ``i`` of ``offsets`` uses
-  stream ``i``, group value ``g`` uses stream ``-1 - g``, a single problem stream 0, and the
-  streamed init sample draws one key per global row index in its own domain, so it does not
-  depend on the block sizes.
-- A pass ``t = 0, 1, ...`` assigns every row to ``argmax(X @ C_t.T)`` (ties to the lowest
-  cluster; for k = 2 the sign of ``x . (c_1 - c_0)``) and measures the objective ``J_t`` =
-  mean over all rows (zero rows included) of the cosine similarity to the assigned
-  centroid, computed as ``sum_j c_j . s_j / n`` from the member sums ``s_j``. It stops
-  when ``t == max_iter`` or, for ``t >= 1`` with no empty cluster, when
-  ``J_t - J_{t-1} <= tol * |J_{t-1}|`` (relative tolerance). Otherwise
-  ``C_{t+1}`` = renormalised sum of the members of each cluster (a cluster whose members sum
-  to ~0 keeps its centroid); each empty cluster is reseeded, in cluster order, with a
-  distinct worst-fitting row (lowest similarity to its own centroid, ties by lowest row).
-- The result is ``C_t`` with the labels and objective of pass ``t``, so labels are always
-  the argmax for the returned centroids; ``n_iter = t`` is the number of centroid updates.
+  one candidate per step, on :func:`seeded_uniforms` (a counter-based hash of ``(domain,
+  seed, stream, draw)``): problem ``i`` of ``offsets`` uses stream ``i``, group ``g`` stream
+  ``-1 - g``, a single problem stream 0; the streamed init sample draws one key per global
+  row in its own domain, so it does not depend on the block sizes.
+- Pass ``t = 0, 1, ...`` assigns every row to ``argmax(X @ C_t.T)`` (ties to the lowest
+  cluster; for k = 2 the sign of ``x . (c_1 - c_0)``) and measures ``J_t`` = mean over all
+  rows of the cosine to the assigned centroid (``sum_j c_j . s_j / n`` from the member sums
+  ``s_j``). It stops at ``t == max_iter`` or, for ``t >= 1`` with no empty cluster, when
+  ``J_t - J_{t-1} <= tol * |J_{t-1}|``. Otherwise ``C_{t+1}`` = renormalised member sums (a
+  cluster whose members sum to ~0 keeps its centroid); each empty cluster is reseeded, in
+  cluster order, with a distinct worst-fitting row (lowest cosine to its own centroid, ties
+  by lowest row).
+- The result is ``C_t`` with the labels and objective of pass ``t`` (labels are the argmax
+  for the returned centroids); ``n_iter = t`` is the number of centroid updates.
 
-Returned arrays are NumPy (moved to the host once, at the end). Only the stopping test
-(objective and empty-cluster count per problem) leaves the device during a pass. On NumPy,
-kernels run single-threaded and ``threads`` Python threads work on independent problems or
-blocks (BLAS's own pool splits these thin products badly and competes for the cores).
+Returned arrays are NumPy. Only the stopping test (objective and empty-cluster count per
+problem) leaves the device during a pass. On NumPy, kernels run single-threaded and
+``threads`` Python threads work on independent problems or blocks (BLAS's own pool splits
+these thin products badly and competes for the cores).
 """
 
 from __future__ import annotations
