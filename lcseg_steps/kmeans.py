@@ -1,48 +1,41 @@
 """Cosine (spherical) k-means: one Lloyd loop over row sources, written against the array API.
 
-The loop (:func:`_lloyd`) runs ``B`` problems at once on arrays ``(B, m, D)`` through the
-namespace of its input (``array_api_compat.array_namespace``): NumPy, CuPy, torch,
-``array_api_strict``. The row sources only decide what a chunk of rows is:
+The loop (:func:`_lloyd`) runs ``B`` problems at once on arrays ``(B, m, D)`` in the namespace
+of its input (NumPy, CuPy, torch, ``array_api_strict``). The row sources:
 
 - :func:`kmeans` ``(X, k)``: one problem held in memory;
-- :func:`kmeans` ``(X, k, offsets=...)``: problem ``i`` is rows ``offsets[i]:offsets[i + 1]``
-  (the image level), solved in blocks of consecutive problems zero-padded to
-  ``(B, m_max, D)``: on NumPy a few, which stay in cache through all their passes (problems
-  that stopped are skipped), elsewhere (a GPU) as many as fill the device;
-- :func:`kmeans` ``(X, k, groups=...)``: one problem per distinct group value (rows reordered
-  by group, then solved as ``offsets``);
-- :func:`kmeans_stream`: one problem whose rows are streamed block by block, one read per
-  pass, with the first blocks kept up to a budget (:func:`_cache_budget`): on NumPy as read
-  (the products cast float16 piece by piece in cache), elsewhere as float32 copies.
+- ``offsets=``: problem ``i`` is rows ``offsets[i]:offsets[i + 1]`` (the image level), solved
+  in blocks of consecutive problems zero-padded to ``(B, m_max, D)``: on NumPy a few, which
+  stay in cache through all their passes, elsewhere (a GPU) as many as fill the device;
+- ``groups=``: one problem per distinct group value (rows reordered, then as ``offsets``);
+- :func:`kmeans_stream`: one problem streamed block by block, one read per pass, the first
+  blocks kept up to a budget (on NumPy as read, elsewhere as float32 copies).
 
 Definitions shared by every source (our choices; the paper only says "cosine k-means"):
 
-- Rows are L2-normalised in float32 (float16 storage is converted chunk by chunk). A row
-  whose norm is ``<= eps`` is a *zero row*: it stays exactly zero (never NaN), is labelled
-  0, is never a member of any cluster, never becomes a centroid, and counts in the
-  objective with similarity 0.
+- Rows are L2-normalised in float32. A row whose norm is ``<= eps`` is a *zero row*: it
+  stays zero (never NaN), is labelled 0, is never a member nor a centroid, and counts in
+  the objective with similarity 0.
 - Initialisation is k-means++ with the squared chordal distance ``d^2 = 2 - 2 cos(x, c)``,
-  one candidate per step. Its random numbers come from :func:`seeded_uniforms` (a
-  counter-based hash of ``(domain, seed, stream, draw)``): problem ``i`` of ``offsets`` uses
-  stream ``i``, group value ``g`` uses stream ``-1 - g``, a single problem stream 0, and the
-  streamed init sample draws one key per global row index in its own domain, so it does not
-  depend on the block sizes.
-- A pass ``t = 0, 1, ...`` assigns every row to ``argmax(X @ C_t.T)`` (ties to the lowest
-  cluster; for k = 2 the sign of ``x . (c_1 - c_0)``) and measures the objective ``J_t`` =
-  mean over all rows (zero rows included) of the cosine similarity to the assigned
-  centroid, computed as ``sum_j c_j . s_j / n`` from the member sums ``s_j``. It stops
-  when ``t == max_iter`` or, for ``t >= 1`` with no empty cluster, when
-  ``J_t - J_{t-1} <= tol * |J_{t-1}|`` (relative tolerance). Otherwise
-  ``C_{t+1}`` = renormalised sum of the members of each cluster (a cluster whose members sum
-  to ~0 keeps its centroid); each empty cluster is reseeded, in cluster order, with a
-  distinct worst-fitting row (lowest similarity to its own centroid, ties by lowest row).
-- The result is ``C_t`` with the labels and objective of pass ``t``, so labels are always
-  the argmax for the returned centroids; ``n_iter = t`` is the number of centroid updates.
+  one candidate per step, on :func:`seeded_uniforms` (a counter-based hash of ``(domain,
+  seed, stream, draw)``): problem ``i`` of ``offsets`` uses stream ``i``, group ``g`` stream
+  ``-1 - g``, a single problem stream 0; the streamed init sample draws one key per global
+  row in its own domain, so it does not depend on the block sizes.
+- Pass ``t = 0, 1, ...`` assigns every row to ``argmax(X @ C_t.T)`` (ties to the lowest
+  cluster; for k = 2 the sign of ``x . (c_1 - c_0)``) and measures ``J_t`` = mean over all
+  rows of the cosine to the assigned centroid (``sum_j c_j . s_j / n`` from the member sums
+  ``s_j``). It stops at ``t == max_iter`` or, for ``t >= 1`` with no empty cluster, when
+  ``J_t - J_{t-1} <= tol * |J_{t-1}|``. Otherwise ``C_{t+1}`` = renormalised member sums (a
+  cluster whose members sum to ~0 keeps its centroid); each empty cluster is reseeded, in
+  cluster order, with a distinct worst-fitting row (lowest cosine to its own centroid, ties
+  by lowest row).
+- The result is ``C_t`` with the labels and objective of pass ``t`` (labels are the argmax
+  for the returned centroids); ``n_iter = t`` is the number of centroid updates.
 
-Returned arrays are NumPy (moved to the host once, at the end). Only the stopping test
-(objective and empty-cluster count per problem) leaves the device during a pass. On NumPy,
-kernels run single-threaded and ``threads`` Python threads work on independent problems or
-blocks (BLAS's own pool splits these thin products badly and competes for the cores).
+Returned arrays are NumPy. Only the stopping test (objective and empty-cluster count per
+problem) leaves the device during a pass. On NumPy, kernels run single-threaded and
+``threads`` Python threads work on independent problems or blocks (BLAS's own pool splits
+these thin products badly and competes for the cores).
 """
 
 from __future__ import annotations
@@ -119,8 +112,8 @@ def array_namespace(device: str = "auto"):
 
 
 def _namespace(X, device):
-    """Namespace of the computation: ``X``'s own when ``device`` is None (NumPy for host
-    objects such as Zarr arrays), else :func:`array_namespace` ``(device)``."""
+    """``X``'s own namespace when ``device`` is None (NumPy for host objects such as Zarr
+    arrays), else :func:`array_namespace` ``(device)``."""
     if device is not None:
         return array_namespace(device)
     if aac.is_array_api_obj(X) and not isinstance(X, np.ndarray | np.generic):
@@ -134,8 +127,8 @@ def _is_np(xp) -> bool:
 
 def _to_host(a) -> np.ndarray:
     """A NumPy array of any namespace's array (one device-to-host copy off the CPU)."""
-    if isinstance(a, np.ndarray):
-        return a
+    if isinstance(a, np.ndarray | np.generic):
+        return np.asarray(a)
     if aac.is_cupy_array(a):
         return a.get()
     if aac.is_torch_array(a):
@@ -150,8 +143,8 @@ def _torch():
 
 
 def import_torch_cast_if_worth(n_elements: int) -> bool:
-    """Import torch for the float16 -> float32 cast when a run casts at least
-    ``TORCH_CAST_WORTH`` elements and torch is installed. Returns whether it will be used."""
+    """Import torch for the float16 cast when a run casts at least ``TORCH_CAST_WORTH``
+    elements and torch is installed. Returns whether it will be used."""
     if "torch" not in sys.modules and n_elements >= TORCH_CAST_WORTH:
         with contextlib.suppress(ImportError):
             import torch  # noqa: F401
@@ -168,9 +161,8 @@ def _device_free_bytes(xp) -> int | None:
 
 
 def _cache_budget(xp, requested: int | None) -> int:
-    """Bytes of float32 streamed rows :func:`kmeans_stream` keeps: ``requested`` when given;
-    on NumPy ``STREAM_CACHE_BYTES`` (host memory, which the callers size); on a device half
-    of its free memory, never less than ``STREAM_CACHE_BYTES``."""
+    """Bytes of streamed rows :func:`kmeans_stream` keeps: ``requested`` when given; on NumPy
+    ``STREAM_CACHE_BYTES``; on a device half its free memory, at least that."""
     if requested is not None:
         return requested
     free = None if _is_np(xp) else _device_free_bytes(xp)
@@ -178,16 +170,16 @@ def _cache_budget(xp, requested: int | None) -> int:
 
 
 def _device_of(a, xp):
-    """The device of ``a`` when it already is an array of (non-NumPy) ``xp``, else None:
-    host rows (NumPy, Zarr) go to ``xp``'s current device."""
+    """``a``'s device when it already is a (non-NumPy) ``xp`` array, else None (host rows go
+    to ``xp``'s current device)."""
     if _is_np(xp) or isinstance(a, np.ndarray) or not aac.is_array_api_obj(a):
         return None
     return aac.device(a)
 
 
 def _as_float32(a, xp, dev=None, out=None):
-    """A float32 copy ``(..., D)`` in ``xp`` of ``a`` (host/Zarr/``xp`` array, any real dtype);
-    on NumPy into ``out`` when given."""
+    """A float32 copy in ``xp`` of ``a`` (host, Zarr or ``xp`` array of any real dtype); on
+    NumPy into ``out`` when given."""
     if not _is_np(xp):
         if not aac.is_array_api_obj(a) or isinstance(a, np.ndarray):
             a = xp.asarray(np.asarray(a), device=dev)  # ships the storage dtype
@@ -243,10 +235,12 @@ def _ordered_map(fn: Callable, items: Iterable, threads: int) -> Iterator:
 # normalisation and random numbers
 
 
-def _inverse_norms(X, xp):
-    """``X`` float32 ``(..., D)`` -> ``X``, inverse norms ``inv`` ``(...,)`` float32 (0 for
-    zero rows) and ``bad`` ``(...,)`` bool (non-finite row). The unit row is
-    ``X * inv[..., None]``; the loop folds ``inv`` into ``(m,)`` vectors instead."""
+def _prepare(raw, xp, dev=None, copy=True):
+    """A float32 copy ``X`` ``(..., D)`` of ``raw`` on ``dev`` (``raw`` itself unless ``copy``),
+    inverse norms ``inv`` ``(...,)`` float32 (0 for zero rows) and ``bad`` ``(...,)`` bool
+    (non-finite row). The unit row is ``X * inv[..., None]``; the loop folds ``inv`` into
+    ``(m,)`` vectors instead."""
+    X = _as_float32(raw, xp, dev) if copy else raw
     norm = xp.sqrt(xp.vecdot(X, X))
     valid = norm > EPS
     inv = xp.where(valid, 1.0 / xp.where(valid, norm, 1.0), 0.0)
@@ -261,11 +255,6 @@ def l2_normalize(X, xp=None):
     xp = xp or _namespace(X, None)
     Xf, inv, _ = _prepare(X, xp)
     return Xf * inv[..., None]
-
-
-def _prepare(raw, xp, dev=None):
-    """:func:`_inverse_norms` of a float32 copy of ``raw`` (on ``dev``)."""
-    return _inverse_norms(_as_float32(raw, xp, dev), xp)
 
 
 _M64 = (1 << 64) - 1
@@ -300,14 +289,11 @@ def seeded_uniforms(seed: int, streams, count: int, domain: int = 0) -> np.ndarr
 
 
 def _kmeanspp(X, inv, u, xp):
-    """k-means++ of ``B`` problems -> ``(B, k, D)`` float32 unit rows.
-
-    ``X`` ``(B, m, D)`` float32 raw rows, ``inv`` ``(B, m)`` float32 (0: zero or padding row;
-    each problem has at least ``k`` others), ``u`` ``(B, k)`` host float64 uniforms. Centre
-    ``j`` is the first row whose cumulative weight exceeds ``u_j`` times the total: weight
-    1 per free valid row for the first centre (and when every free row is at distance 0),
-    else the squared chordal distance to the nearest centre.
-    """
+    """k-means++ of ``B`` problems: ``X`` ``(B, m, D)`` float32 raw rows, ``inv`` ``(B, m)``
+    (0: zero or padding row; at least ``k`` others), ``u`` ``(B, k)`` host float64 uniforms
+    -> ``(B, k, D)`` float32 unit rows. Centre ``j`` is the first row whose cumulative weight
+    exceeds ``u_j`` times the total: 1 per free valid row for the first centre (and when all
+    free rows are at distance 0), else the squared chordal distance to the nearest centre."""
     B, m, D = X.shape
     dev = aac.device(X)
     U = xp.asarray(u, device=dev)
@@ -338,14 +324,13 @@ def _kmeanspp(X, inv, u, xp):
 def _assign(X, inv, C, xp, prev=None, live=None):
     """One chunk of a pass: ``X`` ``(B, m, D)`` float32 raw rows, ``inv`` ``(B, m)``, ``C``
     ``(B, k, D)`` -> labels ``(B, m)`` int64, member sums ``(B, k, D)`` float64 and counts
-    ``(B, k)`` int64 (zero rows: label 0, weight 0, not counted). For k = 2 the sign of one
-    product with ``c1 - c0`` labels the rows. ``prev``: this chunk's result of the previous
-    pass and ``live`` ``(B,)`` host bool, the problems still iterating, both used by the
-    NumPy backend (:func:`_product`, :func:`_moved_np`)."""
+    ``(B, k)`` int64 (zero rows: label 0, weight 0, not counted). ``prev`` (this chunk's
+    result of the last pass) and ``live`` ``(B,)`` host bool (problems still iterating) serve
+    the NumPy backend (:func:`_product`, :func:`_moved_np`)."""
     k = C.shape[1]
     if k == 1:
         lab = xp.zeros(inv.shape, dtype=xp.int64, device=aac.device(X))
-    elif k == 2:
+    elif k == 2:  # the sign of one product with c1 - c0
         s = _product(X, (C[:, 1, :] - C[:, 0, :])[..., None], xp, live)[..., 0]
         lab = xp.astype((s > 0) & (inv > 0), xp.int64)
     else:
@@ -360,9 +345,9 @@ def _assign(X, inv, C, xp, prev=None, live=None):
 
 
 def _product(X, M, xp, live=None):
-    """``X @ M`` for ``X`` ``(B, m, D)`` and ``M`` ``(B, D, c)`` float32. NumPy backend: ``M``
-    made contiguous (a transposed view takes a slow path), problems not ``live`` skipped
-    (zeros), and raw rows of another dtype (streamed blocks not cached as float32) cast in
+    """``X @ M`` for ``X`` ``(B, m, D)`` and ``M`` ``(B, D, c)`` float32. On NumPy ``M`` is made
+    contiguous (a transposed view takes a slow path), problems not ``live`` are skipped
+    (zeros), and rows of another dtype (streamed blocks kept as read) are cast in
     cache-sized pieces as they are used."""
     if not _is_np(xp):
         return X @ M
@@ -380,10 +365,9 @@ def _product(X, M, xp, live=None):
 
 
 def _moved_np(X, inv, lab, prev, live):
-    """NumPy backend of :func:`_assign`'s member sums: from the previous pass's ``(labels,
-    sums, counts)`` of the chunk, only the rows that changed cluster are gathered and moved
-    (the rows stay in cache across passes, so this costs one product a pass). None when
-    so many moved that one product over all rows costs less."""
+    """NumPy member sums from the last pass's ``prev`` = ``(labels, sums, counts)``: only the
+    rows that changed cluster are gathered and moved (the rows stay in cache, so a pass
+    costs one product). None when so many moved that one product over all rows costs less."""
     old, sums, counts = prev
     B, k, D = sums.shape
     if live is not None and not live.all():  # the others keep their (final) labels
@@ -391,7 +375,7 @@ def _moved_np(X, inv, lab, prev, live):
     b, r = np.nonzero(lab != old)  # zero rows keep label 0
     if len(b) == 0:
         return lab, sums, counts
-    if 4 * len(b) > lab.size:  # many: one product over all rows costs less than gathering
+    if 4 * len(b) > lab.size:
         return None
     new, was, w, cols = b * k + lab[b, r], b * k + old[b, r], inv[b, r], np.arange(len(b))
     E = np.zeros((B * k, len(b)), dtype=np.float32)
@@ -403,64 +387,44 @@ def _moved_np(X, inv, lab, prev, live):
     return lab, sums + np.reshape(E @ rows, (B, k, D)), counts + np.reshape(moved, (B, k))
 
 
+def _flat_take(A, idx, xp):
+    """``A[b, idx[b, j]]`` for ``A`` ``(B, m, ...)`` and ``idx`` ``(B, j)`` int64."""
+    B, m = A.shape[:2]
+    flat = idx + xp.arange(B, dtype=xp.int64, device=aac.device(A))[:, None] * m
+    got = xp.take(xp.reshape(A, (B * m, -1)), xp.reshape(flat, (-1,)), axis=0)
+    return xp.reshape(got, (*idx.shape, *A.shape[2:]))
+
+
 def _worst_rows(chunks, C, xp):
-    """Per problem, the ``k`` worst-fitting unit rows ``(B, k, D)`` float32 for ``C``, in
-    order (lowest cosine to the own centroid, ties by lowest row; zero rows last), over the
+    """Per problem the ``k`` worst-fitting unit rows ``(B, k, D)`` float32 for ``C``, in order
+    (lowest cosine to the own centroid, ties by lowest row; zero rows last), over the
     ``(i, (X, inv))`` of ``chunks()``."""
-    B, k, D = C.shape
+    k = C.shape[1]
     sims, vecs = [], []
     for _, (X, inv) in chunks():
         best = xp.max((X @ xp.matrix_transpose(C)) * inv[..., None], axis=-1)
         best = xp.where(inv > 0, best, xp.inf)
         order = xp.argsort(best, axis=1, stable=True)[:, : min(k, X.shape[1])]
-        flat = order + xp.arange(B, dtype=xp.int64, device=aac.device(X))[:, None] * X.shape[1]
-        flat = xp.reshape(flat, (-1,))
-        rows = xp.take(xp.reshape(X, (-1, D)), flat, axis=0)
-        w = xp.take(xp.reshape(inv, (-1,)), flat)
-        sims.append(xp.reshape(xp.take(xp.reshape(best, (-1,)), flat), order.shape))
-        vecs.append(xp.reshape(rows * w[:, None], (*order.shape, D)))
+        sims.append(_flat_take(best, order, xp))
+        vecs.append(_flat_take(X, order, xp) * _flat_take(inv, order, xp)[..., None])
     order = xp.argsort(xp.concat(sims, axis=1), axis=1, stable=True)[:, :k]
-    V = xp.concat(vecs, axis=1)
-    flat = order + xp.arange(B, dtype=xp.int64, device=aac.device(V))[:, None] * V.shape[1]
-    return xp.reshape(xp.take(xp.reshape(V, (-1, D)), xp.reshape(flat, (-1,)), axis=0), C.shape)
+    return _flat_take(xp.concat(vecs, axis=1), order, xp)
 
 
-def _check_counts(k: int, n, n_valid, where: Callable[[int], str]) -> None:
-    """Raise for the first problem ``b`` with fewer than ``k`` points or non-zero rows (``n``,
-    ``n_valid``: host counts per problem; ``where(b)`` names it, built only then)."""
-    n, n_valid = np.reshape(n, -1), np.reshape(n_valid, -1)
-    for b in np.flatnonzero((n < k) | (n_valid < k))[:1]:
-        msg = f"{where(b)}k={k} clusters but only "
-        if n[b] < k:
-            raise ValueError(f"{msg}{int(n[b])} points")
-        raise ValueError(
-            f"{msg}{int(n_valid[b])} non-zero rows (of {int(n[b])} points); zero rows cannot "
-            "be cluster centres"
-        )
-
-
-def _lloyd(items, load, C, n, max_iter: int, tol: float, xp, *, threads=1, **kw):
-    """The Lloyd loop of ``B`` problems (see the module docstring for its rules).
-
-    Every pass calls ``load(item)`` for each ``item`` of ``items()`` (same order each pass)
-    to get a chunk ``(X (B, m, D) float32, inv (B, m) float32)`` of the problems' rows. ``C``
-    ``(B, k, D)`` float32 unit initial centroids, ``n`` ``(B,)`` host row counts (or a
-    callable giving them after a pass). ``kw``: ``where(b)`` names problem ``b`` in errors,
-    ``on_pass(t, J, n_empty)`` (problem 0). Problems that stop leave the loop: the others'
-    rows are skipped by the NumPy backend (elsewhere computed, and ignored).
-    Returns host centroids ``(B, k, D)``, labels (``(B, m)`` per chunk, last pass),
-    objectives ``(B,)`` float64 and pass counts ``(B,)`` int64.
-    """
+def _lloyd(chunks, C, n, max_iter: int, tol: float, xp, where, threads=1, on_pass=None):
+    """The Lloyd loop of ``B`` problems (rules: module docstring). Every pass reads the
+    chunks ``(i, (X (B, m, D) float32, inv (B, m) float32))`` of ``chunks()`` (same order each
+    pass). ``C`` ``(B, k, D)`` float32 unit initial centroids; ``n`` ``(B,)`` host row counts
+    (or a callable giving them after a pass); ``where(b)`` names problem ``b`` in errors;
+    ``on_pass(t, J, n_empty)`` of problem 0. Problems that stop leave the loop (their rows
+    are skipped on NumPy, elsewhere computed and ignored). Returns host centroids
+    ``(B, k, D)``, labels (``(B, m)`` per chunk), objectives ``(B,)`` and pass counts ``(B,)``."""
     B, k, _ = C.shape
     dev = aac.device(C)
     live = np.ones(B, dtype=bool)
     J_prev, J_out, it_out = np.zeros(B), np.zeros(B), np.zeros(B, dtype=np.int64)
     state: dict[int, tuple] = {}  # chunk -> (labels, sums, counts) of the last pass
     done: list[tuple] = []  # (problems, centroids, {chunk: labels}) as each stopped
-
-    def chunks():
-        yield from enumerate(map(load, items()))
-
     for t in range(max_iter + 1):
 
         def one(chunk, C=C, mask=live.copy()):  # noqa: B008
@@ -477,9 +441,9 @@ def _lloyd(items, load, C, n, max_iter: int, tol: float, xp, *, threads=1, **kw)
         J, counts_h = stats[:, 0] / n_h, stats[:, 1 : k + 1]  # the one transfer of a pass
         n_empty = np.sum(counts_h == 0, axis=1) * live
         if t == 0:  # enough non-zero rows (checked here when no k-means++ sample was)
-            _check_counts(k, n_h, np.sum(counts_h, axis=1), kw["where"])
-        if "on_pass" in kw:
-            kw["on_pass"](t, float(J[0]), int(n_empty[0]))
+            _check_counts(where, k, n_h, np.sum(counts_h, axis=1))
+        if on_pass is not None:
+            on_pass(t, float(J[0]), int(n_empty[0]))
         stop = (n_empty == 0) & (J - J_prev <= tol * np.abs(J_prev)) if t else J < -np.inf
         if t >= max_iter or (stop & live).any():
             stop = live & (stop | (t >= max_iter))
@@ -513,47 +477,76 @@ def _lloyd(items, load, C, n, max_iter: int, tol: float, xp, *, threads=1, **kw)
 
 
 # ---------------------------------------------------------------------------------------
-# argument checks (once, at the boundary)
+# checks (once, at the boundary; ``where`` / ``where(b)`` prefixes the message)
 
 
-def _check_args(what, k, max_iter, tol, threads):
-    for name, v, lo in (("k", k, 1), ("max_iter", max_iter, 0), ("threads", threads, 1)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
-            kind = "a positive" if lo else "a non-negative"
-            raise ValueError(f"{what}: {name} must be {kind} integer, got {v!r}")
+def _check_int(where: str, name: str, v, lo: int, none_ok: bool = False):
+    if none_ok and v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
+        kind = ("None or " if none_ok else "") + ("a positive" if lo else "a non-negative")
+        raise ValueError(f"{where}{name} must be {kind} integer, got {v!r}")
+    return int(v)
+
+
+def _check_args(where: str, k, max_iter, tol, threads):
+    k, max_iter = _check_int(where, "k", k, 1), _check_int(where, "max_iter", max_iter, 0)
+    threads = _check_int(where, "threads", threads, 1)
     if not np.isfinite(tol) or tol < 0:
-        raise ValueError(f"{what}: tol must be a finite number >= 0, got {tol!r}")
-    return int(k), int(max_iter), float(tol), int(threads)
+        raise ValueError(f"{where}tol must be a finite number >= 0, got {tol!r}")
+    return k, max_iter, float(tol), threads
 
 
-def _check_rows(X, what: str):
+def _check_rows(X, where: str):
     """``X`` must be a real 2-D ``(n, D)`` array with ``D >= 1``."""
     X = X if hasattr(X, "shape") else np.asarray(X)
     if len(X.shape) != 2 or X.shape[1] < 1:
-        raise ValueError(f"{what}: expected a 2-D array of rows (n, D) with D >= 1, got {X.shape}")
+        raise ValueError(f"{where}expected a 2-D array of rows (n, D) with D >= 1, got {X.shape}")
     if aac.is_array_api_obj(X) and not isinstance(X, np.ndarray):
         real = aac.array_namespace(X).isdtype(X.dtype, ("real floating", "integral"))
     else:
         real = np.dtype(X.dtype).kind in "fiu"
     if not real:
-        raise ValueError(f"{what}: expected real numbers, got dtype {X.dtype}")
+        raise ValueError(f"{where}expected real numbers, got dtype {X.dtype}")
     return X
 
 
-def _check_init(init, shape: tuple, what: str) -> np.ndarray | None:
+def _check_init(init, shape: tuple, where: str) -> np.ndarray | None:
     """``"k-means++"`` -> None; explicit centroids -> host unit float32 rows of ``shape``."""
     if isinstance(init, str):
         if init != "k-means++":
-            raise ValueError(f"{what}: init must be 'k-means++' or an array, got {init!r}")
+            raise ValueError(f"{where}init must be 'k-means++' or an array, got {init!r}")
         return None
     C = np.asarray(_to_host(init), dtype=np.float64)
     if C.shape != shape:
         names = "(n_problems, k, D)" if len(shape) == 3 else "(k, D)"
-        raise ValueError(f"{what}: init must have shape {names} = {shape}, got {C.shape}")
+        raise ValueError(f"{where}init must have shape {names} = {shape}, got {C.shape}")
     norm = np.sqrt(np.sum(C * C, axis=-1, keepdims=True))
     if not np.all(np.isfinite(norm)) or np.any(norm <= EPS):
-        raise ValueError(f"{what}: init rows must be finite and non-zero")
+        raise ValueError(f"{where}init rows must be finite and non-zero")
     return (C / norm).astype(np.float32)
+
+
+def _check_finite(bad, xp, msg: Callable[[int], str]) -> None:
+    """Raise ``msg(b)`` for the first problem ``b`` of ``bad`` ``(B, m)`` or ``(m,)`` (in
+    ``xp``) with a non-finite row."""
+    bad = np.reshape(_to_host(xp.any(bad, axis=-1)), -1)
+    if bad.any():
+        raise NonFiniteError(msg(int(np.argmax(bad))))
+
+
+def _check_counts(where: Callable[[int], str], k: int, n, n_valid) -> None:
+    """Raise for the first problem ``b`` (``where(b)`` names it, built only then) with fewer
+    than ``k`` points or non-zero rows (``n``, ``n_valid``: host counts per problem)."""
+    n, n_valid = np.reshape(n, -1), np.reshape(n_valid, -1)
+    for b in np.flatnonzero((n < k) | (n_valid < k))[:1]:
+        msg = f"{where(b)}k={k} clusters but only "
+        if n[b] < k:
+            raise ValueError(f"{msg}{int(n[b])} points")
+        raise ValueError(
+            f"{msg}{int(n_valid[b])} non-zero rows (of {int(n[b])} points); zero rows cannot "
+            "be cluster centres"
+        )
 
 
 # ---------------------------------------------------------------------------------------
@@ -564,27 +557,52 @@ def kmeans_plusplus(X, k: int, seed: int, stream: int = 0):
     """Seeded cosine k-means++ centres ``(k, D)`` float32 unit rows (NumPy) of ``X`` ``(n, D)``
     (any real dtype and namespace; zero rows are never chosen). ``stream`` selects an
     independent random stream (problem ``i`` of ``offsets`` uses ``stream=i``)."""
-    what = "kmeans_plusplus"
-    k = _check_args(what, k, 0, 0.0, 1)[0]
-    X = _check_rows(X, what)
-    where = f"{what}: "
+    where = "kmeans_plusplus: "
+    k = _check_int(where, "k", k, 1)
+    X = _check_rows(X, where)
     n = np.array([0, X.shape[0]])
     out = _solve(X, n, np.array([stream]), k, None, 0, 0.0, seed, _namespace(X, None), 1, where)
     return out[1][0]
 
 
+def _padded(X, starts, ids, xp, dev):
+    """Problems ``ids`` (consecutive) of ``X`` as float32 ``(B, m, D)`` zero-padded to the
+    longest, with :func:`_prepare`'s ``inv`` and ``bad`` ``(B, m)``."""
+    ids = np.asarray(ids)
+    n, lo, hi = starts[ids + 1] - starts[ids], int(starts[ids[0]]), int(starts[ids[-1] + 1])
+    B, m, D = len(ids), int(max(n)), X.shape[1]
+    if _is_np(xp):  # cast straight into the padded layout (a gather would copy once more)
+        Xf = np.empty((B, m, D), dtype=np.float32)
+        for b, i in enumerate(ids):
+            _as_float32(X[starts[i] : starts[i + 1]], xp, out=Xf[b, : n[b]])
+            Xf[b, n[b] :] = 0
+        return _prepare(Xf, xp, copy=False)
+    out = _prepare(X[lo:hi, ...], xp, dev)
+    if B == 1:
+        return tuple(a[None, ...] for a in out)
+    src = np.full((B, m), hi - lo, dtype=np.int64)  # row hi - lo: a zero row
+    for b, i in enumerate(ids):
+        src[b, : n[b]] = np.arange(starts[i] - lo, starts[i + 1] - lo)
+    src = xp.asarray(np.reshape(src, (-1,)), device=aac.device(out[0]))
+    return tuple(
+        xp.reshape(
+            xp.take(xp.concat([a, xp.zeros_like(a[:1, ...])]), src, axis=0), (B, m, *a.shape[1:])
+        )
+        for a in out
+    )
+
+
 def _solve(X, starts, streams, k, init, max_iter, tol, seed, xp, threads, where, history=None):
     """Problems ``i`` = rows ``starts[i]:starts[i + 1]`` of ``X`` (host offsets), k-means++
     stream ``streams[i]`` or ``init[i]`` ``(k, D)``, solved in blocks of consecutive problems
-    zero-padded to a common length (on NumPy a few, which stay in cache through all their
-    passes). ``where`` (str or ``i -> str``) names a problem in errors. Returns host labels
+    zero-padded to a common length. ``where``: str or ``i -> str``. Returns host labels
     ``(N,)``, centroids ``(P, k, D)``, objectives ``(P,)`` and pass counts ``(P,)``."""
     where = where.format if isinstance(where, str) else where
     P, D = len(starts) - 1, X.shape[1]
     labels = np.zeros(X.shape[0], dtype=np.int64)
     C_out, J_out, it_out = np.zeros((P, k, D), np.float32), np.zeros(P), np.zeros(P, np.int64)
     sizes = np.diff(starts)
-    _check_counts(k, sizes, sizes, where)
+    _check_counts(where, k, sizes, sizes)
     pad_rows = _CPU_PAD_ROWS if _is_np(xp) else _PAD_ROWS
     blocks, cur = [], []
     for i in range(P):
@@ -595,50 +613,21 @@ def _solve(X, starts, streams, k, init, max_iter, tol, seed, xp, threads, where,
     dev = _device_of(X, xp)
 
     def solve_block(ids):
-        m = int(max(sizes[ids]))
-        lo, hi = int(starts[ids[0]]), int(starts[ids[-1] + 1])
-        B = len(ids)
-        if _is_np(xp):  # cast straight into the zero-padded layout
-            Xf = np.empty((B, m, D), dtype=np.float32)
-            for b, i in enumerate(ids):
-                _as_float32(X[starts[i] : starts[i + 1]], xp, out=Xf[b, : sizes[i]])
-                Xf[b, sizes[i] :] = 0
-            Xf, inv, bad = _inverse_norms(Xf, xp)
-        elif B > 1:  # pad each problem to m rows with a zero row (index hi - lo)
-            Xf, inv, bad = _prepare(X[lo:hi, ...], xp, dev)
-            src = np.full((B, m), hi - lo, dtype=np.int64)
-            for b, i in enumerate(ids):
-                src[b, : sizes[i]] = np.arange(starts[i] - lo, starts[i + 1] - lo)
-            src = xp.asarray(np.reshape(src, (-1,)), device=aac.device(Xf))
-            z = xp.zeros((1, D), dtype=xp.float32, device=aac.device(Xf))
-            Xf = xp.reshape(xp.take(xp.concat([Xf, z]), src, axis=0), (B, m, D))
-            inv = xp.reshape(xp.take(xp.concat([inv, z[0, :1]]), src), (B, m))
-            bad = xp.reshape(xp.take(xp.concat([bad, z[0, :1] > 0]), src), (B, m))
-        else:
-            Xf, inv, bad = (a[None, ...] for a in _prepare(X[lo:hi, ...], xp, dev))
-        bad = _to_host(xp.any(bad, axis=1))
-        if bad.any():
-            raise NonFiniteError(f"{where(ids[int(np.argmax(bad))])}non-finite values")
-        C0 = init[ids] if init is not None else None
-        if C0 is None:
-            nv = _to_host(xp.sum(xp.astype(inv > 0, xp.int64), axis=1))
-            _check_counts(k, sizes[ids], nv, lambda b: where(ids[b]))
+        n_b = sizes[ids]
+        Xf, inv, bad = _padded(X, starts, ids, xp, dev)
+        name = lambda b: where(ids[b])  # noqa: E731
+        _check_finite(bad, xp, lambda b: f"{name(b)}non-finite values")
+        if init is None:
+            n_valid = _to_host(xp.sum(xp.astype(inv > 0, xp.int64), axis=1))
+            _check_counts(name, k, n_b, n_valid)
             C0 = _kmeanspp(Xf, inv, seeded_uniforms(seed, streams[ids], k), xp)
         else:
-            C0 = xp.asarray(C0, device=aac.device(Xf))
-        on_pass = {"on_pass": lambda t, J, e: history.append(J)} if history is not None else {}
-        chunk = (Xf, inv)
+            C0 = xp.asarray(init[ids], device=aac.device(Xf))
+        on_pass = (lambda t, J, e: history.append(J)) if history is not None else None
         C, labs, J, it = _lloyd(
-            lambda: [0],
-            lambda _: chunk,
-            C0,
-            sizes[ids].astype(np.float64),
-            max_iter,
-            tol,
-            xp,
-            where=lambda b: where(ids[b]),
-            **on_pass,
-        )
+            lambda: [(0, (Xf, inv))], C0, n_b.astype(np.float64), max_iter, tol, xp, name,
+            on_pass=on_pass,
+        )  # fmt: skip
         for b, i in enumerate(ids):
             labels[starts[i] : starts[i + 1]] = labs[0][b, : sizes[i]]
         C_out[ids], J_out[ids], it_out[ids] = C, J, it
@@ -672,22 +661,22 @@ def kmeans(
     None computes in ``X``'s namespace, else see :func:`array_namespace`. ``threads``:
     problems solved at once (NumPy). Results do not depend on ``threads`` nor on blocking.
     """
-    what = "kmeans"
+    what = "kmeans: "
     k, max_iter, tol, threads = _check_args(what, k, max_iter, tol, threads)
     X = _check_rows(X, what)
     (N, D), xp = X.shape, _namespace(X, device)
     args = (max_iter, tol, seed, xp, threads)
     if offsets is not None and groups is not None:
-        raise ValueError(f"{what}: give offsets or groups, not both")
+        raise ValueError(f"{what}give offsets or groups, not both")
     if groups is not None:
         g = np.asarray(_to_host(groups))
         if g.shape != (N,) or g.dtype.kind not in "iu":
-            raise ValueError(f"{what}: groups must be integers of shape ({N},), got {g.shape}")
+            raise ValueError(f"{what}groups must be integers of shape ({N},), got {g.shape}")
         values, counts = np.unique(g.astype(np.int64), return_counts=True)
         if isinstance(init, Mapping):
             missing = [int(v) for v in values if int(v) not in init]
             if missing:
-                raise ValueError(f"{what}: init has no centroids for groups {missing}")
+                raise ValueError(f"{what}init has no centroids for groups {missing}")
             init = np.stack([np.asarray(_to_host(init[int(v)]), np.float64) for v in values])
         C0 = _check_init(init, (len(values), k, D), what)
         order = np.argsort(g, kind="stable")  # rows grouped, then solved as offsets
@@ -695,7 +684,7 @@ def kmeans(
         Xs = X[order] if dev is None else xp.take(X, xp.asarray(order, device=dev), axis=0)
         starts = np.concatenate([[0], np.cumsum(counts)])
         lab, C, J, it = _solve(
-            Xs, starts, -1 - values, k, C0, *args, lambda i: f"{what}: group {values[i]}: "
+            Xs, starts, -1 - values, k, C0, *args, lambda i: f"{what}group {values[i]}: "
         )
         labels = np.empty_like(lab)
         labels[order] = lab
@@ -705,17 +694,17 @@ def kmeans(
         ok = off.ndim == 1 and off.shape[0] >= 1 and off.dtype.kind in "iu"
         if not ok or off[0] != 0 or off[-1] != N or np.any(np.diff(off) < 0):
             raise ValueError(
-                f"{what}: offsets must be 1-D integers that start at 0, never decrease and "
+                f"{what}offsets must be 1-D integers that start at 0, never decrease and "
                 f"end at len(X)={N}, got shape {off.shape} dtype {off.dtype}"
             )
         off, P = off.astype(np.int64), len(off) - 1
         C0 = _check_init(init, (P, k, D), what)
-        lab, C, J, it = _solve(X, off, np.arange(P), k, C0, *args, f"{what}: problem {{}}: ")
+        lab, C, J, it = _solve(X, off, np.arange(P), k, C0, *args, f"{what}problem {{}}: ")
         return KMeansResult(C, lab, J, it)
     C0 = _check_init(init, (k, D), what)
     C0 = None if C0 is None else C0[None]
     hist: list[float] = []
-    lab, C, J, it = _solve(X, np.array([0, N]), np.array([0]), k, C0, *args, f"{what}: ", hist)
+    lab, C, J, it = _solve(X, np.array([0, N]), np.array([0]), k, C0, *args, what, hist)
     return KMeansResult(C[0], lab, float(J[0]), int(it[0]), hist)
 
 
@@ -724,27 +713,23 @@ def kmeans(
 
 
 def _checked_blocks(blocks: Callable[[], Iterable], what: str) -> Iterator:
-    """Iterate ``blocks()`` checking every block is a 2-D real array with the same D."""
+    """The non-empty blocks of ``blocks()``, each checked to be 2-D, real, of the same D."""
     D = None
     for i, b in enumerate(blocks()):
-        b = _check_rows(b, f"{what}: block {i}")
+        b = _check_rows(b, f"{what}block {i}: ")
         if D is None:
             D = b.shape[1]
         elif b.shape[1] != D:
-            raise ValueError(f"{what}: block {i} has D={b.shape[1]}, earlier blocks D={D}")
+            raise ValueError(f"{what}block {i} has D={b.shape[1]}, earlier blocks D={D}")
         if b.shape[0]:
             yield b
 
 
 def _init_sample(blocks, size: int | None, seed: int, what: str) -> np.ndarray:
-    """Host float32 ``(m, D)`` uniform sample without replacement of at most ``size`` rows, in
-    row order: the rows with the ``size`` lowest keys ``seeded_uniforms(seed, row, 1,
-    domain=1)`` (independent of the block sizes; memory: the sample plus one block). None
-    keeps every row."""
-    if size is not None and (
-        isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1
-    ):
-        raise ValueError(f"{what}: init_sample must be a positive integer or None, got {size!r}")
+    """Host float32 ``(m, D)`` uniform sample without replacement of at most ``size`` rows (None:
+    all), in row order: the rows with the ``size`` lowest keys ``seeded_uniforms(seed, row, 1,
+    domain=1)``, so independent of the block sizes (memory: the sample plus one block)."""
+    size = _check_int(what, "init_sample", size, 1, none_ok=True)
     rows, keys, parts, n = [], [], [], 0
     host = _namespace(np.empty(0), None)
     for b in _checked_blocks(blocks, what):
@@ -760,7 +745,7 @@ def _init_sample(blocks, size: int | None, seed: int, what: str) -> np.ndarray:
         if sum(len(p) for p in parts) > 2 * size:  # keep the size lowest keys so far
             parts, rows, keys = _bottom(parts, rows, keys, size)
     if not parts:
-        raise ValueError(f"{what}: blocks() yielded no rows")
+        raise ValueError(f"{what}blocks() yielded no rows")
     if size is not None:
         parts, rows, keys = _bottom(parts, rows, keys, size)
     return np.concatenate(parts)
@@ -794,30 +779,22 @@ def kmeans_stream(
     ``shape`` and ``dtype`` that ``np.asarray`` reads, e.g. ``store.RowBlock``), in the same
     order every call. The first blocks are kept (on NumPy as read, elsewhere as float32
     copies) while their size as float32 stays within ``cache_bytes`` (None:
-    :func:`_cache_budget`); other blocks are read again every pass, in the worker thread
-    that uses them, so memory is bounded by the cache, ``2 * threads`` blocks and ``(n,)``
-    labels (with ``return_labels``). k-means++ runs on a seeded uniform sample of at most
-    ``init_sample`` rows (None: all rows). Same result as :func:`kmeans` on the concatenated
-    rows, up to float rounding of per-block sums; ``device`` None computes
-    in the first block's namespace (NumPy for host blocks).
+    :func:`_cache_budget`); the others are read again every pass, so memory is bounded by
+    the cache, ``2 * threads`` blocks and ``(n,)`` labels (with ``return_labels``).
+    k-means++ runs on a seeded uniform sample of at most ``init_sample`` rows (None: all).
+    Same result as :func:`kmeans` on the concatenated rows, up to float rounding of
+    per-block sums; ``device`` None computes in the first block's namespace.
     """
-    what = "kmeans_stream"
+    what = "kmeans_stream: "
+    name = lambda b: what  # noqa: E731
     k, max_iter, tol, threads = _check_args(what, k, max_iter, tol, threads)
     if not callable(blocks):
-        raise ValueError(f"{what}: blocks must be a callable returning an iterable of blocks")
-    if cache_bytes is not None and (
-        isinstance(cache_bytes, bool)
-        or not isinstance(cache_bytes, numbers.Integral)
-        or cache_bytes < 0
-    ):
-        raise ValueError(
-            f"{what}: cache_bytes must be None or an integer >= 0, got {cache_bytes!r}"
-        )
+        raise ValueError(f"{what}blocks must be a callable returning an iterable of blocks")
+    cache_bytes = _check_int(what, "cache_bytes", cache_bytes, 0, none_ok=True)
     first = next(iter(_checked_blocks(blocks, what)), None)
     if first is None:
-        raise ValueError(f"{what}: blocks() yielded no rows")
-    xp = _namespace(first, device)
-    D = first.shape[1]
+        raise ValueError(f"{what}blocks() yielded no rows")
+    xp, D = _namespace(first, device), first.shape[1]
     dev = _device_of(first, xp)
     del first
     cache_bytes = _cache_budget(xp, cache_bytes)
@@ -825,73 +802,58 @@ def kmeans_stream(
     if C0 is None:
         sample = _init_sample(blocks, init_sample, seed, what)
         S, s_inv, bad = _prepare(sample, xp, dev)
-        if bool(xp.any(bad)):
-            raise NonFiniteError(f"{what}: non-finite values in the init sample")
+        _check_finite(bad, xp, lambda b: f"{what}non-finite values in the init sample")
         scope = "" if init_sample is None else f"the init sample of init_sample={init_sample}: "
         n_valid = int(xp.sum(xp.astype(s_inv > 0, xp.int64)))
-        _check_counts(k, sample.shape[0], n_valid, lambda b: f"{what}: {scope}")
+        _check_counts(lambda b: f"{what}{scope}", k, sample.shape[0], n_valid)
         C = _kmeanspp(S[None, ...], s_inv[None, ...], seeded_uniforms(seed, [0], k), xp)
         del sample, S, s_inv
     else:
         C = xp.asarray(C0[None], device=dev)
-    cache: dict[int, tuple] = {}  # block -> float32 rows and inverse norms, within cache_bytes
+    cache: dict[int, tuple] = {}  # block -> (rows, inverse norms), within cache_bytes
     invs: dict[int, tuple] = {}  # other blocks -> inverse norms
-    seen = {"n": None}
+    seen = {"n": None}  # rows of the first pass
 
-    def items():
-        n, cached = 0, 0
+    def chunks():
+        """``(i, (X, inv))`` of every block: cached, else read here. On NumPy the rows stay
+        as read (float16 storage: half the bytes a pass) and :func:`_product` casts them
+        piece by piece in cache; elsewhere float32 copies. The first pass gives float32."""
+        n, cached, first_pass = 0, 0, seen["n"] is None
         for i, b in enumerate(_checked_blocks(blocks, what)):
-            keep = seen["n"] is None and cached + b.shape[0] * D * 4 <= cache_bytes
-            cached += b.shape[0] * D * 4 if keep else 0
-            yield i, b, keep, seen["n"] is None
             n += b.shape[0]
-        if seen["n"] is None:
+            if not first_pass:
+                if (cache[i][1] if i in cache else invs[i]).shape[1] != b.shape[0]:
+                    raise ValueError(f"{what}block {i} changed size between passes")
+                if i in cache:
+                    yield i, cache[i]
+                else:
+                    raw = np.asarray(_to_host(b)) if _is_np(xp) else _as_float32(b, xp, dev)
+                    yield i, (raw[None, ...], invs[i])
+                continue
+            keep = cached + b.shape[0] * D * 4 <= cache_bytes
+            cached += b.shape[0] * D * 4 if keep else 0
+            raw = np.asarray(_to_host(b)) if _is_np(xp) else b  # one read of a lazy block
+            X, inv, bad = _prepare(raw, xp, dev)
+            _check_finite(bad, xp, lambda _, i=i: f"{what}non-finite values in block {i}")
+            if keep:
+                cache[i] = ((raw if _is_np(xp) else X)[None, ...], inv[None, ...])
+            else:
+                invs[i] = inv[None, ...]
+            yield i, (X[None, ...], inv[None, ...])
+        if first_pass:
             seen["n"] = n
         elif n != seen["n"]:
-            raise ValueError(f"{what}: a pass saw {n} rows, the first pass saw {seen['n']}")
-
-    def load(item):
-        """``(X, inv)`` of block ``i``: cached rows, else read here (a lazy block). On NumPy
-        the rows stay as read (float16 storage: half the bytes a pass) and the products
-        convert them piece by piece while in cache; elsewhere float32 copies. The first
-        pass returns float32 rows; inverse norms are kept for every block."""
-        i, b, keep, first_pass = item
-        if not first_pass:
-            if (cache[i][1] if i in cache else invs[i]).shape[1] != b.shape[0]:
-                raise ValueError(f"{what}: block {i} changed size between passes")
-            if i in cache:
-                return cache[i]
-            raw = np.asarray(_to_host(b)) if _is_np(xp) else _as_float32(b, xp, dev)
-            return raw[None, ...], invs[i]
-        raw = np.asarray(_to_host(b)) if _is_np(xp) else b  # one read of a lazy block
-        X, inv, bad = _prepare(raw, xp, dev)
-        if bool(xp.any(bad)):
-            raise NonFiniteError(f"{what}: non-finite values in block {i}")
-        if keep:
-            cache[i] = ((raw if _is_np(xp) else X)[None, ...], inv[None, ...])
-        else:
-            invs[i] = inv[None, ...]
-        return X[None, ...], inv[None, ...]
+            raise ValueError(f"{what}a pass saw {n} rows, the first pass saw {seen['n']}")
 
     history: list[float] = []
 
     def on_pass(t, J, n_empty):
         history.append(J)
         if log is not None:
-            log(f"{what}: pass {t} objective {J:.6f} over {seen['n']} rows, {n_empty} empty")
+            log(f"{what}pass {t} objective {J:.6f} over {seen['n']} rows, {n_empty} empty")
 
     with _single_threaded_kernels(xp):
-        C, labs, J, it = _lloyd(
-            items,
-            load,
-            C,
-            lambda: np.array([float(seen["n"])]),
-            max_iter,
-            tol,
-            xp,
-            threads=threads,
-            where=lambda b: f"{what}: ",
-            on_pass=on_pass,
-        )
+        n = lambda: np.array([float(seen["n"])])  # noqa: E731
+        C, labs, J, it = _lloyd(chunks, C, n, max_iter, tol, xp, name, threads, on_pass)
     labels = np.concatenate([lab[0] for lab in labs]) if return_labels else None
     return KMeansResult(C[0], labels, float(J[0]), int(it[0]), history)
