@@ -15,6 +15,18 @@ def repo_root() -> str:
     return REPO
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """The tiny demo run (tests/test_workflow.py's TINY config) in a workdir of its own,
+    once per session; a test that changes files works on a copy (see analysis_run)."""
+    from tests.test_workflow import TINY, snakemake
+
+    wd = tmp_path_factory.mktemp("tiny")
+    r = snakemake(wd, TINY)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return wd
+
+
 def cuda_available() -> bool:
     import torch
 

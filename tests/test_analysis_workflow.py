@@ -3,6 +3,7 @@
 import copy
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -14,13 +15,14 @@ from tests.test_workflow import TINY, scheduled, snakemake
 
 pytestmark = pytest.mark.integration
 
+# seed 2, not 1: test_workflow's dry runs count the jobs of seed 1
 GRID = {
-    "seeds": [0, 1],
+    "seeds": [0, 2],
     "axes": {"clustering.feature": ["k", "q"], "labels.class_clusterer": ["kmeans"]},
     "variants": [],
     "baselines": ["all_background", "centre_prior"],
 }
-CONFIG = {**TINY, "run": "tinya", "analysis": GRID}
+CONFIG = {**TINY, "analysis": GRID}
 
 
 def _extract_jobs(jobs: dict) -> int:
@@ -72,15 +74,33 @@ def test_dry_run_without_ground_truth_says_why(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def analysis_run(tmp_path_factory):
+def analysis_jobs(tiny_run, tmp_path_factory):
+    """`snakemake analysis` after `snakemake`, on a copy of the tiny run (mtimes and
+    Snakemake's metadata kept): the workdir and the jobs it ran."""
     wd = tmp_path_factory.mktemp("analysis")
+    shutil.copytree(tiny_run, wd, symlinks=True, dirs_exist_ok=True)
     r = snakemake(wd, CONFIG, "analysis")
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
-    return wd
+    return wd, scheduled(r)
+
+
+@pytest.fixture(scope="module")
+def analysis_run(analysis_jobs):
+    return analysis_jobs[0]
+
+
+def test_the_analysis_reuses_the_run(analysis_jobs):
+    """The base variant's stages are the run's own: after `snakemake`, the analysis runs
+    no demo_data, index or extract (every variant here shares the run's extraction), and
+    the base's seed 0 is not recomputed (only its new seed 2)."""
+    _, jobs = analysis_jobs
+    for rule in ("demo_data", "index", "extract", "analysis_index", "analysis_extract"):
+        assert rule not in jobs, jobs
+    assert jobs["evaluate"] == 1, jobs  # the base at seed 2; seed 0 is the run's
 
 
 def _rows(wd):
-    with open(wd / "results" / "tinya" / "analysis" / "table.csv") as fh:
+    with open(wd / "results" / "tiny" / "analysis" / "table.csv") as fh:
         return {row["variant"]: row for row in csv.DictReader(fh)}
 
 
@@ -101,8 +121,8 @@ def test_table_rows_are_the_variants_scores(analysis_run):
     assert rows["base"]["kind"] == "method" and rows["baseline:centre_prior"]["kind"] == "baseline"
     assert rows["clustering.feature=q"]["clustering.feature"] == "q"
     # the base variant is the run itself: its row is the run's own metrics.json, per seed
-    res = analysis_run / "results" / "tinya"
-    mious = [_metrics(res / f"seed{s}" / "metrics.json")["miou"] for s in (0, 1)]
+    res = analysis_run / "results" / "tiny"
+    mious = [_metrics(res / f"seed{s}" / "metrics.json")["miou"] for s in (0, 2)]
     assert float(rows["base"]["miou_mean"]) == pytest.approx(np.mean(mious))
     assert float(rows["base"]["miou_std"]) == pytest.approx(np.std(mious))
     assert int(rows["base"]["n_seeds"]) == 2
@@ -116,23 +136,23 @@ def _variant_metrics(wd, name, seed):
     """The metrics.json of one variant and seed, found through the grid's keys."""
     cfg = copy.deepcopy(CONFIG)
     validate(cfg, SCHEMA)
-    cfg["dataset"]["root"] = "results/tinya/demo"  # where the Snakefile puts generated data
+    cfg["dataset"]["root"] = "results/tiny/demo"  # where the Snakefile puts generated data
     (variant,) = [v for v in grid.variants(cfg, lambda c: validate(c, SCHEMA)) if v.name == name]
-    path = wd / "results" / "tinya" / "analysis" / "scores" / variant.keys["evaluate"]
+    path = wd / "results" / "tiny" / "analysis" / "scores" / variant.keys["evaluate"]
     return _metrics(path / f"seed{seed}" / "metrics.json")
 
 
 def test_a_row_equals_the_variant_run_alone(analysis_run, tmp_path):
-    """The q variant run alone as a normal config (seed 1) scores exactly what the
+    """The q variant run alone as a normal config (seed 2) scores exactly what the
     analysis stored for it, and the table's row is the mean of its seeds."""
     alone = copy.deepcopy(TINY)
     alone["run"] = "tinyq"
-    alone["seeds"] = [1]
+    alone["seeds"] = [2]
     alone["clustering"] = {**alone["clustering"], "feature": "q"}
     r = snakemake(tmp_path, alone)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    run_alone = _metrics(tmp_path / "results" / "tinyq" / "seed1" / "metrics.json")
-    in_grid = [_variant_metrics(analysis_run, "clustering.feature=q", s) for s in (0, 1)]
+    run_alone = _metrics(tmp_path / "results" / "tinyq" / "seed2" / "metrics.json")
+    in_grid = [_variant_metrics(analysis_run, "clustering.feature=q", s) for s in (0, 2)]
     for key in ("miou", "pixel_accuracy", "per_class_iou", "protocols"):
         assert in_grid[1][key] == run_alone[key], key
     row = _rows(analysis_run)["clustering.feature=q"]
@@ -143,7 +163,7 @@ def test_a_row_equals_the_variant_run_alone(analysis_run, tmp_path):
 
 
 def test_outputs_plots_separability_and_report(analysis_run):
-    out = analysis_run / "results" / "tinya" / "analysis"
+    out = analysis_run / "results" / "tiny" / "analysis"
     for name in ("table.md", "miou.png", "separability.png", "report.html"):
         assert (out / name).stat().st_size > 0, name
     assert (out / "miou.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -65,14 +65,6 @@ def scheduled(result) -> dict[str, int]:
     return jobs
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    wd = tmp_path_factory.mktemp("tiny")
-    r = snakemake(wd, TINY)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return wd
-
-
 def test_features_for_every_shard(tiny_run):
     res = tiny_run / "results" / "tiny"
     records = read_index(res / "images.tsv")
