@@ -164,7 +164,10 @@ def test_run(variants, tmp_path):
             }
         )
     )
-    out = {n: str(tmp_path / f"out.{n}") for n in ("csv", "md", "miou_plot", "separability_plot")}
+    out = {
+        n: str(tmp_path / f"out.{n}")
+        for n in ("csv", "md", "miou_plot", "separability_plot", "separability_hist")
+    }
     job = SimpleNamespace(
         params=SimpleNamespace(
             variants=variants,
@@ -180,4 +183,27 @@ def test_run(variants, tmp_path):
     md = (tmp_path / "out.md").read_text()
     assert "| vits16 | 11 | q | 0.700 | n/a |" in md and "| vits16 | 11 | k | n/a | 60.0 |" in md
     assert _is_png(tmp_path / "out.miou_plot") and _is_png(tmp_path / "out.separability_plot")
+    # the hand-made JSON has no histograms: the figure says so
+    assert _is_png(tmp_path / "out.separability_hist")
     assert separability_rows(job.params.separability)[0]["feature"] == "q"
+
+
+def test_separability_histograms_plot(tmp_path):
+    from lcseg_steps.analysis.table import plot_separability_histograms
+
+    bins = np.linspace(-2, 2, 41)
+    hist = {
+        "score_bins": bins.tolist(),
+        "score_hist_fg": np.r_[np.zeros(25), np.ones(15)].tolist(),
+        "score_hist_bg": np.r_[np.ones(20), np.zeros(20)].tolist(),
+        "iou_bins": np.linspace(0, 1, 21).tolist(),
+        "iou_hist": [0] * 19 + [3],
+    }
+    rows = [
+        {"backbone": "b", "layer": -1, "feature": f, "auc": 1.0, "mean_iou": 1.0, **hist}
+        for f in "qkv"
+    ]
+    assert _is_png(plot_separability_histograms(rows, tmp_path / "h.png"))
+    # rows without histograms (an older JSON) draw the "no data" figure, not an error
+    bare = [{k: v for k, v in rows[0].items() if k not in hist}]
+    assert _is_png(plot_separability_histograms(bare, tmp_path / "none.png"))

@@ -164,7 +164,13 @@ def test_a_row_equals_the_variant_run_alone(analysis_run, tmp_path):
 
 def test_outputs_plots_separability_and_report(analysis_run):
     out = analysis_run / "results" / "tiny" / "analysis"
-    for name in ("table.md", "miou.png", "separability.png", "report.html"):
+    for name in (
+        "table.md",
+        "miou.png",
+        "separability.png",
+        "separability_histograms.png",
+        "report.html",
+    ):
         assert (out / name).stat().st_size > 0, name
     assert (out / "miou.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     seps = list((out / "separability").glob("*.json"))

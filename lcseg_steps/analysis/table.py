@@ -138,6 +138,10 @@ def _md_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]
     return [line(header), line(["---"] * len(header)), *(line(r) for r in body)]
 
 
+# the separability JSON's histogram fields, carried on for plot_separability_histograms
+HISTOGRAMS = ("score_bins", "score_hist_fg", "score_hist_bg", "iou_bins", "iou_hist")
+
+
 def separability_rows(entries: Sequence[Mapping]) -> list[dict[str, object]]:
     """``[{"backbone", "layer", "path"}]`` (separability JSON files) -> one row per
     (backbone, layer, feature): ``backbone``, ``layer``, ``feature``, ``auc``, ``mean_iou``
@@ -153,6 +157,7 @@ def separability_rows(entries: Sequence[Mapping]) -> list[dict[str, object]]:
                     "feature": feature,
                     "auc": _float(r["auc"]),
                     "mean_iou": _float(r["mean_iou"]),
+                    **{key: r[key] for key in HISTOGRAMS if key in r},
                 }
             )
     return rows
@@ -272,6 +277,46 @@ def plot_separability(rows: Sequence[Mapping], path: str | os.PathLike) -> Path:
     return _save(fig, path)
 
 
+def _fractions(counts) -> np.ndarray:
+    c = np.asarray(counts, dtype=np.float64)
+    return c / c.sum() if c.sum() > 0 else c
+
+
+def plot_separability_histograms(rows: Sequence[Mapping], path: str | os.PathLike) -> Path:
+    """Per (backbone, layer, feature) of :func:`separability_rows`: the share of
+    ground-truth foreground and background patches per centroid-score bin (top), and of
+    images per best-split IoU bin (bottom); "no separability data" when no row has
+    histograms."""
+    rows = [r for r in rows if all(key in r for key in HISTOGRAMS)]
+    if not rows:
+        fig = _figure(5.0, 2.0)
+        fig.text(0.5, 0.5, "no separability data", ha="center", va="center", fontsize=12)
+        return _save(fig, path)
+    n = len(rows)
+    cols = min(n, 3)
+    grid_rows = -(-n // cols)
+    fig = _figure(3.6 * cols, 4.4 * grid_rows)
+    for i, r in enumerate(rows):
+        top = fig.add_subplot(2 * grid_rows, cols, (2 * (i // cols)) * cols + i % cols + 1)
+        bins = np.asarray(r["score_bins"], dtype=np.float64)
+        for key, label, style in (
+            ("score_hist_fg", "foreground", {"alpha": 0.6}),
+            ("score_hist_bg", "background", {"alpha": 0.6}),
+        ):
+            top.stairs(_fractions(r[key]), bins, fill=True, label=label, **style)
+        top.axvline(0.0, color="black", linestyle=":", linewidth=1)
+        top.set_title(f"{r['backbone']} L{r['layer']} {r['feature']}", fontsize=9)
+        top.set_xlabel("cos(f, c_fg) - cos(f, c_bg)", fontsize=8)
+        top.set_ylabel("share of patches", fontsize=8)
+        top.legend(fontsize=7)
+        bottom = fig.add_subplot(2 * grid_rows, cols, (2 * (i // cols) + 1) * cols + i % cols + 1)
+        bottom.stairs(_fractions(r["iou_hist"]), np.asarray(r["iou_bins"]), fill=True)
+        bottom.set_xlabel("best 2-way split IoU", fontsize=8)
+        bottom.set_ylabel("share of images", fontsize=8)
+    fig.suptitle("Separability: score and best-split IoU histograms")
+    return _save(fig, path)
+
+
 def run_table(
     variants: Sequence[Mapping],
     varying: Sequence[str],
@@ -281,15 +326,18 @@ def run_table(
     md_path: str | os.PathLike,
     miou_plot: str | os.PathLike,
     separability_plot: str | os.PathLike,
+    separability_hist: str | os.PathLike | None = None,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, object]]:
-    """The table, its Markdown and both plots; returns the rows."""
+    """The table, its Markdown and the plots; returns the rows."""
     rows = table_rows(variants, varying)
     sep = separability_rows(separability)
     write_csv(rows, csv_path)
     write_text_atomic(md_path, markdown(rows, varying, sep))
     plot_miou(rows, miou_plot)
     plot_separability(sep, separability_plot)
+    if separability_hist is not None:
+        plot_separability_histograms(sep, separability_hist)
     log(f"table: {len(rows)} variants, {len(sep)} separability rows")
     return rows
 
@@ -298,7 +346,7 @@ def run(job: Job) -> list[dict[str, object]]:
     """The analysis table rule. Params: ``variants`` (see the module docstring),
     ``varying`` (the dotted keys that vary: the key columns), ``separability``
     (``[{"backbone", "layer", "path"}]``). Outputs: ``csv``, ``md``, ``miou_plot``,
-    ``separability_plot``."""
+    ``separability_plot`` and ``separability_hist``."""
     return run_table(
         job.params.variants,
         job.params.varying,
@@ -307,5 +355,6 @@ def run(job: Job) -> list[dict[str, object]]:
         md_path=job.output.md,
         miou_plot=job.output.miou_plot,
         separability_plot=job.output.separability_plot,
+        separability_hist=job.output.separability_hist,
         log=job.log,
     )

@@ -238,6 +238,7 @@ ANALYSIS_TABLE = {
     "md": f"{ANALYSIS}/table.md",
     "miou_plot": f"{ANALYSIS}/miou.png",
     "separability_plot": f"{ANALYSIS}/separability.png",
+    "separability_hist": f"{ANALYSIS}/separability_histograms.png",
 }
 
 
@@ -248,5 +249,6 @@ def analysis_report_inputs(wildcards):
         "analysis_plots": [
             ANALYSIS_TABLE["miou_plot"],
             ANALYSIS_TABLE["separability_plot"],
+            ANALYSIS_TABLE["separability_hist"],
         ],
     }
