@@ -17,14 +17,14 @@ def repo_root() -> str:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
-    """The tiny demo run (tests/test_workflow.py's TINY config) in a workdir of its own,
-    once per session; a test that changes files works on a copy (see analysis_run)."""
-    from tests.test_workflow import TINY, snakemake
+    """The tiny demo run (tests/test_workflow.py's TINY config), once per session and
+    shared with every test that needs an uninterrupted TINY run (tests/store_hashes.py's
+    reference_run): read its results, never write into them (a test that changes files
+    works on a copy, see test_analysis_workflow's analysis_jobs)."""
+    from tests.store_hashes import reference_run
+    from tests.test_workflow import TINY
 
-    wd = tmp_path_factory.mktemp("tiny")
-    r = snakemake(wd, TINY)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return wd
+    return reference_run(tmp_path_factory, TINY)
 
 
 def cuda_available() -> bool:
