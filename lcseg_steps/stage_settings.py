@@ -115,3 +115,35 @@ def stage_settings(stage: str, config: Mapping, seed: int | None = None) -> dict
             raise ValueError(f"stage {stage!r} is seeded: give its seed")
         out["seed"] = int(seed)
     return out
+
+
+def config_problems(config: Mapping) -> list[str]:
+    """What the schema cannot say: keys that contradict each other (each would otherwise
+    stop a job halfway through the run, after extraction)."""
+    c = config["clustering"]
+    out = []
+    stored = list(config["extract"]["store_features"])
+    if c["feature"] not in stored:
+        out.append(
+            f"clustering.feature is {c['feature']!r} but extract.store_features {stored} "
+            "does not store it"
+        )
+    if c["consistency"] == "vote" and c["min_levels"] > len(c["levels"]):
+        out.append(
+            f"clustering.min_levels is {c['min_levels']} but only {len(c['levels'])} "
+            f"level(s) are enabled ({', '.join(c['levels'])}): lower min_levels or use "
+            "consistency union or intersect"
+        )
+    if c["image_clusterer"] != "kmeans" and c["k_image"] != 2:
+        out.append(
+            f"clustering.image_clusterer {c['image_clusterer']!r} splits each image in two: "
+            f"clustering.k_image must be 2, got {c['k_image']}"
+        )
+    return out
+
+
+def check_config(config: Mapping, where: str = "config") -> None:
+    """Raise one ValueError naming every problem of :func:`config_problems`."""
+    problems = config_problems(config)
+    if problems:
+        raise ValueError(f"{where}: " + "; ".join(problems))

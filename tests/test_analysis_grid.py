@@ -173,6 +173,8 @@ def test_varying_keys_and_row_cells():
         ({"axes": {"seeds": [[1]]}}, "cannot vary"),
         ({"axes": {"clustering.featur": ["q"]}}, "not a config key"),
         ({"axes": {"clustering.feature": ["x"]}}, r"analysis.axes.clustering.feature=x"),
+        # valid keys that contradict each other: caught before any job runs
+        ({"axes": {"clustering.levels": [["image"]]}}, r"clustering.levels=image: .*min_levels"),
         (
             {"variants": [{"name": "bad", "set": {"clustering": {"levels": []}}}]},
             r"analysis.variants\[0\] \(bad\)",

@@ -762,3 +762,44 @@ def test_index_names_every_odd_image_at_once(tmp_path):
     # fewer usable images than shards: a clear error
     with pytest.raises(ValueError, match="only 3 usable image.*6 shards"):
         index_dataset(cfg, 1, _quiet, patch_size=PATCH, long_side=480)
+
+
+CONTRADICTIONS = {
+    "feature_not_stored": (
+        {"extract": {"store_features": ["q", "v"]}},
+        r"clustering\.feature is 'k' but extract\.store_features \['q', 'v'\]",
+    ),
+    "min_levels_above_levels": (
+        {"clustering": {"levels": ["image"]}},
+        r"clustering\.min_levels is 2 but only 1 level\(s\) are enabled \(image\)",
+    ),
+    "graph_split_k3": (
+        {"clustering": {"image_clusterer": "ncut", "k_image": 3}},
+        r"image_clusterer 'ncut' splits each image in two: clustering\.k_image must be 2",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CONTRADICTIONS))
+def test_contradicting_keys_are_named_before_any_job(case):
+    from lcseg_steps.stage_settings import check_config, config_problems
+
+    change, message = CONTRADICTIONS[case]
+    with open(CONFIG) as fh:
+        cfg = yaml.safe_load(fh)
+    validate(cfg, SCHEMA)
+    assert config_problems(cfg) == []
+    for section, values in change.items():
+        cfg[section].update(values)
+    validate(cfg, SCHEMA)  # each key alone is valid
+    with pytest.raises(ValueError, match=message):
+        check_config(cfg)
+
+
+def test_contradicting_keys_stop_the_dry_run(tmp_path):
+    from tests.test_workflow import TINY, snakemake
+
+    cfg = {**TINY, "clustering": {**TINY["clustering"], "levels": ["image"]}}
+    r = snakemake(tmp_path, cfg, "-n")
+    assert r.returncode != 0
+    assert "clustering.min_levels is 2 but only 1 level(s)" in r.stdout + r.stderr

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lcseg_steps.settings import settings_digest
-from lcseg_steps.stage_settings import SEEDED, stage_settings
+from lcseg_steps.stage_settings import SEEDED, check_config, stage_settings
 
 # keys an axis or a variant may not change: they define the images and the run itself
 FIXED = ("run", "dataset", "shard_size", "seeds", "analysis", "report")
@@ -148,6 +148,7 @@ def _variant(name, kind, changes, base, validate, where) -> Variant:
         validate(config)
     except Exception as err:  # the schema's own message, with the variant named
         raise ValueError(f"{where} gives an invalid config: {err}") from err
+    check_config(config, where)
     return Variant(name=name, kind=kind, changes=dict(changes), config=config)
 
 

@@ -9,9 +9,10 @@ from lcseg_steps.data.registry import get_dataset
 from lcseg_steps.kmeans import STREAM_CACHE_BYTES
 from lcseg_steps.listing_cache import count_images
 from lcseg_steps.stage_settings import SEEDED as SEEDED_STAGES
-from lcseg_steps.stage_settings import stage_settings
+from lcseg_steps.stage_settings import check_config, stage_settings
 
 validate(config, schema="../schemas/config.schema.yaml")
+check_config(config)  # keys that contradict each other, before any job runs
 
 RESULTS = f"results/{config['run']}"
 LOGS = f"{RESULTS}/logs"
