@@ -74,14 +74,19 @@ class Variant:
 
     ``name``: ``base``, ``<dotted key>=<value>``, a name from ``analysis.variants``, or
     ``baseline:<name>``; ``kind``: ``method`` or ``baseline``; ``changes``: dotted key ->
-    value set on the run's config; ``config``: the full config; ``keys``: stage -> key.
+    value set on the run's config; ``config``: the full config; ``nodes``: stage ->
+    :class:`Node` of every stage it runs (:func:`variant_nodes`), ``keys`` their keys.
     """
 
     name: str
     kind: str
     changes: dict
     config: dict
-    keys: dict = field(default_factory=dict)
+    nodes: dict = field(default_factory=dict)
+
+    @property
+    def keys(self) -> dict[str, str]:
+        return {stage: node.key for stage, node in self.nodes.items()}
 
 
 def dotted_get(config: Mapping, dotted: str) -> Any:
@@ -177,7 +182,7 @@ def variants(config: Mapping, validate: Callable[[dict], Any] = lambda c: None) 
     seen: dict[str, str] = {}
     unique = []
     for v in out:
-        v.keys = stage_keys(v)
+        v.nodes = variant_nodes(v)
         if v.keys["evaluate"] in seen:
             continue
         seen[v.keys["evaluate"]] = v.name
@@ -228,26 +233,25 @@ def _graph(variant: Variant) -> dict[str, tuple[str, ...]]:
     }
 
 
-def stage_keys(variant: Variant) -> dict[str, str]:
-    """Stage -> key of every stage the variant runs (see the module docstring)."""
-    keys: dict[str, str] = {}
+def variant_nodes(variant: Variant) -> dict[str, Node]:
+    """Stage -> :class:`Node` of every stage the variant runs, in the order they run
+    (see the module docstring): one walk of its graph gives each stage's settings, deps,
+    key and whether it depends on the seed."""
+    out: dict[str, Node] = {}
     for stage, reads in _graph(variant).items():
-        deps = {dep: keys[dep] for dep in reads}
-        blob = {"stage": stage, "settings": node_settings(stage, variant), "deps": deps}
-        keys[stage] = settings_digest(blob)[:KEY_LENGTH]
-    return keys
+        settings = node_settings(stage, variant)
+        deps = {dep: out[dep].key for dep in reads}
+        key = settings_digest({"stage": stage, "settings": settings, "deps": deps})
+        seeded = stage in SEEDED or any(out[dep].seeded for dep in reads)
+        out[stage] = Node(stage, key[:KEY_LENGTH], settings, deps, seeded)
+    return out
 
 
 def nodes(variant_list: Sequence[Variant]) -> dict[str, dict[str, Node]]:
     """Stage -> key -> :class:`Node` over all variants (each shared stage once)."""
     out: dict[str, dict[str, Node]] = {}
     for v in variant_list:
-        seeded: set[str] = set()
-        for stage, reads in _graph(v).items():
-            if stage in SEEDED or seeded.intersection(reads):
-                seeded.add(stage)
-            deps = {dep: v.keys[dep] for dep in reads}
-            node = Node(stage, v.keys[stage], node_settings(stage, v), deps, stage in seeded)
+        for stage, node in v.nodes.items():
             out.setdefault(stage, {})[node.key] = node
     return out
 

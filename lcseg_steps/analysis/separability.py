@@ -342,14 +342,17 @@ def run_separability(
     """
     records = read_index(index)
     parts: dict[str, list[dict]] = {name: [] for name in features}
+    kmeans_kw = {"k": k_image, "max_iter": max_iter, "tol": tol, "seed": seed, "device": device}
     for path in stores:
         gts = shard_ground_truths(path, records)
         n_gt = sum(g is not None for g in gts)
         log(f"separability: {path}: {len(gts)} images, {n_gt} with ground truth")
+        fs = open_store(path)
+        layout = patch_layout(fs)
+        gt_patch = patch_ground_truths(gts, layout["grid"])  # once for every feature
         for name in features:
-            r = store_separability(
-                path, gts, name, k=k_image, max_iter=max_iter, tol=tol, seed=seed, device=device
-            )
+            X = np.asarray(feature_array(fs, path, name)[:])
+            r = separability(X, layout["offsets"], gt_patch, **kmeans_kw)
             # keep what pooling needs, not the shard's k-means labels
             parts[name].append({key: r[key] for key in (*SUMMARY_KEYS, "score", "gt_patch", "iou")})
     per_feature = {name: json_summary(pool_separability(parts[name])) for name in features}

@@ -100,6 +100,11 @@ def analysis_nodes():
 
 
 @functools.cache
+def analysis_extractions():
+    return analysis_grid.extractions(analysis_variants())
+
+
+@functools.cache
 def base_keys():
     return analysis_variants()[0].keys
 
@@ -110,10 +115,10 @@ def stage_path(stage, key, seeded=True, **fill):
     owner = {"skipped": "index", "pred": "segment"}.get(stage, stage)
     if base_keys().get(owner) == key:
         path = STAGE_PATHS[stage][0]
+    elif not seeded and f"{stage}_unseeded" in STAGE_PATHS:
+        path = STAGE_PATHS[f"{stage}_unseeded"][1]
     else:
-        path = STAGE_PATHS.get(
-            f"{stage}_unseeded" if not seeded else "", STAGE_PATHS[stage]
-        )[1]
+        path = STAGE_PATHS[stage][1]
     return path.format(key=key, **fill)
 
 
@@ -132,7 +137,7 @@ def analysis_inputs(stage):
         for dep, key in node.deps.items():
             seeded = analysis_nodes()[dep][key].seeded
             fill = {"seed": seed}
-            if stage in WHOLE_RUN and dep not in ("index",):
+            if stage in WHOLE_RUN and dep != "index":
                 out[INPUT_NAMES[dep]] = [
                     stage_path(dep, key, seeded, shard=s, **fill) for s in SHARDS
                 ]
@@ -161,7 +166,7 @@ def analysis_settings(stage):
 
 
 def separability_settings(wildcards):
-    for e in analysis_grid.extractions(analysis_variants()):
+    for e in analysis_extractions():
         if e["key"] == wildcards.key:
             c = e["config"]["clustering"]
             return {
@@ -187,7 +192,7 @@ def separability_inputs(wildcards):
 def separability_targets():
     if not config["analysis"]["separability"]:
         return []
-    keys = [e["key"] for e in analysis_grid.extractions(analysis_variants())]
+    keys = [e["key"] for e in analysis_extractions()]
     return [STAGE_PATHS["separability"][1].format(key=k) for k in keys]
 
 
@@ -203,6 +208,7 @@ def analysis_table_inputs(wildcards):
     }
 
 
+@functools.cache
 def analysis_table_params():
     """The table stage's rows: each variant's name, kind, cells and metrics files."""
     vs = analysis_variants()
@@ -225,7 +231,7 @@ def analysis_table_params():
                     "layer": e["layer"],
                     "path": STAGE_PATHS["separability"][1].format(key=e["key"]),
                 }
-                for e in analysis_grid.extractions(vs)
+                for e in analysis_extractions()
             ]
             if config["analysis"]["separability"]
             else []
