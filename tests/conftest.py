@@ -1,4 +1,5 @@
 import os
+from types import SimpleNamespace
 
 import pytest
 
@@ -13,6 +14,19 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture
 def repo_root() -> str:
     return REPO
+
+
+def stage_job(inputs: dict, output, settings: dict) -> SimpleNamespace:
+    """A stand-in for ``lcseg_steps.stage.Job`` with what a stage's ``run`` reads."""
+    from lcseg_steps.stage import settings_attrs
+
+    return SimpleNamespace(
+        input=SimpleNamespace(**inputs),
+        output=[str(output)],
+        settings=settings,
+        attrs=settings_attrs(settings),
+        log=lambda _msg: None,
+    )
 
 
 @pytest.fixture(scope="session")

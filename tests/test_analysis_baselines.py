@@ -1,7 +1,6 @@
 """Baseline patch masks against hand computations (and DINO's ascending formulation)."""
 
 import math
-from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -21,6 +20,7 @@ from lcseg_steps.data.index import ImageRecord
 from lcseg_steps.refine import run_refine
 from lcseg_steps.stage import settings_attrs
 from lcseg_steps.store import open_store, patch_layout, pixel_map, read_ids, write_store
+from tests.conftest import stage_job
 
 
 def grid_of(rows, cols, gh, gw):
@@ -125,17 +125,6 @@ def test_baseline_masks_from_a_store(tmp_path):
         baseline_masks(path, "random")
 
 
-def _job(inputs: dict, output, settings: dict) -> SimpleNamespace:
-    """A stand-in for ``lcseg_steps.stage.Job`` with what the stage reads."""
-    return SimpleNamespace(
-        input=SimpleNamespace(**inputs),
-        output=[str(output)],
-        settings=settings,
-        attrs=settings_attrs(settings),
-        log=lambda _msg: None,
-    )
-
-
 @pytest.mark.parametrize("baseline", BASELINES)
 def test_run_writes_a_patch_masks_store_refine_reads(tmp_path, baseline):
     rng = np.random.default_rng(0)
@@ -156,7 +145,7 @@ def test_run_writes_a_patch_masks_store_refine_reads(tmp_path, baseline):
         assert cv2.imwrite(str(path), rng.integers(0, 256, (8 * gh, 8 * gw, 3), dtype=np.uint8))
         records.append(ImageRecord(image_id, str(path), "", 8 * int(gh), 8 * int(gw), "s0000"))
     settings = {"baseline": baseline, "fraction": 0.5, "shape": "ellipse", "mass": 0.6, "seed": 3}
-    out = baselines.run(_job({"features": features}, tmp_path / "pm.zarr", settings))
+    out = baselines.run(stage_job({"features": features}, tmp_path / "pm.zarr", settings))
     pm = open_store(out)
     want = baseline_masks(features, baseline)
     merged = np.asarray(pm["merged"][:])

@@ -3,7 +3,6 @@
 import itertools
 import json
 from dataclasses import replace
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -30,8 +29,8 @@ from lcseg_steps.analysis.separability import (
 from lcseg_steps.data.index import ImageRecord, read_index, write_index
 from lcseg_steps.data.voc import write_label_png
 from lcseg_steps.kmeans import kmeans
-from lcseg_steps.stage import settings_attrs
 from lcseg_steps.store import open_store, write_store
+from tests.conftest import stage_job
 
 
 def test_patch_ground_truth_by_hand():
@@ -222,17 +221,6 @@ def test_separability_summary_and_store(tmp_path):
         store_separability(path, gts[:2], "k")
 
 
-def _job(inputs: dict, output, settings: dict) -> SimpleNamespace:
-    """A stand-in for ``lcseg_steps.stage.Job`` with what the stage reads."""
-    return SimpleNamespace(
-        input=SimpleNamespace(**inputs),
-        output=[str(output)],
-        settings=settings,
-        attrs=settings_attrs(settings),
-        log=lambda _msg: None,
-    )
-
-
 def _extraction(tmp_path, rng):
     """Two shard stores (q/k/v; k follows the ground truth, q and v are noise), their
     gt PNGs (8x8 pixels per patch, the left half of each image class 3) and the index;
@@ -288,7 +276,7 @@ def test_run_pools_the_shards_into_json(tmp_path):
         "backbone": "dino_vits16",
         "layer": 11,
     }
-    job = _job({"index": str(index), "features": stores}, tmp_path / "sep.json", settings)
+    job = stage_job({"index": str(index), "features": stores}, tmp_path / "sep.json", settings)
     separability_mod.run(job)
     out = json.loads((tmp_path / "sep.json").read_text())
     assert out["backbone"] == "dino_vits16" and out["layer"] == 11
@@ -324,7 +312,7 @@ def test_run_without_ground_truth_writes_null(tmp_path):
     settings |= {"backbone": "b", "layer": 4}
     # one shard: Snakemake gives a single input file as a plain string
     separability_mod.run(
-        _job({"index": index, "features": stores[0]}, tmp_path / "s.json", settings)
+        stage_job({"index": index, "features": stores[0]}, tmp_path / "s.json", settings)
     )
     k = json.loads((tmp_path / "s.json").read_text())["per_feature"]["k"]
     assert k["auc"] is None and k["mean_iou"] is None

@@ -578,23 +578,33 @@ def test_worker_threads_give_the_same_result(threads):
     assert (torch.get_num_threads(), [p["num_threads"] for p in threadpool_info()]) == before
 
 
-def test_lazy_blocks_are_read_only_when_not_cached(tmp_path):
-    """store.RowBlock blocks give the result of eager blocks; a block whose float32 rows
-    are cached is read once (first pass), the others once per pass."""
-    from lcseg_steps.store import RowBlock, iter_row_blocks, open_store, write_store
+def _counted_blocks(arr, rows: int):
+    """Lazy blocks of ``rows`` rows of a Zarr array that count their reads: returns the
+    per-block read counts (a list, updated in place) and the ``blocks()`` callable."""
+    from lcseg_steps.store import RowBlock, iter_row_blocks
 
-    rng = np.random.default_rng(23)
-    X = rng.standard_normal((1000, 16)).astype(np.float16)
-    arr = open_store(write_store(tmp_path / "x.zarr", {"k": X}, chunk_rows=100))["k"]
-    reads = [0] * 10
+    reads = [0] * -(-arr.shape[0] // rows)
 
     class Counted(RowBlock):
         def __array__(self, dtype=None, copy=None):
-            reads[self.lo // 100] += 1
+            reads[self.lo // rows] += 1
             return super().__array__(dtype, copy)
 
     def lazy():
         return (Counted(b.array, b.lo, b.hi) for b in iter_row_blocks(arr, lazy=True))
+
+    return reads, lazy
+
+
+def test_lazy_blocks_are_read_only_when_not_cached(tmp_path):
+    """store.RowBlock blocks give the result of eager blocks; a block whose float32 rows
+    are cached is read once (first pass), the others once per pass."""
+    from lcseg_steps.store import open_store, write_store
+
+    rng = np.random.default_rng(23)
+    X = rng.standard_normal((1000, 16)).astype(np.float16)
+    arr = open_store(write_store(tmp_path / "x.zarr", {"k": X}, chunk_rows=100))["k"]
+    reads, lazy = _counted_blocks(arr, 100)
 
     kw = {"seed": 1, "max_iter": 30, "tol": 0.0, "return_labels": True, **CPU}
     cache = 3 * 100 * 16 * 4  # the first three blocks' float32 rows
@@ -618,7 +628,7 @@ def test_stream_cache_is_sized_from_device_memory(monkeypatch, tmp_path):
     import array_api_strict
 
     import lcseg_steps.kmeans as km
-    from lcseg_steps.store import RowBlock, iter_row_blocks, open_store, write_store
+    from lcseg_steps.store import open_store, write_store
 
     real = km.array_namespace
     strict = array_api_compat.array_namespace(array_api_strict.asarray([0.0]))
@@ -638,15 +648,7 @@ def test_stream_cache_is_sized_from_device_memory(monkeypatch, tmp_path):
     monkeypatch.setattr(km, "STREAM_CACHE_BYTES", 3 * block)
     X = np.random.default_rng(24).standard_normal((1000, 16)).astype(np.float32)
     arr = open_store(write_store(tmp_path / "x.zarr", {"k": X}, chunk_rows=100))["k"]
-    reads = [0] * 10
-
-    class Counted(RowBlock):
-        def __array__(self, dtype=None, copy=None):
-            reads[self.lo // 100] += 1
-            return super().__array__(dtype, copy)
-
-    def lazy():
-        return (Counted(b.array, b.lo, b.hi) for b in iter_row_blocks(arr, lazy=True))
+    reads, lazy = _counted_blocks(arr, 100)
 
     free["bytes"] = 12 * block  # half of it: 6 blocks
     kw = {"seed": 1, "max_iter": 30, "tol": 0.0}
