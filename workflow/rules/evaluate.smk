@@ -30,8 +30,8 @@ rule evaluate:
         mem_mb=dataset_mem_mb(1024, 8),
         runtime=dataset_runtime(5, 0.05),
     params:
-        matching=config["evaluate"]["matching"],
-        n_classes=config["labels"]["n_classes"],
+        # matching, n_classes (lcseg_steps/stage_settings.py)
+        **settings_of("evaluate"),
         dataset=config["dataset"],
         facts=run_facts(),
     script:
