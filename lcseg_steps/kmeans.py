@@ -33,16 +33,21 @@ Definitions shared by every source (our choices; the paper only says "cosine k-m
   for the returned centroids); ``n_iter = t`` is the number of centroid updates.
 
 Returned arrays are NumPy. Only the stopping test (objective and empty-cluster count per
-problem) leaves the device during a pass. On NumPy, kernels run single-threaded and
-``threads`` Python threads work on independent problems or blocks (BLAS's own pool splits
-these thin products badly and competes for the cores).
+problem) leaves the device during a pass. NumPy (the namespace itself, which implements the
+standard from 2.1 on) has one backend function of its own: after the first pass a compiled
+sweep (numba) moves only the rows that changed cluster between member sums, where other
+namespaces recompute them. On NumPy, kernels run single-threaded and ``threads`` Python
+threads work on independent problems or blocks (BLAS's own pool splits these thin products
+badly and competes for the cores).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import numbers
 import sys
+import types
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -58,6 +63,7 @@ TORCH_CAST_WORTH = 1 << 27  # float16 elements cast above which importing torch 
 # through all its passes, elsewhere (a GPU) it fills the device
 _CPU_PAD_ROWS, _PAD_ROWS = 4096, 1 << 21
 _SAMPLE_DOMAIN = 1  # random domain of the streamed init sample (k-means++ uses 0)
+_HALF = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
 
 
 class NonFiniteError(ValueError):
@@ -105,7 +111,7 @@ def array_namespace(device: str = "auto"):
                 f"device={device!r} needs cupy and a GPU ({exc}); install the 'gpu' extra "
                 "(cupy-cuda12x) or use device='cpu'"
             ) from exc
-        return aac.array_namespace(np.empty(0))
+        return np
     if dev.startswith("cuda:"):
         cupy.cuda.Device(int(dev.split(":", 1)[1])).use()
     return aac.array_namespace(cupy.empty(0))
@@ -118,11 +124,11 @@ def _namespace(X, device):
         return array_namespace(device)
     if aac.is_array_api_obj(X) and not isinstance(X, np.ndarray | np.generic):
         return aac.array_namespace(X)
-    return aac.array_namespace(np.empty(0))
+    return np
 
 
 def _is_np(xp) -> bool:
-    return aac.is_numpy_namespace(xp)
+    return xp is np
 
 
 def _to_host(a) -> np.ndarray:
@@ -288,6 +294,11 @@ def seeded_uniforms(seed: int, streams, count: int, domain: int = 0) -> np.ndarr
 # the algorithm: k-means++ and the Lloyd loop of B problems
 
 
+def _half_np(a, xp) -> bool:
+    """Whether ``a`` is kept as read: float16 rows on NumPy (the kernels read them)."""
+    return _is_np(xp) and a.dtype == np.float16
+
+
 def _kmeanspp(X, inv, u, xp):
     """k-means++ of ``B`` problems: ``X`` ``(B, m, D)`` float32 raw rows, ``inv`` ``(B, m)``
     (0: zero or padding row; at least ``k`` others), ``u`` ``(B, k)`` host float64 uniforms
@@ -322,22 +333,25 @@ def _kmeanspp(X, inv, u, xp):
 
 
 def _assign(X, inv, C, xp, prev=None, live=None):
-    """One chunk of a pass: ``X`` ``(B, m, D)`` float32 raw rows, ``inv`` ``(B, m)``, ``C``
-    ``(B, k, D)`` -> labels ``(B, m)`` int64, member sums ``(B, k, D)`` float64 and counts
-    ``(B, k)`` int64 (zero rows: label 0, weight 0, not counted). ``prev`` (this chunk's
-    result of the last pass) and ``live`` ``(B,)`` host bool (problems still iterating) serve
-    the NumPy backend (:func:`_product`, :func:`_moved_np`)."""
+    """One chunk of a pass: ``X`` ``(B, m, D)`` raw rows (float32; on NumPy float16 too),
+    ``inv`` ``(B, m)``, ``C`` ``(B, k, D)`` -> labels ``(B, m)`` int64, member sums ``(B, k, D)``
+    float64 and counts ``(B, k)`` int64 (zero rows: label 0, weight 0, not counted). ``prev``
+    (this chunk's result of the last pass) and ``live`` ``(B,)`` host bool (problems still
+    iterating) serve the NumPy backend (:func:`_product`, :func:`_sweep_np`)."""
     k = C.shape[1]
+    S = None
+    if k == 2:  # the sign of one product with c1 - c0
+        S = _product(X, (C[:, 1, :] - C[:, 0, :])[..., None], xp, live)
+    elif k > 2:
+        S = _product(X, xp.matrix_transpose(C), xp, live)
+    if _is_np(xp) and prev is not None:
+        return _sweep_np(X, inv, S, k, prev, live)
     if k == 1:
         lab = xp.zeros(inv.shape, dtype=xp.int64, device=aac.device(X))
-    elif k == 2:  # the sign of one product with c1 - c0
-        s = _product(X, (C[:, 1, :] - C[:, 0, :])[..., None], xp, live)[..., 0]
-        lab = xp.astype((s > 0) & (inv > 0), xp.int64)
+    elif k == 2:
+        lab = xp.astype((S[..., 0] > 0) & (inv > 0), xp.int64)
     else:
-        lab = xp.argmax(_product(X, xp.matrix_transpose(C), xp, live) * inv[..., None], axis=-1)
-    moved = _moved_np(X, inv, lab, prev, live) if prev is not None and _is_np(xp) else None
-    if moved is not None:
-        return moved
+        lab = xp.argmax(S * inv[..., None], axis=-1)
     member = xp.arange(k, dtype=xp.int64, device=aac.device(X))[:, None] == lab[:, None, :]
     W = xp.astype(member, xp.float32) * inv[:, None, :]  # (B, k, m)
     counts = xp.sum(xp.astype(W > 0, xp.int64), axis=-1)
@@ -352,10 +366,10 @@ def _product(X, M, xp, live=None):
     if not _is_np(xp):
         return X @ M
     M = np.ascontiguousarray(M)
-    if live is not None and not live.all():
+    if live is not None and not live.all():  # rows in float32 here (blocks of problems)
         out = np.zeros((*X.shape[:2], M.shape[2]), dtype=np.float32)
         for b in np.flatnonzero(live):
-            out[b] = _product(X[b : b + 1], M[b : b + 1], xp)[0]
+            np.matmul(X[b], M[b], out=out[b])
         return out
     if X.dtype == np.float32:
         return X @ M
@@ -364,27 +378,77 @@ def _product(X, M, xp, live=None):
     return np.concatenate(parts, axis=1)
 
 
-def _moved_np(X, inv, lab, prev, live):
-    """NumPy member sums from the last pass's ``prev`` = ``(labels, sums, counts)``: only the
-    rows that changed cluster are gathered and moved (the rows stay in cache, so a pass
-    costs one product). None when so many moved that one product over all rows costs less."""
-    old, sums, counts = prev
-    B, k, D = sums.shape
-    if live is not None and not live.all():  # the others keep their (final) labels
-        lab = np.where(live[:, None], lab, old)
-    b, r = np.nonzero(lab != old)  # zero rows keep label 0
-    if len(b) == 0:
-        return lab, sums, counts
-    if 4 * len(b) > lab.size:
-        return None
-    new, was, w, cols = b * k + lab[b, r], b * k + old[b, r], inv[b, r], np.arange(len(b))
-    E = np.zeros((B * k, len(b)), dtype=np.float32)
-    E[new, cols] = w
-    E[was, cols] = -w
-    moved = np.bincount(new, minlength=B * k) - np.bincount(was, minlength=B * k)
-    rows = np.take(X.reshape(B * X.shape[1], D), b * X.shape[1] + r, axis=0)
-    rows = rows.astype(np.float32, copy=False)
-    return lab, sums + np.reshape(E @ rows, (B, k, D)), counts + np.reshape(moved, (B, k))
+def _sweep_np(X, inv, S, k, prev, live):
+    """NumPy labels, member sums and counts (as :func:`_assign`) from ``prev``, the last
+    pass's, in one compiled sweep that moves only the rows that changed cluster (they are
+    still in cache, so a pass costs about one product). ``prev`` is updated in place."""
+    lab, sums, counts = prev
+    S = np.zeros((*lab.shape, 1), np.float32) if S is None else S
+    rows = X.view(np.uint16) if X.dtype == np.float16 else X
+    live = np.ones(lab.shape[0], dtype=bool) if live is None else live
+    _kernels().sweep(rows, _HALF, inv, S, lab, sums, counts, live)
+    return lab, sums, counts
+
+
+@functools.cache
+def _kernels():
+    """The compiled NumPy kernels (numba, imported and compiled on first use)."""
+    import numba
+    from numba.extending import overload
+
+    def value(x, table):
+        pass
+
+    @overload(value, inline="always")
+    def _value(x, table):
+        if x == numba.types.uint16:  # float16 bits (only float16 rows are viewed so)
+            return lambda x, table: np.float64(table[x])
+        return lambda x, table: np.float64(x)
+
+    @numba.njit(nogil=True, cache=True)
+    def sweep(X, table, inv, S, lab, sums, counts, live):
+        B, m, D = X.shape
+        c = S.shape[2]
+        gain = np.zeros(D)  # k = 2: what cluster 1 gains and cluster 0 loses
+        for b in range(B):
+            if not live[b]:
+                continue
+            gain[:] = 0.0
+            for r in range(m):
+                w = inv[b, r]
+                if w <= 0:  # zero rows stay in cluster 0, uncounted
+                    continue
+                new = 0
+                if c == 1:
+                    new = 1 if S[b, r, 0] > 0 else 0
+                else:  # argmax of the cosines, ties to the lowest cluster
+                    best = S[b, r, 0] * w
+                    for j in range(1, c):
+                        v = S[b, r, j] * w
+                        if v > best:
+                            best, new = v, j
+                was = lab[b, r]
+                if new == was:
+                    continue
+                lab[b, r] = new
+                counts[b, new] += 1
+                counts[b, was] -= 1
+                wd = np.float64(w)
+                if c == 1:
+                    wd = wd if new == 1 else -wd
+                    for d in range(D):
+                        gain[d] += wd * value(X[b, r, d], table)
+                    continue
+                for d in range(D):
+                    v = wd * value(X[b, r, d], table)
+                    sums[b, new, d] += v
+                    sums[b, was, d] -= v
+            if c == 1:
+                for d in range(D):
+                    sums[b, 1, d] += gain[d]
+                    sums[b, 0, d] -= gain[d]
+
+    return types.SimpleNamespace(sweep=sweep)
 
 
 def _flat_take(A, idx, xp):
@@ -435,13 +499,13 @@ def _lloyd(chunks, C, n, max_iter: int, tol: float, xp, where, threads=1, on_pas
             state[i] = out
             sums, counts = (out[1], out[2]) if sums is None else (sums + out[1], counts + out[2])
         n_h = n() if callable(n) else n
-        dot = xp.sum(xp.vecdot(xp.astype(C, xp.float64), sums), axis=1)[:, None]
+        dot = xp.vecdot(xp.astype(C, xp.float64), sums)  # (B, k)
         norm = xp.sqrt(xp.vecdot(sums, sums))  # (B, k): the next centroids' norms
         stats = _to_host(xp.concat([dot, xp.astype(counts, xp.float64), norm], axis=1))
-        J, counts_h = stats[:, 0] / n_h, stats[:, 1 : k + 1]  # the one transfer of a pass
-        n_empty = np.sum(counts_h == 0, axis=1) * live
+        J, counts_h = stats[:, :k].sum(axis=1) / n_h, stats[:, k : 2 * k]  # one transfer
+        n_empty = (counts_h == 0).sum(axis=1) * live
         if t == 0:  # enough non-zero rows (checked here when no k-means++ sample was)
-            _check_counts(where, k, n_h, np.sum(counts_h, axis=1))
+            _check_counts(where, k, n_h, counts_h.sum(axis=1))
         if on_pass is not None:
             on_pass(t, float(J[0]), int(n_empty[0]))
         stop = (n_empty == 0) & (J - J_prev <= tol * np.abs(J_prev)) if t else J < -np.inf
@@ -455,7 +519,7 @@ def _lloyd(chunks, C, n, max_iter: int, tol: float, xp, where, threads=1, on_pas
             if not live.any():
                 break
         J_prev = J
-        if (stats[:, k + 1 :] > EPS).all():
+        if (stats[:, 2 * k :] > EPS).all():
             C_new = xp.astype(sums / norm[..., None], C.dtype)
         else:  # a cluster whose members sum to ~0 keeps its centroid
             ok = (norm > EPS)[..., None]
@@ -815,9 +879,9 @@ def kmeans_stream(
     seen = {"n": None}  # rows of the first pass
 
     def chunks():
-        """``(i, (X, inv))`` of every block: cached, else read here. On NumPy the rows stay
-        as read (float16 storage: half the bytes a pass) and :func:`_product` casts them
-        piece by piece in cache; elsewhere float32 copies. The first pass gives float32."""
+        """``(i, (X, inv))`` of every block: cached, else read here. On NumPy float16 rows
+        stay as read (half the bytes a pass; :func:`_product` casts them piece by piece in
+        cache); otherwise float32 copies. The first pass gives float32."""
         n, cached, first_pass = 0, 0, seen["n"] is None
         for i, b in enumerate(_checked_blocks(blocks, what)):
             n += b.shape[0]
@@ -827,7 +891,8 @@ def kmeans_stream(
                 if i in cache:
                     yield i, cache[i]
                 else:
-                    raw = np.asarray(_to_host(b)) if _is_np(xp) else _as_float32(b, xp, dev)
+                    raw = np.asarray(_to_host(b)) if _is_np(xp) else b
+                    raw = raw if _half_np(raw, xp) else _as_float32(raw, xp, dev)
                     yield i, (raw[None, ...], invs[i])
                 continue
             keep = cached + b.shape[0] * D * 4 <= cache_bytes
@@ -836,7 +901,7 @@ def kmeans_stream(
             X, inv, bad = _prepare(raw, xp, dev)
             _check_finite(bad, xp, lambda _, i=i: f"{what}non-finite values in block {i}")
             if keep:
-                cache[i] = ((raw if _is_np(xp) else X)[None, ...], inv[None, ...])
+                cache[i] = ((raw if _half_np(raw, xp) else X)[None, ...], inv[None, ...])
             else:
                 invs[i] = inv[None, ...]
             yield i, (X[None, ...], inv[None, ...])

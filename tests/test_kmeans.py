@@ -401,6 +401,28 @@ def test_streaming_equals_in_memory(dtype, block, cache_bytes):
     assert kmeans_stream(blocks_of(X, block), 5, max_iter=2, **CPU).labels is None
 
 
+@pytest.mark.parametrize("cache_bytes", [0, 1 << 30])
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.float64])
+def test_streamed_rows_of_other_dtypes_are_read_as_their_values(dtype, cache_bytes):
+    """The NumPy kernels read float16 rows by their bits: rows of any other dtype, cached
+    or read again each pass, must cluster as the same values in float32."""
+    rng = np.random.default_rng(21)
+    X = rng.integers(0, 300, (400, 8)).astype(dtype)
+    ref = kmeans(X.astype(np.float32), 3, init=X[:3].astype(np.float64) + 1, max_iter=20, **CPU)
+    s = kmeans_stream(
+        blocks_of(X, 64),
+        3,
+        init=X[:3].astype(np.float64) + 1,
+        max_iter=20,
+        return_labels=True,
+        cache_bytes=cache_bytes,
+        **CPU,
+    )
+    assert ref.n_iter > 1  # rows moved between passes
+    np.testing.assert_array_equal(s.labels, ref.labels)
+    assert s.n_iter == ref.n_iter
+
+
 def full_lloyd(Xn, C0, max_iter, tol):
     """Reference Lloyd recomputing every label every pass (float64; no empty clusters)."""
     C, J_prev = unit(C0), 0.0
