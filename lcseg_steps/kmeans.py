@@ -448,7 +448,39 @@ def _kernels():
                     sums[b, 1, d] += gain[d]
                     sums[b, 0, d] -= gain[d]
 
-    return types.SimpleNamespace(sweep=sweep)
+    @numba.njit(nogil=True, cache=True)
+    def step(C, sums, counts, eps):
+        B, k, D = sums.shape
+        stats, C_new = np.empty((B, 3 * k)), np.empty_like(C)
+        for b in range(B):
+            for j in range(k):
+                dot = sq = 0.0
+                for d in range(D):
+                    dot += np.float64(C[b, j, d]) * sums[b, j, d]
+                    sq += sums[b, j, d] * sums[b, j, d]
+                norm = np.sqrt(sq)
+                stats[b, j], stats[b, k + j], stats[b, 2 * k + j] = dot, counts[b, j], norm
+                for d in range(D):
+                    C_new[b, j, d] = sums[b, j, d] / norm if norm > eps else C[b, j, d]
+        return stats, C_new
+
+    return types.SimpleNamespace(sweep=sweep, step=step)
+
+
+def _step(C, sums, counts, xp):
+    """The end of a pass: ``C`` ``(B, k, D)`` float32, member sums ``(B, k, D)`` float64 and
+    counts ``(B, k)`` -> host stats ``(B, 3k)`` float64 (``c_j . s_j``, counts, ``|s_j|``: the
+    one transfer of a pass) and the next centroids ``s_j / |s_j|`` (a cluster whose members
+    sum to ~0 keeps its centroid). On NumPy one compiled call."""
+    if _is_np(xp):
+        return _kernels().step(C, sums, counts, EPS)
+    dot = xp.vecdot(xp.astype(C, xp.float64), sums)
+    norm = xp.sqrt(xp.vecdot(sums, sums))
+    stats = _to_host(xp.concat([dot, xp.astype(counts, xp.float64), norm], axis=1))
+    ok = (norm > EPS)[..., None]
+    if bool(np.all(stats[:, 2 * C.shape[1] :] > EPS)):
+        return stats, xp.astype(sums / norm[..., None], C.dtype)
+    return stats, xp.where(ok, xp.astype(sums / xp.where(ok, norm[..., None], 1.0), C.dtype), C)
 
 
 def _flat_take(A, idx, xp):
@@ -499,10 +531,8 @@ def _lloyd(chunks, C, n, max_iter: int, tol: float, xp, where, threads=1, on_pas
             state[i] = out
             sums, counts = (out[1], out[2]) if sums is None else (sums + out[1], counts + out[2])
         n_h = n() if callable(n) else n
-        dot = xp.vecdot(xp.astype(C, xp.float64), sums)  # (B, k)
-        norm = xp.sqrt(xp.vecdot(sums, sums))  # (B, k): the next centroids' norms
-        stats = _to_host(xp.concat([dot, xp.astype(counts, xp.float64), norm], axis=1))
-        J, counts_h = stats[:, :k].sum(axis=1) / n_h, stats[:, k : 2 * k]  # one transfer
+        stats, C_new = _step(C, sums, counts, xp)
+        J, counts_h = stats[:, :k].sum(axis=1) / n_h, stats[:, k : 2 * k]
         n_empty = (counts_h == 0).sum(axis=1) * live
         if t == 0:  # enough non-zero rows (checked here when no k-means++ sample was)
             _check_counts(where, k, n_h, counts_h.sum(axis=1))
@@ -519,11 +549,6 @@ def _lloyd(chunks, C, n, max_iter: int, tol: float, xp, where, threads=1, on_pas
             if not live.any():
                 break
         J_prev = J
-        if (stats[:, 2 * k :] > EPS).all():
-            C_new = xp.astype(sums / norm[..., None], C.dtype)
-        else:  # a cluster whose members sum to ~0 keeps its centroid
-            ok = (norm > EPS)[..., None]
-            C_new = xp.where(ok, xp.astype(sums / xp.where(ok, norm[..., None], 1.0), C.dtype), C)
         if n_empty.any():  # rare: repair empty clusters on the host
             C_h, worst = _to_host(C_new).copy(), _to_host(_worst_rows(chunks, C, xp))
             empty = counts_h == 0

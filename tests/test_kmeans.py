@@ -423,6 +423,20 @@ def test_streamed_rows_of_other_dtypes_are_read_as_their_values(dtype, cache_byt
     assert s.n_iter == ref.n_iter
 
 
+@pytest.mark.parametrize("ns", list(NAMESPACES))
+def test_a_cluster_whose_members_cancel_keeps_its_centroid(ns):
+    """Two opposite rows tie between the centroids, go to cluster 0 and sum to zero: its
+    centroid stays (no NaN) in every namespace and source."""
+    X = np.array([[1, 0], [-1, 0], [0, 1], [0, 1]], dtype=np.float32)
+    C0 = np.array([[0, -1], [0, 1]], dtype=np.float32)
+    r = kmeans(NAMESPACES[ns](X), 2, init=C0, max_iter=5)
+    b = kmeans(NAMESPACES[ns](np.concatenate([X, X])), 2, offsets=[0, 4, 8], init=[C0, C0])
+    s = kmeans_stream(blocks_of(NAMESPACES[ns](X), 3), 2, init=C0, return_labels=True)
+    for got, C in ((r, r.centroids), (s, s.centroids), (b, b.centroids[1])):
+        np.testing.assert_array_equal(got.labels[:4], [0, 0, 1, 1])
+        np.testing.assert_array_equal(C, C0)
+
+
 def full_lloyd(Xn, C0, max_iter, tol):
     """Reference Lloyd recomputing every label every pass (float64; no empty clusters)."""
     C, J_prev = unit(C0), 0.0
