@@ -408,7 +408,7 @@ def _kernels():
     @numba.njit(nogil=True, cache=True)
     def sweep(X, table, inv, S, lab, sums, counts, live):
         B, m, D = X.shape
-        c = S.shape[2]
+        c, pair = S.shape[2], sums.shape[1] == 2
         gain = np.zeros(D)  # k = 2: what cluster 1 gains and cluster 0 loses
         for b in range(B):
             if not live[b]:
@@ -434,7 +434,7 @@ def _kernels():
                 counts[b, new] += 1
                 counts[b, was] -= 1
                 wd = np.float64(w)
-                if c == 1:
+                if pair:
                     wd = wd if new == 1 else -wd
                     for d in range(D):
                         gain[d] += wd * value(X[b, r, d], table)
@@ -443,7 +443,7 @@ def _kernels():
                     v = wd * value(X[b, r, d], table)
                     sums[b, new, d] += v
                     sums[b, was, d] -= v
-            if c == 1:
+            if pair:
                 for d in range(D):
                     sums[b, 1, d] += gain[d]
                     sums[b, 0, d] -= gain[d]

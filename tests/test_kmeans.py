@@ -437,6 +437,25 @@ def test_a_cluster_whose_members_cancel_keeps_its_centroid(ns):
         np.testing.assert_array_equal(C, C0)
 
 
+@pytest.mark.parametrize("ns", list(NAMESPACES))
+def test_one_cluster_is_the_normalised_mean_in_every_source(ns):
+    rng = np.random.default_rng(23)
+    X = rng.standard_normal((200, 6)).astype(np.float32) + 1.0
+    X[7] = 0
+    Xn = unit(X)
+    mean = unit(Xn.sum(axis=0))
+    want_J = float((Xn @ mean).mean())
+    r = kmeans(NAMESPACES[ns](X), 1, max_iter=5)
+    s = kmeans_stream(blocks_of(NAMESPACES[ns](X), 30), 1, return_labels=True)
+    b = kmeans(NAMESPACES[ns](np.concatenate([X, X])), 1, offsets=[0, 200, 400], max_iter=5)
+    for got, C, J in ((r, r.centroids, r.objective), (s, s.centroids, s.objective)):
+        assert not np.any(got.labels)
+        np.testing.assert_allclose(C[0], mean, atol=1e-6)
+        assert abs(J - want_J) < 1e-6
+    np.testing.assert_allclose(b.centroids[:, 0], [mean, mean], atol=1e-6)
+    assert not np.any(b.labels)
+
+
 def full_lloyd(Xn, C0, max_iter, tol):
     """Reference Lloyd recomputing every label every pass (float64; no empty clusters)."""
     C, J_prev = unit(C0), 0.0
