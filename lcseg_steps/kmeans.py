@@ -393,8 +393,14 @@ def _sweep_np(X, inv, S, k, prev, live):
 @functools.cache
 def _kernels():
     """The compiled NumPy kernels (numba, imported and compiled on first use)."""
-    import numba
-    from numba.extending import overload
+    try:
+        import numba
+        from numba.extending import overload
+    except ImportError as exc:
+        raise RuntimeError(
+            f"k-means on NumPy needs numba ({exc}): pip install 'numba>=0.61', or use the "
+            "envs/cluster.yaml environment"
+        ) from exc
 
     def value(x, table):
         pass

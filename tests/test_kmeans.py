@@ -456,6 +456,18 @@ def test_one_cluster_is_the_normalised_mean_in_every_source(ns):
     assert not np.any(b.labels)
 
 
+def test_without_numba_numpy_runs_fail_naming_it(monkeypatch):
+    import lcseg_steps.kmeans as km
+
+    monkeypatch.setitem(sys.modules, "numba", None)  # import numba raises ImportError
+    km._kernels.cache_clear()
+    try:
+        with pytest.raises(RuntimeError, match="needs numba"):
+            kmeans(np.eye(4, dtype=np.float32), 2, **CPU)
+    finally:
+        km._kernels.cache_clear()
+
+
 def full_lloyd(Xn, C0, max_iter, tol):
     """Reference Lloyd recomputing every label every pass (float64; no empty clusters)."""
     C, J_prev = unit(C0), 0.0
