@@ -9,7 +9,7 @@ of its input (NumPy, CuPy, torch, ``array_api_strict``). The row sources:
   stay in cache through all their passes, elsewhere (a GPU) as many as fill the device;
 - ``groups=``: one problem per distinct group value (rows reordered, then as ``offsets``);
 - :func:`kmeans_stream`: one problem streamed block by block, one read per pass, the first
-  blocks kept up to a budget (on NumPy as read, elsewhere as float32 copies).
+  blocks kept up to a budget (float16 as read on NumPy, otherwise float32 copies).
 
 Definitions shared by every source (our choices; the paper only says "cosine k-means"):
 
@@ -34,11 +34,12 @@ Definitions shared by every source (our choices; the paper only says "cosine k-m
 
 Returned arrays are NumPy. Only the stopping test (objective and empty-cluster count per
 problem) leaves the device during a pass. NumPy (the namespace itself, which implements the
-standard from 2.1 on) has one backend function of its own: after the first pass a compiled
-sweep (numba) moves only the rows that changed cluster between member sums, where other
-namespaces recompute them. On NumPy, kernels run single-threaded and ``threads`` Python
-threads work on independent problems or blocks (BLAS's own pool splits these thin products
-badly and competes for the cores).
+standard from 2.1 on) has two backend functions of its own, compiled with numba: after the
+first pass :func:`_sweep_np` moves only the rows that changed cluster between the member
+sums (other namespaces recompute them), and :func:`_step` ends a pass in one call. On
+NumPy, kernels run single-threaded and ``threads`` Python threads work on independent
+problems or blocks (BLAS's own pool splits these thin products badly and competes for the
+cores).
 """
 
 from __future__ import annotations
