@@ -64,7 +64,6 @@ TORCH_CAST_WORTH = 1 << 27  # float16 elements cast above which importing torch 
 # through all its passes, elsewhere (a GPU) it fills the device
 _CPU_PAD_ROWS, _PAD_ROWS = 4096, 1 << 21
 _SAMPLE_DOMAIN = 1  # random domain of the streamed init sample (k-means++ uses 0)
-_HALF = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
 
 
 class NonFiniteError(ValueError):
@@ -387,7 +386,8 @@ def _sweep_np(X, inv, S, k, prev, live):
     S = np.zeros((*lab.shape, 1), np.float32) if S is None else S
     rows = X.view(np.uint16) if X.dtype == np.float16 else X
     live = np.ones(lab.shape[0], dtype=bool) if live is None else live
-    _kernels().sweep(rows, _HALF, inv, S, lab, sums, counts, live)
+    kernels = _kernels()
+    kernels.sweep(rows, kernels.half, inv, S, lab, sums, counts, live)
     return lab, sums, counts
 
 
@@ -471,7 +471,9 @@ def _kernels():
                     C_new[b, j, d] = sums[b, j, d] / norm if norm > eps else C[b, j, d]
         return stats, C_new
 
-    return types.SimpleNamespace(sweep=sweep, step=step)
+    # float16 bits -> float32 value, for the sweep's reads of float16 rows
+    half = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    return types.SimpleNamespace(sweep=sweep, step=step, half=half.astype(np.float32))
 
 
 def _step(C, sums, counts, xp):
@@ -484,9 +486,9 @@ def _step(C, sums, counts, xp):
     dot = xp.vecdot(xp.astype(C, xp.float64), sums)
     norm = xp.sqrt(xp.vecdot(sums, sums))
     stats = _to_host(xp.concat([dot, xp.astype(counts, xp.float64), norm], axis=1))
-    ok = (norm > EPS)[..., None]
     if bool(np.all(stats[:, 2 * C.shape[1] :] > EPS)):
         return stats, xp.astype(sums / norm[..., None], C.dtype)
+    ok = (norm > EPS)[..., None]
     return stats, xp.where(ok, xp.astype(sums / xp.where(ok, norm[..., None], 1.0), C.dtype), C)
 
 
