@@ -853,10 +853,8 @@ def test_summarize_seeds_output_is_strict_json(tmp_path):
 # report
 
 
-@pytest.mark.parametrize(("n_gallery", "unlabel_a2", "n_img"), [(2, False, 16), (10, True, 22)])
-def test_report_is_self_contained_with_gallery(
-    shard, objects_store, tmp_path, n_gallery, unlabel_a2, n_img
-):
+def _pixel_and_semantic(shard, objects_store, tmp_path):
+    """The shard's refined pixel masks and its segmentation, as the report reads them."""
     pixel = _refine(shard, tmp_path / "px.zarr", list(shard["records"].values()))
     semantic = run_segment(
         objects_store,
@@ -867,6 +865,14 @@ def test_report_is_self_contained_with_gallery(
         attrs=ATTRS,
         log=_quiet,
     )
+    return pixel, semantic
+
+
+@pytest.mark.parametrize(("n_gallery", "unlabel_a2", "n_img"), [(2, False, 16), (10, True, 22)])
+def test_report_is_self_contained_with_gallery(
+    shard, objects_store, tmp_path, n_gallery, unlabel_a2, n_img
+):
+    pixel, semantic = _pixel_and_semantic(shard, objects_store, tmp_path)
     plots = []
     for name in ("iou", "confusion"):
         p = tmp_path / f"{name}.png"
@@ -904,16 +910,7 @@ def test_report_is_self_contained_with_gallery(
 
 
 def test_report_gallery_legends_and_matched_palette(shard, objects_store, tmp_path):
-    pixel = _refine(shard, tmp_path / "px.zarr", list(shard["records"].values()))
-    semantic = run_segment(
-        objects_store,
-        _classes_store(tmp_path / "classes.zarr"),
-        SHARD,
-        tmp_path / "sem.zarr",
-        tmp_path / "pred",
-        attrs=ATTRS,
-        log=_quiet,
-    )
+    pixel, semantic = _pixel_and_semantic(shard, objects_store, tmp_path)
     metrics = tmp_path / "metrics.json"
     metrics.write_text(
         json.dumps(
