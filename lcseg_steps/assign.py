@@ -339,10 +339,11 @@ def run_assign(
 
 
 def run(job: Job) -> Path:
-    """The rule ``assign`` (settings: the ``labels`` config block and the seed)."""
+    """The rule ``assign`` (settings: the ``labels`` config block and the seed); its
+    inputs are the objects stores of every shard, named ``<shard>.zarr``."""
     return run_assign(
         job.input.objects,
-        job.params.shards,
+        [Path(p).name.removesuffix(".zarr") for p in job.input.objects],
         job.output[0],
         **job.settings,
         attrs=job.attrs,

@@ -592,13 +592,16 @@ def run_evaluate(
 
 
 def run(job: Job) -> dict:
-    """The rule ``evaluate``. The backbone facts come from the semantic stores'
+    """The rule ``evaluate`` (settings: ``evaluate.matching`` and ``labels.n_classes``).
+    The run's facts come from its config (the digest of all of it, so an unrelated key
+    does not rerun the scoring), the backbone facts from the semantic stores'
     ``extraction`` attrs (carried on from the features store by objects and segment)."""
     from lcseg_steps.objects import EXTRACTION_FACTS
 
     extraction = open_store(job.input.semantic[0]).attrs.get("extraction") or {}
     facts = {
-        **job.params.facts,
+        "run": job.config["run"],
+        "dataset": job.config["dataset"]["name"],
         # images the index left out (dataset.on_bad_image: skip), listed in skipped.tsv
         "n_images_skipped": len(read_skipped(job.input.skipped)),
         "seed": int(job.wildcards.seed),
@@ -611,9 +614,8 @@ def run(job: Job) -> dict:
         job.output.metrics,
         job.output.iou,
         job.output.confusion,
-        class_names=dataset_class_names(job.params.dataset),
-        n_classes=job.params.n_classes,
-        matching=job.params.matching,
+        class_names=dataset_class_names(job.config["dataset"]),
+        **job.settings,
         facts=facts,
         log=job.log,
     )

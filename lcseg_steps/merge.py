@@ -83,16 +83,15 @@ def run_merge(
 
 
 def run(job: Job) -> Path:
-    """The rule ``merge`` (settings: its ``clustering`` keys; the seed is among them only
-    because the store lives under ``seed{N}/``: the merge draws nothing at random)."""
-    settings = {key: value for key, value in job.settings.items() if key != "seed"}
+    """The rule ``merge`` (settings: its ``clustering`` keys; no seed: the merge draws
+    nothing at random, its store lives under ``seed{N}/`` because its inputs do)."""
     return run_merge(
         job.input.features,
         job.input.image_level,
         job.input.get("dataset_level"),
         job.input.get("category_level"),
         job.output[0],
-        **settings,
+        **job.settings,
         attrs=job.attrs,
         log=job.log,
     )

@@ -1,9 +1,15 @@
-"""Canonical digests of stage settings, recorded in every store's attrs."""
+"""Stage settings: their digests, the attrs every store records, and the checks of config
+keys against each other that the schema cannot express (run before any job).
+
+Which keys each stage reads is declared in :mod:`lcseg_steps.pipeline`. Imported by the
+Snakefile while the DAG is built: nothing heavy.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -11,3 +17,40 @@ def settings_digest(settings: Any) -> str:
     """Short stable hash of JSON-able settings (key order does not matter)."""
     blob = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def settings_attrs(settings: dict) -> dict:
+    """Store attrs of a stage's settings: the settings and the digest of exactly them."""
+    return {"settings": settings, "settings_digest": settings_digest(settings)}
+
+
+def config_problems(config: Mapping) -> list[str]:
+    """What the schema cannot say: keys that contradict each other (each would otherwise
+    stop a job halfway through the run, after extraction)."""
+    c = config["clustering"]
+    out = []
+    stored = list(config["extract"]["store_features"])
+    if c["feature"] not in stored:
+        out.append(
+            f"clustering.feature is {c['feature']!r} but extract.store_features {stored} "
+            "does not store it"
+        )
+    if c["consistency"] == "vote" and c["min_levels"] > len(c["levels"]):
+        out.append(
+            f"clustering.min_levels is {c['min_levels']} but only {len(c['levels'])} "
+            f"level(s) are enabled ({', '.join(c['levels'])}): lower min_levels or use "
+            "consistency union or intersect"
+        )
+    if c["image_clusterer"] != "kmeans" and c["k_image"] != 2:
+        out.append(
+            f"clustering.image_clusterer {c['image_clusterer']!r} splits each image in two: "
+            f"clustering.k_image must be 2, got {c['k_image']}"
+        )
+    return out
+
+
+def check_config(config: Mapping, where: str = "config") -> None:
+    """Raise one ValueError naming every problem of :func:`config_problems`."""
+    problems = config_problems(config)
+    if problems:
+        raise ValueError(f"{where}: " + "; ".join(problems))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lcseg_steps.runlog import limit_threads, stage_log
-from lcseg_steps.settings import settings_digest
+from lcseg_steps.settings import settings_attrs
 
 Log = Callable[[str], None]
 
@@ -41,11 +41,6 @@ class Job:
     settings: dict
     attrs: dict
     log: Log
-
-
-def settings_attrs(settings: dict) -> dict:
-    """Store attrs of a stage's settings: the settings and the digest of exactly them."""
-    return {"settings": settings, "settings_digest": settings_digest(settings)}
 
 
 def stage_name(smk) -> str:

@@ -18,7 +18,7 @@ def repo_root() -> str:
 
 def stage_job(inputs: dict, output, settings: dict) -> SimpleNamespace:
     """A stand-in for ``lcseg_steps.stage.Job`` with what a stage's ``run`` reads."""
-    from lcseg_steps.stage import settings_attrs
+    from lcseg_steps.settings import settings_attrs
 
     return SimpleNamespace(
         input=SimpleNamespace(**inputs),

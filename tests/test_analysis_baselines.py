@@ -18,7 +18,7 @@ from lcseg_steps.analysis.baselines import (
 )
 from lcseg_steps.data.index import ImageRecord
 from lcseg_steps.refine import run_refine
-from lcseg_steps.stage import settings_attrs
+from lcseg_steps.settings import settings_attrs
 from lcseg_steps.store import open_store, patch_layout, pixel_map, read_ids, write_store
 from tests.conftest import stage_job
 
@@ -144,7 +144,7 @@ def test_run_writes_a_patch_masks_store_refine_reads(tmp_path, baseline):
         path = tmp_path / f"{image_id}.png"
         assert cv2.imwrite(str(path), rng.integers(0, 256, (8 * gh, 8 * gw, 3), dtype=np.uint8))
         records.append(ImageRecord(image_id, str(path), "", 8 * int(gh), 8 * int(gw), "s0000"))
-    settings = {"baseline": baseline, "fraction": 0.5, "shape": "ellipse", "mass": 0.6, "seed": 3}
+    settings = {"baseline": baseline, "centre_fraction": 0.5, "attention_mass": 0.6}
     out = baselines.run(stage_job({"features": features}, tmp_path / "pm.zarr", settings))
     pm = open_store(out)
     want = baseline_masks(features, baseline)

@@ -782,7 +782,7 @@ CONTRADICTIONS = {
 
 @pytest.mark.parametrize("case", list(CONTRADICTIONS))
 def test_contradicting_keys_are_named_before_any_job(case):
-    from lcseg_steps.stage_settings import check_config, config_problems
+    from lcseg_steps.settings import check_config, config_problems
 
     change, message = CONTRADICTIONS[case]
     with open(CONFIG) as fh:

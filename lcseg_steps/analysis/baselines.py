@@ -140,9 +140,8 @@ def run_baseline(
     out: str | os.PathLike,
     baseline: str,
     *,
-    fraction: float = 0.5,
-    shape: str = "ellipse",
-    mass: float = 0.6,
+    centre_fraction: float,
+    attention_mass: float,
     attrs: dict,
     log: Callable[[str], None] = print,
 ) -> Path:
@@ -150,7 +149,7 @@ def run_baseline(
     (``merged`` ``(N,)`` uint8, ``score`` ``(N,)`` float32, ``offsets``, ``grid``,
     ``image_ids``), so refine and the later stages run on it unchanged. The score is the
     mask itself: refine thresholds (or CRF-refines) a hard 0/1 score."""
-    masks = baseline_masks(features, baseline, fraction=fraction, shape=shape, mass=mass)
+    masks = baseline_masks(features, baseline, fraction=centre_fraction, mass=attention_mass)
     fg = masks.pop("fg")
     sizes = np.diff(masks["offsets"])
     fg_per_image = np.add.reduceat(fg, masks["offsets"][:-1]) if len(fg) else sizes * 0
@@ -168,7 +167,8 @@ def run_baseline(
 def run(job: Job) -> Path:
     """The analysis rule of a baseline: ``job.input.features`` (one shard's feature store)
     -> ``job.output[0]`` (its ``patch_masks`` store). Settings: ``baseline`` (one of
-    :data:`BASELINES`), ``fraction``, ``shape``, ``mass``; a ``seed`` only keys the
-    output folder (no baseline draws anything at random)."""
-    settings = {key: value for key, value in job.settings.items() if key != "seed"}
-    return run_baseline(job.input.features, job.output[0], **settings, attrs=job.attrs, log=job.log)
+    :data:`BASELINES`), ``centre_fraction``, ``attention_mass`` (no baseline draws
+    anything at random)."""
+    return run_baseline(
+        job.input.features, job.output[0], **job.settings, attrs=job.attrs, log=job.log
+    )

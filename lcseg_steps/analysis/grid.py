@@ -5,7 +5,7 @@ alike.
 A variant is the run's config with some keys changed (``analysis.axes``: one key at a
 time; ``analysis.variants``: named sets of changes), or a baseline (``analysis.baselines``)
 whose patch masks replace the three levels. Each stage of a variant gets a key: the digest
-of its settings (``lcseg_steps.stage_settings``, the seed left out) and of the keys of the
+of its settings (``lcseg_steps.pipeline.stage_settings``, the seed left out) and of the keys of the
 stages it reads. Equal keys mean equal outputs, so a stage is computed once however many
 variants need it, a new variant computes only its new stages, and a stage whose key is the
 run's own uses the run's own outputs (``results/<run>/features/``, ``seed<N>/...``).
@@ -21,51 +21,30 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lcseg_steps.settings import settings_digest
-from lcseg_steps.stage_settings import SEEDED, check_config, stage_settings
+from lcseg_steps import pipeline
+from lcseg_steps.pipeline import dotted_get
+from lcseg_steps.settings import check_config, settings_digest
 
 # keys an axis or a variant may not change: they define the images and the run itself
 FIXED = ("run", "dataset", "shard_size", "seeds", "analysis", "report")
-# a variant's stages, each with the stages it reads (in the order they run)
-METHOD_STAGES: dict[str, tuple[str, ...]] = {
-    "index": (),
-    "extract": ("index",),
-    "image_level": ("extract",),
-    "fit_dataset": ("extract", "image_level"),
-    "fit_category": ("extract", "image_level"),
-    "merge": ("extract", "image_level", "fit_dataset", "fit_category"),
-    "refine": ("index", "merge"),
-    "objects": ("index", "refine", "extract"),
-    "assign": ("objects",),
-    "segment": ("objects", "assign"),
-    "evaluate": ("index", "segment"),
-}
-# a baseline's patch masks come from the features alone; the rest runs as for a method
-BASELINE_STAGES: dict[str, tuple[str, ...]] = {
-    "index": (),
-    "extract": ("index",),
-    "baselines": ("extract",),
-    "refine": ("index", "baselines"),
-    "objects": ("index", "refine", "extract"),
-    "assign": ("objects",),
-    "segment": ("objects", "assign"),
-    "evaluate": ("index", "segment"),
-}
 KEY_LENGTH = 12
 
 
 @dataclass(frozen=True)
 class Node:
     """One stage of one or more variants: its settings (without the seed), the keys of
-    the stages it reads (``deps``: stage name -> key), and whether its output depends on
-    the seed (a seeded stage or one reading one; a baseline's masks, their refinement and
-    their regions do not, so they are computed once for all seeds)."""
+    the stages it reads (``deps``: stage name -> key), what it reads under which input
+    name (``reads``: input name -> ``"stage.output"``, :func:`lcseg_steps.pipeline.graph`),
+    and whether its output depends on the seed (a seeded stage or one reading one; a
+    baseline's masks, their refinement and their regions do not, so they are computed
+    once for all seeds)."""
 
     stage: str
     key: str
     settings: dict
     deps: dict
     seeded: bool
+    reads: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -87,15 +66,6 @@ class Variant:
     @property
     def keys(self) -> dict[str, str]:
         return {stage: node.key for stage, node in self.nodes.items()}
-
-
-def dotted_get(config: Mapping, dotted: str) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            raise KeyError(dotted)
-        node = node[part]
-    return node
 
 
 def dotted_set(config: dict, dotted: str, value: Any) -> None:
@@ -195,55 +165,33 @@ def variants(config: Mapping, validate: Callable[[dict], Any] = lambda c: None) 
 
 
 def node_settings(stage: str, variant: Variant) -> dict:
-    """A stage's settings in a variant, the seed left out (it is part of the path)."""
-    config = variant.config
-    if stage == "baselines":
-        spec = config["analysis"]
-        return {
-            "baseline": variant.name.split(":", 1)[1],
-            "fraction": spec["centre_fraction"],
-            "shape": "ellipse",
-            "mass": spec["attention_mass"],
-        }
-    if stage == "segment":
-        return {}
-    settings = stage_settings(stage, config, seed=0 if stage in SEEDED else None)
+    """A stage's settings in a variant, the seed left out (it is part of the path); a
+    baseline's also name the baseline."""
+    settings = pipeline.stage_settings(stage, variant.config, seed=0)
     settings.pop("seed", None)
+    if stage == "baselines":
+        settings = {"baseline": variant.name.split(":", 1)[1], **settings}
     if stage == "assign" and variant.kind == "baseline":
         # all background leaves no object region: an empty class set, not an error
         settings["empty_ok"] = True
     return settings
 
 
-def _unused_fits(variant: Variant) -> set[str]:
-    """The global fits whose level the variant switches off (a baseline has none)."""
-    if variant.kind == "baseline":
-        return set()
-    levels = variant.config["clustering"]["levels"]
-    return {f"fit_{level}" for level in ("dataset", "category") if level not in levels}
-
-
-def _graph(variant: Variant) -> dict[str, tuple[str, ...]]:
-    graph = METHOD_STAGES if variant.kind == "method" else BASELINE_STAGES
-    unused = _unused_fits(variant)
-    return {
-        s: tuple(d for d in reads if d not in unused)
-        for s, reads in graph.items()
-        if s not in unused
-    }
-
-
 def variant_nodes(variant: Variant) -> dict[str, Node]:
     """Stage -> :class:`Node` of every stage the variant runs, in the order they run
-    (see the module docstring): one walk of its graph gives each stage's settings, deps,
-    key and whether it depends on the seed."""
+    (see the module docstring): one walk of its graph (the pipeline's declaration,
+    :func:`lcseg_steps.pipeline.graph`) gives each stage's settings, deps, key and whether
+    it depends on the seed."""
     out: dict[str, Node] = {}
-    for stage, reads in _graph(variant).items():
+    for stage, reads in pipeline.graph(variant.config, variant.kind).items():
         settings = node_settings(stage, variant)
-        deps = {dep: out[dep].key for dep in reads}
+        deps = {}
+        for ref in reads.values():
+            dep = pipeline.split_ref(ref)[0]
+            deps[dep] = out[dep].key
         key = settings_digest({"stage": stage, "settings": settings, "deps": deps})
-        seeded = stage in SEEDED or any(out[dep].seeded for dep in reads)
-        out[stage] = Node(stage, key[:KEY_LENGTH], settings, deps, seeded)
+        seeded = pipeline.get_stage(stage).seeded or any(out[dep].seeded for dep in deps)
+        out[stage] = Node(stage, key[:KEY_LENGTH], settings, deps, seeded, dict(reads))
     return out
 
 

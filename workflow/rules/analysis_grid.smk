@@ -1,84 +1,14 @@
+# `snakemake analysis` (workflow/rules/analysis.smk): the grid of the config's analysis
+# block (lcseg_steps/analysis/grid.py). Every stage of every variant lives at a path keyed
+# on its settings and its inputs' keys, analysis/<folder>/<key>/..., or at the run's own
+# path when its key is the run's own.
 import functools
 
 from lcseg_steps.analysis import grid as analysis_grid
-from lcseg_steps.stage_settings import SEEDED as SEEDED_STAGES
 
-# `snakemake analysis` (workflow/rules/analysis.smk): every stage of every variant lives at
-# a path keyed on its settings and its inputs' keys (lcseg_steps/analysis/grid.py), or at
-# the run's own path when its key is the run's own.
 ANALYSIS = f"{RESULTS}/analysis"
 ANALYSIS_LOGS = f"{LOGS}/analysis"
 ANALYSIS_SEEDS = config["analysis"]["seeds"]
-_A, _S = f"{ANALYSIS}/{{stage}}/{{key}}", "seed{seed}"
-# stage -> (the run's own path, the analysis path); {key}, {seed}, {shard} are filled in
-STAGE_PATHS = {
-    "index": (f"{RESULTS}/images.tsv", f"{ANALYSIS}/index/{{key}}/images.tsv"),
-    "skipped": (f"{RESULTS}/skipped.tsv", f"{ANALYSIS}/index/{{key}}/skipped.tsv"),
-    "extract": (
-        f"{RESULTS}/features/{{shard}}.zarr",
-        f"{ANALYSIS}/features/{{key}}/{{shard}}.zarr",
-    ),
-    "image_level": (
-        f"{SEEDED}/image_level/{{shard}}.zarr",
-        f"{ANALYSIS}/image_level/{{key}}/seed{{seed}}/{{shard}}.zarr",
-    ),
-    "fit_dataset": (
-        f"{SEEDED}/dataset_level.zarr",
-        f"{ANALYSIS}/dataset_level/{{key}}/seed{{seed}}.zarr",
-    ),
-    "fit_category": (
-        f"{SEEDED}/category_level.zarr",
-        f"{ANALYSIS}/category_level/{{key}}/seed{{seed}}.zarr",
-    ),
-    "merge": (
-        f"{SEEDED}/patch_masks/{{shard}}.zarr",
-        f"{ANALYSIS}/patch_masks/{{key}}/seed{{seed}}/{{shard}}.zarr",
-    ),
-    "baselines": (None, f"{ANALYSIS}/patch_masks/{{key}}/{{shard}}.zarr"),
-    "refine": (
-        f"{SEEDED}/pixel_masks/{{shard}}.zarr",
-        f"{ANALYSIS}/pixel_masks/{{key}}/seed{{seed}}/{{shard}}.zarr",
-    ),
-    "refine_unseeded": (None, f"{ANALYSIS}/pixel_masks/{{key}}/{{shard}}.zarr"),
-    "objects": (
-        f"{SEEDED}/objects/{{shard}}.zarr",
-        f"{ANALYSIS}/objects/{{key}}/seed{{seed}}/{{shard}}.zarr",
-    ),
-    "objects_unseeded": (None, f"{ANALYSIS}/objects/{{key}}/{{shard}}.zarr"),
-    "assign": (
-        f"{SEEDED}/classes.zarr",
-        f"{ANALYSIS}/classes/{{key}}/seed{{seed}}.zarr",
-    ),
-    "segment": (
-        f"{SEEDED}/semantic/{{shard}}.zarr",
-        f"{ANALYSIS}/semantic/{{key}}/seed{{seed}}/{{shard}}.zarr",
-    ),
-    "pred": (
-        f"{SEEDED}/pred/{{shard}}",
-        f"{ANALYSIS}/pred/{{key}}/seed{{seed}}/{{shard}}",
-    ),
-    "evaluate": (
-        f"{SEEDED}/metrics.json",
-        f"{ANALYSIS}/scores/{{key}}/seed{{seed}}/metrics.json",
-    ),
-    "separability": (None, f"{ANALYSIS}/separability/{{key}}.json"),
-}
-# the input name under which a stage's output reaches the stages that read it
-INPUT_NAMES = {
-    "index": "index",
-    "extract": "features",
-    "image_level": "image_level",
-    "fit_dataset": "dataset_level",
-    "fit_category": "category_level",
-    "merge": "patch_masks",
-    "baselines": "patch_masks",
-    "refine": "pixel_masks",
-    "objects": "objects",
-    "assign": "classes",
-    "segment": "semantic",
-}
-# stages with one job per seed (no shard): their per-shard inputs are lists over shards
-WHOLE_RUN = {"fit_dataset", "fit_category", "assign", "evaluate", "separability"}
 
 
 @functools.cache
@@ -109,45 +39,43 @@ def base_keys():
     return analysis_variants()[0].keys
 
 
-def stage_path(stage, key, seeded=True, **fill):
-    """The path of one stage's output (``stage`` may be ``skipped`` or ``pred``, parts of
-    index's and segment's outputs): the run's own when ``key`` is the run's own."""
-    owner = {"skipped": "index", "pred": "segment"}.get(stage, stage)
-    if base_keys().get(owner) == key:
-        path = STAGE_PATHS[stage][0]
-    elif not seeded and f"{stage}_unseeded" in STAGE_PATHS:
-        path = STAGE_PATHS[f"{stage}_unseeded"][1]
-    else:
-        path = STAGE_PATHS[stage][1]
-    return path.format(key=key, **fill)
+def stage_path(stage, output, key, seeded, **fill):
+    """The path of one stage output of the node ``key``: the run's own when ``key`` is
+    the run's own (``fill``: the job's seed and shard)."""
+    if base_keys().get(stage) == key:
+        return run_path(stage, output).format(**fill)
+    template = pipeline.analysis_template(stage, output, seeded)
+    return f"{ANALYSIS}/{template}".format(key=key, **fill)
 
 
 def node_of(stage, wildcards):
     return analysis_nodes()[stage][wildcards.key]
 
 
+def node_path(dep, output, wildcards, key):
+    node = analysis_nodes()[dep][key]
+    seed = wildcards.get("seed", ANALYSIS_SEEDS[0])
+    return stage_path(dep, output, key, node.seeded, seed=seed, shard="{shard}")
+
+
 def analysis_inputs(stage):
-    """An analysis rule's named inputs: the outputs of the stages its node reads, for the
+    """An analysis job's named inputs: the outputs of the stages its node reads, for the
     job's seed and shard (lists over shards for a whole-run stage)."""
 
     def inputs(wildcards):
         node = node_of(stage, wildcards)
-        seed = wildcards.get("seed", ANALYSIS_SEEDS[0])
-        out = {}
-        for dep, key in node.deps.items():
-            seeded = analysis_nodes()[dep][key].seeded
-            fill = {"seed": seed}
-            if stage in WHOLE_RUN and dep != "index":
-                out[INPUT_NAMES[dep]] = [
-                    stage_path(dep, key, seeded, shard=s, **fill) for s in SHARDS
-                ]
-            else:
-                out[INPUT_NAMES[dep]] = stage_path(
-                    dep, key, seeded, shard=wildcards.get("shard"), **fill
-                )
-        if stage == "evaluate":
-            out["skipped"] = stage_path("skipped", node.deps["index"])
-        return out
+        reads = node.reads
+        paths = {
+            ref: node_path(
+                *pipeline.split_ref(ref),
+                wildcards,
+                node.deps[pipeline.split_ref(ref)[0]],
+            )
+            for ref in reads.values()
+        }
+        return stage_inputs(
+            stage, lambda w: reads, lambda dep, output, w: paths[f"{dep}.{output}"]
+        )(wildcards)
 
     return inputs
 
@@ -157,12 +85,56 @@ def analysis_settings(stage):
     stage, so each store records what a normal run of its variant would."""
 
     def settings(wildcards):
-        out = dict(node_of(stage, wildcards).settings)
-        if stage in SEEDED_STAGES:
-            out["seed"] = int(wildcards.seed)
-        return out
+        node = node_of(stage, wildcards)
+        if pipeline.get_stage(stage).seeded:
+            return {**node.settings, "seed": int(wildcards.seed)}
+        return node.settings
 
     return settings
+
+
+def analysis_params(stage):
+    out = {"stage": pipeline.get_stage(stage).module_name}
+    if pipeline.get_stage(stage).reads:
+        out["settings"] = analysis_settings(stage)
+    return out
+
+
+def analysis_rules():
+    """The analysis stage rules, each as (name, stage, seeded): one per stage, and a
+    second, ``_unseeded``, for a stage that depends on the seed in some variants and not
+    in others."""
+    seeded = {}
+    for kind in pipeline.KINDS:
+        for stage, dep in pipeline.seed_dependent(
+            config, kind, every_level=True
+        ).items():
+            seeded.setdefault(stage, set()).add(dep)
+    out = []
+    for s in pipeline.STAGES:
+        if s.name in seeded:
+            for flag in sorted(seeded[s.name], reverse=True):
+                suffix = "_unseeded" if not flag and True in seeded[s.name] else ""
+                out.append((f"analysis_{s.name}{suffix}", s.name, flag))
+    return out
+
+
+def analysis_output(seeded):
+    def path_of(stage, output):
+        return f"{ANALYSIS}/{pipeline.analysis_template(stage, output, seeded)}"
+
+    return path_of
+
+
+def analysis_log(stage, seeded, suffix="log"):
+    s = pipeline.get_stage(stage)
+    args = (stage, s.per_shard, seeded, True)
+    if suffix == "tsv":
+        return f"{ANALYSIS_LOGS}/{pipeline.benchmark_template(*args)}.tsv"
+    return f"{ANALYSIS_LOGS}/{pipeline.log_template(*args)}.log"
+
+
+SEPARABILITY = f"{ANALYSIS}/separability/{{key}}.json"
 
 
 def separability_settings(wildcards):
@@ -184,21 +156,44 @@ def separability_settings(wildcards):
 def separability_inputs(wildcards):
     node = analysis_nodes()["extract"][wildcards.key]
     return {
-        "index": stage_path("index", node.deps["index"]),
-        "features": [stage_path("extract", wildcards.key, shard=s) for s in SHARDS],
+        "index": stage_path("index", "index", node.deps["index"], False),
+        "features": [
+            stage_path("extract", "features", wildcards.key, False, shard=s)
+            for s in SHARDS
+        ],
     }
 
 
 def separability_targets():
     if not config["analysis"]["separability"]:
         return []
-    keys = [e["key"] for e in analysis_extractions()]
-    return [STAGE_PATHS["separability"][1].format(key=k) for k in keys]
+    return [SEPARABILITY.format(key=e["key"]) for e in analysis_extractions()]
 
 
 def metrics_paths(variant):
     key = variant.keys["evaluate"]
-    return [stage_path("evaluate", key, seed=s) for s in ANALYSIS_SEEDS]
+    return [
+        stage_path("evaluate", "metrics", key, True, seed=s) for s in ANALYSIS_SEEDS
+    ]
+
+
+def variant_targets():
+    """The outputs of declared target stages of every variant, every seed and shard."""
+    out = []
+    for v in analysis_variants():
+        for stage, node in v.nodes.items():
+            if pipeline.get_stage(stage).target:
+                for name in pipeline.get_stage(stage).outputs:
+                    path = stage_path(
+                        stage,
+                        name,
+                        node.key,
+                        node.seeded,
+                        seed="{seed}",
+                        shard="{shard}",
+                    )
+                    out += expand(path, seed=ANALYSIS_SEEDS, shard=SHARDS)
+    return sorted(set(out))
 
 
 def analysis_table_inputs(wildcards):
@@ -229,7 +224,7 @@ def analysis_table_params():
                 {
                     "backbone": e["backbone"],
                     "layer": e["layer"],
-                    "path": STAGE_PATHS["separability"][1].format(key=e["key"]),
+                    "path": SEPARABILITY.format(key=e["key"]),
                 }
                 for e in analysis_extractions()
             ]

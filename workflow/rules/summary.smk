@@ -1,6 +1,6 @@
 rule summary:
     input:
-        expand(f"{RESULTS}/seed{{seed}}/metrics.json", seed=SEEDS),
+        expand(run_path("evaluate", "metrics"), seed=SEEDS),
     output:
         report(
             f"{RESULTS}/metrics_summary.json",

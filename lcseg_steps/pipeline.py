@@ -1,0 +1,456 @@
+"""The pipeline, declared once.
+
+Each :class:`Stage` says everything the workflow needs to know about one stage: its name
+(the rule's, the module's under ``lcseg_steps``, and the config block's where it has one),
+the config keys it reads (dotted, as the schema names them), the stages whose outputs it
+reads, its output templates, its conda env, threads and resources. The Snakefile generates
+the default run's rules (``workflow/rules/pipeline.smk``) and the analysis grid's rules
+(``workflow/rules/analysis.smk``) from :data:`STAGES`, and the grid
+(``lcseg_steps.analysis.grid``) walks the same declaration, so a stage added here runs in
+both with no other edit.
+
+Output templates are relative to ``results/<run>/`` and hold ``{shard}`` for a per-shard
+stage; a trailing ``/`` marks a directory. A stage whose output depends on a seed (it
+draws at random itself, or reads such a stage) lives under ``seed{seed}/``. In the
+analysis each output moves to ``analysis/<folder>/{key}/`` (:func:`analysis_template`).
+
+Imported by the Snakefile while the DAG is built: nothing heavy (no numpy, no torch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from lcseg_steps import resources as res
+
+KINDS = frozenset({"method", "baseline"})
+
+
+def _always(config: Mapping) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the pipeline.
+
+    ``reads``: the dotted config keys it reads, each reaching the stage function under its
+    last part (``clustering.k_image`` -> ``k_image``), or a function of the config giving
+    the settings dict (for settings derived from several keys).
+    ``inputs``: ``"stage"`` (that stage's first output) or ``"stage.output"``; each reaches
+    the stage under the output's name, as a list over shards when this stage runs once for
+    the whole run and the other per shard.
+    ``seeded``: draws at random, so its settings carry the job's seed.
+    ``kinds``: the analysis variants that run it (``method``, ``baseline``);
+    ``stands_for``: the stage whose place it takes for its readers in those variants.
+    ``when``: whether a variant's config runs it (a level switched off does not).
+    ``env``: conda env file (relative to ``workflow/rules/``) or a function of the config.
+    ``resources``: a function of :class:`lcseg_steps.resources.Sizing` giving Snakemake
+    resources; a ``mem_mb`` that is a float grows with the attempt (``--retries``).
+    ``folder``: the analysis folder of outputs that sit at the top of the run folder.
+    ``report``: output name -> (caption file, category) for ``snakemake --report``.
+    ``sources``: a function of the config giving inputs from outside the pipeline
+    (the dataset's files).
+    ``target``: its outputs are final targets of a run and of every analysis variant.
+    """
+
+    name: str
+    outputs: Mapping[str, str]
+    reads: tuple[str, ...] | Callable[[Mapping], dict] = ()
+    inputs: tuple[str, ...] = ()
+    per_shard: bool = True
+    seeded: bool = False
+    kinds: frozenset = KINDS
+    stands_for: str | None = None
+    when: Callable[[Mapping], bool] = _always
+    env: str | Callable[[Mapping], str] = "../../envs/base.yaml"
+    threads: int = 1
+    resources: Callable[[res.Sizing], dict] = field(default=lambda s: {})
+    module: str | None = None
+    folder: str | None = None
+    report: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    sources: Callable[[Mapping], dict] | None = None
+    target: bool = False
+
+    @property
+    def module_name(self) -> str:
+        """The module under ``lcseg_steps`` that runs it (``lcseg_steps.<module>.run``)."""
+        return self.module or self.name
+
+    @property
+    def first_output(self) -> str:
+        return next(iter(self.outputs))
+
+
+def _index_settings(config: Mapping) -> dict:
+    """The dataset, and what decides which images extract can take: the resize policy's
+    long side and the backbone's patch size (the backbone itself only when its name does
+    not tell the patch size)."""
+    from lcseg_steps.backbone import patch_size_of
+
+    bb = config["backbone"]
+    out = {
+        "dataset": config["dataset"],
+        "shard_size": config["shard_size"],
+        "long_side": config["extract"]["long_side"],
+        "patch_size": patch_size_of(bb["name"], bb.get("overrides")),
+    }
+    if out["patch_size"] is None:
+        out["backbone"] = {"name": bb["name"], "overrides": bb.get("overrides") or {}}
+    return out
+
+
+def _dataset_sources(config: Mapping) -> dict:
+    """What the index reads: the registered dataset's listing files (the generated tree
+    for demo) and the optional ``dataset.image_list`` file restricting the listing."""
+    from lcseg_steps.data.registry import get_dataset
+
+    ds = config["dataset"]
+    return {
+        "dataset": list(get_dataset(ds["name"]).inputs(ds)),
+        "image_list": ds["image_list"] or [],
+    }
+
+
+def _objects_settings(config: Mapping) -> dict:
+    """Region and descriptor settings; the backbone matters only for CLS descriptors."""
+    out = dict(config["objects"])
+    if out["descriptor"] == "cls":
+        out["backbone"] = config["backbone"]
+        out["device"] = config["extract"]["device"]
+    else:
+        out["feature"] = config["clustering"]["feature"]
+    return out
+
+
+def _cluster_env(config: Mapping) -> str:
+    """The k-means rules' env: the one with CuPy when the config asks for CUDA (with
+    ``auto`` a node without CuPy clusters on the CPU)."""
+    if res.uses_cuda(config["clustering"]["device"]):
+        return "../../envs/cluster-gpu.yaml"
+    return "../../envs/cluster.yaml"
+
+
+def _has_level(level: str) -> Callable[[Mapping], bool]:
+    def when(config: Mapping) -> bool:
+        return level in config["clustering"]["levels"]
+
+    return when
+
+
+_FIT_KEYS = ("clustering.feature",)
+_KMEANS_KEYS = ("clustering.max_iter", "clustering.tol", "clustering.device")
+
+STAGES: tuple[Stage, ...] = (
+    Stage(
+        "index",
+        outputs={"index": "images.tsv", "skipped": "skipped.tsv"},
+        reads=_index_settings,
+        sources=_dataset_sources,
+        per_shard=False,
+        folder="index",
+        threads=2,
+        resources=lambda s: {"mem_mb": 4000, "runtime": 10},
+    ),
+    Stage(
+        "extract",
+        outputs={"features": "features/{shard}.zarr/"},
+        reads=("backbone", "extract"),
+        inputs=("index",),
+        env="../../envs/torch.yaml",
+        threads=2,
+        resources=res.extract_resources,
+    ),
+    Stage(
+        "image_level",
+        outputs={"image_level": "image_level/{shard}.zarr/"},
+        reads=(
+            "clustering.feature",
+            "clustering.image_clusterer",
+            "clustering.k_image",
+            "clustering.fg_rule",
+            *_KMEANS_KEYS,
+        ),
+        inputs=("extract",),
+        seeded=True,
+        kinds=frozenset({"method"}),
+        env=_cluster_env,
+        # one thread: on CPU each image's k-means is a few small calls a pass, and a second
+        # worker thread mostly waits for the GIL (slower than one); shards run side by side
+        threads=1,
+        resources=lambda s: s.shard(1024, 2 * s.feature_kb_per_image(), 2, 0.2),
+    ),
+    Stage(
+        "fit_dataset",
+        outputs={"dataset_level": "dataset_level.zarr/"},
+        reads=(
+            "clustering.feature",
+            "clustering.k_dataset",
+            "clustering.fg_vote",
+            "clustering.init_sample",
+            *_KMEANS_KEYS,
+        ),
+        inputs=("extract", "image_level"),
+        per_shard=False,
+        seeded=True,
+        kinds=frozenset({"method"}),
+        when=_has_level("dataset"),
+        env=_cluster_env,
+        threads=2,
+        resources=lambda s: s.fit("dataset"),
+    ),
+    Stage(
+        "fit_category",
+        outputs={"category_level": "category_level.zarr/"},
+        reads=(
+            "clustering.feature",
+            "clustering.n_categories",
+            "clustering.category_clusterer",
+            "clustering.k_category",
+            "clustering.fg_vote",
+            "clustering.category_fit_sample",
+            *_KMEANS_KEYS,
+        ),
+        inputs=("extract", "image_level"),
+        per_shard=False,
+        seeded=True,
+        kinds=frozenset({"method"}),
+        when=_has_level("category"),
+        env=_cluster_env,
+        threads=2,
+        resources=lambda s: s.fit("category"),
+    ),
+    Stage(
+        "merge",
+        outputs={"patch_masks": "patch_masks/{shard}.zarr/"},
+        reads=(
+            "clustering.feature",
+            "clustering.levels",
+            "clustering.consistency",
+            "clustering.min_levels",
+        ),
+        inputs=("extract", "image_level", "fit_dataset", "fit_category"),
+        kinds=frozenset({"method"}),
+        env="../../envs/cluster.yaml",
+        resources=lambda s: s.shard(512, 64, 2, 0.01),
+    ),
+    # an analysis baseline's patch masks, in merge's format, in place of the three levels
+    Stage(
+        "baselines",
+        outputs={"patch_masks": "patch_masks/{shard}.zarr/"},
+        reads=("analysis.centre_fraction", "analysis.attention_mass"),
+        inputs=("extract",),
+        kinds=frozenset({"baseline"}),
+        stands_for="merge",
+        module="analysis.baselines",
+        resources=lambda s: s.shard(512, 64, 2, 0.01),
+    ),
+    Stage(
+        "refine",
+        outputs={"pixel_masks": "pixel_masks/{shard}.zarr/"},
+        reads=tuple(
+            f"refine.{key}"
+            for key in (
+                "crf",
+                "threshold",
+                "iterations",
+                "gauss_sxy",
+                "gauss_compat",
+                "bilateral_sxy",
+                "bilateral_srgb",
+                "bilateral_compat",
+                "clip",
+            )
+        ),
+        inputs=("index", "merge"),
+        env="../../envs/crf.yaml",
+        threads=2,
+        resources=lambda s: s.shard(1024, 256, 2, 1.0),
+    ),
+    Stage(
+        "objects",
+        outputs={"objects": "objects/{shard}.zarr/"},
+        reads=_objects_settings,
+        inputs=("index", "refine", "extract"),
+        env="../../envs/torch.yaml",
+        threads=2,
+        resources=res.objects_resources,
+    ),
+    Stage(
+        "assign",
+        outputs={"classes": "classes.zarr/"},
+        reads=(
+            "labels.n_classes",
+            "labels.class_clusterer",
+            "labels.n_neighbors",
+            "labels.fit_sample",
+        ),
+        inputs=("objects",),
+        per_shard=False,
+        seeded=True,
+        env="../../envs/cluster.yaml",
+        threads=2,
+        resources=res.assign_resources,
+    ),
+    Stage(
+        "segment",
+        outputs={"semantic": "semantic/{shard}.zarr/", "pred": "pred/{shard}/"},
+        inputs=("objects", "assign"),
+        resources=lambda s: s.shard(512, 256, 2, 0.1),
+    ),
+    Stage(
+        "evaluate",
+        outputs={
+            "metrics": "metrics.json",
+            "iou": "per_class_iou.png",
+            "confusion": "confusion.png",
+        },
+        reads=("evaluate.matching", "labels.n_classes"),
+        inputs=("index", "index.skipped", "segment"),
+        per_shard=False,
+        folder="scores",
+        resources=lambda s: s.whole(1024, 8, 5, 0.05),
+        report={
+            "metrics": ("../report/metrics.rst", "Scores"),
+            "iou": ("../report/per_class_iou.rst", "Scores"),
+            "confusion": ("../report/confusion.rst", "Scores"),
+        },
+    ),
+)
+
+
+def get_stage(name: str) -> Stage:
+    for s in STAGES:
+        if s.name == name:
+            return s
+    raise KeyError(f"no stage {name!r} (declared: {', '.join(s.name for s in STAGES)})")
+
+
+def split_ref(ref: str) -> tuple[str, str]:
+    """``"stage"`` or ``"stage.output"`` -> (stage, output name)."""
+    stage, _, output = ref.partition(".")
+    return stage, output or get_stage(stage).first_output
+
+
+# --- settings -------------------------------------------------------------------------
+
+
+def dotted_get(config: Mapping, dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise KeyError(dotted)
+        node = node[part]
+    return node
+
+
+def stage_settings(stage: str, config: Mapping, seed: int | None = None) -> dict[str, Any]:
+    """``stage``'s settings under ``config``: the keys it reads, each under its schema
+    name, plus ``seed`` for a seeded stage. A rule passes them as ``params.settings``, so
+    a change of one key reruns the stages that read it and nothing else, and every store
+    records the settings it was made with (``lcseg_steps.stage``)."""
+    s = get_stage(stage)
+    if callable(s.reads):
+        out = s.reads(config)
+    else:
+        out = {dotted.rsplit(".", 1)[-1]: dotted_get(config, dotted) for dotted in s.reads}
+    if s.seeded:
+        if seed is None:
+            raise ValueError(f"stage {stage!r} is seeded: give its seed")
+        out["seed"] = int(seed)
+    return out
+
+
+# --- the graph of a run or analysis variant ---------------------------------------------
+
+
+def graph(
+    config: Mapping, kind: str = "method", every_level: bool = False
+) -> dict[str, dict[str, str]]:
+    """The stages a run of ``kind`` under ``config`` runs, in order, each with what it
+    reads: input name -> (producing stage). A stage that ``stands_for`` another takes its
+    place for its readers; an input from a stage the config switches off is left out
+    (with ``every_level``, none is switched off: the stages any config of ``kind`` runs).
+
+    Returns ``{stage: {input name: "stage.output"}}``.
+    """
+    runs: dict[str, dict[str, str]] = {}
+    standing: dict[str, str] = {}
+    for s in STAGES:
+        if kind not in s.kinds or not (every_level or s.when(config)):
+            continue
+        if s.stands_for:
+            standing[s.stands_for] = s.name
+        reads = {}
+        for ref in s.inputs:
+            stage, output = split_ref(ref)
+            stage = standing.get(stage, stage)
+            if stage in runs:
+                reads[output] = f"{stage}.{output}"
+        runs[s.name] = reads
+    return runs
+
+
+def seed_dependent(
+    config: Mapping, kind: str = "method", every_level: bool = False
+) -> dict[str, bool]:
+    """Stage -> whether its output depends on the seed (it is seeded, or reads a stage
+    whose output does)."""
+    out: dict[str, bool] = {}
+    for stage, reads in graph(config, kind, every_level).items():
+        deps = {split_ref(ref)[0] for ref in reads.values()}
+        out[stage] = get_stage(stage).seeded or any(out[d] for d in deps)
+    return out
+
+
+# --- paths ------------------------------------------------------------------------------
+
+
+def is_directory(template: str) -> bool:
+    return template.endswith("/")
+
+
+def run_template(stage: str, output: str, seeded: bool) -> str:
+    """An output's path under ``results/<run>/`` in a run (``seed{seed}/`` first when it
+    depends on the seed)."""
+    t = get_stage(stage).outputs[output].rstrip("/")
+    return f"seed{{seed}}/{t}" if seeded else t
+
+
+def analysis_template(stage: str, output: str, seeded: bool) -> str:
+    """An output's path under ``results/<run>/analysis/``: ``<folder>/{key}/`` and then
+    ``seed{seed}/`` when it depends on the seed, then the rest of its run path.
+
+    ``features/{shard}.zarr`` -> ``features/{key}/{shard}.zarr``;
+    ``dataset_level.zarr`` -> ``dataset_level/{key}/seed{seed}.zarr``;
+    ``metrics.json`` (folder ``scores``) -> ``scores/{key}/seed{seed}/metrics.json``.
+    """
+    s = get_stage(stage)
+    t = s.outputs[output].rstrip("/")
+    seed_dir = "seed{seed}/" if seeded else ""
+    if "/" in t:
+        folder, rest = t.split("/", 1)
+        return f"{folder}/{{key}}/{seed_dir}{rest}"
+    if s.folder:
+        return f"{s.folder}/{{key}}/{seed_dir}{t}"
+    stem, dot, ext = t.partition(".")
+    return f"{stem}/{{key}}" + ("/seed{seed}" if seeded else "") + dot + ext
+
+
+def log_template(stage: str, per_shard: bool, seeded: bool, keyed: bool) -> str:
+    """A job's log path under ``results/<run>/logs/`` (``analysis/`` first when keyed);
+    the benchmark's is the same under ``benchmarks/`` with ``.tsv``."""
+    if keyed:
+        base = f"{stage}/{{key}}" + ("/seed{seed}" if seeded else "")
+    else:
+        base = ("seed{seed}/" if seeded else "") + stage
+    return base + ("/{shard}" if per_shard else "")
+
+
+def benchmark_template(stage: str, per_shard: bool, seeded: bool, keyed: bool) -> str:
+    if keyed:
+        return f"benchmarks/{log_template(stage, per_shard, seeded, keyed)}"
+    seed_dir = "seed{seed}/" if seeded else ""
+    return f"{seed_dir}benchmarks/{stage}" + ("/{shard}" if per_shard else "")
