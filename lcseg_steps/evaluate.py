@@ -36,7 +36,7 @@ from scipy.optimize import linear_sum_assignment
 from lcseg_steps.data.index import ImageRecord, load_ground_truth, read_index, read_skipped
 from lcseg_steps.data.index import class_names as dataset_class_names
 from lcseg_steps.settings import settings_digest
-from lcseg_steps.store import open_store, pixel_map, records_in_order
+from lcseg_steps.store import extraction_facts, open_store, pixel_map, records_in_order
 
 if TYPE_CHECKING:
     from lcseg_steps.stage import Job
@@ -594,8 +594,6 @@ def run_evaluate(
 def run(job: Job) -> dict:
     """The rule ``evaluate``. The backbone facts come from the semantic stores'
     ``extraction`` attrs (carried on from the features store by objects and segment)."""
-    from lcseg_steps.objects import EXTRACTION_FACTS
-
     extraction = open_store(job.input.semantic[0]).attrs.get("extraction") or {}
     facts = {
         **job.params.facts,
@@ -603,7 +601,7 @@ def run(job: Job) -> dict:
         "n_images_skipped": len(read_skipped(job.input.skipped)),
         "seed": int(job.wildcards.seed),
         "config_digest": settings_digest(job.config),
-        **{key: extraction.get(key) for key in EXTRACTION_FACTS},
+        **extraction_facts(extraction),
     }
     return run_evaluate(
         job.input.semantic,

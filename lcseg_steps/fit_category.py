@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lcseg_steps import levels as lv
-from lcseg_steps.image_level import read_fg
 from lcseg_steps.kmeans import import_torch_cast_if_worth
-from lcseg_steps.store import feature_shards, patch_layout, write_store
+from lcseg_steps.store import feature_shards, patch_layout, read_fg, write_store
 
 if TYPE_CHECKING:
     from lcseg_steps.stage import Job

@@ -328,6 +328,16 @@ def pixel_map(store: zarr.Group, name: str, i: int) -> np.ndarray:
 # ---------------------------------------------------------------- feature stores
 
 
+# the facts of a features store that the stores downstream of it carry on (as
+# attrs["extraction"]: objects, then segment) up to the scores
+EXTRACTION_FACTS = ("backbone", "weights", "weights_warning", "layer")
+
+
+def extraction_facts(attrs: Mapping) -> dict:
+    """The backbone facts of a features store's attrs (``EXTRACTION_FACTS``, None if absent)."""
+    return {key: attrs.get(key) for key in EXTRACTION_FACTS}
+
+
 def feature_array(store: zarr.Group, path: str | os.PathLike, feature: str) -> zarr.Array:
     """The ``feature`` rows of a feature store, or an error naming the config keys."""
     if feature not in store:
@@ -378,3 +388,8 @@ def feature_shards(paths: Sequence[str | os.PathLike], feature: str) -> list:
     """``(path, store, feature array)`` of each feature store in ``paths``."""
     stores = [(p, open_store(p)) for p in paths]
     return [(p, s, feature_array(s, p, feature)) for p, s in stores]
+
+
+def read_fg(path: str | os.PathLike) -> np.ndarray:
+    """The per-patch foreground mask ``(patches,)`` uint8 of an ``image_level`` store."""
+    return np.asarray(open_store(path)["fg"][:])
