@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lcseg_steps.atomic_write import tmp_sibling, write_text_atomic
-from lcseg_steps.evaluate import _figure
+from lcseg_steps.plots import figure
 
 if TYPE_CHECKING:
     from lcseg_steps.stage import Job
@@ -221,7 +221,7 @@ def plot_miou(rows: Sequence[Mapping], path: str | os.PathLike) -> Path:
     """Bar chart of each row's mIoU (%), error bars = the std over seeds; baselines grey
     and hatched."""
     n = len(rows)
-    fig = _figure(max(5.0, 0.45 * n + 2.0), 4.5)
+    fig = figure(max(5.0, 0.45 * n + 2.0), 4.5)
     ax = fig.add_subplot()
     x = np.arange(n)
     mean = np.array([100 * float(r["miou_mean"]) for r in rows])
@@ -253,13 +253,13 @@ def plot_separability(rows: Sequence[Mapping], path: str | os.PathLike) -> Path:
     """ROC-AUC and best-split IoU per (backbone, layer), one bar per feature; a figure
     saying "no separability data" when ``rows`` is empty."""
     if not rows:
-        fig = _figure(5.0, 2.0)
+        fig = figure(5.0, 2.0)
         fig.text(0.5, 0.5, "no separability data", ha="center", va="center", fontsize=12)
         return _save(fig, path)
     groups = list(dict.fromkeys((r["backbone"], r["layer"]) for r in rows))
     features = list(dict.fromkeys(r["feature"] for r in rows))
     value = {(r["backbone"], r["layer"], r["feature"]): r for r in rows}
-    fig = _figure(max(6.0, 0.9 * len(groups) * max(1, len(features)) / 2 + 3.0), 6.5)
+    fig = figure(max(6.0, 0.9 * len(groups) * max(1, len(features)) / 2 + 3.0), 6.5)
     width = 0.8 / len(features)
     x = np.arange(len(groups))
     for ax_i, (key, label) in enumerate((("auc", "ROC-AUC"), ("mean_iou", "best-split IoU"))):
@@ -289,13 +289,13 @@ def plot_separability_histograms(rows: Sequence[Mapping], path: str | os.PathLik
     histograms."""
     rows = [r for r in rows if all(key in r for key in HISTOGRAMS)]
     if not rows:
-        fig = _figure(5.0, 2.0)
+        fig = figure(5.0, 2.0)
         fig.text(0.5, 0.5, "no separability data", ha="center", va="center", fontsize=12)
         return _save(fig, path)
     n = len(rows)
     cols = min(n, 3)
     grid_rows = -(-n // cols)
-    fig = _figure(3.6 * cols, 4.4 * grid_rows)
+    fig = figure(3.6 * cols, 4.4 * grid_rows)
     for i, r in enumerate(rows):
         top = fig.add_subplot(2 * grid_rows, cols, (2 * (i // cols)) * cols + i % cols + 1)
         bins = np.asarray(r["score_bins"], dtype=np.float64)
