@@ -11,8 +11,6 @@ metrics.json. ``table.md`` and the plots show percentages.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -22,14 +20,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from lcseg_steps.analysis.table_format import KINDS, changes, write_csv
 from lcseg_steps.atomic_write import tmp_sibling, write_text_atomic
 from lcseg_steps.plots import figure
 
 if TYPE_CHECKING:
     from lcseg_steps.stage import Job
 
-KINDS = ("method", "baseline")
-METRIC_COLUMNS = ("miou_mean", "miou_std", "n_seeds", "pixel_accuracy_mean")
 KIND_STYLE = {  # bar colour and hatch: baselines grey and hatched
     "method": ("tab:blue", ""),
     "baseline": ("tab:gray", "//"),
@@ -96,29 +93,6 @@ def table_rows(variants: Sequence[Mapping], varying: Sequence[str]) -> list[dict
     return [variant_row(v, varying) for v in ordered]
 
 
-def columns(rows: Sequence[Mapping]) -> list[str]:
-    """Every key of ``rows`` in first-seen order (rows may differ in their classes)."""
-    return list(dict.fromkeys(k for r in rows for k in r))
-
-
-def _cell(value: object) -> str:
-    if isinstance(value, float):
-        return "" if math.isnan(value) else repr(value)  # repr: the float round-trips
-    return str(value)
-
-
-def write_csv(rows: Sequence[Mapping], path: str | os.PathLike) -> Path:
-    """``rows`` -> CSV with a header of :func:`columns`; floats at full precision, NaN (and
-    a class a row lacks) as an empty cell."""
-    cols = columns(rows)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(cols)
-    for r in rows:
-        writer.writerow([_cell(r.get(c, math.nan)) for c in cols])
-    return write_text_atomic(path, buf.getvalue())
-
-
 def _pct(value: float, digits: int = 1) -> str:
     return "n/a" if math.isnan(value) else f"{100 * value:.{digits}f}"
 
@@ -161,23 +135,6 @@ def separability_rows(entries: Sequence[Mapping]) -> list[dict[str, object]]:
                 }
             )
     return rows
-
-
-def changes(rows: Sequence[Mapping], varying: Sequence[str]) -> list[str]:
-    """Per row, what it changes from the ``base`` row (``key=value, ...`` over ``varying``,
-    the cells that differ; ``-`` for the base itself, empty for a baseline): the one column
-    a reader needs, where the CSV has one per key."""
-    base = next((r for r in rows if r.get("variant") == "base"), None)
-    out = []
-    for r in rows:
-        if r.get("kind") == "baseline" or base is None:
-            out.append("")
-        elif r is base:
-            out.append("-")
-        else:
-            diff = [k for k in varying if str(r.get(k, "")) != str(base.get(k, ""))]
-            out.append(", ".join(f"{k}={r.get(k, '')}" for k in diff))
-    return out
 
 
 def markdown(
