@@ -100,7 +100,7 @@ def child(
             model = KMeans(n_clusters=n_classes, n_init=10, max_iter=50, random_state=0)
             labels = model.fit_predict(Xn)
         else:
-            from lcseg_steps.assign import assign_classes
+            from lcseg_steps.class_clustering import assign_classes
 
             labels = assign_classes(X, n_classes, method=clusterer, seed=0)
         fitted = len(labels)

@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 
 from lcseg_steps import levels as lv  # noqa: E402
 from lcseg_steps.fit_category import pseudo_categories  # noqa: E402
-from lcseg_steps.kmeans import kmeans_stream  # noqa: E402
+from lcseg_steps.kmeans import kmeans_stream, l2_normalize, nearest_centroid  # noqa: E402
 
 K = 2  # clusters per image, over the dataset and per pseudo-category (pipeline defaults)
 FG_VOTE = 0.5
@@ -161,7 +161,7 @@ def run_levels(
 
     fit = kmeans_stream(blocks, k_dataset, init_sample=200_000, max_iter=MAX_ITER, seed=seed,
                            device="cpu")  # fmt: skip
-    lab = lv.nearest_centroid(p.X, fit.centroids)
+    lab = nearest_centroid(l2_normalize(p.X), fit.centroids)
     ds_fg, _ = lv.foreground_clusters(lv.vote_counts(lab, image_fg, k_dataset), FG_VOTE)
 
     cats = pseudo_categories(p.cls, n_categories, "kmeans", seed)
@@ -170,7 +170,7 @@ def run_levels(
         [(lambda: p.X, rows_cat)], np.bincount(rows_cat, minlength=n_categories), 200_000, seed
     )
     C, _ = lv.fit_groups(Xs, gs, n_categories, K, max_iter=MAX_ITER, seed=seed, device="cpu")
-    clab = lv.nearest_centroid_grouped(p.X, rows_cat, C)
+    clab = nearest_centroid(l2_normalize(p.X), C, groups=rows_cat)
     counts = lv.vote_counts(rows_cat * K + clab, image_fg, n_categories * K)
     cat_fg, _ = lv.foreground_clusters(counts.reshape(n_categories, K, 2), FG_VOTE)
     masks = {

@@ -35,8 +35,9 @@ from scipy.optimize import linear_sum_assignment
 
 from lcseg_steps.data.index import ImageRecord, load_ground_truth, read_index, read_skipped
 from lcseg_steps.data.index import class_names as dataset_class_names
+from lcseg_steps.plots import figure
 from lcseg_steps.settings import settings_digest
-from lcseg_steps.store import open_store, pixel_map, records_in_order
+from lcseg_steps.store import extraction_facts, open_store, pixel_map, records_in_order
 
 if TYPE_CHECKING:
     from lcseg_steps.stage import Job
@@ -440,14 +441,6 @@ def protocol_metrics(results: dict[str, dict]) -> dict[str, dict]:
     }
 
 
-def _figure(width: float, height: float):
-    # A bare Figure renders through Agg without touching pyplot's global backend state,
-    # so it works headless and in worker processes.
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), dpi=100, layout="constrained")
-
-
 def plot_per_class_iou(result: dict, path: str | os.PathLike) -> None:
     """Horizontal bar chart of per-class IoU (absent classes marked) with the mIoU line.
 
@@ -458,7 +451,7 @@ def plot_per_class_iou(result: dict, path: str | os.PathLike) -> None:
     names = result["class_names"]
     ious = [math.nan if v is None else float(v) for v in result["per_class_iou"]]
     n = len(names)
-    fig = _figure(7.0, max(2.5, 0.3 * n + 1.2))
+    fig = figure(7.0, max(2.5, 0.3 * n + 1.2))
     ax = fig.add_subplot()
     y = np.arange(n)
     vals = np.nan_to_num(np.asarray(ious, dtype=np.float64), nan=0.0)
@@ -497,7 +490,7 @@ def plot_confusion(result: dict, path: str | os.PathLike) -> None:
         norm = np.where(rows[:, None] > 0, m / rows[:, None], 0.0)
     n = len(names)
     side = max(4.0, 0.4 * n + 2.0)
-    fig = _figure(side + 1.0, side)
+    fig = figure(side + 1.0, side)
     ax = fig.add_subplot()
     im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(im, ax=ax, shrink=0.8, label="fraction of gt pixels")
@@ -596,8 +589,6 @@ def run(job: Job) -> dict:
     The run's facts come from its config (the digest of all of it, so an unrelated key
     does not rerun the scoring), the backbone facts from the semantic stores'
     ``extraction`` attrs (carried on from the features store by objects and segment)."""
-    from lcseg_steps.objects import EXTRACTION_FACTS
-
     extraction = open_store(job.input.semantic[0]).attrs.get("extraction") or {}
     facts = {
         "run": job.config["run"],
@@ -606,7 +597,7 @@ def run(job: Job) -> dict:
         "n_images_skipped": len(read_skipped(job.input.skipped)),
         "seed": int(job.wildcards.seed),
         "config_digest": settings_digest(job.config),
-        **{key: extraction.get(key) for key in EXTRACTION_FACTS},
+        **extraction_facts(extraction),
     }
     return run_evaluate(
         job.input.semantic,

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lcseg_steps import levels as lv
-from lcseg_steps.image_level import read_fg
-from lcseg_steps.kmeans import import_torch_cast_if_worth
-from lcseg_steps.store import feature_shards, patch_layout, write_store
+from lcseg_steps.class_clustering import assign_classes
+from lcseg_steps.kmeans import import_torch_cast_if_worth, l2_normalize, nearest_centroid
+from lcseg_steps.store import feature_shards, patch_layout, read_fg, write_store
 
 if TYPE_CHECKING:
     from lcseg_steps.stage import Job
@@ -24,8 +24,6 @@ Log = Callable[[str], None]
 
 def pseudo_categories(cls: np.ndarray, n_categories: int, method: str, seed: int) -> np.ndarray:
     """Images -> pseudo-category by clustering their CLS tokens ``(n, D)`` -> ``(n,)`` int64."""
-    from lcseg_steps.assign import assign_classes
-
     if n_categories > len(cls):
         raise ValueError(
             f"clustering.n_categories={n_categories} but the run has only {len(cls)} images"
@@ -93,7 +91,7 @@ def run_fit_category(
     )
     counts = np.zeros((n_categories * k_category, 2), dtype=np.int64)
     for (_, _, arr), rc, il in zip(shards, row_cats, image_levels, strict=True):
-        lab = lv.nearest_centroid_grouped(arr[:], rc, C)
+        lab = nearest_centroid(l2_normalize(arr[:]), C, groups=rc)
         counts += lv.vote_counts(rc * k_category + lab, read_fg(il), n_categories * k_category)
     counts = counts.reshape(n_categories, k_category, 2)
     fg, frac = lv.foreground_clusters(counts, fg_vote)

@@ -12,13 +12,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lcseg_steps import levels as lv
-from lcseg_steps.image_level import read_fg
 from lcseg_steps.kmeans import (
     NonFiniteError,
     import_torch_cast_if_worth,
     kmeans_stream,
 )
-from lcseg_steps.store import check_finite, feature_shards, iter_row_blocks, write_store
+from lcseg_steps.store import check_finite, feature_shards, iter_row_blocks, read_fg, write_store
 
 if TYPE_CHECKING:
     from lcseg_steps.stage import Job

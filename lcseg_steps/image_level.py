@@ -21,11 +21,6 @@ if TYPE_CHECKING:
 Log = Callable[[str], None]
 
 
-def read_fg(path: str | Path) -> np.ndarray:
-    """The per-patch foreground mask ``(patches,)`` uint8 of an ``image_level`` store."""
-    return np.asarray(open_store(path)["fg"][:])
-
-
 def run_image_level(
     features: str | Path,
     out: str | Path,

@@ -263,6 +263,50 @@ def l2_normalize(X, xp=None):
     return Xf * inv[..., None]
 
 
+def nearest_centroid(X, C, *, groups=None, block: int | None = None, xp=None):
+    """The nearest centroid by cosine of every row: ``(n,)`` int64 labels. The one
+    nearest-centroid rule of the package (the dataset and category levels, the class
+    prototypes of ``lcseg_steps.class_clustering``); the Lloyd loop applies the same rule.
+
+    Args:
+        X: ``(n, D)`` unit rows (:func:`l2_normalize`); a zero row scores 0 against every
+            centroid.
+        C: ``(k, D)`` unit centroids, or ``(G, k, D)`` with ``groups``. An all-zero centroid
+            (a class left empty) never wins.
+        groups: None, or ``(n,)`` int in ``[0, G)``: each row is labelled among the ``k``
+            centroids of its own group (labels in ``[0, k)``); one product against all
+            ``G * k`` centroids, then each row keeps its group's slice.
+        block: rows per product (None: one product of all rows).
+        xp: the namespace (default: ``X``'s).
+
+    The score is ``X @ C.T`` in ``X``'s dtype (``C`` is cast to it: float32 rows give
+    float32 scores, float64 rows float64). Tie rule: the lowest index among the highest
+    scores (``argmax``). The Lloyd loop scores raw rows as ``(X @ C.T) * inv`` (the inverse
+    norms folded in; for ``k = 2`` the sign of ``x . (c_1 - c_0)``, ties to 0), and its
+    compiled sweep keeps a cluster only on a strictly higher score: the same rule.
+    """
+    xp = xp or _namespace(X, None)
+    X = xp.asarray(X)
+    C = xp.asarray(C)
+    C = xp.astype(C, X.dtype)
+    n, D = X.shape
+    flat = xp.reshape(C, (-1, D))  # (G * k, D), or (k, D)
+    live = xp.sum(flat * flat, axis=1) > 0
+    step = n if block is None else block
+    parts = []
+    for lo in range(0, max(n, 1), max(step, 1)):
+        S = X[lo : lo + step] @ xp.matrix_transpose(flat)
+        if not bool(xp.all(live)):
+            S = xp.where(live[None, :], S, -xp.inf)
+        if groups is not None:
+            m, (G, k) = S.shape[0], C.shape[:2]
+            g = xp.asarray(groups[lo : lo + step], dtype=xp.int64)
+            rows = g + xp.arange(m, dtype=xp.int64) * G
+            S = xp.take(xp.reshape(S, (m * G, k)), rows, axis=0)
+        parts.append(xp.astype(xp.argmax(S, axis=1), xp.int64))
+    return parts[0] if len(parts) == 1 else xp.concat(parts)
+
+
 _M64 = (1 << 64) - 1
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 

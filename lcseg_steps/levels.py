@@ -18,7 +18,6 @@ from lcseg_steps.kmeans import (
     KMeansResult,
     NonFiniteError,
     kmeans,
-    l2_normalize,
     seeded_uniforms,
 )
 
@@ -164,24 +163,6 @@ def image_level(
 
 # ---------------------------------------------------------------------------------------
 # dataset and category levels
-
-
-def nearest_centroid(X: np.ndarray, C: np.ndarray) -> np.ndarray:
-    """``(n, D)`` rows, ``(k, D)`` unit centroids -> ``(n,)`` int64 argmax cosine label."""
-    Xn = l2_normalize(np.asarray(X))
-    return np.argmax(Xn @ np.asarray(C, dtype=np.float32).T, axis=1)
-
-
-def nearest_centroid_grouped(X: np.ndarray, groups: np.ndarray, C: np.ndarray) -> np.ndarray:
-    """Label of each row among the centroids of its own group.
-
-    ``X`` ``(n, D)``, ``groups`` ``(n,)`` int in ``[0, G)``, ``C`` ``(G, k, D)`` -> ``(n,)``.
-    One matmul against all ``G * k`` centroids, then each row keeps its group's slice.
-    """
-    G, k, D = C.shape
-    Xn = l2_normalize(np.asarray(X))
-    sims = (Xn @ np.asarray(C, dtype=np.float32).reshape(G * k, D).T).reshape(-1, G, k)
-    return np.argmax(sims[np.arange(len(groups)), groups], axis=1)
 
 
 def vote_counts(labels: np.ndarray, fg: np.ndarray, n_clusters: int) -> np.ndarray:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lcseg_steps import levels as lv
+from lcseg_steps.kmeans import l2_normalize, nearest_centroid
 from lcseg_steps.store import feature_array, open_store, patch_layout, read_ids, write_store
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ def run_merge(
     masks: dict[str, np.ndarray] = {}
     if "dataset" in levels:
         ds = open_store(dataset_level)
-        lab = lv.nearest_centroid(X, ds["centroids"][:])
+        lab = nearest_centroid(l2_normalize(X), ds["centroids"][:])
         masks["dataset"] = np.asarray(ds["fg_clusters"][:])[lab].astype(np.uint8)
         arrays["label_dataset"] = lab.astype(np.int16)
     if "category" in levels:
@@ -58,7 +59,7 @@ def run_merge(
         )
         img_cat = np.array([cat_of[str(i)] for i in layout["image_ids"]], dtype=np.int64)
         rows_cat = np.repeat(img_cat, np.diff(layout["offsets"]))
-        lab = lv.nearest_centroid_grouped(X, rows_cat, np.asarray(cs["centroids"][:]))
+        lab = nearest_centroid(l2_normalize(X), np.asarray(cs["centroids"][:]), groups=rows_cat)
         masks["category"] = np.asarray(cs["fg_clusters"][:])[rows_cat, lab].astype(np.uint8)
         arrays["label_category"] = lab.astype(np.int16)
         arrays["category"] = img_cat

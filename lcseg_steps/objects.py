@@ -3,7 +3,7 @@ descriptor per region, ``pixel_masks/{shard}.zarr`` -> ``objects/{shard}.zarr``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,6 +13,7 @@ import numpy as np
 from lcseg_steps.data.index import ImageRecord, read_index
 from lcseg_steps.runlog import limit_threads
 from lcseg_steps.store import (
+    extraction_facts,
     image_grid_array,
     open_store,
     pixel_map,
@@ -23,10 +24,6 @@ from lcseg_steps.store import (
 
 if TYPE_CHECKING:
     from lcseg_steps.stage import Job
-
-# the facts of a features store that the stores downstream of it carry on (as
-# attrs["extraction"]: objects, then segment) up to the scores
-EXTRACTION_FACTS = ("backbone", "weights", "weights_warning", "layer")
 
 REGION_MODES = ("components", "whole")
 
@@ -125,11 +122,6 @@ def masked_key_descriptor(features_grid: np.ndarray, region: np.ndarray) -> np.n
         raise ValueError("region does not overlap any patch: no descriptor")
     desc = np.tensordot(cover, feats.astype(np.float64), axes=([0, 1], [0, 1])) / total
     return desc.astype(np.float32)
-
-
-def extraction_facts(attrs: Mapping) -> dict:
-    """The backbone facts of a features store's attrs (``EXTRACTION_FACTS``, None if absent)."""
-    return {key: attrs.get(key) for key in EXTRACTION_FACTS}
 
 
 def run_objects(

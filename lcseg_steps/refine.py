@@ -30,7 +30,6 @@ from lcseg_steps.images import ImageError, read_rgb
 from lcseg_steps.runlog import limit_threads
 from lcseg_steps.store import (
     image_grid_array,
-    offsets_from_sizes,
     open_store,
     read_ids,
     records_in_order,
@@ -185,36 +184,6 @@ def refine_images(
                 fut.cancel()
             raise
     return out  # type: ignore[return-value]
-
-
-def pack_masks(
-    masks: Sequence[np.ndarray], dtype=np.uint8
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Ragged store of pixel masks (or any per-pixel maps, e.g. uint16 region ids).
-
-    ``n`` maps ``(H_i, W_i)`` -> flat ``(sum H_i * W_i,)`` of ``dtype`` (each map row-major),
-    offsets ``(n + 1,)`` int64, sizes ``(n, 2)`` int32 ``(H_i, W_i)``; mask ``i`` is
-    ``flat[offsets[i]:offsets[i + 1]].reshape(sizes[i])``.
-    """
-    for i, m in enumerate(masks):
-        if np.ndim(m) != 2:
-            raise ValueError(f"mask {i} must be 2-D, got shape {np.shape(m)}")
-    sizes = np.array([m.shape for m in masks], dtype=np.int32).reshape(len(masks), 2)
-    offsets = offsets_from_sizes(sizes[:, 0].astype(np.int64) * sizes[:, 1])
-    if masks:
-        flat = np.concatenate([np.asarray(m, dtype=dtype).ravel() for m in masks])
-    else:
-        flat = np.zeros(0, dtype=dtype)
-    return flat, offsets, sizes
-
-
-def unpack_mask(flat, offsets, sizes, i: int) -> np.ndarray:
-    """Mask ``i`` ``(H_i, W_i)`` uint8 from ``pack_masks`` output (numpy or Zarr arrays)."""
-    lo, hi = int(offsets[i]), int(offsets[i + 1])
-    h, w = (int(v) for v in np.asarray(sizes[i]))
-    if hi - lo != h * w:
-        raise ValueError(f"mask {i}: {hi - lo} stored pixels but size is {h}x{w}")
-    return np.asarray(flat[lo:hi], dtype=np.uint8).reshape(h, w)
 
 
 def run_refine(

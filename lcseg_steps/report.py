@@ -8,7 +8,6 @@ single file can be mailed, archived or opened from any directory.
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import json
 import math
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
+from lcseg_steps.analysis.table_format import changes, read_csv
 from lcseg_steps.data.index import ImageRecord, load_ground_truth, read_index
 from lcseg_steps.images import read_rgb
 from lcseg_steps.store import image_grid_array, open_store, pixel_map, records_in_order
@@ -300,11 +300,6 @@ def _plots(plots: Sequence[tuple[str, str | os.PathLike]]) -> str:
     return "<h2>Plots</h2>\n" + _plot_figures(plots)
 
 
-# The analysis table's fixed columns; the others are the varying config keys (dotted
-# names) and the per-class ``iou/<class>`` columns, which the page leaves out.
-ANALYSIS_COLUMNS = ("variant", "kind", "miou_mean", "miou_std", "n_seeds", "pixel_accuracy_mean")
-
-
 def read_analysis(
     table_csv: str | os.PathLike | None,
     plots: Sequence[str | os.PathLike] = (),
@@ -312,23 +307,16 @@ def read_analysis(
 ) -> dict[str, Any]:
     """The analysis inputs of the report -> ``build_report``'s ``analysis``.
 
-    ``table_csv``: one row per variant with ``variant``, ``kind`` (``method`` or
-    ``baseline``), the varying config keys, ``miou_mean``, ``miou_std``, ``n_seeds``,
-    ``pixel_accuracy_mean`` (fractions) and ``iou/<class>`` columns. Returns ``{"note",
+    ``table_csv``: the analysis ``table.csv``, one row per variant (its layout:
+    ``lcseg_steps.analysis.table_format``; the page leaves the per-class columns out).
+    Returns ``{"note",
     "keys" (the varying keys, in the table's order), "rows" (dicts of strings), "plots"
     ((caption, path), the caption from the file name)}``.
     """
     keys: list[str] = []
     rows: list[dict[str, str]] = []
     if table_csv is not None:
-        with open(table_csv, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            columns = list(reader.fieldnames or [])
-            rows = [dict(r) for r in reader]
-        missing = [c for c in ("variant", "kind", "miou_mean") if c not in columns]
-        if missing:
-            raise ValueError(f"{table_csv}: analysis table has no column {', '.join(missing)}")
-        keys = [c for c in columns if c not in ANALYSIS_COLUMNS and not c.startswith("iou/")]
+        keys, rows = read_csv(table_csv)
     return {
         "note": note or None,
         "keys": keys,
@@ -361,8 +349,6 @@ def _analysis(analysis: Mapping[str, Any] | None) -> str:
     rows = list(analysis.get("rows") or [])
     keys = list(analysis.get("keys") or [])
     if rows:
-        from lcseg_steps.analysis.table import changes
-
         best = _best_method(rows)
         head = ["variant", "kind", "changes from base", "mIoU (mean ± std)", "pixel acc.", "seeds"]
         lines = ["<tr>" + "".join(f"<th>{_esc(h)}</th>" for h in head) + "</tr>"]

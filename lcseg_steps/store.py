@@ -257,10 +257,38 @@ def records_in_order(store: zarr.Group, records: Sequence[ImageRecord], path) ->
 PIXEL_CHUNK = 1 << 22  # pixels per chunk of a flat pixel array
 
 
+def pack_masks(
+    masks: Sequence[np.ndarray], dtype=np.uint8
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ragged store of pixel masks (or any per-pixel maps, e.g. uint16 region ids).
+
+    ``n`` maps ``(H_i, W_i)`` -> flat ``(sum H_i * W_i,)`` of ``dtype`` (each map row-major),
+    offsets ``(n + 1,)`` int64, sizes ``(n, 2)`` int32 ``(H_i, W_i)``; mask ``i`` is
+    ``flat[offsets[i]:offsets[i + 1]].reshape(sizes[i])``.
+    """
+    for i, m in enumerate(masks):
+        if np.ndim(m) != 2:
+            raise ValueError(f"mask {i} must be 2-D, got shape {np.shape(m)}")
+    sizes = np.array([m.shape for m in masks], dtype=np.int32).reshape(len(masks), 2)
+    offsets = offsets_from_sizes(sizes[:, 0].astype(np.int64) * sizes[:, 1])
+    if masks:
+        flat = np.concatenate([np.asarray(m, dtype=dtype).ravel() for m in masks])
+    else:
+        flat = np.zeros(0, dtype=dtype)
+    return flat, offsets, sizes
+
+
+def unpack_mask(flat, offsets, sizes, i: int) -> np.ndarray:
+    """Mask ``i`` ``(H_i, W_i)`` uint8 from ``pack_masks`` output (numpy or Zarr arrays)."""
+    lo, hi = int(offsets[i]), int(offsets[i + 1])
+    h, w = (int(v) for v in np.asarray(sizes[i]))
+    if hi - lo != h * w:
+        raise ValueError(f"mask {i}: {hi - lo} stored pixels but size is {h}x{w}")
+    return np.asarray(flat[lo:hi], dtype=np.uint8).reshape(h, w)
+
+
 def pixel_layout(masks: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
     """Flat pixel array (in the maps' own dtype), ``pixel_offsets`` and ``sizes``."""
-    from lcseg_steps.refine import pack_masks
-
     dtype = np.result_type(*masks) if masks else np.uint8
     flat, offsets, sizes = pack_masks(masks, dtype=dtype)
     return {"flat": flat, "pixel_offsets": offsets, "sizes": sizes}
@@ -298,6 +326,16 @@ def pixel_map(store: zarr.Group, name: str, i: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- feature stores
+
+
+# the facts of a features store that the stores downstream of it carry on (as
+# attrs["extraction"]: objects, then segment) up to the scores
+EXTRACTION_FACTS = ("backbone", "weights", "weights_warning", "layer")
+
+
+def extraction_facts(attrs: Mapping) -> dict:
+    """The backbone facts of a features store's attrs (``EXTRACTION_FACTS``, None if absent)."""
+    return {key: attrs.get(key) for key in EXTRACTION_FACTS}
 
 
 def feature_array(store: zarr.Group, path: str | os.PathLike, feature: str) -> zarr.Array:
@@ -350,3 +388,8 @@ def feature_shards(paths: Sequence[str | os.PathLike], feature: str) -> list:
     """``(path, store, feature array)`` of each feature store in ``paths``."""
     stores = [(p, open_store(p)) for p in paths]
     return [(p, s, feature_array(s, p, feature)) for p, s in stores]
+
+
+def read_fg(path: str | os.PathLike) -> np.ndarray:
+    """The per-patch foreground mask ``(patches,)`` uint8 of an ``image_level`` store."""
+    return np.asarray(open_store(path)["fg"][:])

@@ -17,8 +17,8 @@ from lcseg_steps.analysis.table import (
     separability_rows,
     short_value,
     table_rows,
-    write_csv,
 )
+from lcseg_steps.analysis.table_format import write_csv
 
 PNG = b"\x89PNG\r\n\x1a\n"
 VARYING = ["clustering.levels", "labels.n_classes", "refine.crf"]

@@ -1,4 +1,5 @@
-"""Tests of lcseg_steps.assign: recovery of separated clusters, errors, determinism."""
+"""Tests of lcseg_steps.class_clustering (the stage assign's clustering): recovery of
+separated clusters, errors, determinism."""
 
 from __future__ import annotations
 
@@ -9,13 +10,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from lcseg_steps.assign import (
+from lcseg_steps.class_clustering import (
     assign_classes,
     class_prototypes,
     cosine_knn_affinity,
     fit_classes,
-    nearest_prototype,
 )
+from lcseg_steps.kmeans import nearest_centroid
 
 HAVE_KMEANS = importlib.util.find_spec("lcseg_steps.kmeans") is not None
 METHODS = [
@@ -191,7 +192,7 @@ def test_sample_then_nearest_prototype(method):
     np.testing.assert_allclose(np.linalg.norm(fit.prototypes, axis=1), 1.0, atol=1e-6)
     # ... and every other region took the nearest one
     rest = np.setdiff1d(np.arange(len(x)), fit.fitted)
-    np.testing.assert_array_equal(fit.labels[rest], nearest_prototype(xn[rest], proto))
+    np.testing.assert_array_equal(fit.labels[rest], nearest_centroid(xn[rest], proto))
     again = fit_classes(x, 4, method=method, seed=1, fit_sample=60)
     np.testing.assert_array_equal(again.labels, fit.labels)
     np.testing.assert_array_equal(again.fitted, fit.fitted)
@@ -211,7 +212,7 @@ def test_empty_class_prototype_never_wins():
     x = np.eye(3)
     proto = class_prototypes(x[:2], np.array([0, 2]), 3)
     assert not proto[1].any()
-    np.testing.assert_array_equal(nearest_prototype(-x, proto), [2, 0, 0])
+    np.testing.assert_array_equal(nearest_centroid(-x, proto), [2, 0, 0])
 
 
 def test_fit_sample_below_n_classes_names_both_keys():

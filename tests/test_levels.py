@@ -5,7 +5,13 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from lcseg_steps.graph_split import bipartition
-from lcseg_steps.kmeans import NonFiniteError, kmeans, kmeans_plusplus
+from lcseg_steps.kmeans import (
+    NonFiniteError,
+    kmeans,
+    kmeans_plusplus,
+    l2_normalize,
+    nearest_centroid,
+)
 from lcseg_steps.levels import (
     border_sides,
     check_levels,
@@ -13,8 +19,6 @@ from lcseg_steps.levels import (
     foreground_clusters,
     image_level,
     merge_masks,
-    nearest_centroid,
-    nearest_centroid_grouped,
     pick_image_foreground,
     sample_rows_by_group,
     vote_counts,
@@ -290,7 +294,7 @@ def test_nearest_centroid_matches_loop():
     X = rng.standard_normal((60, 5)).astype(np.float16)
     X[7] = 0  # a zero row has similarity 0 to every centroid: cluster 0
     C = unit(rng.standard_normal((4, 5))).astype(np.float32)
-    got = nearest_centroid(X, C)
+    got = nearest_centroid(l2_normalize(X), C)
     assert got.shape == (60,) and got.dtype.kind == "i"
     np.testing.assert_array_equal(got, [ref_cos_argmax(x, C) for x in X])
     assert got[7] == 0
@@ -302,12 +306,12 @@ def test_nearest_centroid_grouped_matches_loop():
     X = rng.standard_normal((80, D)).astype(np.float32)
     groups = rng.integers(0, G, size=80)
     C = unit(rng.standard_normal((G, k, D))).astype(np.float32)
-    got = nearest_centroid_grouped(X, groups, C)
+    got = nearest_centroid(l2_normalize(X), C, groups=groups)
     assert got.shape == (80,)
     ref = [ref_cos_argmax(x, C[g]) for x, g in zip(X, groups, strict=True)]
     np.testing.assert_array_equal(got, ref)
     # differs from ignoring the groups (the test would be vacuous otherwise)
-    assert (got != nearest_centroid(X, C[0])).any()
+    assert (got != nearest_centroid(l2_normalize(X), C[0])).any()
 
 
 def test_vote_counts_matches_loop():

@@ -6,12 +6,11 @@ from lcseg_steps.images import ImageError
 from lcseg_steps.refine import (
     CRFParams,
     crf_refine,
-    pack_masks,
     refine_images,
     refine_mask,
-    unpack_mask,
     upsample_score,
 )
+from lcseg_steps.store import pack_masks, unpack_mask
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -11,8 +11,6 @@ metrics.json. ``table.md`` and the plots show percentages.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -22,14 +20,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from lcseg_steps.analysis.table_format import KINDS, changes, write_csv
 from lcseg_steps.atomic_write import tmp_sibling, write_text_atomic
-from lcseg_steps.evaluate import _figure
+from lcseg_steps.plots import figure
 
 if TYPE_CHECKING:
     from lcseg_steps.stage import Job
 
-KINDS = ("method", "baseline")
-METRIC_COLUMNS = ("miou_mean", "miou_std", "n_seeds", "pixel_accuracy_mean")
 KIND_STYLE = {  # bar colour and hatch: baselines grey and hatched
     "method": ("tab:blue", ""),
     "baseline": ("tab:gray", "//"),
@@ -96,29 +93,6 @@ def table_rows(variants: Sequence[Mapping], varying: Sequence[str]) -> list[dict
     return [variant_row(v, varying) for v in ordered]
 
 
-def columns(rows: Sequence[Mapping]) -> list[str]:
-    """Every key of ``rows`` in first-seen order (rows may differ in their classes)."""
-    return list(dict.fromkeys(k for r in rows for k in r))
-
-
-def _cell(value: object) -> str:
-    if isinstance(value, float):
-        return "" if math.isnan(value) else repr(value)  # repr: the float round-trips
-    return str(value)
-
-
-def write_csv(rows: Sequence[Mapping], path: str | os.PathLike) -> Path:
-    """``rows`` -> CSV with a header of :func:`columns`; floats at full precision, NaN (and
-    a class a row lacks) as an empty cell."""
-    cols = columns(rows)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(cols)
-    for r in rows:
-        writer.writerow([_cell(r.get(c, math.nan)) for c in cols])
-    return write_text_atomic(path, buf.getvalue())
-
-
 def _pct(value: float, digits: int = 1) -> str:
     return "n/a" if math.isnan(value) else f"{100 * value:.{digits}f}"
 
@@ -163,23 +137,6 @@ def separability_rows(entries: Sequence[Mapping]) -> list[dict[str, object]]:
     return rows
 
 
-def changes(rows: Sequence[Mapping], varying: Sequence[str]) -> list[str]:
-    """Per row, what it changes from the ``base`` row (``key=value, ...`` over ``varying``,
-    the cells that differ; ``-`` for the base itself, empty for a baseline): the one column
-    a reader needs, where the CSV has one per key."""
-    base = next((r for r in rows if r.get("variant") == "base"), None)
-    out = []
-    for r in rows:
-        if r.get("kind") == "baseline" or base is None:
-            out.append("")
-        elif r is base:
-            out.append("-")
-        else:
-            diff = [k for k in varying if str(r.get(k, "")) != str(base.get(k, ""))]
-            out.append(", ".join(f"{k}={r.get(k, '')}" for k in diff))
-    return out
-
-
 def markdown(
     rows: Sequence[Mapping], varying: Sequence[str], separability: Sequence[Mapping] = ()
 ) -> str:
@@ -221,7 +178,7 @@ def plot_miou(rows: Sequence[Mapping], path: str | os.PathLike) -> Path:
     """Bar chart of each row's mIoU (%), error bars = the std over seeds; baselines grey
     and hatched."""
     n = len(rows)
-    fig = _figure(max(5.0, 0.45 * n + 2.0), 4.5)
+    fig = figure(max(5.0, 0.45 * n + 2.0), 4.5)
     ax = fig.add_subplot()
     x = np.arange(n)
     mean = np.array([100 * float(r["miou_mean"]) for r in rows])
@@ -253,13 +210,13 @@ def plot_separability(rows: Sequence[Mapping], path: str | os.PathLike) -> Path:
     """ROC-AUC and best-split IoU per (backbone, layer), one bar per feature; a figure
     saying "no separability data" when ``rows`` is empty."""
     if not rows:
-        fig = _figure(5.0, 2.0)
+        fig = figure(5.0, 2.0)
         fig.text(0.5, 0.5, "no separability data", ha="center", va="center", fontsize=12)
         return _save(fig, path)
     groups = list(dict.fromkeys((r["backbone"], r["layer"]) for r in rows))
     features = list(dict.fromkeys(r["feature"] for r in rows))
     value = {(r["backbone"], r["layer"], r["feature"]): r for r in rows}
-    fig = _figure(max(6.0, 0.9 * len(groups) * max(1, len(features)) / 2 + 3.0), 6.5)
+    fig = figure(max(6.0, 0.9 * len(groups) * max(1, len(features)) / 2 + 3.0), 6.5)
     width = 0.8 / len(features)
     x = np.arange(len(groups))
     for ax_i, (key, label) in enumerate((("auc", "ROC-AUC"), ("mean_iou", "best-split IoU"))):
@@ -289,13 +246,13 @@ def plot_separability_histograms(rows: Sequence[Mapping], path: str | os.PathLik
     histograms."""
     rows = [r for r in rows if all(key in r for key in HISTOGRAMS)]
     if not rows:
-        fig = _figure(5.0, 2.0)
+        fig = figure(5.0, 2.0)
         fig.text(0.5, 0.5, "no separability data", ha="center", va="center", fontsize=12)
         return _save(fig, path)
     n = len(rows)
     cols = min(n, 3)
     grid_rows = -(-n // cols)
-    fig = _figure(3.6 * cols, 4.4 * grid_rows)
+    fig = figure(3.6 * cols, 4.4 * grid_rows)
     for i, r in enumerate(rows):
         top = fig.add_subplot(2 * grid_rows, cols, (2 * (i // cols)) * cols + i % cols + 1)
         bins = np.asarray(r["score_bins"], dtype=np.float64)

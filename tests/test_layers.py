@@ -1,0 +1,147 @@
+"""The package's two layers (issue 20): library modules import no stage module, stage
+modules import library modules and never each other, and no import circle.
+
+A stage module is one a Snakemake rule runs: it defines a top-level ``run`` function
+(``lcseg_steps.stage`` calls ``<module>.run(job)``). Everything else is library. Imports
+are read with ``ast`` (top-level, function-local and ``TYPE_CHECKING`` ones alike), so the
+test needs no import of the package.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "lcseg_steps"
+
+# The stage modules, written out so that a module gaining or losing ``run`` fails here.
+STAGES = {
+    "lcseg_steps.index",
+    "lcseg_steps.demo_data",
+    "lcseg_steps.extract",
+    "lcseg_steps.image_level",
+    "lcseg_steps.fit_dataset",
+    "lcseg_steps.fit_category",
+    "lcseg_steps.merge",
+    "lcseg_steps.refine",
+    "lcseg_steps.objects",
+    "lcseg_steps.assign",
+    "lcseg_steps.segment",
+    "lcseg_steps.evaluate",
+    "lcseg_steps.summary",
+    "lcseg_steps.report",
+    "lcseg_steps.analysis.baselines",
+    "lcseg_steps.analysis.separability",
+    "lcseg_steps.analysis.table",
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _trees() -> dict[str, ast.Module]:
+    return {_module_name(p): ast.parse(p.read_text(), str(p)) for p in PACKAGE.rglob("*.py")}
+
+
+def _resolve(name: str, modules: set[str]) -> str | None:
+    """The package module ``name`` denotes (the longest prefix that is one), or None."""
+    while name:
+        if name in modules:
+            return name
+        name = name.rpartition(".")[0]
+    return None
+
+
+def _imports(module: str, tree: ast.Module, modules: set[str]) -> set[str]:
+    """The package modules that ``module`` imports, anywhere in its body."""
+    is_pkg = f"{module}.__init__" in modules or any(m.startswith(f"{module}.") for m in modules)
+    out = set()
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = module.split(".")
+                anchor = anchor if is_pkg else anchor[:-1]
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            # ``from pkg import mod`` imports the module ``pkg.mod``
+            names = [f"{base}.{a.name}" for a in node.names] + [base]
+        for name in names:
+            target = _resolve(name, modules)
+            if target is not None and target != module:
+                out.add(target)
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the package modules it imports (``from lcseg_steps import levels`` is an
+    edge to ``lcseg_steps.levels``, ``from lcseg_steps import __version__`` to the package
+    ``lcseg_steps`` itself)."""
+    trees = _trees()
+    modules = set(trees)
+    return {m: _imports(m, t, modules) for m, t in trees.items()}
+
+
+def stage_modules() -> set[str]:
+    return {
+        m
+        for m, tree in _trees().items()
+        if any(isinstance(n, ast.FunctionDef) and n.name == "run" for n in tree.body)
+    }
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle of ``graph`` (as a path ``a -> ... -> a``), or None."""
+    state: dict[str, int] = {}  # 1: on the stack, 2: done
+    stack: list[str] = []
+
+    def visit(m: str) -> list[str] | None:
+        state[m] = 1
+        stack.append(m)
+        for n in sorted(graph.get(m, ())):
+            if state.get(n) == 1:
+                return [*stack[stack.index(n) :], n]
+            if n not in state and (found := visit(n)):
+                return found
+        stack.pop()
+        state[m] = 2
+        return None
+
+    for m in sorted(graph):
+        if m not in state and (found := visit(m)):
+            return found
+    return None
+
+
+def test_stage_modules_are_the_ones_defining_run():
+    assert stage_modules() == STAGES
+
+
+def test_the_graph_sees_function_local_and_relative_imports():
+    graph = import_graph()
+    assert "lcseg_steps.store" in graph["lcseg_steps.merge"]  # top-level
+    assert "lcseg_steps.backbone" in graph["lcseg_steps.index"]  # function-local
+    assert "lcseg_steps.levels" in graph["lcseg_steps.merge"]  # from lcseg_steps import levels
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_import_circle():
+    assert _cycle(import_graph()) is None
+
+
+def test_stage_modules_import_no_other_stage_module():
+    graph = import_graph()
+    bad = {m: sorted(graph[m] & STAGES) for m in STAGES if graph[m] & STAGES}
+    assert not bad, f"stage modules importing stage modules: {bad}"
+
+
+def test_library_modules_import_no_stage_module():
+    graph = import_graph()
+    bad = {m: sorted(graph[m] & STAGES) for m in graph if m not in STAGES and graph[m] & STAGES}
+    assert not bad, f"library modules importing stage modules: {bad}"
