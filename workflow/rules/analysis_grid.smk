@@ -64,17 +64,10 @@ def analysis_inputs(stage):
 
     def inputs(wildcards):
         node = node_of(stage, wildcards)
-        reads = node.reads
-        paths = {
-            ref: node_path(
-                *pipeline.split_ref(ref),
-                wildcards,
-                node.deps[pipeline.split_ref(ref)[0]],
-            )
-            for ref in reads.values()
-        }
         return stage_inputs(
-            stage, lambda w: reads, lambda dep, output, w: paths[f"{dep}.{output}"]
+            stage,
+            lambda w: node.reads,
+            lambda dep, output, w: node_path(dep, output, w, node.deps[dep]),
         )(wildcards)
 
     return inputs
