@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     from lcseg_steps.stage import Job
 
 METHODS = ("spectral", "kmeans", "agglomerative")
-DEFAULT_FIT_SAMPLE = 20000  # the schema's default of labels.fit_sample
 
 
 def _check_descriptors(descriptors: np.ndarray, n_classes: int) -> np.ndarray:
@@ -280,9 +279,9 @@ def run_assign(
     n_classes: int,
     class_clusterer: str,
     n_neighbors: int,
+    fit_sample: int | None,
     seed: int,
     attrs: dict,
-    fit_sample: int | None = DEFAULT_FIT_SAMPLE,
     empty_ok: bool = False,
     log: Callable[[str], None] = print,
 ) -> Path:

@@ -30,10 +30,14 @@ def run_merge(
     levels: Sequence[str],
     consistency: str,
     min_levels: int,
+    seed: int,
     attrs: dict,
     log: Log = print,
 ) -> Path:
-    """One shard's level masks and their merge -> ``patch_masks/{shard}.zarr``."""
+    """One shard's level masks and their merge -> ``patch_masks/{shard}.zarr``.
+
+    ``seed`` is among the settings only because the store lives under ``seed{N}/`` (the
+    levels it merges were fitted with it): the merge draws nothing at random."""
     levels = lv.check_levels(levels)
     fs = open_store(features)
     layout = patch_layout(fs)
@@ -83,16 +87,14 @@ def run_merge(
 
 
 def run(job: Job) -> Path:
-    """The rule ``merge`` (settings: its ``clustering`` keys; the seed is among them only
-    because the store lives under ``seed{N}/``: the merge draws nothing at random)."""
-    settings = {key: value for key, value in job.settings.items() if key != "seed"}
+    """The rule ``merge`` (settings: its ``clustering`` keys and the seed)."""
     return run_merge(
         job.input.features,
         job.input.image_level,
         job.input.get("dataset_level"),
         job.input.get("category_level"),
         job.output[0],
-        **settings,
+        **job.settings,
         attrs=job.attrs,
         log=job.log,
     )

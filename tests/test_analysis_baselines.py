@@ -21,6 +21,7 @@ from lcseg_steps.refine import run_refine
 from lcseg_steps.stage import settings_attrs
 from lcseg_steps.store import open_store, patch_layout, pixel_map, read_ids, write_store
 from tests.conftest import stage_job
+from tests.schema_defaults import crf_settings
 
 
 def grid_of(rows, cols, gh, gw):
@@ -164,7 +165,14 @@ def test_run_writes_a_patch_masks_store_refine_reads(tmp_path, baseline):
     # exactly the patches of the mask, upsampled
     px = open_store(
         run_refine(
-            out, records, tmp_path / "px.zarr", crf=False, threshold=0.5, processes=1, attrs={}
+            out,
+            records,
+            tmp_path / "px.zarr",
+            crf=False,
+            threshold=0.5,
+            **crf_settings(),
+            processes=1,
+            attrs={},
         )
     )
     for i, (gh, gw) in enumerate(grids):

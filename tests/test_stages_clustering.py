@@ -83,6 +83,7 @@ def pipeline(tmp_path_factory):
                 f,
                 tmp / f"image_level/s{s}.zarr",
                 feature="k",
+                image_clusterer="kmeans",
                 k_image=2,
                 fg_rule="attention",
                 log=logs.append,
@@ -116,6 +117,7 @@ def pipeline(tmp_path_factory):
                 levels=["dataset", "category", "image"],
                 consistency="vote",
                 min_levels=2,
+                seed=0,
                 attrs={"test": True},
                 log=logs.append,
             )
@@ -244,6 +246,7 @@ def test_merge_image_level_only_union_is_the_image_mask(pipeline, tmp_path):
         levels=["image"],
         consistency="union",
         min_levels=2,
+        seed=0,
         attrs={},
         log=lambda _: None,
     )
@@ -264,6 +267,7 @@ def test_merge_min_levels_beyond_enabled_levels_is_an_error(pipeline, tmp_path):
             levels=["dataset", "image"],
             consistency="vote",
             min_levels=3,
+            seed=0,
             attrs={},
             log=lambda _: None,
         )
@@ -276,7 +280,13 @@ def test_missing_feature_names_store_and_config_key(pipeline, tmp_path):
     path = write_store(tmp_path / "noq.zarr", arrays)
     with pytest.raises(ValueError, match="extract.store_features") as exc:
         run_image_level(
-            path, tmp_path / "il.zarr", feature="q", k_image=2, fg_rule="border", **COMMON
+            path,
+            tmp_path / "il.zarr",
+            feature="q",
+            image_clusterer="kmeans",
+            k_image=2,
+            fg_rule="border",
+            **COMMON,
         )
     assert str(path) in str(exc.value) and "'q'" in str(exc.value)
     with pytest.raises(ValueError, match="extract.store_features") as exc:
