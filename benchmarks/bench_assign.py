@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from benchmarks.harness import Context, Result, limit_threads, run_child
+from benchmarks.harness import Context, Result, limit_threads, run_child, schema_defaults
 
 CLUSTERERS = ("spectral", "kmeans", "agglomerative")
 DIM = 384
@@ -121,12 +121,11 @@ def reference_cap(ctx: Context, clusterer: str) -> int:
 def run(ctx: Context) -> list[Result]:
     from sklearn.metrics import adjusted_rand_score
 
-    from lcseg_steps.assign import DEFAULT_FIT_SAMPLE
     from lcseg_steps.store import write_store
 
     counts = ctx.pick((10_000, 100_000, 350_000), (5_000, 20_000, 50_000), (400,))
     n_classes = ctx.pick(80, 20, 5)
-    fit_sample = ctx.pick(DEFAULT_FIT_SAMPLE, 5_000, 300)
+    fit_sample = ctx.pick(schema_defaults("labels")["fit_sample"], 5_000, 300)
     results = []
     for n in counts:
         X, truth = planted(n, n_classes)

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from benchmarks.harness import Context, Result
+from benchmarks.harness import Context, Result, default_crf_params
 
 REPO = Path(__file__).resolve().parent.parent
 OVERHEAD_SHARE_TARGET = 0.30
@@ -113,7 +113,7 @@ def essential(wd: Path, cfg: dict, threads: int) -> dict[str, float]:
     from lcseg_steps.extract import extract_shard
     from lcseg_steps.images import read_rgb
     from lcseg_steps.objects import object_regions, region_crop
-    from lcseg_steps.refine import CRFParams, crf_refine, upsample_score
+    from lcseg_steps.refine import crf_refine, upsample_score
     from lcseg_steps.store import image_grid_array, open_store, pixel_map, read_ids
 
     res = wd / "results" / cfg["run"]
@@ -140,7 +140,7 @@ def essential(wd: Path, cfg: dict, threads: int) -> dict[str, float]:
     out = {"extract_forward_s": timer.total_s, "extract_forward_images": timer.images}
 
     crops, crf_s, n_crf = [], 0.0, 0
-    params = CRFParams()
+    params = default_crf_params()
     for shard in shards:
         pm = open_store(res / "seed0" / "patch_masks" / f"{shard}.zarr")
         px = open_store(res / "seed0" / "pixel_masks" / f"{shard}.zarr")

@@ -23,7 +23,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from benchmarks.harness import Context, Result, Timings, interleaved, limit_threads, run_child
+from benchmarks.harness import (
+    Context,
+    Result,
+    Timings,
+    default_crf_params,
+    interleaved,
+    limit_threads,
+    run_child,
+)
 
 
 def synthetic_scene(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -84,12 +92,12 @@ def bare_crf(image: np.ndarray, prob_fg: np.ndarray, p) -> np.ndarray:
 
 def run(ctx: Context) -> list[Result]:
     from lcseg_steps.data.index import ImageRecord
-    from lcseg_steps.refine import CRFParams, run_refine, upsample_score
+    from lcseg_steps.refine import run_refine, upsample_score
     from lcseg_steps.store import offsets_from_sizes, open_store, pixel_map, write_store
 
     n = ctx.pick(8, 4, 2)
     h, w = ctx.pick((360, 480), (360, 480), (96, 128))
-    params = CRFParams()
+    params = default_crf_params()
     scenes = write_scenes(ctx.tmp / "images", n, h, w)
     grids = [g for _, _, g in scenes]
     pm = ctx.tmp / "patch_masks.zarr"
@@ -170,14 +178,19 @@ def run(ctx: Context) -> list[Result]:
 def pool_child(items: list, repeats: int) -> dict:
     """2 processes against 1 on ``items`` ``[(path, score grid as lists)]``, in this (fresh)
     interpreter, as the refine script runs them: warm-up, then ``repeats`` interleaved."""
-    from lcseg_steps.refine import CRFParams, refine_images
+    from lcseg_steps.refine import refine_images
 
     limit_threads(1)  # as lcseg_steps.refine.run
     work = [(path, np.asarray(grid, dtype=np.float32)) for path, grid in items]
 
     def pool(processes: int):
         return lambda: refine_images(
-            work, processes=processes, params=CRFParams(), log=lambda _m: None
+            work,
+            processes=processes,
+            crf=True,
+            threshold=0.5,
+            params=default_crf_params(),
+            log=lambda _m: None,
         )
 
     t = interleaved(pool(2), pool(1), repeats)

@@ -89,6 +89,26 @@ class Result:
         return _jsonable(asdict(self))
 
 
+def schema_defaults(section: str) -> dict[str, Any]:
+    """``{key: default}`` of one config block, read from the config schema (their one home)."""
+    import yaml
+
+    schema = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+    with open(schema) as fh:
+        props = yaml.safe_load(fh)["properties"][section]["properties"]
+    return {key: sub["default"] for key, sub in props.items()}
+
+
+def default_crf_params():
+    """The schema's default ``lcseg_steps.refine.CRFParams``."""
+    from dataclasses import fields
+
+    from lcseg_steps.refine import CRFParams
+
+    refine = schema_defaults("refine")
+    return CRFParams(**{f.name: refine[f.name] for f in fields(CRFParams)})
+
+
 def _jsonable(v: Any) -> Any:
     """Plain JSON types (numpy scalars/arrays, paths, tuples) for ``json.dump``."""
     if isinstance(v, dict):

@@ -150,7 +150,7 @@ def run_levels(
     each image."""
     img = lv.image_level(
         p.X, p.offsets, p.grids, p.attn, k=K, fg_rule="attention", max_iter=MAX_ITER,
-        seed=seed, device="cpu",
+        tol=1e-4, seed=seed, device="cpu", clusterer="kmeans",
     )  # fmt: skip
     image_fg = img["fg"]
 

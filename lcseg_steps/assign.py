@@ -19,8 +19,6 @@ from lcseg_steps.store import open_store, write_store
 if TYPE_CHECKING:
     from lcseg_steps.stage import Job
 
-DEFAULT_FIT_SAMPLE = 20000  # the schema's default of labels.fit_sample
-
 
 def run_assign(
     objects: Sequence[str | Path],
@@ -30,9 +28,9 @@ def run_assign(
     n_classes: int,
     class_clusterer: str,
     n_neighbors: int,
+    fit_sample: int | None,
     seed: int,
     attrs: dict,
-    fit_sample: int | None = DEFAULT_FIT_SAMPLE,
     empty_ok: bool = False,
     log: Callable[[str], None] = print,
 ) -> Path:

@@ -402,41 +402,60 @@ def extract_shard(
     return Path(out_path)
 
 
-def run(job: Job) -> Path:
-    """The rule ``extract`` (settings: the ``backbone`` and ``extract`` config blocks)."""
+def run_extract(
+    index: str | Path,
+    shard: str,
+    out: str | Path,
+    *,
+    backbone: Mapping[str, Any],
+    extract: Mapping[str, Any],
+    gpus: int = 0,
+    attrs: dict,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """One shard of ``images.tsv`` -> ``features/{shard}.zarr``, with the ``backbone`` and
+    ``extract`` config blocks as they are (``gpus``: the job's GPUs, claimed first)."""
     from lcseg_steps.backbone import load_backbone, resolve_device
     from lcseg_steps.data.index import read_index
     from lcseg_steps.gpus import claim_device
 
-    log, shard = job.log, job.wildcards.shard
-    bb, ex = job.settings["backbone"], job.settings["extract"]
-    records = [r for r in read_index(job.input.index) if r.shard == shard]
+    records = [r for r in read_index(index) if r.shard == shard]
     if not records:
-        raise ValueError(f"{job.input.index}: shard {shard} holds no images")
-    if job.resources.get("gpu", 0):  # before CUDA starts: this job's own GPU(s)
-        claim_device(int(job.resources.gpu))
-    device = resolve_device(ex["device"])
+        raise ValueError(f"{index}: shard {shard} holds no images")
+    if gpus:  # before CUDA starts: this job's own GPU(s)
+        claim_device(int(gpus))
+    device = resolve_device(extract["device"])
     model, info = load_backbone(
-        bb["name"], bb["weights"], seed=bb["seed"], overrides=bb["overrides"], device=device
+        backbone["name"],
+        backbone["weights"],
+        seed=backbone["seed"],
+        overrides=backbone["overrides"],
+        device=device,
     )
     log(f"extract: {len(records)} images, backbone {info.timm_name} ({info.weights}) on {device}")
     if info.weights_warning:
         log(f"WARNING: {info.weights_warning}")
-    out = extract_shard(
+    path = extract_shard(
         records,
         model,
         info,
-        job.output[0],
-        layer=ex["layer"],
-        long_side=ex["long_side"],
-        store_features=tuple(ex["store_features"]),
-        batch_size=ex["batch_size"],
-        num_workers=ex["num_workers"],
-        device=device,
-        chunk_rows=ex["chunk_rows"],
-        precision=ex["precision"],
-        attrs=job.attrs,
+        out,
+        **{**extract, "store_features": tuple(extract["store_features"]), "device": device},
+        attrs=attrs,
         log=log,
     )
     log("extract: done")
-    return out
+    return path
+
+
+def run(job: Job) -> Path:
+    """The rule ``extract`` (settings: the ``backbone`` and ``extract`` config blocks)."""
+    return run_extract(
+        job.input.index,
+        job.wildcards.shard,
+        job.output[0],
+        **job.settings,
+        gpus=job.resources.get("gpu", 0),
+        attrs=job.attrs,
+        log=job.log,
+    )

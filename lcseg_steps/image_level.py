@@ -26,6 +26,7 @@ def run_image_level(
     out: str | Path,
     *,
     feature: str,
+    image_clusterer: str,
     k_image: int,
     fg_rule: str,
     max_iter: int,
@@ -35,7 +36,6 @@ def run_image_level(
     attrs: dict,
     log: Log = print,
     threads: int = 1,
-    image_clusterer: str = "kmeans",
 ) -> Path:
     """``features/{shard}.zarr`` -> ``image_level/{shard}.zarr`` (labels, fg mask, fg cluster)."""
     fs = open_store(features)

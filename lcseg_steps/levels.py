@@ -111,21 +111,22 @@ def image_level(
     grids: np.ndarray,
     cls_attn: np.ndarray,
     *,
-    k: int = 2,
-    fg_rule: str = "attention",
-    max_iter: int = 20,
-    tol: float = 1e-4,
-    seed: int = 0,
-    device: str = "auto",
+    k: int,
+    fg_rule: str,
+    max_iter: int,
+    tol: float,
+    seed: int,
+    device: str,
     threads: int = 1,
-    clusterer: str = "kmeans",
+    clusterer: str,
 ) -> dict[str, np.ndarray]:
     """Per-image clustering of one shard and each image's foreground cluster.
 
     ``X`` ``(N, D)`` float16/32 patch features, ``offsets`` ``(n + 1,)``, ``grids``
     ``(n, 2)``, ``cls_attn`` ``(N,)``. ``clusterer``: ``kmeans`` (cosine k-means, batched)
     or a bipartition of ``lcseg_steps.graph_split`` (``spectral``, ``ncut``; ``k`` must be
-    2, and ``fg_rule`` picks the foreground side, not the method's own rule). Returns
+    2, as ``lcseg_steps.settings.check_config`` checks before any job, and
+    ``fg_rule`` picks the foreground side, not the method's own rule). Returns
     ``labels`` ``(N,)`` int16, ``fg`` ``(N,)`` uint8 image-level foreground mask,
     ``fg_cluster`` ``(n,)`` int16 (-1 for an image with fewer patches than ``k``, which is
     left all background), ``objective`` ``(n,)`` (k-means: the mean cosine to the
@@ -133,11 +134,6 @@ def image_level(
     """
     if clusterer not in IMAGE_CLUSTERERS:
         raise ValueError(f"image_clusterer must be one of {IMAGE_CLUSTERERS}, got {clusterer!r}")
-    if clusterer != "kmeans" and k != 2:
-        raise ValueError(
-            f"clustering.image_clusterer={clusterer!r} splits each image in two: it needs "
-            f"k_image=2, got {k}"
-        )
     offsets = np.asarray(offsets, dtype=np.int64)
     sizes = np.diff(offsets)
     n = len(sizes)
@@ -237,7 +233,7 @@ def fit_groups(
 
 
 def merge_masks(
-    masks: dict[str, np.ndarray], consistency: str = "vote", min_levels: int = 2
+    masks: dict[str, np.ndarray], consistency: str, min_levels: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Combine per-level binary patch masks into one consistent mask and a soft score.
 
@@ -251,11 +247,8 @@ def merge_masks(
     votes = stack.sum(axis=0)
     n = len(masks)
     if consistency == "vote":
-        if not 1 <= min_levels <= n:
-            raise ValueError(
-                f"clustering.min_levels={min_levels} but only {n} level(s) are enabled "
-                f"({', '.join(masks)})"
-            )
+        if min_levels < 1:  # above n: stage_settings.check_config, before any job
+            raise ValueError(f"clustering.min_levels={min_levels} must be at least 1")
         merged = votes >= min_levels
     elif consistency == "intersect":
         merged = votes == n

@@ -136,16 +136,17 @@ def run_objects(
     margin: float,
     long_side: int,
     batch_size: int,
-    feature: str = "k",
+    feature: str | None = None,
     backbone: dict | None = None,
-    device: str = "cpu",
+    device: str | None = None,
     attrs: dict,
     log: Callable[[str], None] = print,
 ) -> Path:
     """Object regions of the refined masks and one descriptor per region.
 
-    ``feature`` is read for ``masked_keys`` descriptors, ``backbone`` (the config block)
-    and ``device`` for ``cls`` ones.
+    ``feature`` (``clustering.feature``) is read for ``masked_keys`` descriptors,
+    ``backbone`` (the config block) and ``device`` (``extract.device``, resolved) for
+    ``cls`` ones: the settings hold only those of the descriptor in use.
     """
     from lcseg_steps.images import read_rgb
 

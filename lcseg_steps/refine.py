@@ -10,7 +10,8 @@ covers the full-resolution rectangle ``[i * H / gh, (i + 1) * H / gh) x
 plain resize of the grid to ``(W, H)`` interpolates bilinearly between patch centres and
 holds the edge value constant beyond the outermost centres.
 
-The CRF parameters in ``CRFParams`` are defaults of ours, not values from the paper.
+The CRF parameters (``CRFParams``, the ``refine`` config keys) default to values of ours
+(in the config schema), not values from the paper.
 """
 
 from __future__ import annotations
@@ -46,20 +47,21 @@ class RefineError(RuntimeError):
 
 @dataclass(frozen=True)
 class CRFParams:
-    """Two-label fully connected CRF settings (our defaults, not the paper's).
+    """Two-label fully connected CRF settings (the ``refine`` config keys of the same
+    names; their defaults, ours and not the paper's, live in the config schema).
 
     ``gauss_*`` is the appearance-free smoothness kernel, ``bilateral_*`` the
     colour-sensitive kernel (``srgb`` in 0..255 intensity units, ``sxy`` in pixels).
     Unary probabilities are clipped to ``[clip, 1 - clip]`` so ``-log`` stays finite.
     """
 
-    iterations: int = 10
-    gauss_sxy: float = 3
-    gauss_compat: float = 3
-    bilateral_sxy: float = 50
-    bilateral_srgb: float = 13
-    bilateral_compat: float = 5
-    clip: float = 1e-5
+    iterations: int
+    gauss_sxy: float
+    gauss_compat: float
+    bilateral_sxy: float
+    bilateral_srgb: float
+    bilateral_compat: float
+    clip: float
 
 
 def upsample_score(score: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -111,9 +113,9 @@ def refine_mask(
     image: np.ndarray,
     score_grid: np.ndarray,
     *,
-    crf: bool = True,
-    threshold: float = 0.5,
-    params: CRFParams = CRFParams(),  # noqa: B008 (frozen, so a shared default is safe)
+    crf: bool,
+    threshold: float,
+    params: CRFParams,
 ) -> np.ndarray:
     """image ``(H, W, 3)`` uint8 + score grid ``(gh, gw)`` -> ``(H, W)`` uint8 {0, 1}.
 
@@ -142,9 +144,9 @@ def refine_images(
     items: Sequence[tuple[str | os.PathLike, np.ndarray]],
     *,
     processes: int,
-    crf: bool = True,
-    threshold: float = 0.5,
-    params: CRFParams = CRFParams(),  # noqa: B008
+    crf: bool,
+    threshold: float,
+    params: CRFParams,
     log: Callable[[str], None] = print,
 ) -> list[np.ndarray]:
     """Refine many images; returns one ``(H_i, W_i)`` uint8 mask per item, in input order.
@@ -193,14 +195,20 @@ def run_refine(
     *,
     crf: bool,
     threshold: float,
+    iterations: int,
+    gauss_sxy: float,
+    gauss_compat: float,
+    bilateral_sxy: float,
+    bilateral_srgb: float,
+    bilateral_compat: float,
+    clip: float,
     processes: int,
     attrs: dict,
     log: Callable[[str], None] = print,
-    **crf_params,
 ) -> Path:
     """Soft patch scores -> upsampled, CRF-refined binary pixel masks of one shard.
 
-    ``crf_params``: the ``CRFParams`` fields (``iterations``, ``gauss_sxy``, ...).
+    The keyword settings are the ``refine`` config block (the CRF's as ``CRFParams``).
     """
     pm = open_store(patch_masks)
     recs = records_in_order(pm, records, patch_masks)
@@ -211,7 +219,15 @@ def run_refine(
         processes=processes,
         crf=crf,
         threshold=threshold,
-        params=CRFParams(**crf_params),
+        params=CRFParams(
+            iterations=iterations,
+            gauss_sxy=gauss_sxy,
+            gauss_compat=gauss_compat,
+            bilateral_sxy=bilateral_sxy,
+            bilateral_srgb=bilateral_srgb,
+            bilateral_compat=bilateral_compat,
+            clip=clip,
+        ),
         log=log,
     )
     for r, m in zip(recs, masks, strict=True):

@@ -579,7 +579,7 @@ def run_report(
     patch_masks: Sequence[str | Path],
     pixel_masks: Sequence[str | Path],
     semantic: Sequence[str | Path],
-    n_gallery: int,
+    gallery: int,
     skipped: Sequence[Any] = (),
     analysis: Mapping[str, Any] | None = None,
     log=print,
@@ -588,7 +588,8 @@ def run_report(
 
     Without ground truth ``metrics_json`` and ``summary_json`` are None: the page shows the
     run facts (from the semantic stores' ``extraction`` attrs) and the overlays, no scores.
-    ``skipped``: the index's ``SkippedImage``s, listed in the notes. ``analysis``: see
+    ``gallery`` (``report.gallery``): how many images the gallery shows. ``skipped``: the
+    index's ``SkippedImage``s, listed in the notes. ``analysis``: see
     ``build_report``.
     """
     if metrics_json is None:
@@ -601,12 +602,12 @@ def run_report(
     mapping = metrics.get("mapping") if metrics_json is not None else None
     if not isinstance(mapping, Sequence) or isinstance(mapping, str):
         mapping = None
-    gallery: list[dict] = []
+    shown: list[dict] = []
     for pm_path, px_path, sem_path in zip(patch_masks, pixel_masks, semantic, strict=True):
         pm, px, sem = open_store(pm_path), open_store(px_path), open_store(sem_path)
         recs = records_in_order(pm, records, pm_path)
         for i, r in enumerate(recs):
-            if len(gallery) >= n_gallery:
+            if len(shown) >= gallery:
                 break
             panels = gallery_panels(
                 r,
@@ -620,7 +621,7 @@ def run_report(
                 mapping=mapping,
                 matching=str(metrics.get("matching", "hungarian")),
             )
-            gallery.append({"image_id": r.image_id, "panels": panels})
+            shown.append({"image_id": r.image_id, "panels": panels})
     if summary_json is None:
         notes = ["No ground truth: predictions and overlays only, no scores."]
     else:
@@ -644,13 +645,13 @@ def run_report(
         notes += [f"skipped {s.image_id} ({s.path}): {s.reason}" for s in skipped[:50]]
         if len(skipped) > 50:
             notes.append(f"... and {len(skipped) - 50} more in skipped.tsv")
-    log(f"report: {len(gallery)} gallery images")
+    log(f"report: {len(shown)} gallery images")
     return build_report(
         out_html,
         title=title,
         metrics=metrics,
         plots=plots,
-        gallery=gallery,
+        gallery=shown,
         notes=notes,
         scores=metrics_json is not None,
         analysis=analysis,
@@ -705,7 +706,7 @@ def run(job: Job) -> Path:
         patch_masks=job.input.patch_masks,
         pixel_masks=job.input.pixel_masks,
         semantic=job.input.semantic,
-        n_gallery=job.params.gallery,
+        gallery=job.params.gallery,
         analysis=job_analysis(job),
         log=job.log,
     )

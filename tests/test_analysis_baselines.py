@@ -21,6 +21,10 @@ from lcseg_steps.refine import run_refine
 from lcseg_steps.settings import settings_attrs
 from lcseg_steps.store import open_store, patch_layout, pixel_map, read_ids, write_store
 from tests.conftest import stage_job
+from tests.schema_defaults import crf_settings
+
+# the schema's analysis.centre_fraction and analysis.attention_mass, the centre prior's shape
+PRIORS = {"fraction": 0.5, "shape": "ellipse", "mass": 0.6}
 
 
 def grid_of(rows, cols, gh, gw):
@@ -69,13 +73,13 @@ def test_centre_prior_ragged_and_errors():
 
 def test_top_mass_by_hand():
     # descending 0.4 (1), 0.3 (3), 0.2 (2), 0.1 (0); mass before each: 0, 0.4, 0.7, 0.9
-    np.testing.assert_array_equal(top_mass_mask([0.1, 0.4, 0.2, 0.3]), [0, 1, 0, 1])
-    np.testing.assert_array_equal(top_mass_mask([1, 4, 2, 3]), [0, 1, 0, 1])  # normalised
+    np.testing.assert_array_equal(top_mass_mask([0.1, 0.4, 0.2, 0.3], mass=0.6), [0, 1, 0, 1])
+    np.testing.assert_array_equal(top_mass_mask([1, 4, 2, 3], mass=0.6), [0, 1, 0, 1])  # normalised
     # 0.6 reached exactly by the first patch: the second is not needed
-    np.testing.assert_array_equal(top_mass_mask([0.6, 0.4]), [1, 0])
+    np.testing.assert_array_equal(top_mass_mask([0.6, 0.4], mass=0.6), [1, 0])
     # equal values keep patch order: mass before 0, 0.25, 0.5, 0.75
-    np.testing.assert_array_equal(top_mass_mask([0.25] * 4), [1, 1, 1, 0])
-    assert not top_mass_mask(np.zeros(3)).any()
+    np.testing.assert_array_equal(top_mass_mask([0.25] * 4, mass=0.6), [1, 1, 1, 0])
+    assert not top_mass_mask(np.zeros(3), mass=0.6).any()
     np.testing.assert_array_equal(top_mass_mask([0.1, 0.4, 0.2, 0.3], mass=0.9), [0, 1, 1, 1])
 
 
@@ -95,7 +99,7 @@ def test_cls_attention_mask_equals_dino_ascending(seed):
     sizes = [12, 0, 1, 30]
     attn = rng.random(sum(sizes)).astype(np.float32)
     offsets = np.concatenate([[0], np.cumsum(sizes)])
-    out = cls_attention_mask(attn, offsets)
+    out = cls_attention_mask(attn, offsets, 0.6)
     assert out.dtype == np.uint8 and out.shape == attn.shape
     for lo, hi in zip(offsets[:-1], offsets[1:], strict=True):
         if hi > lo:
@@ -113,16 +117,18 @@ def test_baseline_masks_from_a_store(tmp_path):
             "image_ids": np.array(["a", "b"]),
         },
     )
-    bg = baseline_masks(path, "all_background")
+    bg = baseline_masks(path, "all_background", **PRIORS)
     assert set(bg) == {"fg", "offsets", "grid", "image_ids"} and not bg["fg"].any()
-    att = baseline_masks(path, "cls_attention")["fg"]
+    att = baseline_masks(path, "cls_attention", **PRIORS)["fg"]
     # image b: 9 equal values, mass before the j-th is j/9 < 0.6 for j <= 5 -> the first 6
     np.testing.assert_array_equal(att, [0, 1, 0, 1] + [1] * 6 + [0] * 3)
-    box = baseline_masks(path, "centre_prior", fraction=1 / 9, shape="box")["fg"]
+    box = baseline_masks(path, "centre_prior", **{**PRIORS, "fraction": 1 / 9, "shape": "box"})[
+        "fg"
+    ]
     np.testing.assert_array_equal(box[4:], grid_of([1], [1], 3, 3))
-    assert list(baseline_masks(path, "centre_prior")["image_ids"]) == ["a", "b"]
+    assert list(baseline_masks(path, "centre_prior", **PRIORS)["image_ids"]) == ["a", "b"]
     with pytest.raises(ValueError, match="baseline"):
-        baseline_masks(path, "random")
+        baseline_masks(path, "random", **PRIORS)
 
 
 @pytest.mark.parametrize("baseline", BASELINES)
@@ -147,7 +153,7 @@ def test_run_writes_a_patch_masks_store_refine_reads(tmp_path, baseline):
     settings = {"baseline": baseline, "centre_fraction": 0.5, "attention_mass": 0.6}
     out = baselines.run(stage_job({"features": features}, tmp_path / "pm.zarr", settings))
     pm = open_store(out)
-    want = baseline_masks(features, baseline)
+    want = baseline_masks(features, baseline, **PRIORS)
     merged = np.asarray(pm["merged"][:])
     assert merged.dtype == np.uint8
     np.testing.assert_array_equal(merged, want["fg"])
@@ -164,7 +170,14 @@ def test_run_writes_a_patch_masks_store_refine_reads(tmp_path, baseline):
     # exactly the patches of the mask, upsampled
     px = open_store(
         run_refine(
-            out, records, tmp_path / "px.zarr", crf=False, threshold=0.5, processes=1, attrs={}
+            out,
+            records,
+            tmp_path / "px.zarr",
+            crf=False,
+            threshold=0.5,
+            **crf_settings(),
+            processes=1,
+            attrs={},
         )
     )
     for i, (gh, gw) in enumerate(grids):

@@ -50,6 +50,7 @@ from lcseg_steps.store import (
     write_store,
 )
 from tests.fixtures_data import VOC_IMAGES, VOC_VAL, make_voc
+from tests.schema_defaults import crf_settings
 
 torch.set_num_threads(1)
 
@@ -459,6 +460,7 @@ def _assign(objects, out, n_classes):
         n_classes=n_classes,
         class_clusterer="kmeans",
         n_neighbors=2,
+        fit_sample=20000,
         seed=0,
         attrs={},
         log=_quiet,
@@ -495,6 +497,7 @@ def test_image_without_foreground_after_merging_is_logged_and_stays_background(t
         tmp_path / "px.zarr",
         crf=False,
         threshold=0.5,
+        **crf_settings(),
         processes=1,
         attrs={},
         log=logs.append,
@@ -687,13 +690,21 @@ def test_non_finite_features_are_refused_naming_the_store(tmp_path, stage, bad_v
     with pytest.raises(ValueError, match=message):
         if stage == "image_level":
             run_image_level(
-                bad, out, feature="k", k_image=2, fg_rule="border", log=_quiet, **KMEANS
+                bad,
+                out,
+                feature="k",
+                image_clusterer="kmeans",
+                k_image=2,
+                fg_rule="border",
+                log=_quiet,
+                **KMEANS,
             )
         else:
             il = run_image_level(
                 good,
                 tmp_path / "il.zarr",
                 feature="k",
+                image_clusterer="kmeans",
                 k_image=2,
                 fg_rule="border",
                 log=_quiet,

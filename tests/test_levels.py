@@ -25,6 +25,8 @@ from lcseg_steps.levels import (
 )
 
 CPU = {"device": "cpu"}
+# levels.image_level's former defaults, now passed: what these tests always ran with
+IMAGE = {"fg_rule": "attention", "max_iter": 20, "tol": 1e-4, "seed": 0, "clusterer": "kmeans"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -192,7 +194,9 @@ def test_image_level_per_image_consistency(rule):
     rng = np.random.default_rng(1)
     grids = [(4, 5), (1, 1), (6, 3), (5, 5), (3, 7), (1, 2)]
     X, offsets, g, attn, truth = _planted_images(rng, grids)
-    res = image_level(X, offsets, g, attn, k=2, fg_rule=rule, max_iter=30, seed=3, **CPU)
+    res = image_level(
+        X, offsets, g, attn, **{**IMAGE, "k": 2, "fg_rule": rule, "max_iter": 30, "seed": 3}, **CPU
+    )
     assert set(res) == {"labels", "fg", "fg_cluster", "objective"}
     assert res["labels"].dtype == np.int16 and res["labels"].shape == (len(X),)
     assert res["fg"].dtype == np.uint8 and res["fg_cluster"].dtype == np.int16
@@ -222,7 +226,7 @@ def test_image_level_k3_images_smaller_than_k_are_background():
     rng = np.random.default_rng(2)
     grids = [(1, 2), (3, 3), (2, 1), (4, 4)]
     X, offsets, g, attn, _ = _planted_images(rng, grids)
-    res = image_level(X, offsets, g, attn, k=3, seed=0, **CPU)
+    res = image_level(X, offsets, g, attn, k=3, **IMAGE, **CPU)
     np.testing.assert_array_equal(res["fg_cluster"][[0, 2]], [-1, -1])
     assert (res["fg_cluster"][[1, 3]] >= 0).all()
     for i in (0, 2):
@@ -242,7 +246,9 @@ def test_image_level_graph_clusterers(clusterer, rule):
     # groups sits near either method's threshold (sign, mean), where k-means still puts it
     # in the background
     X, offsets, g, attn, truth = _planted_images(rng, grids, noise=0.05, orthogonal=True)
-    res = image_level(X, offsets, g, attn, k=2, fg_rule=rule, clusterer=clusterer, **CPU)
+    res = image_level(
+        X, offsets, g, attn, k=2, **{**IMAGE, "fg_rule": rule, "clusterer": clusterer}, **CPU
+    )
     assert set(res) == {"labels", "fg", "fg_cluster", "objective"}
     assert res["labels"].dtype == np.int16 and res["fg"].dtype == np.uint8
     assert res["fg_cluster"].dtype == np.int16 and res["objective"].shape == (len(grids),)
@@ -263,16 +269,15 @@ def test_image_level_graph_clusterers(clusterer, rule):
     np.testing.assert_array_equal(res["fg"][big].astype(bool), truth[big])
 
 
-def test_image_level_graph_clusterer_needs_k2_and_known_name():
+def test_image_level_graph_clusterer_needs_known_name_and_finite_rows():
+    # k_image 2 for a graph clusterer: stage_settings.check_config (tests/test_bad_input.py)
     rng = np.random.default_rng(0)
     X, offsets, g, attn, _ = _planted_images(rng, [(3, 3)])
-    with pytest.raises(ValueError, match="k_image=2"):
-        image_level(X, offsets, g, attn, k=3, clusterer="ncut", **CPU)
     with pytest.raises(ValueError, match="image_clusterer"):
-        image_level(X, offsets, g, attn, clusterer="dbscan", **CPU)
+        image_level(X, offsets, g, attn, k=2, **{**IMAGE, "clusterer": "dbscan"}, **CPU)
     X[4, 0] = np.nan
     with pytest.raises(NonFiniteError):
-        image_level(X, offsets, g, attn, clusterer="spectral", **CPU)
+        image_level(X, offsets, g, attn, k=2, **{**IMAGE, "clusterer": "spectral"}, **CPU)
 
 
 # ---------------------------------------------------------------------------------------
@@ -455,8 +460,7 @@ def test_merge_masks_matches_per_patch_loops(n_levels):
 
 def test_merge_masks_errors():
     masks = {"dataset": np.ones(4), "image": np.zeros(4)}
-    with pytest.raises(ValueError, match="clustering.min_levels=3"):
-        merge_masks(masks, "vote", 3)
+    # min_levels above the enabled levels: stage_settings.check_config (test_bad_input.py)
     with pytest.raises(ValueError, match="clustering.min_levels=0"):
         merge_masks(masks, "vote", 0)
     with pytest.raises(ValueError, match="consistency"):

@@ -4,13 +4,16 @@ import pytest
 
 from lcseg_steps.images import ImageError
 from lcseg_steps.refine import (
-    CRFParams,
     crf_refine,
     refine_images,
     refine_mask,
     upsample_score,
 )
 from lcseg_steps.store import pack_masks, unpack_mask
+from tests.schema_defaults import crf_params
+
+# refine's schema defaults: CRF on, threshold, the CRF parameters
+DEFAULT = {"crf": True, "threshold": 0.5, "params": crf_params()}
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -73,7 +76,7 @@ def test_crf_recovers_disk_better_than_threshold():
     grid = np.clip(cover + rng.normal(0, 0.15, cover.shape), 0, 1)
     prob = upsample_score(grid, disk.shape)
     prob = np.clip(cv2.GaussianBlur(prob, (0, 0), 4) + rng.normal(0, 0.2, prob.shape), 0, 1)
-    mask = crf_refine(img, prob, CRFParams())
+    mask = crf_refine(img, prob, crf_params())
     assert mask.shape == disk.shape and mask.dtype == np.uint8
     assert set(np.unique(mask)) <= {0, 1}
     crf_iou, thr_iou = _iou(mask, disk), _iou(prob >= 0.5, disk)
@@ -83,18 +86,18 @@ def test_crf_recovers_disk_better_than_threshold():
 
 def test_crf_uninformative_input_does_not_crash():
     img = np.full((20, 30, 3), 128, np.uint8)
-    mask = crf_refine(img, np.full((20, 30), 0.5), CRFParams(iterations=3))
+    mask = crf_refine(img, np.full((20, 30), 0.5), crf_params(iterations=3))
     assert mask.shape == (20, 30) and set(np.unique(mask)) <= {0, 1}
 
 
 def test_crf_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="does not match"):
-        crf_refine(np.zeros((10, 10, 3), np.uint8), np.zeros((10, 11)), CRFParams())
+        crf_refine(np.zeros((10, 10, 3), np.uint8), np.zeros((10, 11)), crf_params())
 
 
 def test_refine_mask_threshold_path():
     img, disk, cover, _ = _disk_scene()
-    m = refine_mask(img, cover, crf=False, threshold=0.5)
+    m = refine_mask(img, cover, crf=False, threshold=0.5, params=crf_params())
     np.testing.assert_array_equal(m, (upsample_score(cover, disk.shape) >= 0.5).astype(np.uint8))
 
 
@@ -111,8 +114,8 @@ def _write_scene(tmp_path, n: int):
 def test_refine_images_pool_equals_inline(tmp_path):
     items = _write_scene(tmp_path, 5)
     logs: list[str] = []
-    inline = refine_images(items, processes=1, log=logs.append)
-    pooled = refine_images(items, processes=2, log=lambda s: None)
+    inline = refine_images(items, processes=1, **DEFAULT, log=logs.append)
+    pooled = refine_images(items, processes=2, **DEFAULT, log=lambda s: None)
     assert len(inline) == len(pooled) == 5
     for i, (a, b) in enumerate(zip(inline, pooled, strict=True)):
         assert a.shape == cv2.imread(items[i][0]).shape[:2]
@@ -127,14 +130,14 @@ def test_refine_images_bad_path_is_named(tmp_path):
     items.append((str(bad), items[0][1]))
     for processes in (1, 2):
         with pytest.raises(ImageError, match="broken.jpg"):
-            refine_images(items, processes=processes, log=lambda s: None)
+            refine_images(items, processes=processes, **DEFAULT, log=lambda s: None)
 
 
 def test_refine_images_other_failure_is_named(tmp_path):
     items = _write_scene(tmp_path, 1)
     items = [(items[0][0], np.zeros(7))]  # 1-D grid
     with pytest.raises(RuntimeError, match="im0.png"):
-        refine_images(items, processes=1, log=lambda s: None)
+        refine_images(items, processes=1, **DEFAULT, log=lambda s: None)
 
 
 def test_pack_unpack_round_trip():

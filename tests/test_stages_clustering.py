@@ -11,6 +11,7 @@ from lcseg_steps.fit_dataset import run_fit_dataset
 from lcseg_steps.image_level import run_image_level
 from lcseg_steps.merge import run_merge
 from lcseg_steps.store import open_store, read_ids, write_store
+from tests.schema_defaults import default_config
 
 D = 32
 COMMON = {"max_iter": 30, "tol": 1e-4, "seed": 0, "device": "cpu", "attrs": {"test": True}}
@@ -83,6 +84,7 @@ def pipeline(tmp_path_factory):
                 f,
                 tmp / f"image_level/s{s}.zarr",
                 feature="k",
+                image_clusterer="kmeans",
                 k_image=2,
                 fg_rule="attention",
                 log=logs.append,
@@ -252,22 +254,14 @@ def test_merge_image_level_only_union_is_the_image_mask(pipeline, tmp_path):
     assert "mask_dataset" not in s and "mask_category" not in s
 
 
-def test_merge_min_levels_beyond_enabled_levels_is_an_error(pipeline, tmp_path):
-    with pytest.raises(ValueError, match="clustering.min_levels=3"):
-        run_merge(
-            pipeline["features"][0],
-            pipeline["image_level"][0],
-            pipeline["dataset"],
-            None,
-            tmp_path / "pm.zarr",
-            feature="k",
-            levels=["dataset", "image"],
-            consistency="vote",
-            min_levels=3,
-            attrs={},
-            log=lambda _: None,
-        )
-    assert not (tmp_path / "pm.zarr").exists()
+def test_merge_min_levels_beyond_enabled_levels_is_a_config_error():
+    # checked once, on the config before any job (not again in merge)
+    from lcseg_steps.settings import check_config
+
+    cfg = default_config()
+    cfg["clustering"].update(levels=["dataset", "image"], consistency="vote", min_levels=3)
+    with pytest.raises(ValueError, match=r"clustering\.min_levels is 3 but only 2 level"):
+        check_config(cfg)
 
 
 def test_missing_feature_names_store_and_config_key(pipeline, tmp_path):
@@ -276,7 +270,13 @@ def test_missing_feature_names_store_and_config_key(pipeline, tmp_path):
     path = write_store(tmp_path / "noq.zarr", arrays)
     with pytest.raises(ValueError, match="extract.store_features") as exc:
         run_image_level(
-            path, tmp_path / "il.zarr", feature="q", k_image=2, fg_rule="border", **COMMON
+            path,
+            tmp_path / "il.zarr",
+            feature="q",
+            image_clusterer="kmeans",
+            k_image=2,
+            fg_rule="border",
+            **COMMON,
         )
     assert str(path) in str(exc.value) and "'q'" in str(exc.value)
     with pytest.raises(ValueError, match="extract.store_features") as exc:

@@ -28,6 +28,7 @@ from lcseg_steps.report import run_report
 from lcseg_steps.segment import run_segment
 from lcseg_steps.store import open_store, pixel_layout, pixel_map, read_ids, write_store
 from lcseg_steps.summary import summarize_seeds
+from tests.schema_defaults import crf_settings
 
 PATCH = 8
 D = 6
@@ -200,7 +201,7 @@ def _refine(shard, out, records, processes=1, crf=False):
         out,
         crf=crf,
         threshold=0.5,
-        iterations=3,
+        **crf_settings(iterations=3),
         processes=processes,
         attrs=ATTRS,
         log=_quiet,
@@ -329,6 +330,7 @@ def test_objects_all_empty_shard_gives_zero_rows_then_assign_refuses(shard, tmp_
             n_classes=1,
             class_clusterer="spectral",
             n_neighbors=3,
+            fit_sample=20000,
             seed=0,
             attrs=ATTRS,
             log=_quiet,
@@ -453,6 +455,7 @@ def test_assign_concatenates_shards_and_records_offsets(tmp_path):
         n_classes=2,
         class_clusterer="spectral",
         n_neighbors=5,
+        fit_sample=20000,
         seed=0,
         attrs=ATTRS,
         log=_quiet,
@@ -509,6 +512,7 @@ def test_assign_fewer_regions_than_classes_names_the_key(tmp_path):
             n_classes=4,
             class_clusterer="kmeans",
             n_neighbors=2,
+            fit_sample=20000,
             seed=0,
             attrs=ATTRS,
             log=_quiet,
@@ -524,7 +528,9 @@ def test_assign_as_many_regions_as_classes(tmp_path, clusterer, n_regions):
     the count."""
     rng = np.random.default_rng(n_regions)
     p = _desc_store(tmp_path / "o.zarr", rng.standard_normal((n_regions, 8)))
-    kw = dict(class_clusterer=clusterer, n_neighbors=10, seed=0, attrs=ATTRS, log=_quiet)
+    kw = dict(
+        class_clusterer=clusterer, n_neighbors=10, fit_sample=20000, seed=0, attrs=ATTRS, log=_quiet
+    )
     n_classes = min(n_regions, 6)
     cl = open_store(run_assign([p], ["sA"], tmp_path / "c.zarr", n_classes=n_classes, **kw))
     labels = np.asarray(cl["labels"][:])
@@ -543,7 +549,9 @@ def test_assign_empty_ok_gives_every_region_its_own_class(tmp_path, n_regions):
     none: with ``empty_ok`` each region is its own class and the store is still written."""
     x = np.random.default_rng(0).standard_normal((n_regions, 8))
     paths = [_desc_store(tmp_path / "oa.zarr", x), _desc_store(tmp_path / "ob.zarr", x[:0])]
-    kw = dict(class_clusterer="spectral", n_neighbors=5, seed=0, attrs=ATTRS, log=_quiet)
+    kw = dict(
+        class_clusterer="spectral", n_neighbors=5, fit_sample=20000, seed=0, attrs=ATTRS, log=_quiet
+    )
     with pytest.raises(ValueError, match=r"labels\.n_classes=4"):
         run_assign(paths, ["sA", "sB"], tmp_path / "c.zarr", n_classes=4, **kw)
     out = run_assign(paths, ["sA", "sB"], tmp_path / "c.zarr", n_classes=4, empty_ok=True, **kw)
@@ -592,6 +600,7 @@ def test_no_regions_segment_predicts_background(shard, tmp_path):
         n_classes=2,
         class_clusterer="spectral",
         n_neighbors=5,
+        fit_sample=20000,
         seed=0,
         empty_ok=True,
         attrs=ATTRS,
@@ -895,7 +904,7 @@ def test_report_is_self_contained_with_gallery(
         patch_masks=[shard["patch_masks"]],
         pixel_masks=[pixel],
         semantic=[semantic],
-        n_gallery=n_gallery,
+        gallery=n_gallery,
         log=_quiet,
     )
     page = out.read_text()
@@ -933,7 +942,7 @@ def test_report_gallery_legends_and_matched_palette(shard, objects_store, tmp_pa
         patch_masks=[shard["patch_masks"]],
         pixel_masks=[pixel],
         semantic=[semantic],
-        n_gallery=3,
+        gallery=3,
         log=_quiet,
     )
     page = run_report(

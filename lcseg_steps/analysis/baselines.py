@@ -5,20 +5,21 @@ All masks are ragged like the store (``lcseg_steps.store``): ``(N,)`` uint8 over
 row-major on ``grid[i]`` ``(rows, cols)``.
 
 - ``all_background``: no patch is foreground (the floor of any foreground metric).
-- ``centre_prior``: a centred ellipse (or box) of area ``fraction`` of the grid, in patch
+- ``centre_prior``: a centred ellipse (or box) of area ``fraction`` of the grid (the
+  config's ``analysis.centre_fraction``), in patch
   units; a patch is foreground when its centre lies inside (boundary included), so the
   realised share approaches ``fraction`` on large grids. The ellipse has the grid's aspect
   ratio (semi-axes ``s * gh / 2`` and ``s * gw / 2``, ``s = sqrt(4 fraction / pi)``, so
   ``fraction <= pi / 4``); the box has sides ``sqrt(fraction) * gh`` and
   ``sqrt(fraction) * gw``.
 - ``cls_attention_mask``: DINO's attention mask (Caron et al. 2021): the patches that hold
-  ``mass`` (60 %) of the CLS attention. Per image the attention is normalised to sum 1,
-  sorted in descending order, and a patch is kept while the mass *before* it is below
-  ``mass`` (the smallest top set reaching ``mass``, up to 1e-9 of rounding; equal values
-  keep patch order). DINO's
-  code does the same with an ascending sort (keep where the ascending cumulative sum
-  exceeds ``1 - mass``). The store's ``cls_attn`` is the mean over heads, so this is the
-  mask of the head-averaged attention, where DINO draws one mask per head.
+  ``mass`` (``analysis.attention_mass``) of the CLS attention. Per image the attention
+  is normalised to sum 1, sorted in descending order, and a patch is kept while the mass
+  *before* it is below ``mass`` (the smallest top set reaching ``mass``, up to 1e-9 of
+  rounding; equal values keep patch order). DINO's code does the same with an ascending
+  sort (keep where the ascending cumulative sum exceeds ``1 - mass``). The store's
+  ``cls_attn`` is the mean over heads, so this is the mask of the head-averaged
+  attention, where DINO draws one mask per head.
 """
 
 from __future__ import annotations
@@ -75,13 +76,13 @@ def centre_mask(grid: tuple[int, int], fraction: float, shape: str = "ellipse") 
     return inside.ravel()
 
 
-def centre_prior(grids: np.ndarray, fraction: float = 0.5, shape: str = "ellipse") -> np.ndarray:
+def centre_prior(grids: np.ndarray, fraction: float, shape: str) -> np.ndarray:
     """``grids`` ``(n, 2)`` -> ``(N,)`` uint8: :func:`centre_mask` of every image."""
     parts = [centre_mask(tuple(g), fraction, shape) for g in np.asarray(grids)]
     return np.concatenate(parts).astype(np.uint8) if parts else np.zeros(0, np.uint8)
 
 
-def top_mass_mask(attn: np.ndarray, mass: float = 0.6) -> np.ndarray:
+def top_mass_mask(attn: np.ndarray, mass: float) -> np.ndarray:
     """One image's ``(P,)`` non-negative attention -> ``(P,)`` bool: the smallest set of
     highest values holding ``mass`` of the total (all False when the total is 0)."""
     a = np.asarray(attn, dtype=np.float64)
@@ -98,7 +99,7 @@ def top_mass_mask(attn: np.ndarray, mass: float = 0.6) -> np.ndarray:
     return keep
 
 
-def cls_attention_mask(cls_attn: np.ndarray, offsets: np.ndarray, mass: float = 0.6) -> np.ndarray:
+def cls_attention_mask(cls_attn: np.ndarray, offsets: np.ndarray, mass: float) -> np.ndarray:
     """``cls_attn`` ``(N,)``, ``offsets`` ``(n + 1,)`` -> ``(N,)`` uint8: per image, the
     patches holding ``mass`` of its CLS attention (:func:`top_mass_mask`)."""
     offsets = np.asarray(offsets, dtype=np.int64)
@@ -113,9 +114,9 @@ def baseline_masks(
     features: str | os.PathLike,
     baseline: str,
     *,
-    fraction: float = 0.5,
+    fraction: float,
+    mass: float,
     shape: str = "ellipse",
-    mass: float = 0.6,
 ) -> dict[str, np.ndarray]:
     """A feature store -> ``{"fg": (N,) uint8, "offsets", "grid", "image_ids"}`` for one
     baseline of :data:`BASELINES` (``fraction`` and ``shape``: the centre prior; ``mass``:
