@@ -31,12 +31,12 @@ def stage_job(inputs: dict, output, settings: dict) -> SimpleNamespace:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
-    """The tiny demo run (tests/test_workflow.py's TINY config), once per session and
+    """The tiny demo run (tests/helpers.py's TINY config), once per session and
     shared with every test that needs an uninterrupted TINY run (tests/store_hashes.py's
     reference_run): read its results, never write into them (a test that changes files
     works on a copy, see test_analysis_workflow's analysis_jobs)."""
+    from tests.helpers import TINY
     from tests.store_hashes import reference_run
-    from tests.test_workflow import TINY
 
     return reference_run(tmp_path_factory, TINY)
 

@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
+from tests.helpers import BIN, TINY, snakemake
 from tests.store_hashes import (
     differences,
     reference_run,
@@ -35,7 +36,6 @@ from tests.store_hashes import (
     store_digest,
     store_kinds,
 )
-from tests.test_workflow import BIN, TINY, snakemake
 
 pytestmark = pytest.mark.integration
 

@@ -36,7 +36,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.test_workflow import TINY
+from tests.helpers import TINY
 
 pytestmark = pytest.mark.integration
 BIN = os.path.dirname(sys.executable)
