@@ -1,32 +1,18 @@
 import os
-from types import SimpleNamespace
 
 import pytest
+
+from tests.helpers import REPO, cuda_available
 
 # Tests share 2 cores with each other's subprocesses; one BLAS/torch thread each keeps
 # them from oversubscribing.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 @pytest.fixture
 def repo_root() -> str:
     return REPO
-
-
-def stage_job(inputs: dict, output, settings: dict) -> SimpleNamespace:
-    """A stand-in for ``lcseg_steps.stage.Job`` with what a stage's ``run`` reads."""
-    from lcseg_steps.stage import settings_attrs
-
-    return SimpleNamespace(
-        input=SimpleNamespace(**inputs),
-        output=[str(output)],
-        settings=settings,
-        attrs=settings_attrs(settings),
-        log=lambda _msg: None,
-    )
 
 
 @pytest.fixture(scope="session")
@@ -39,12 +25,6 @@ def tiny_run(tmp_path_factory):
     from tests.store_hashes import reference_run
 
     return reference_run(tmp_path_factory, TINY)
-
-
-def cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,15 +1,18 @@
 """Helpers shared by test modules (test modules import from here or from other helper
-modules, never from each other): the repository root, the tiny demo config ``TINY``, and
-running Snakemake on it."""
+modules, never from each other nor from conftest.py): the repository root, the config
+schema, a stand-in for a stage's job, the tiny demo config ``TINY`` and running Snakemake
+on it."""
 
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
+SCHEMA = os.path.join(os.path.dirname(__file__), "..", "workflow", "schemas", "config.schema.yaml")
 
 TINY = {
     "run": "tiny",
@@ -53,3 +56,22 @@ def scheduled(result) -> dict[str, int]:
                 break
             jobs[name] = int(count)
     return jobs
+
+
+def stage_job(inputs: dict, output, settings: dict) -> SimpleNamespace:
+    """A stand-in for ``lcseg_steps.stage.Job`` with what a stage's ``run`` reads."""
+    from lcseg_steps.stage import settings_attrs
+
+    return SimpleNamespace(
+        input=SimpleNamespace(**inputs),
+        output=[str(output)],
+        settings=settings,
+        attrs=settings_attrs(settings),
+        log=lambda _msg: None,
+    )
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -20,7 +20,7 @@ from lcseg_steps.data.index import ImageRecord
 from lcseg_steps.refine import run_refine
 from lcseg_steps.stage import settings_attrs
 from lcseg_steps.store import open_store, patch_layout, pixel_map, read_ids, write_store
-from tests.conftest import stage_job
+from tests.helpers import stage_job
 
 
 def grid_of(rows, cols, gh, gw):

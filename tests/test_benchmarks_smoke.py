@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 FIELDS = {"name", "kind", "ours_s", "reference_s", "ratio", "target", "meets", "sizes", "extra"}
 

@@ -27,8 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO
-from tests.helpers import BIN, TINY, snakemake
+from tests.helpers import BIN, REPO, TINY, snakemake
 from tests.store_hashes import (
     differences,
     reference_run,
