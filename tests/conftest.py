@@ -27,6 +27,25 @@ def tiny_run(tmp_path_factory):
     return reference_run(tmp_path_factory, TINY)
 
 
+@pytest.fixture(scope="session")
+def shard(tmp_path_factory):
+    """tests/hand_shard.py's tiny shard with hand-made masks (images, gt PNGs, records, a
+    patch_masks, a features and a pixel_masks store, and the per-image score / feature
+    grids), once per session for the refine, objects, segment and report tests: read it,
+    never write into it."""
+    from tests.hand_shard import make_shard
+
+    return make_shard(tmp_path_factory.mktemp("stages"))
+
+
+@pytest.fixture(scope="session")
+def objects_store(shard):
+    """run_objects (masked_keys) on the hand-made pixel masks of ``shard``."""
+    from tests.hand_shard import make_objects_store
+
+    return make_objects_store(shard)
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``gpu`` run only where torch sees a CUDA device (``python -m
     benchmarks.gpu_check`` runs them on a GPU machine); elsewhere they skip."""
