@@ -46,6 +46,16 @@ def objects_store(shard):
     return make_objects_store(shard)
 
 
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory):
+    """Two shards of 6 images through image_level, fit_dataset, fit_category and merge
+    (tests/planted_shards.py), once per session for those stages' tests: read it, never
+    write into it."""
+    from tests.planted_shards import make_pipeline
+
+    return make_pipeline(tmp_path_factory.mktemp("levels"))
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``gpu`` run only where torch sees a CUDA device (``python -m
     benchmarks.gpu_check`` runs them on a GPU machine); elsewhere they skip."""
