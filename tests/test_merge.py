@@ -1,6 +1,4 @@
-"""The store-to-store functions of the clustering stages (image_level, fit_dataset,
-fit_category, merge; each in its stage module) on synthetic feature shards with a planted
-foreground / background and category structure."""
+"""The merge stage (``run_merge``) on the planted shards of conftest.py's ``pipeline``."""
 
 import numpy as np
 import pytest
