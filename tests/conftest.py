@@ -1,14 +1,13 @@
 import os
-from types import SimpleNamespace
 
 import pytest
+
+from tests.helpers import REPO, cuda_available
 
 # Tests share 2 cores with each other's subprocesses; one BLAS/torch thread each keeps
 # them from oversubscribing.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
@@ -16,35 +15,45 @@ def repo_root() -> str:
     return REPO
 
 
-def stage_job(inputs: dict, output, settings: dict) -> SimpleNamespace:
-    """A stand-in for ``lcseg_steps.stage.Job`` with what a stage's ``run`` reads."""
-    from lcseg_steps.settings import settings_attrs
-
-    return SimpleNamespace(
-        input=SimpleNamespace(**inputs),
-        output=[str(output)],
-        settings=settings,
-        attrs=settings_attrs(settings),
-        log=lambda _msg: None,
-    )
-
-
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
-    """The tiny demo run (tests/test_workflow.py's TINY config), once per session and
+    """The tiny demo run (tests/helpers.py's TINY config), once per session and
     shared with every test that needs an uninterrupted TINY run (tests/store_hashes.py's
     reference_run): read its results, never write into them (a test that changes files
     works on a copy, see test_analysis_workflow's analysis_jobs)."""
+    from tests.helpers import TINY
     from tests.store_hashes import reference_run
-    from tests.test_workflow import TINY
 
     return reference_run(tmp_path_factory, TINY)
 
 
-def cuda_available() -> bool:
-    import torch
+@pytest.fixture(scope="session")
+def shard(tmp_path_factory):
+    """tests/hand_shard.py's tiny shard with hand-made masks (images, gt PNGs, records, a
+    patch_masks, a features and a pixel_masks store, and the per-image score / feature
+    grids), once per session for the refine, objects, segment and report tests: read it,
+    never write into it."""
+    from tests.hand_shard import make_shard
 
-    return torch.cuda.is_available()
+    return make_shard(tmp_path_factory.mktemp("stages"))
+
+
+@pytest.fixture(scope="session")
+def objects_store(shard):
+    """run_objects (masked_keys) on the hand-made pixel masks of ``shard``."""
+    from tests.hand_shard import make_objects_store
+
+    return make_objects_store(shard)
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory):
+    """Two shards of 6 images through image_level, fit_dataset, fit_category and merge
+    (tests/planted_shards.py), once per session for those stages' tests: read it, never
+    write into it."""
+    from tests.planted_shards import make_pipeline
+
+    return make_pipeline(tmp_path_factory.mktemp("levels"))
 
 
 def pytest_collection_modifyitems(config, items):

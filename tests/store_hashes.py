@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from lcseg_steps.store import open_store
-from tests.test_workflow import snakemake
+from tests.helpers import snakemake
 
 TIMING_KEY = re.compile(r"(^|_)(time|times|seconds|elapsed|duration|timestamp|date)($|_)")
 

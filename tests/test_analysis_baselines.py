@@ -20,7 +20,7 @@ from lcseg_steps.data.index import ImageRecord
 from lcseg_steps.refine import run_refine
 from lcseg_steps.settings import settings_attrs
 from lcseg_steps.store import open_store, patch_layout, pixel_map, read_ids, write_store
-from tests.conftest import stage_job
+from tests.helpers import stage_job
 from tests.schema_defaults import crf_settings
 
 # the schema's analysis.centre_fraction and analysis.attention_mass, the centre prior's shape

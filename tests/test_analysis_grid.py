@@ -9,8 +9,7 @@ from snakemake.utils import validate
 
 from lcseg_steps.analysis import grid
 from lcseg_steps.pipeline import stage_settings
-
-SCHEMA = os.path.join(os.path.dirname(__file__), "..", "workflow", "schemas", "config.schema.yaml")
+from tests.helpers import SCHEMA
 
 
 def _validate(cfg):

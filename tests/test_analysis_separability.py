@@ -30,7 +30,7 @@ from lcseg_steps.data.index import ImageRecord, read_index, write_index
 from lcseg_steps.data.voc import write_label_png
 from lcseg_steps.kmeans import kmeans
 from lcseg_steps.store import open_store, write_store
-from tests.conftest import stage_job
+from tests.helpers import stage_job
 
 
 def test_patch_ground_truth_by_hand():

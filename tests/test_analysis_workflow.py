@@ -10,8 +10,7 @@ import pytest
 from snakemake.utils import validate
 
 from lcseg_steps.analysis import grid
-from tests.test_analysis_grid import SCHEMA
-from tests.test_workflow import TINY, scheduled, snakemake
+from tests.helpers import SCHEMA, TINY, scheduled, snakemake
 
 pytestmark = pytest.mark.integration
 

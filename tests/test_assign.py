@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
+from lcseg_steps.assign import run_assign
 from lcseg_steps.class_clustering import (
     assign_classes,
     class_prototypes,
@@ -17,6 +18,8 @@ from lcseg_steps.class_clustering import (
     fit_classes,
 )
 from lcseg_steps.kmeans import nearest_centroid
+from lcseg_steps.store import open_store, read_ids, write_store
+from tests.hand_shard import ATTRS, _quiet
 
 HAVE_KMEANS = importlib.util.find_spec("lcseg_steps.kmeans") is not None
 METHODS = [
@@ -219,3 +222,141 @@ def test_fit_sample_below_n_classes_names_both_keys():
     x, _ = _sphere_blobs()
     with pytest.raises(ValueError, match=r"labels\.fit_sample=3 .*labels\.n_classes=4"):
         fit_classes(x, 4, fit_sample=3)
+
+
+# ---------------------------------------------------------------------------------------
+# run_assign: the stage's store-to-store function on descriptor stores
+
+
+def _desc_store(path, desc):
+    return write_store(path, {"descriptors": desc.astype(np.float32)})
+
+
+def test_assign_concatenates_shards_and_records_offsets(tmp_path):
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((2, 8)) * 3
+    truth = np.array([0, 1, 0, 1, 1, 0, 0, 1, 1])
+    x = centres[truth] + 0.1 * rng.standard_normal((9, 8))
+    paths = [_desc_store(tmp_path / "oa.zarr", x[:5]), _desc_store(tmp_path / "ob.zarr", x[5:])]
+    out = run_assign(
+        paths,
+        ["sA", "sB"],
+        tmp_path / "classes.zarr",
+        n_classes=2,
+        class_clusterer="spectral",
+        n_neighbors=5,
+        fit_sample=20000,
+        seed=0,
+        attrs=ATTRS,
+        log=_quiet,
+    )
+    cl = open_store(out)
+    labels = np.asarray(cl["labels"][:])
+    assert labels.shape == (9,)
+    assert set(labels.tolist()) == {0, 1}
+    assert adjusted_rand_score(truth, labels) == 1.0
+    assert np.asarray(cl["region_offsets"][:]).tolist() == [0, 5, 9]
+    assert list(read_ids(cl, "shards")) == ["sA", "sB"]
+    # 9 regions <= the default fit sample: all fitted, prototypes = normalised class means
+    assert np.asarray(cl["fitted"][:]).tolist() == list(range(9))
+    proto = np.asarray(cl["prototypes"][:])
+    assert proto.shape == (2, 8) and proto.dtype == np.float32
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    for c in range(2):
+        mean = xn[labels == c].mean(0)
+        np.testing.assert_allclose(proto[c], mean / np.linalg.norm(mean), atol=1e-6)
+
+
+def test_assign_fits_a_sample_and_sends_the_rest_to_the_prototypes(tmp_path):
+    rng = np.random.default_rng(4)
+    centres = rng.standard_normal((3, 8)) * 3
+    truth = rng.integers(0, 3, 60)
+    x = centres[truth] + 0.1 * rng.standard_normal((60, 8))
+    p = _desc_store(tmp_path / "o.zarr", x)
+    logs = []
+    out = run_assign(
+        [p],
+        ["sA"],
+        tmp_path / "classes.zarr",
+        n_classes=3,
+        class_clusterer="agglomerative",
+        n_neighbors=5,
+        seed=0,
+        fit_sample=20,
+        attrs=ATTRS,
+        log=logs.append,
+    )
+    cl = open_store(out)
+    assert adjusted_rand_score(truth, np.asarray(cl["labels"][:])) == 1.0
+    assert cl["fitted"].shape == (20,) and cl["prototypes"].shape == (3, 8)
+    assert any("sample of 20 regions, the other 40" in m for m in logs)
+
+
+def test_assign_fewer_regions_than_classes_names_the_key(tmp_path):
+    p = _desc_store(tmp_path / "o.zarr", np.eye(3, 4))
+    with pytest.raises(ValueError, match=r"labels\.n_classes=4"):
+        run_assign(
+            [p],
+            ["sA"],
+            tmp_path / "c.zarr",
+            n_classes=4,
+            class_clusterer="kmeans",
+            n_neighbors=2,
+            fit_sample=20000,
+            seed=0,
+            attrs=ATTRS,
+            log=_quiet,
+        )
+    assert not (tmp_path / "c.zarr").exists()
+
+
+@pytest.mark.parametrize("n_regions", [1, 2, 6, 7])
+@pytest.mark.parametrize("clusterer", ["spectral", "kmeans", "agglomerative"])
+def test_assign_as_many_regions_as_classes(tmp_path, clusterer, n_regions):
+    """The issue: a COCO-layout set with 6 object regions and labels.n_classes: 6. As many
+    regions as classes, or one more, gives a class per region; fewer names the key and
+    the count."""
+    rng = np.random.default_rng(n_regions)
+    p = _desc_store(tmp_path / "o.zarr", rng.standard_normal((n_regions, 8)))
+    kw = dict(
+        class_clusterer=clusterer, n_neighbors=10, fit_sample=20000, seed=0, attrs=ATTRS, log=_quiet
+    )
+    n_classes = min(n_regions, 6)
+    cl = open_store(run_assign([p], ["sA"], tmp_path / "c.zarr", n_classes=n_classes, **kw))
+    labels = np.asarray(cl["labels"][:])
+    assert labels.shape == (n_regions,)
+    assert set(labels.tolist()) <= set(range(n_classes))
+    if n_regions == n_classes:
+        assert sorted(labels.tolist()) == list(range(n_classes))
+    msg = rf"labels\.n_classes={n_regions + 1} but the masks gave only {n_regions} object"
+    with pytest.raises(ValueError, match=msg):
+        run_assign([p], ["sA"], tmp_path / "d.zarr", n_classes=n_regions + 1, **kw)
+
+
+@pytest.mark.parametrize("n_regions", [0, 2])
+def test_assign_empty_ok_gives_every_region_its_own_class(tmp_path, n_regions):
+    """The analysis baselines (all background) may leave fewer regions than classes, even
+    none: with ``empty_ok`` each region is its own class and the store is still written."""
+    x = np.random.default_rng(0).standard_normal((n_regions, 8))
+    paths = [_desc_store(tmp_path / "oa.zarr", x), _desc_store(tmp_path / "ob.zarr", x[:0])]
+    kw = dict(
+        class_clusterer="spectral", n_neighbors=5, fit_sample=20000, seed=0, attrs=ATTRS, log=_quiet
+    )
+    with pytest.raises(ValueError, match=r"labels\.n_classes=4"):
+        run_assign(paths, ["sA", "sB"], tmp_path / "c.zarr", n_classes=4, **kw)
+    out = run_assign(paths, ["sA", "sB"], tmp_path / "c.zarr", n_classes=4, empty_ok=True, **kw)
+    cl = open_store(out)
+    assert np.asarray(cl["labels"][:]).tolist() == list(range(n_regions))
+    assert np.asarray(cl["region_offsets"][:]).tolist() == [0, n_regions, n_regions]
+    assert list(read_ids(cl, "shards")) == ["sA", "sB"]
+    assert np.asarray(cl["fitted"][:]).tolist() == list(range(n_regions))
+    proto = np.asarray(cl["prototypes"][:])
+    assert proto.shape == (4, 8) and not proto[n_regions:].any()
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    np.testing.assert_allclose(proto[:n_regions], unit, atol=1e-6)
+    # as many regions as classes or more: empty_ok changes nothing
+    y = np.random.default_rng(1).standard_normal((9, 8))
+    p = _desc_store(tmp_path / "oc.zarr", y)
+    a = run_assign([p], ["sA"], tmp_path / "d.zarr", n_classes=3, **kw)
+    b = run_assign([p], ["sA"], tmp_path / "e.zarr", n_classes=3, empty_ok=True, **kw)
+    np.testing.assert_array_equal(open_store(a)["labels"][:], open_store(b)["labels"][:])

@@ -808,7 +808,7 @@ def test_contradicting_keys_are_named_before_any_job(case):
 
 
 def test_contradicting_keys_stop_the_dry_run(tmp_path):
-    from tests.test_workflow import TINY, snakemake
+    from tests.helpers import TINY, snakemake
 
     cfg = {**TINY, "clustering": {**TINY["clustering"], "levels": ["image"]}}
     r = snakemake(tmp_path, cfg, "-n")

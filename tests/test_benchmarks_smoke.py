@@ -10,13 +10,13 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 FIELDS = {"name", "kind", "ours_s", "reference_s", "ratio", "target", "meets", "sizes", "extra"}
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def bench_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     cmd = [sys.executable, "-m", "benchmarks", "--scale", "tiny", "--repeats", "1"]
     cmd += ["--only", "kmeans_image,dag,assign", "--json", str(out)]
@@ -25,8 +25,8 @@ def tiny_run(tmp_path_factory):
     return p.stdout, json.loads(out.read_text())
 
 
-def test_table_lists_the_chosen_benchmarks(tiny_run):
-    stdout, _ = tiny_run
+def test_table_lists_the_chosen_benchmarks(bench_run):
+    stdout, _ = bench_run
     header = stdout.splitlines()[0].split()
     assert header == ["name", "kind", "ours_s", "reference_s", "ratio", "target", "meets"]
     names = [line.split()[0] for line in stdout.splitlines()[2:7]]
@@ -40,8 +40,8 @@ def test_table_lists_the_chosen_benchmarks(tiny_run):
     ]
 
 
-def test_json_results_have_the_documented_fields(tiny_run):
-    _, doc = tiny_run
+def test_json_results_have_the_documented_fields(bench_run):
+    _, doc = bench_run
     assert doc["scale"] == "tiny" and not doc["errors"]
     assert len(doc["loadavg_before"]) == 3 and len(doc["machine"]["loadavg"]) == 3
     by_name = {r["name"]: r for r in doc["results"]}
@@ -61,8 +61,8 @@ def test_json_results_have_the_documented_fields(tiny_run):
             assert r["meets"] == (r["ratio"] >= r["target"])
 
 
-def test_answers_are_checked_against_the_reference(tiny_run):
-    _, doc = tiny_run
+def test_answers_are_checked_against_the_reference(bench_run):
+    _, doc = bench_run
     by_name = {r["name"]: r for r in doc["results"]}
     km = by_name["kmeans_image"]
     assert km["kind"] == "speedup" and km["sizes"]["problems"] == 12
@@ -80,8 +80,8 @@ def test_answers_are_checked_against_the_reference(tiny_run):
     assert len(dag["extra"]["ours_runs_s"]) == len(dag["extra"]["reference_runs_s"]) == 1
 
 
-def test_assign_measures_each_clusterer_against_a_fit_of_all_regions(tiny_run):
-    _, doc = tiny_run
+def test_assign_measures_each_clusterer_against_a_fit_of_all_regions(bench_run):
+    _, doc = bench_run
     for c in ("spectral", "kmeans", "agglomerative"):
         r = next(r for r in doc["results"] if r["name"] == f"assign_{c}_400")
         assert r["kind"] == "speedup" and r["target"] == 0.9

@@ -11,7 +11,7 @@ import yaml
 from lcseg_steps.data.index import class_names, list_images
 from lcseg_steps.data.records import Dataset, ImageRecord
 from lcseg_steps.data.registry import DATASETS, dataset_for_gt, get_dataset
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 DATA = Path(REPO) / "lcseg_steps" / "data"
 MODULES = sorted(f"lcseg_steps.data.{p.stem}" for p in DATA.glob("*.py") if p.stem != "__init__")

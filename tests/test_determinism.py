@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from lcseg_steps.store import open_store, write_store
+from tests.helpers import TINY, scheduled, snakemake
 from tests.store_hashes import differences, reference_run, snapshot, store_kinds
-from tests.test_workflow import TINY, scheduled, snakemake
 
 # the copied stores hold Snakemake's .snakemake_timestamp, which is no Zarr member
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:.*snakemake_timestamp")]

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 KMEANS_RULES = {"image_level", "fit_dataset", "fit_category"}
 

@@ -5,13 +5,18 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
+from dataclasses import replace
 from fractions import Fraction
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
 from sklearn.metrics import confusion_matrix
 
+from lcseg_steps.data.index import ImageRecord
+from lcseg_steps.data.voc import write_label_png
 from lcseg_steps.evaluate import (
     ConfusionAccumulator,
     ProtocolAccumulator,
@@ -24,8 +29,11 @@ from lcseg_steps.evaluate import (
     plot_per_class_iou,
     protocol_metrics,
     resize_nearest,
+    run_evaluate,
     scores,
 )
+from lcseg_steps.store import pixel_layout, write_store
+from tests.hand_shard import _quiet
 
 
 def _random_pair(rng, n_gt, n_pred, shape=(23, 31), void_frac=0.15):
@@ -483,3 +491,140 @@ def test_protocol_metrics_shape():
     assert json.loads(json.dumps(json_ready(out)))
     with pytest.raises(ValueError, match="im9.*prediction value 5"):
         acc.add(pairs[0][0], np.full(pairs[0][0].shape, 5), image_id="im9")
+
+
+# ---------------------------------------------------------------------------------------
+# run_evaluate: the stage's store-to-store function on hand-made semantic stores
+
+
+CLASSES = ["background", "cat", "dog", "bird"]  # "bird" never occurs: IoU NaN -> null
+
+
+N_CLASSES = 2  # predicted ids 0..2
+
+
+@pytest.fixture
+def eval_data(tmp_path):
+    """Two semantic stores (2 + 1 labelled images, one unlabelled image) and records.
+
+    Predictions are the gt under a fixed relabelling with 25% of pixels randomised, so the
+    best matching is unique."""
+    rng = np.random.default_rng(7)
+    perm = np.array([2, 0, 1])  # gt class -> predicted id
+    records, gts, preds, stores = [], {}, {}, []
+    for s, ids in enumerate([["e0", "e1", "e2"], ["e3"]]):
+        maps = []
+        for image_id in ids:
+            h, w = (20, 30) if s == 0 else (16, 24)
+            gt = np.zeros((h, w), np.uint8)
+            y, x = rng.integers(2, 8, 2)
+            gt[y : y + 9, x : x + 12] = 1
+            gt[y + 3 : y + 6, x + 14 : x + 17] = 2
+            pred = perm[gt].astype(np.uint8)
+            noise = rng.random((h, w)) < 0.25
+            pred[noise] = rng.integers(0, N_CLASSES + 1, int(noise.sum()))
+            gt[0, :] = 255
+            maps.append(pred)
+            gt_path = ""
+            if image_id != "e2":  # e2 is an extra, unlabelled image
+                gt_path = str(tmp_path / "gt" / f"{image_id}.png")
+                write_label_png(gt_path, gt)
+                gts[image_id], preds[image_id] = gt, pred
+            records.append(ImageRecord(image_id, f"/img/{image_id}.jpg", gt_path, h, w, f"s{s}"))
+        lay = pixel_layout(maps)
+        stores.append(
+            write_store(
+                tmp_path / f"semantic_{s}.zarr",
+                {
+                    "semantic": lay["flat"],
+                    "pixel_offsets": lay["pixel_offsets"],
+                    "sizes": lay["sizes"],
+                    "image_ids": np.array(ids),
+                },
+            )
+        )
+    return {"tmp": tmp_path, "records": records, "gts": gts, "preds": preds, "stores": stores}
+
+
+def _evaluate(d, records=None, stores=None):
+    tmp = d["tmp"]
+    return run_evaluate(
+        stores or d["stores"],
+        records or d["records"],
+        tmp / "metrics.json",
+        tmp / "iou.png",
+        tmp / "confusion.png",
+        class_names=CLASSES,
+        n_classes=N_CLASSES,
+        matching="hungarian",
+        facts={"backbone": "fake", "seed": 3},
+        log=_quiet,
+    )
+
+
+def _reject_constant(name):
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def test_evaluate_matches_brute_force_reference(eval_data):
+    metrics = _evaluate(eval_data)
+    gt = np.concatenate([g.ravel() for g in eval_data["gts"].values()])
+    pred = np.concatenate([p.ravel() for p in eval_data["preds"].values()])
+    keep = gt != 255
+    gt, pred = gt[keep].astype(int), pred[keep].astype(int)
+    n_gt, n_pred = len(CLASSES), N_CLASSES + 1
+    conf = confusion_matrix(gt, pred, labels=range(n_gt))[:, :n_pred]
+
+    # every injective map of predicted ids to gt classes; keep the most matched pixels
+    maps = itertools.permutations(range(n_gt), n_pred)
+    objective = {m: sum(conf[m[p], p] for p in range(n_pred)) for m in maps}
+    best = max(objective.values())
+    (mapping,) = [m for m, v in objective.items() if v == best]
+    remapped = np.asarray(mapping)[pred]
+    ious = []
+    for c in range(n_gt):
+        union = np.sum((gt == c) | (remapped == c))
+        ious.append(np.sum((gt == c) & (remapped == c)) / union if union else math.nan)
+
+    assert metrics["mapping"] == list(mapping)
+    assert metrics["miou"] == pytest.approx(np.nanmean(ious), abs=1e-12)
+    assert metrics["pixel_accuracy"] == pytest.approx(np.mean(gt == remapped), abs=1e-12)
+    for name, want in zip(CLASSES, ious, strict=True):
+        got = metrics["per_class_iou"][name]
+        assert math.isnan(got) if math.isnan(want) else got == pytest.approx(want, abs=1e-12)
+    want_conf = confusion_matrix(gt, remapped, labels=range(n_gt))
+    assert np.array_equal(np.asarray(metrics["confusion"]), want_conf)
+    assert metrics["n_images_scored"] == 3
+    assert metrics["n_images_unlabelled"] == 1
+    assert metrics["backbone"] == "fake" and metrics["seed"] == 3
+
+    tmp = eval_data["tmp"]
+    saved = json.loads((tmp / "metrics.json").read_text(), parse_constant=_reject_constant)
+    assert saved["per_class_iou"]["bird"] is None
+    assert saved["miou"] == pytest.approx(metrics["miou"])
+    assert saved["n_images_unlabelled"] == 1
+    # every protocol is there; the dataset-level Hungarian one repeats the headline
+    protocols = saved["protocols"]
+    assert list(protocols) == ["dataset_hungarian", "majority", "per_image_hungarian", "fixed_320"]
+    head = protocols["dataset_hungarian"]
+    assert head["miou"] == saved["miou"] and head["pixel_accuracy"] == saved["pixel_accuracy"]
+    assert head["per_class_iou"] == saved["per_class_iou"]
+    for entry in protocols.values():
+        assert entry["per_class_iou"]["bird"] is None and entry["used_by"]
+        assert 0 <= entry["miou"] <= 1 and 0 <= entry["pixel_accuracy"] <= 1
+    for png in ("iou.png", "confusion.png"):
+        img = cv2.imread(str(tmp / png))
+        assert img is not None and img.shape[0] > 50 and img.shape[1] > 50
+
+
+def test_evaluate_missing_gt_png_names_the_file(eval_data):
+    missing = eval_data["tmp"] / "gt" / "e3.png"
+    missing.unlink()
+    with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
+        _evaluate(eval_data)
+
+
+def test_evaluate_without_any_ground_truth_refuses(eval_data):
+    unlabelled = [replace(r, gt="") for r in eval_data["records"]]
+    with pytest.raises(ValueError, match="no image has ground truth"):
+        _evaluate(eval_data, records=unlabelled)

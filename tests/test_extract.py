@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import lcseg_steps.extract as extract_mod
 from lcseg_steps.backbone import load_backbone
 from lcseg_steps.data.index import ImageRecord
-from lcseg_steps.extract import extract_shard, plan_windows, qkv_features
+from lcseg_steps.extract import FEATURES, extract_shard, plan_windows, qkv_features
 from lcseg_steps.images import (
     ImageError,
     normalize,
@@ -312,3 +312,28 @@ def test_chunk_writer_writes_whole_chunks_in_the_background_and_reraises():
         bad.flush()
         with pytest.raises(OSError, match="disk full"):
             bad.wait()
+
+
+# ``extract`` on CUDA with bf16 autocast against the CPU in float32 (runs on a GPU only)
+@pytest.mark.gpu
+def test_cuda_bf16_features_match_cpu_float32(tmp_path):
+    # a full-size ViT-S/16 (random weights): the depth over which bf16 rounding accumulates
+    model, info = load_backbone("dino_vits16", "random", seed=0)
+    records = _write_images(tmp_path, sizes=[(96, 128), (160, 112), (64, 64)])
+    kw = {"long_side": 160, "batch_size": 2, "num_workers": 0, "log": lambda _m: None}
+    cpu = open_store(
+        extract_shard(
+            records, model, info, tmp_path / "cpu.zarr", device="cpu", precision="float32", **kw
+        )
+    )
+    gpu = open_store(
+        extract_shard(
+            records, model, info, tmp_path / "gpu.zarr", device="cuda", precision="bfloat16", **kw
+        )
+    )
+    assert gpu.attrs["precision"] == "bfloat16"
+    np.testing.assert_array_equal(cpu["offsets"][:], gpu["offsets"][:])
+    for name in FEATURES:
+        cos = _cos_rows(cpu[name][:], gpu[name][:])
+        assert cos.min() >= 0.999, (name, float(cos.min()))
+    assert _cos_rows(cpu["cls"][:], gpu["cls"][:]).min() >= 0.999

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, cuda_available
+from tests.helpers import REPO, cuda_available
 
 pytestmark = pytest.mark.integration
 

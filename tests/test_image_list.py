@@ -101,7 +101,7 @@ def test_filter_is_generic_over_records(tmp_path):
 
 @pytest.mark.integration
 def test_index_rule_depends_on_the_list_and_shards_follow_it(tmp_path):
-    from tests.test_workflow import TINY, scheduled, snakemake
+    from tests.helpers import TINY, scheduled, snakemake
 
     (tmp_path / "subset.txt").write_text("demo_0001\ndemo_0004\ndemo_0005\n")
     cfg = {**TINY, "dataset": {**TINY["dataset"], "image_list": "subset.txt"}}

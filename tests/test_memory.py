@@ -14,7 +14,7 @@ import torch
 import lcseg_steps.extract as extract_mod
 from lcseg_steps.backbone import load_backbone
 from lcseg_steps.data.index import ImageRecord
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 # A streamed fit in a fresh interpreter (its own peak RSS), over n_blocks float16 blocks of
 # 16,384 x 384 rows made on the fly (each block a column-rotation of one random block, so

@@ -10,8 +10,7 @@ import pytest
 import yaml
 
 from lcseg_steps import pipeline
-from tests.conftest import REPO
-from tests.test_workflow import TINY, scheduled
+from tests.helpers import REPO, TINY, scheduled
 
 TOY = """
 

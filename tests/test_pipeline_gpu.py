@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from lcseg_steps.store import open_store
-from tests.test_workflow import TINY, snakemake
+from tests.helpers import TINY, snakemake
 
 pytestmark = [pytest.mark.gpu, pytest.mark.integration]
 SHARDS = ("s0000", "s0001")

@@ -1,7 +1,11 @@
+import re
+from dataclasses import replace
+
 import cv2
 import numpy as np
 import pytest
 
+from lcseg_steps.data.index import ImageRecord
 from lcseg_steps.images import ImageError
 from lcseg_steps.refine import (
     crf_refine,
@@ -9,7 +13,8 @@ from lcseg_steps.refine import (
     refine_mask,
     upsample_score,
 )
-from lcseg_steps.store import pack_masks, unpack_mask
+from lcseg_steps.store import open_store, pack_masks, pixel_map, read_ids, unpack_mask
+from tests.hand_shard import SIZES, _refine
 from tests.schema_defaults import crf_params
 
 # refine's schema defaults: CRF on, threshold, the CRF parameters
@@ -151,3 +156,51 @@ def test_pack_unpack_round_trip():
         np.testing.assert_array_equal(unpack_mask(flat, offsets, sizes, i), m)
     f0, o0, s0 = pack_masks([])
     assert f0.shape == (0,) and o0.tolist() == [0] and s0.shape == (0, 2)
+
+
+# ---------------------------------------------------------------------------------------
+# run_refine: the stage's store-to-store function on the hand-made shard (conftest.py)
+
+
+def test_refine_without_crf_thresholds_the_upsampled_score(shard, tmp_path):
+    recs = list(shard["records"].values())
+    extra = ImageRecord("zz", "/nonexistent.png", "", 10, 10, "other")
+    # records in another order, plus one of another shard: the store's order wins
+    out = _refine(shard, tmp_path / "px1.zarr", [recs[2], extra, recs[0], recs[1]])
+    st = open_store(out)
+    assert list(read_ids(st)) == list(SIZES)
+    sizes = [SIZES[i] for i in SIZES]
+    assert np.asarray(st["sizes"][:]).tolist() == [list(s) for s in sizes]
+    want_off = np.concatenate([[0], np.cumsum([h * w for h, w in sizes])])
+    np.testing.assert_array_equal(st["pixel_offsets"][:], want_off)
+    assert st["mask"].dtype == np.uint8
+    n_fg = 0
+    for i, image_id in enumerate(SIZES):
+        want = (upsample_score(shard["scores"][image_id], SIZES[image_id]) >= 0.5).astype(np.uint8)
+        got = pixel_map(st, "mask", i)
+        np.testing.assert_array_equal(got, want)
+        n_fg += int(got.sum())
+    assert 0 < n_fg < st["mask"].shape[0]  # the comparison is not between two blank masks
+
+    out2 = _refine(shard, tmp_path / "px2.zarr", recs, processes=2)
+    np.testing.assert_array_equal(open_store(out2)["mask"][:], st["mask"][:])
+
+
+def test_refine_with_crf_gives_binary_masks_of_image_size(shard, tmp_path):
+    st = open_store(
+        _refine(shard, tmp_path / "crf.zarr", list(shard["records"].values()), crf=True)
+    )
+    for i, image_id in enumerate(SIZES):
+        m = pixel_map(st, "mask", i)
+        assert m.shape == SIZES[image_id]
+        assert set(np.unique(m).tolist()) <= {0, 1}
+
+
+def test_refine_errors_name_the_problem(shard, tmp_path):
+    recs = shard["records"]
+    with pytest.raises(KeyError, match="a1"):
+        _refine(shard, tmp_path / "x.zarr", [recs["a0"], recs["a2"]])
+    wrong = replace(recs["a2"], height=31)
+    with pytest.raises(ValueError, match=re.escape(recs["a2"].path)):
+        _refine(shard, tmp_path / "y.zarr", [recs["a0"], recs["a1"], wrong])
+    assert not (tmp_path / "y.zarr").exists()

@@ -2,6 +2,7 @@ import base64
 import json
 import math
 import re
+from dataclasses import replace
 from html.parser import HTMLParser
 
 import cv2
@@ -16,7 +17,11 @@ from lcseg_steps.report import (
     overlay,
     patch_mask_image,
     read_analysis,
+    run_report,
 )
+from lcseg_steps.segment import run_segment
+from lcseg_steps.summary import summarize_seeds
+from tests.hand_shard import ATTRS, SHARD, SIZES, _classes_store, _quiet, _refine
 
 
 class _Collector(HTMLParser):
@@ -390,3 +395,126 @@ def test_analysis_note_says_when_the_weights_were_random(tmp_path):
     assert "Random-weight backbone (random:seed=0)" in weights_note(path)
     path.write_text(json.dumps({"weights": "pretrained:timm"}))
     assert weights_note(path) is None
+
+
+# ---------------------------------------------------------------------------------------
+# run_report: the stage's function on the hand-made shard (conftest.py)
+
+
+def _pixel_and_semantic(shard, objects_store, tmp_path):
+    """The shard's refined pixel masks and its segmentation, as the report reads them."""
+    pixel = _refine(shard, tmp_path / "px.zarr", list(shard["records"].values()))
+    semantic = run_segment(
+        objects_store,
+        _classes_store(tmp_path / "classes.zarr"),
+        SHARD,
+        tmp_path / "sem.zarr",
+        tmp_path / "pred",
+        attrs=ATTRS,
+        log=_quiet,
+    )
+    return pixel, semantic
+
+
+@pytest.mark.parametrize(("n_gallery", "unlabel_a2", "n_img"), [(2, False, 16), (10, True, 22)])
+def test_report_is_self_contained_with_gallery(
+    shard, objects_store, tmp_path, n_gallery, unlabel_a2, n_img
+):
+    pixel, semantic = _pixel_and_semantic(shard, objects_store, tmp_path)
+    plots = []
+    for name in ("iou", "confusion"):
+        p = tmp_path / f"{name}.png"
+        assert cv2.imwrite(str(p), np.full((30, 40, 3), 128, np.uint8))
+        plots.append((name, p))
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"miou": 0.5, "pixel_accuracy": 0.75, "backbone": "fake"}))
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps(summarize_seeds([metrics], [0])))
+    records = list(shard["records"].values())
+    if unlabel_a2:
+        records[2] = replace(records[2], gt="")
+    out = run_report(
+        tmp_path / "report" / "index.html",
+        title="test run",
+        metrics_json=metrics,
+        summary_json=summary,
+        plots=plots,
+        records=records,
+        patch_masks=[shard["patch_masks"]],
+        pixel_masks=[pixel],
+        semantic=[semantic],
+        gallery=n_gallery,
+        log=_quiet,
+    )
+    page = out.read_text()
+    srcs = re.findall(r'<img src="([^"]*)"', page)
+    # 2 plots + per image: image, gt, level: image, merged, score, refined, prediction
+    # (6 panels for an image without gt)
+    assert len(srcs) == page.count("<img") == n_img
+    assert all(s.startswith("data:image/png;base64,") for s in srcs)
+    shown = re.findall(r"<h3>([^<]*)</h3>", page)
+    assert shown == list(SIZES)[: min(n_gallery, 3)]
+    assert "mIoU over seeds [0]: 50.0" in page
+
+
+def test_report_gallery_legends_and_matched_palette(shard, objects_store, tmp_path):
+    pixel, semantic = _pixel_and_semantic(shard, objects_store, tmp_path)
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(
+        json.dumps(
+            {
+                "miou": 0.5,
+                "pixel_accuracy": 0.75,
+                "per_class_iou": {"background": 0.9, "cat": 0.4, "dog": 0.2},
+                "matching": "hungarian",
+                # cluster id -> class id: 0 -> background, 1 -> dog, 2 unmatched, 3 -> cat
+                "mapping": [0, 2, -1, 1],
+            }
+        )
+    )
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps(summarize_seeds([metrics], [0])))
+    kw = dict(
+        title="test run",
+        plots=[],
+        records=list(shard["records"].values()),
+        patch_masks=[shard["patch_masks"]],
+        pixel_masks=[pixel],
+        semantic=[semantic],
+        gallery=3,
+        log=_quiet,
+    )
+    page = run_report(
+        tmp_path / "scored.html", metrics_json=metrics, summary_json=summary, **kw
+    ).read_text()
+    figs = re.findall(r"<figure>(.*?)</figure>", page)
+    captions = [re.search(r"<figcaption>(.*?)</figcaption>", f).group(1) for f in figs]
+    # per image: image, gt, level: image, merged, score, refined, clusters, matched
+    assert captions.count("prediction matched to classes (hungarian)") == 3
+    assert len(figs) == page.count("<img") == 3 * 8
+    for caption, fig in zip(captions, figs, strict=True):
+        legend = re.findall(r"<li>(?:<span[^>]*></span>)?(.*?)</li>", fig)
+        if caption == "image":
+            assert legend == []
+        else:
+            assert legend, f"{caption} has no legend"
+        if caption == "ground truth":
+            # a0/a2: class 1, a1: class 2, a void top row everywhere
+            assert legend[-1] == "void (unlabelled)"
+            assert set(legend[:-1]) <= {"cat", "dog"}
+        if caption.startswith("level") or caption == "merged":
+            assert legend == ["foreground", "background (dimmed)"]
+        if caption == "prediction (cluster ids)":
+            assert all(re.fullmatch(r"cluster [1-3]|background only: .*", x) for x in legend)
+        if caption.startswith("prediction matched"):
+            assert set(legend) <= {
+                "cat (cluster 3)",
+                "dog (cluster 1)",
+                "unmatched cluster",
+                "background only: nothing drawn",
+            }
+    assert "cat (cluster 3)" in page or "dog (cluster 1)" in page
+    # without ground truth: raw cluster ids only
+    bare = run_report(tmp_path / "bare.html", metrics_json=None, summary_json=None, **kw)
+    bare = bare.read_text()
+    assert "prediction (cluster ids)" in bare and "matched to classes" not in bare

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.helpers import BIN, REPO, TINY, snakemake
 from tests.store_hashes import (
     differences,
     reference_run,
@@ -35,7 +35,6 @@ from tests.store_hashes import (
     store_digest,
     store_kinds,
 )
-from tests.test_workflow import BIN, TINY, snakemake
 
 pytestmark = pytest.mark.integration
 

@@ -15,6 +15,8 @@ from lcseg_steps.store import (
     iter_row_blocks,
     offsets_from_sizes,
     open_store,
+    pixel_layout,
+    pixel_map,
     write_store,
 )
 
@@ -121,3 +123,14 @@ def test_open_missing_and_not_zarr(tmp_path):
     os.makedirs(tmp_path / "empty.zarr")
     with pytest.raises(ValueError, match="empty.zarr"):
         open_store(tmp_path / "empty.zarr")
+
+
+def test_pixel_layout_round_trips_through_a_store(tmp_path):
+    rng = np.random.default_rng(1)
+    maps = [rng.integers(0, 3, s).astype(np.uint8) for s in [(3, 5), (4, 2), (1, 7)]]
+    lay = pixel_layout(maps)
+    assert lay["pixel_offsets"].tolist() == [0, 15, 23, 30]
+    assert lay["sizes"].tolist() == [[3, 5], [4, 2], [1, 7]]
+    st = open_store(write_store(tmp_path / "p.zarr", {"m": lay["flat"], **lay}))
+    for i, m in enumerate(maps):
+        np.testing.assert_array_equal(pixel_map(st, "m", i), m)

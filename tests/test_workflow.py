@@ -4,11 +4,9 @@ import itertools
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
-import yaml
 
 from lcseg_steps.data.demo import DEMO_CLASSES
 from lcseg_steps.data.index import read_index
@@ -16,53 +14,9 @@ from lcseg_steps.data.voc import read_label_png
 from lcseg_steps.images import patch_grid_size
 from lcseg_steps.settings import settings_digest
 from lcseg_steps.store import open_store
-from tests.conftest import REPO
+from tests.helpers import BIN, TINY, scheduled, snakemake
 
 pytestmark = pytest.mark.integration
-BIN = os.path.dirname(sys.executable)
-
-TINY = {
-    "run": "tiny",
-    "dataset": {
-        "name": "demo",
-        "demo": {"n_images": 6, "seed": 1, "min_size": 64, "max_size": 100},
-    },
-    "shard_size": 4,
-    "backbone": {
-        "name": "vit_small_patch16_224",
-        "weights": "random",
-        "overrides": {"depth": 2, "embed_dim": 48, "num_heads": 2},
-    },
-    "extract": {"long_side": 64, "batch_size": 4, "num_workers": 0},
-    "clustering": {"n_categories": 2},
-    "objects": {"long_side": 32, "min_region_area": 0.0},
-    "labels": {"n_classes": 2, "n_neighbors": 3},
-    "report": {"gallery": 3},
-}
-
-
-def snakemake(workdir, config, *args):
-    cfg = os.path.join(workdir, "config.yaml")
-    with open(cfg, "w") as fh:
-        yaml.safe_dump(config, fh)
-    # ``-m``: also where snakemake is installed without a script beside the interpreter
-    cmd = [sys.executable, "-m", "snakemake", "-s", os.path.join(REPO, "Snakefile")]
-    cmd += ["--directory", str(workdir), "--configfile", cfg, "--cores", "2", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-
-
-def scheduled(result) -> dict[str, int]:
-    """Rule -> job count from a dry run's 'Job stats' table."""
-    out, jobs, on = result.stdout + result.stderr, {}, False
-    for line in out.splitlines():
-        if line.startswith("Job stats"):
-            on = True
-        elif on and line.strip() and not line.startswith(("job", "---")):
-            name, count = line.split()
-            if name == "total":
-                break
-            jobs[name] = int(count)
-    return jobs
 
 
 def test_features_for_every_shard(tiny_run):

@@ -35,8 +35,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO
-from tests.test_workflow import TINY
+from tests.helpers import REPO, TINY
 
 pytestmark = pytest.mark.integration
 BIN = os.path.dirname(sys.executable)
