@@ -49,8 +49,8 @@ def limit_threads(n: int) -> None:
 
     torch is limited only when the stage has already imported it: importing it just to
     set its threads would cost a stage that never uses it ~1.5 s. A forward pass may round
-    its float32 sums differently under another ``n`` (see the README's Reliability
-    section); lcseg's own computations give the same bytes whatever ``n``.
+    its float32 sums differently under another ``n`` (see docs/reliability.md,
+    Determinism); lcseg's own computations give the same bytes whatever ``n``.
     """
     try:
         from threadpoolctl import threadpool_limits

@@ -1,4 +1,4 @@
-"""Determinism, as the README's Reliability section promises it:
+"""Determinism, as docs/reliability.md promises it:
 
 - two runs of the same config and seed, in two folders with the same thread count, are
   byte-identical in every Zarr array, the store attrs (absolute paths and timings
