@@ -586,9 +586,10 @@ def run_evaluate(
 
 def run(job: Job) -> dict:
     """The rule ``evaluate`` (settings: ``evaluate.matching`` and ``labels.n_classes``).
-    The run's facts come from its config (the digest of all of it, so an unrelated key
-    does not rerun the scoring), the backbone facts from the semantic stores'
-    ``extraction`` attrs (carried on from the features store by objects and segment)."""
+    The run's facts come from ``job.config`` (its digest is recorded, not passed as a
+    param, so an unrelated config change does not rerun the scoring), the backbone facts
+    from the semantic stores' ``extraction`` attrs (carried on from the features store by
+    objects and segment)."""
     extraction = open_store(job.input.semantic[0]).attrs.get("extraction") or {}
     facts = {
         "run": job.config["run"],

@@ -140,7 +140,6 @@ def _has_level(level: str) -> Callable[[Mapping], bool]:
     return when
 
 
-_FIT_KEYS = ("clustering.feature",)
 _KMEANS_KEYS = ("clustering.max_iter", "clustering.tol", "clustering.device")
 
 STAGES: tuple[Stage, ...] = (

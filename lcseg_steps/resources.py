@@ -19,6 +19,13 @@ def uses_cuda(device) -> int:
     return 1 if str(device).startswith("cuda") else 0
 
 
+def _per_image(n, base_mb, kb_per_image, base_min, s_per_image) -> dict:
+    return {
+        "mem_mb": float(base_mb + kb_per_image * n / 1024),
+        "runtime": int(base_min + 2 * s_per_image * n / 60 + 1),
+    }
+
+
 @dataclass(frozen=True)
 class Sizing:
     """What the estimates scale with: the run's config and its number of images."""
@@ -56,19 +63,12 @@ class Sizing:
     def shard(self, base_mb, kb_per_image, base_min, s_per_image) -> dict:
         """A per-shard job: a fixed base plus a share per image of the shard; wall time
         with a 2x margin on the per-image cost."""
-        n = self.images_per_shard
-        return {
-            "mem_mb": float(base_mb + kb_per_image * n / 1024),
-            "runtime": int(base_min + 2 * s_per_image * n / 60 + 1),
-        }
+        return _per_image(self.images_per_shard, base_mb, kb_per_image, base_min, s_per_image)
 
     def whole(self, base_mb, kb_per_image, base_min, s_per_image) -> dict:
-        """A job that reads something of every image (assign, evaluate)."""
-        n = self.n_images
-        return {
-            "mem_mb": float(base_mb + kb_per_image * n / 1024),
-            "runtime": int(base_min + 2 * s_per_image * n / 60 + 1),
-        }
+        """A job that reads something of every image (assign, evaluate), sized as
+        :meth:`shard` on all images."""
+        return _per_image(self.n_images, base_mb, kb_per_image, base_min, s_per_image)
 
     def fit(self, level: str) -> dict:
         """Global fit: the float32 sample (clustering.init_sample rows at the dataset

@@ -34,14 +34,22 @@ TINY = {
 }
 
 
-def snakemake(workdir, config, *args):
+def snakemake(workdir, config, *args, repo=REPO):
+    """Run Snakemake on ``config`` in ``workdir``, with the Snakefile and package of
+    ``repo`` (another checkout than this one: imported first, and run from ``workdir``,
+    since ``-m`` puts the working folder first on sys.path)."""
     cfg = os.path.join(workdir, "config.yaml")
     with open(cfg, "w") as fh:
         yaml.safe_dump(config, fh)
     # ``-m``: also where snakemake is installed without a script beside the interpreter
-    cmd = [sys.executable, "-m", "snakemake", "-s", os.path.join(REPO, "Snakefile")]
+    cmd = [sys.executable, "-m", "snakemake", "-s", os.path.join(repo, "Snakefile")]
     cmd += ["--directory", str(workdir), "--configfile", cfg, "--cores", "2", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if os.path.samefile(repo, REPO):
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=900, env=env, cwd=str(workdir)
+    )
 
 
 def scheduled(result) -> dict[str, int]:

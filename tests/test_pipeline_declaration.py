@@ -3,14 +3,11 @@ default run and in every analysis variant, with no other edit."""
 
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
-import yaml
 
 from lcseg_steps import pipeline
-from tests.helpers import REPO, TINY, scheduled
+from tests.helpers import REPO, TINY, scheduled, snakemake
 
 TOY = """
 
@@ -41,13 +38,7 @@ def _copy_with_toy(dest):
 
 
 def _dry_run(repo, workdir, config, target):
-    cfg = workdir / "config.yaml"
-    cfg.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "PYTHONPATH": str(repo)}
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "-n"]
-    cmd += ["--directory", str(workdir), "--configfile", str(cfg), "--cores", "1", target]
-    # ``-m`` puts the working folder first on sys.path: run from the work folder, not REPO
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=workdir)
+    r = snakemake(workdir, config, "-n", target, repo=repo)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return r
 

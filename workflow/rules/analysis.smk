@@ -39,11 +39,9 @@ rule analysis_separability:
         "../../envs/cluster.yaml"
     threads: 2
     resources:
-        mem_mb=lambda wildcards, attempt: int(
-            SIZING.whole(1024, 3 * SIZING.feature_kb_per_image(), 5, 0.2)["mem_mb"]
-            * attempt
+        **scaled_resources(
+            SIZING.whole(1024, 3 * SIZING.feature_kb_per_image(), 5, 0.2)
         ),
-        runtime=SIZING.whole(1024, 3 * SIZING.feature_kb_per_image(), 5, 0.2)["runtime"],
     params:
         settings=separability_settings,
         stage="analysis.separability",

@@ -174,18 +174,14 @@ def variant_targets():
     """The outputs of declared target stages of every variant, every seed and shard."""
     out = []
     for v in analysis_variants():
-        for stage, node in v.nodes.items():
-            if pipeline.get_stage(stage).target:
-                for name in pipeline.get_stage(stage).outputs:
-                    path = stage_path(
-                        stage,
-                        name,
-                        node.key,
-                        node.seeded,
-                        seed="{seed}",
-                        shard="{shard}",
-                    )
-                    out += expand(path, seed=ANALYSIS_SEEDS, shard=SHARDS)
+
+        def path_of(stage, output, nodes=v.nodes):
+            node = nodes[stage]
+            return stage_path(
+                stage, output, node.key, node.seeded, seed="{seed}", shard="{shard}"
+            )
+
+        out += stage_targets(v.nodes, path_of, ANALYSIS_SEEDS)
     return sorted(set(out))
 
 

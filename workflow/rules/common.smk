@@ -93,10 +93,15 @@ def stage_inputs(stage, reads, path_of):
 
 
 def rule_resources(stage):
-    """Snakemake resources of a stage's rules (sized on the run's config); a float
-    ``mem_mb`` grows with the attempt, so ``--retries`` resubmits with more memory."""
+    """Snakemake resources of a stage's rules, sized on the run's config."""
+    return scaled_resources(pipeline.get_stage(stage).resources(SIZING))
+
+
+def scaled_resources(resources):
+    """Snakemake resources from estimates: a float ``mem_mb`` grows with the attempt, so
+    ``--retries`` resubmits with more memory."""
     out = {}
-    for name, value in pipeline.get_stage(stage).resources(SIZING).items():
+    for name, value in resources.items():
         if isinstance(value, float):
             value = (lambda v: lambda wildcards, attempt: int(v * attempt))(value)
         out[name] = value
