@@ -7,29 +7,22 @@ import json
 import math
 import re
 from dataclasses import replace
-from fractions import Fraction
 
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
 from sklearn.metrics import confusion_matrix
 
 from lcseg_steps.data.index import ImageRecord
 from lcseg_steps.data.voc import write_label_png
-from lcseg_steps.evaluate import (
+from lcseg_steps.evaluate import plot_confusion, plot_per_class_iou, run_evaluate
+from lcseg_steps.protocols import PROTOCOLS
+from lcseg_steps.scoring import (
     ConfusionAccumulator,
-    ProtocolAccumulator,
     confusion,
     hungarian_match,
     json_ready,
     majority_match,
-    per_image_hungarian_match,
-    plot_confusion,
-    plot_per_class_iou,
-    protocol_metrics,
-    resize_nearest,
-    run_evaluate,
     scores,
 )
 from lcseg_steps.store import pixel_layout, write_store
@@ -246,253 +239,6 @@ def test_plots_write_png(tmp_path):
     assert (tmp_path / "iou2.png").stat().st_size > 1000
 
 
-# ------------------------------------------------------------------- protocols
-#
-# Each protocol of ProtocolAccumulator against an independent computation from the pixel
-# arrays: brute-force permutations, plain loops, a loop-computed nearest-neighbour resize.
-
-N_GT = 4
-
-
-def _protocol_images(seed, n_pred, n_images=5):
-    """Blocky gt (classes 0..3, some 255) of varying sizes; predictions a noisy relabelling
-    of it into ``n_pred`` ids, so best matches are unique but not perfect."""
-    rng = np.random.default_rng(seed)
-    pairs = []
-    for _ in range(n_images):
-        h, w = int(rng.integers(15, 40)), int(rng.integers(15, 40))
-        coarse = rng.integers(0, N_GT, size=(3, 4))
-        gt = coarse[np.arange(h) * 3 // h][:, np.arange(w) * 4 // w].astype(np.uint8)
-        relabel = rng.integers(0, n_pred, size=N_GT)
-        pred = relabel[gt]
-        noise = rng.random((h, w)) < 0.3
-        pred[noise] = rng.integers(0, n_pred, size=int(noise.sum()))
-        gt[rng.random((h, w)) < 0.1] = 255
-        pairs.append((gt, pred))
-    return pairs
-
-
-def _accumulate(pairs, n_pred):
-    acc = ProtocolAccumulator(N_GT, n_pred)
-    for i, (g, p) in enumerate(pairs):
-        acc.add(g, p, image_id=f"im{i}")
-    return acc.results()
-
-
-def _direct_scores(pairs, mappings):
-    """Per-class IoU and pixel accuracy from the pixels, each image's predicted ids sent
-    through its own mapping (-1 = unmatched), intersections and unions summed over images."""
-    inter = np.zeros(N_GT)
-    union = np.zeros(N_GT)
-    right = total = 0
-    for (gt, pred), mapping in zip(pairs, mappings, strict=True):
-        keep = gt != 255
-        g = gt[keep].astype(int)
-        p = np.asarray(mapping)[pred[keep]]
-        for c in range(N_GT):
-            inter[c] += np.sum((g == c) & (p == c))
-            union[c] += np.sum((g == c) | (p == c))
-        right += int(np.sum(g == p))
-        total += g.size
-    iou = [inter[c] / union[c] if union[c] else math.nan for c in range(N_GT)]
-    return iou, right / total
-
-
-def _assert_protocol(result, iou, acc):
-    np.testing.assert_allclose(result["per_class_iou"], iou, rtol=0, atol=1e-12, equal_nan=True)
-    assert result["miou"] == pytest.approx(np.nanmean(iou), abs=1e-12)
-    assert result["pixel_accuracy"] == pytest.approx(acc, abs=1e-12)
-
-
-def _pixel_confusion(pairs, n_pred):
-    """Dataset confusion by a plain loop over pixels."""
-    conf = np.zeros((N_GT, n_pred), dtype=np.int64)
-    for gt, pred in pairs:
-        for g, p in zip(gt.ravel(), pred.ravel(), strict=True):
-            if g != 255:
-                conf[g, p] += 1
-    return conf
-
-
-def _brute_force_mapping(conf):
-    """The unique injective map of predicted ids to gt classes with most matched pixels."""
-    n_gt, n_pred = conf.shape
-    best, argbest = -1, []
-    if n_pred <= n_gt:
-        candidates = itertools.permutations(range(n_gt), n_pred)
-    else:
-        candidates = (
-            tuple(cols.index(p) if p in cols else -1 for p in range(n_pred))
-            for cols in itertools.permutations(range(n_pred), n_gt)
-        )
-    for m in candidates:
-        total = sum(conf[g, p] for p, g in enumerate(m) if g >= 0)
-        if total > best:
-            best, argbest = total, [m]
-        elif total == best:
-            argbest.append(m)
-    assert len(argbest) == 1, "test data must have a unique best matching"
-    return argbest[0]
-
-
-@pytest.mark.parametrize("n_pred", [4, 3, 6])
-def test_dataset_hungarian_protocol_equals_brute_force(n_pred):
-    pairs = _protocol_images(10 + n_pred, n_pred)
-    mapping = _brute_force_mapping(_pixel_confusion(pairs, n_pred))
-    iou, acc = _direct_scores(pairs, [mapping] * len(pairs))
-    _assert_protocol(_accumulate(pairs, n_pred)["dataset_hungarian"], iou, acc)
-
-
-@pytest.mark.parametrize("n_pred", [4, 3, 7])
-def test_majority_protocol_equals_plain_loop(n_pred):
-    pairs = _protocol_images(20 + n_pred, n_pred)
-    # an id never predicted stays unmatched
-    pairs = [(g, np.where(p == n_pred - 1, 0, p)) for g, p in pairs]
-    mapping = []
-    for cluster in range(n_pred):
-        counts = [0] * N_GT
-        for gt, pred in pairs:
-            for g, p in zip(gt.ravel(), pred.ravel(), strict=True):
-                if g != 255 and p == cluster:
-                    counts[g] += 1
-        best = -1
-        for c in range(N_GT):  # strict > : ties go to the lower class
-            if counts[c] > 0 and (best < 0 or counts[c] > counts[best]):
-                best = c
-        mapping.append(best)
-    assert mapping[n_pred - 1] == -1
-    if n_pred > N_GT:
-        assert len(set(mapping) - {-1}) < n_pred - 1  # several clusters on one class
-    iou, acc = _direct_scores(pairs, [mapping] * len(pairs))
-    _assert_protocol(_accumulate(pairs, n_pred)["majority"], iou, acc)
-
-
-def _brute_force_per_image(gt, pred):
-    """Best one-to-one match of the classes and ids present in one image (brute force over
-    permutations), pairs without overlap dropped, every other id to background 0."""
-    keep = gt != 255
-    g, p = gt[keep].astype(int), pred[keep].astype(int)
-    classes, ids = sorted(set(g.tolist())), sorted(set(p.tolist()))
-    overlap = {(c, k): int(np.sum((g == c) & (p == k))) for c in classes for k in ids}
-    best, argbest = -1, set()
-    n = min(len(classes), len(ids))
-    for cs in itertools.permutations(classes, n):
-        for ks in itertools.permutations(ids, n):
-            total = sum(overlap[c, k] for c, k in zip(cs, ks, strict=True))
-            pairs = frozenset((c, k) for c, k in zip(cs, ks, strict=True) if overlap[c, k])
-            if total > best:
-                best, argbest = total, {pairs}
-            elif total == best:
-                argbest.add(pairs)
-    assert len(argbest) == 1, "test data must have a unique best matching per image"
-    mapping = [0] * (int(pred.max()) + 1)
-    for c, k in next(iter(argbest)):
-        mapping[k] = c
-    return mapping
-
-
-@pytest.mark.parametrize("n_pred", [4, 3, 6])
-def test_per_image_hungarian_protocol_equals_brute_force(n_pred):
-    pairs = _protocol_images(30 + n_pred, n_pred, n_images=4)
-    mappings = [_brute_force_per_image(g, p) for g, p in pairs]
-    iou, acc = _direct_scores(pairs, mappings)
-    result = _accumulate(pairs, n_pred)["per_image_hungarian"]
-    _assert_protocol(result, iou, acc)
-    # optimistic: never below the one dataset-level match
-    assert result["miou"] >= _accumulate(pairs, n_pred)["dataset_hungarian"]["miou"]
-
-
-def test_per_image_match_merges_unmatched_into_background():
-    # class 1 is split over ids 1 and 5 (only 1 is matched), id 3 lies only where gt is
-    # void, id 4 is not predicted; gt class 3 is absent from the image
-    gt = np.array([[0, 0, 1, 1, 1, 1, 2, 2, 255, 255]], np.uint8)
-    pred = np.array([[0, 0, 1, 1, 1, 5, 2, 2, 3, 3]])
-    conf = confusion(gt, pred, 4, 6)
-    np.testing.assert_array_equal(per_image_hungarian_match(conf), [0, 1, 2, 0, 0, 0])
-    acc = ProtocolAccumulator(4, 6)
-    acc.add(gt, pred)
-    res = acc.results()["per_image_hungarian"]
-    # id 5's pixel of class 1 counts as predicted background
-    assert res["confusion"] == [[2, 0, 0, 0], [1, 3, 0, 0], [0, 0, 2, 0], [0, 0, 0, 0]]
-    assert res["per_class_iou"][:3] == [pytest.approx(2 / 3), 0.75, 1.0]
-    assert math.isnan(res["per_class_iou"][3])
-    # the assignment pairs id 1 with class 1, which it does not overlap: no match, so
-    # id 1 goes to background rather than making a false positive of class 1
-    c2 = confusion(np.array([[0, 0, 0, 0, 1]], np.uint8), np.array([[0, 0, 0, 1, 0]]), 2, 2)
-    assert per_image_hungarian_match(c2).tolist() == [0, 0]
-    # an image whose gt is all void adds nothing
-    acc.add(np.full((2, 3), 255, np.uint8), np.zeros((2, 3), np.int64))
-    assert acc.results()["per_image_hungarian"]["confusion"] == res["confusion"]
-
-
-def _loop_nearest(a, side):
-    """Nearest-neighbour resize to side x side by a loop over output pixels, sampling at
-    pixel centres with exact fractions: source index floor((i + 1/2) * n_in / side)."""
-    h, w = a.shape
-    out = np.empty((side, side), a.dtype)
-    for y in range(side):
-        sy = math.floor((Fraction(y) + Fraction(1, 2)) * h / side)
-        for x in range(side):
-            out[y, x] = a[sy, math.floor((Fraction(x) + Fraction(1, 2)) * w / side)]
-    return out
-
-
-@pytest.mark.parametrize("shape", [(7, 13), (375, 500), (320, 320), (1, 641)])
-def test_resize_nearest_matches_loop_and_pil(shape):
-    rng = np.random.default_rng(shape[0])
-    a = rng.integers(0, 256, size=shape).astype(np.uint8)
-    got = resize_nearest(a, 320, 320)
-    assert got.shape == (320, 320) and got.dtype == np.uint8
-    np.testing.assert_array_equal(got, _loop_nearest(a, 320))
-    pil = np.asarray(Image.fromarray(a).resize((320, 320), Image.Resampling.NEAREST))
-    np.testing.assert_array_equal(got, pil)
-    assert set(np.unique(got)) <= set(np.unique(a))  # labels are not blended
-
-
-def test_fixed_320_protocol_equals_loop_resize_and_brute_force():
-    n_pred = 5
-    pairs = _protocol_images(41, n_pred, n_images=3)
-    resized = [(_loop_nearest(g, 320), _loop_nearest(p, 320)) for g, p in pairs]
-    mapping = _brute_force_mapping(
-        confusion(
-            np.concatenate([g.ravel() for g, _ in resized]),
-            np.concatenate([p.ravel() for _, p in resized]),
-            N_GT,
-            n_pred,
-        )
-    )
-    iou, acc = _direct_scores(resized, [mapping] * len(resized))
-    result = _accumulate(pairs, n_pred)["fixed_320"]
-    _assert_protocol(result, iou, acc)
-    assert result["miou"] != _accumulate(pairs, n_pred)["dataset_hungarian"]["miou"]
-
-
-def test_protocol_metrics_shape():
-    pairs = _protocol_images(50, 5)
-    acc = ProtocolAccumulator(N_GT, 5)
-    for g, p in pairs:
-        acc.add(g, p)
-    names = ["bg", "a", "b", "c"]
-    out = protocol_metrics(acc.results(names))
-    assert list(out) == ["dataset_hungarian", "majority", "per_image_hungarian", "fixed_320"]
-    for entry in out.values():
-        assert set(entry) == {
-            "miou",
-            "pixel_accuracy",
-            "per_class_iou",
-            "matching",
-            "resolution",
-            "used_by",
-        }
-        assert list(entry["per_class_iou"]) == names
-        assert isinstance(entry["used_by"], str) and entry["used_by"]
-    assert "DiffCut" in out["per_image_hungarian"]["used_by"]
-    assert "CAUSE" in out["fixed_320"]["used_by"]
-    assert json.loads(json.dumps(json_ready(out)))
-    with pytest.raises(ValueError, match="im9.*prediction value 5"):
-        acc.add(pairs[0][0], np.full(pairs[0][0].shape, 5), image_id="im9")
-
-
 # ---------------------------------------------------------------------------------------
 # run_evaluate: the stage's store-to-store function on hand-made semantic stores
 
@@ -557,7 +303,7 @@ def _evaluate(d, records=None, stores=None):
         class_names=CLASSES,
         n_classes=N_CLASSES,
         matching="hungarian",
-        facts={"backbone": "fake", "seed": 3},
+        facts={"backbone": "fake", "seed": 3, "dataset": "demo"},
         log=_quiet,
     )
 
@@ -605,12 +351,16 @@ def test_evaluate_matches_brute_force_reference(eval_data):
     assert saved["n_images_unlabelled"] == 1
     # every protocol is there; the dataset-level Hungarian one repeats the headline
     protocols = saved["protocols"]
-    assert list(protocols) == ["dataset_hungarian", "majority", "per_image_hungarian", "fixed_320"]
+    # the demo facts' CAUSE variant is cause_voc
+    assert list(protocols) == [p for p in PROTOCOLS if p != "cause_coco"]
+    assert saved["headline_protocol"] == "dataset_hungarian"
     head = protocols["dataset_hungarian"]
     assert head["miou"] == saved["miou"] and head["pixel_accuracy"] == saved["pixel_accuracy"]
     assert head["per_class_iou"] == saved["per_class_iou"]
-    for entry in protocols.values():
-        assert entry["per_class_iou"]["bird"] is None and entry["used_by"]
+    for name, entry in protocols.items():
+        # DSM averages over all classes: an absent class scores 0, the others leave it out
+        bird = 0.0 if name.startswith("dsm") else None
+        assert entry["per_class_iou"]["bird"] == bird and entry["reproduces"]
         assert 0 <= entry["miou"] <= 1 and 0 <= entry["pixel_accuracy"] <= 1
     for png in ("iou.png", "confusion.png"):
         img = cv2.imread(str(tmp / png))

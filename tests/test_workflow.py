@@ -12,6 +12,7 @@ from lcseg_steps.data.demo import DEMO_CLASSES
 from lcseg_steps.data.index import read_index
 from lcseg_steps.data.voc import read_label_png
 from lcseg_steps.images import patch_grid_size
+from lcseg_steps.protocols import PROTOCOLS
 from lcseg_steps.settings import settings_digest
 from lcseg_steps.store import open_store
 from tests.helpers import BIN, TINY, scheduled, snakemake
@@ -137,9 +138,12 @@ def test_scores_and_report(tiny_run):
     page = (res / "report.html").read_text()
     assert page.count("<img") >= 2 + 3 * 5 and "demo_0002" in page
     protocols = metrics["protocols"]
-    assert set(protocols) == {"dataset_hungarian", "majority", "per_image_hungarian", "fixed_320"}
+    assert list(protocols) == [p for p in PROTOCOLS if p != "cause_coco"]  # demo: VOC's
     assert protocols["dataset_hungarian"]["miou"] == metrics["miou"]
-    assert '<table class="protocols">' in page and "DiffCut" in page
+    assert metrics["headline_protocol"] == "dataset_hungarian"
+    assert set(summary["protocols"]) == set(protocols)
+    assert summary["protocols"]["dsm"]["miou"]["per_seed"] == [protocols["dsm"]["miou"]]
+    assert '<table class="protocols">' in page and "PaulCouairon/DiffCut" in page
 
     # the scores follow from the written predictions: recompute them independently
     conf = np.zeros((5, 3), dtype=np.int64)
