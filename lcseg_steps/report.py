@@ -22,6 +22,7 @@ import numpy as np
 from lcseg_steps.analysis.table_format import changes, read_csv
 from lcseg_steps.data.index import ImageRecord, load_ground_truth, read_index
 from lcseg_steps.images import read_rgb
+from lcseg_steps.protocols import published_results
 from lcseg_steps.store import image_grid_array, open_store, pixel_map, records_in_order
 
 if TYPE_CHECKING:
@@ -232,31 +233,90 @@ def _scores(metrics: Mapping[str, Any]) -> str:
     )
 
 
-def _protocols(metrics: Mapping[str, Any]) -> str:
-    """The table of evaluation protocols (metrics.json's ``protocols``), one row each:
-    mIoU, pixel accuracy, how it matches and at which resolution, and who scores this way."""
+def _over_seeds(summary: Mapping[str, Any] | None, name: str) -> str:
+    """``mean ± std`` (percent) of protocol ``name``'s mIoU over seeds, or ``""``."""
+    entry = ((summary or {}).get("protocols") or {}).get(name) or {}
+    m = entry.get("miou") or {}
+    if m.get("mean") is None:
+        return ""
+    return f"{100 * m['mean']:.1f} ± {100 * (m.get('std') or 0.0):.1f}"
+
+
+def _protocols(
+    metrics: Mapping[str, Any],
+    summary: Mapping[str, Any] | None = None,
+    published: Sequence[Mapping[str, Any]] = (),
+) -> str:
+    """The table of evaluation protocols (metrics.json's ``protocols``), one row each: mIoU
+    of this seed and over seeds, pixel accuracy, the rule, the resolution, the peer code
+    it reproduces and what differs; then the peers' ``published`` numbers (rows of
+    ``protocols.published_results`` for the run's dataset) beside ours under the same
+    protocol, with a warning when the run's weights are random."""
     protocols = metrics.get("protocols")
     if not isinstance(protocols, Mapping) or not protocols:
         return ""
+    headline = metrics.get("headline_protocol")
     rows = [
-        "<tr><th>protocol</th><th>mIoU</th><th>pixel acc.</th><th>matching</th>"
-        "<th>resolution</th><th>used by</th></tr>"
+        "<tr><th>protocol</th><th>mIoU</th><th>over seeds</th><th>pixel acc.</th>"
+        "<th>rule</th><th>resolution</th><th>reproduces</th><th>differs</th></tr>"
     ]
     for name, p in protocols.items():
         p = p if isinstance(p, Mapping) else {}
+        mark = " (headline)" if name == headline else ""
         rows.append(
-            f"<tr><td><code>{_esc(name)}</code></td>"
+            f"<tr><td><code>{_esc(name)}</code>{mark}</td>"
             f'<td class="num">{_pct(p.get("miou"))}</td>'
+            f'<td class="num">{_esc(_over_seeds(summary, name))}</td>'
             f'<td class="num">{_pct(p.get("pixel_accuracy"))}</td>'
-            f"<td>{_esc(p.get('matching', ''))}</td><td>{_esc(p.get('resolution', ''))}</td>"
-            f"<td>{_esc(p.get('used_by', ''))}</td></tr>"
+            f"<td>{_esc(p.get('rule', ''))}</td><td>{_esc(p.get('resolution', ''))}</td>"
+            f"<td>{_esc(p.get('reproduces', ''))}</td><td>{_esc(p.get('differs', ''))}</td></tr>"
         )
-    return (
-        "<h2>Evaluation protocols</h2>\n<p>The same predictions scored the ways published "
-        "methods score them (values in percent), so a number can be set beside a peer's "
-        "scored the same way. Per-image matching is an oracle (each image matched on its "
-        "own ground truth): optimistic, not comparable to the dataset-level ones.</p>\n"
+    html = (
+        "<h2>Evaluation protocols</h2>\n<p>The same predictions scored the way each peer's "
+        "own evaluation code scores them (values in percent), so that a number can stand "
+        f"beside that peer's table. The headline mIoU is <code>{_esc(headline or '')}</code>."
+        "</p>\n"
         '<table class="protocols">\n' + "\n".join(rows) + "\n</table>"
+    )
+    return html + _published(metrics, summary, protocols, published)
+
+
+def _published(
+    metrics: Mapping[str, Any],
+    summary: Mapping[str, Any] | None,
+    protocols: Mapping[str, Any],
+    published: Sequence[Mapping[str, Any]],
+) -> str:
+    """The peers' published numbers on the run's dataset beside ours (same protocol)."""
+    rows = [r for r in published if r.get("dataset") == metrics.get("dataset")]
+    if not rows:
+        return ""
+    lines = [
+        "<tr><th>method</th><th>paper</th><th>backbone</th><th>trains</th>"
+        "<th>protocol</th><th>published mIoU</th><th>lcseg, same protocol</th></tr>"
+    ]
+    for r in rows:
+        name = str(r.get("protocol"))
+        ours = _over_seeds(summary, name) or _pct((protocols.get(name) or {}).get("miou"))
+        lines.append(
+            f"<tr><td>{_esc(r.get('method'))}</td><td>{_esc(r.get('paper'))}</td>"
+            f"<td>{_esc(r.get('backbone'))}</td><td>{_esc(r.get('trains'))}</td>"
+            f"<td><code>{_esc(name)}</code></td>"
+            f'<td class="num">{float(r["miou"]):.1f}</td><td class="num">{_esc(ours)}</td></tr>'
+        )
+    weights = str(metrics.get("weights") or "")
+    warn = (
+        f'<div class="warning">This run\'s backbone has random weights ({_esc(weights)}): '
+        "its numbers measure the pipeline, not the method, and cannot be compared with "
+        "the published ones.</div>\n"
+        if weights.startswith("random")
+        else ""
+    )
+    return (
+        "\n<h3>Where we stand</h3>\n" + warn + "<p>Published numbers from the papers "
+        "(lcseg_steps/data/published.csv; add a row to compare with another paper), beside "
+        "lcseg's under the protocol that reproduces the paper's evaluation code.</p>\n"
+        '<table class="protocols">\n' + "\n".join(lines) + "\n</table>"
     )
 
 
@@ -415,6 +475,8 @@ def build_report(
     notes: Sequence[str] = (),
     scores: bool = True,
     analysis: Mapping[str, Any] | None = None,
+    summary: Mapping[str, Any] | None = None,
+    published: Sequence[Mapping[str, Any]] = (),
 ) -> Path:
     """Write the report page to ``out_html`` (atomically) and return its path.
 
@@ -423,9 +485,11 @@ def build_report(
     such as ``backbone``, ``weights``, ``weights_warning``, ``seeds``); any key may be
     missing and any score None/NaN. ``plots``: ``(caption, PNG path)``, embedded with the
     longer side capped at ``PLOT_MAX_SIDE``. A ``protocols`` object (the evaluate stage's:
-    name -> ``miou``, ``pixel_accuracy``, ``matching``, ``resolution``, ``used_by``) is
-    shown as one table after the scores. ``gallery``: ``{"image_id": str, "panels":
-    [(caption, (H, W, 3) uint8 RGB), ...]}``, panels downscaled to ``PANEL_MAX_SIDE``.
+    name -> ``miou``, ``pixel_accuracy``, ``rule``, ``resolution``, ``reproduces``,
+    ``differs``) is shown as one table after the scores, with ``summary``'s mean over
+    seeds (metrics_summary.json) and the ``published`` rows of the run's dataset.
+    ``gallery``: ``{"image_id": str, "panels": [(caption, (H, W, 3) uint8 RGB), ...]}``,
+    panels downscaled to ``PANEL_MAX_SIDE``.
     A set ``weights_warning`` is shown in a warning box at the top. ``scores=False`` (no
     ground truth) leaves the scores table out. ``analysis`` (``read_analysis``'s dict:
     ``note``, ``keys``, ``rows``, ``plots``) adds an Analysis section before the gallery;
@@ -439,7 +503,7 @@ def build_report(
     body.append(_facts(metrics))
     if notes:
         body.append("<ul>" + "".join(f"<li>{_esc(n)}</li>" for n in notes) + "</ul>")
-    scored = [_scores(metrics), _protocols(metrics)] if scores else []
+    scored = [_scores(metrics), _protocols(metrics, summary, published)] if scores else []
     body += [*scored, _plots(plots), _analysis(analysis), _gallery(gallery)]
     page = (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -622,6 +686,7 @@ def run_report(
                 matching=str(metrics.get("matching", "hungarian")),
             )
             shown.append({"image_id": r.image_id, "panels": panels})
+    summary = None
     if summary_json is None:
         notes = ["No ground truth: predictions and overlays only, no scores."]
     else:
@@ -655,6 +720,8 @@ def run_report(
         notes=notes,
         scores=metrics_json is not None,
         analysis=analysis,
+        summary=summary,
+        published=published_results() if metrics_json is not None else (),
     )
 
 

@@ -212,36 +212,97 @@ def test_protocols_table_one_row_each_with_peers(tmp_path):
             "miou": 0.41234,
             "pixel_accuracy": 0.8,
             "per_class_iou": {"background": 0.7},
-            "matching": "one-to-one Hungarian over the whole dataset",
+            "rule": "one-to-one Hungarian, most matched pixels",
             "resolution": "original",
-            "used_by": "DSM, MaskContrast, COMUS",
+            "reproduces": "lcseg's headline",
+            "differs": "",
         },
-        "per_image_hungarian": {
+        "diffcut": {
             "miou": None,
             "pixel_accuracy": 0.9,
-            "matching": "Hungarian per image",
-            "resolution": "original",
-            "used_by": "DiffCut <&>",
+            "rule": "per image",
+            "resolution": "128x128",
+            "reproduces": "PaulCouairon/DiffCut <&>",
         },
-        "fixed_320": {"miou": 0.25},  # sparse entries still render
+        "dsm": {"miou": 0.25},  # sparse entries still render
     }
+    summary = {"protocols": {"dsm": {"miou": {"mean": 0.3, "std": 0.02}}}}
+    metrics = _metrics(protocols=protocols, headline_protocol="dataset_hungarian")
     text = build_report(
-        tmp_path / "r.html", title="t", metrics=_metrics(protocols=protocols), plots=[], gallery=[]
+        tmp_path / "r.html", title="t", metrics=metrics, plots=[], gallery=[], summary=summary
     ).read_text(encoding="utf-8")
     table = text[text.index('<table class="protocols">') :]
     table = table[: table.index("</table>")]
     rows = re.findall(r"<tr>(.*?)</tr>", table)
     assert len(rows) == 1 + 3  # header + one per protocol, in the given order
     cells = [re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", r) for r in rows]
-    assert cells[0] == ["protocol", "mIoU", "pixel acc.", "matching", "resolution", "used by"]
-    assert cells[1][:3] == ["<code>dataset_hungarian</code>", "41.2", "80.0"]
-    assert cells[1][5] == "DSM, MaskContrast, COMUS"
-    assert cells[2][1:3] == ["n/a", "90.0"] and cells[2][5] == "DiffCut &lt;&amp;&gt;"
-    assert cells[3][1:3] == ["25.0", "n/a"]
+    assert cells[0] == [
+        "protocol",
+        "mIoU",
+        "over seeds",
+        "pixel acc.",
+        "rule",
+        "resolution",
+        "reproduces",
+        "differs",
+    ]
+    assert cells[1][:4] == ["<code>dataset_hungarian</code> (headline)", "41.2", "", "80.0"]
+    assert (
+        cells[2][1:4] == ["n/a", "", "90.0"] and cells[2][6] == "PaulCouairon/DiffCut &lt;&amp;&gt;"
+    )
+    assert cells[3][1:4] == ["25.0", "30.0 ± 2.0", "n/a"]
     # the protocols object is not listed among the run facts, and no table without it
     assert "<dt>protocols</dt>" not in text
+    assert "Where we stand" not in text  # no published rows given
     plain = build_report(tmp_path / "p.html", title="t", metrics=_metrics(), plots=[], gallery=[])
     assert '<table class="protocols">' not in plain.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    "dataset,weights", [("voc12", "random"), ("coco", "timm"), ("demo", "timm")]
+)
+def test_published_numbers_beside_ours_for_the_runs_dataset(tmp_path, dataset, weights):
+    from lcseg_steps.protocols import published_results
+
+    protocols = {
+        "dsm": {"miou": 0.2},
+        "cause_voc": {"miou": 0.31},
+        "cause_coco": {"miou": 0.12},
+        "diffcut": {"miou": 0.4},
+    }
+    summary = {"protocols": {"dsm": {"miou": {"mean": 0.21, "std": 0.01}}}}
+    metrics = _metrics(protocols=protocols, dataset=dataset, weights=weights)
+    text = build_report(
+        tmp_path / "r.html",
+        title="t",
+        metrics=metrics,
+        plots=[],
+        gallery=[],
+        summary=summary,
+        published=published_results(),
+    ).read_text(encoding="utf-8")
+    if dataset == "demo":
+        assert "Where we stand" not in text
+        return
+    part = text[text.index("Where we stand") :]
+    rows = re.findall(r"<tr>(.*?)</tr>", part[: part.index("</table>")])
+    cells = [re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", r) for r in rows]
+    by_method = {c[0]: c for c in cells[1:]}
+    assert ("random weights" in part) == (weights == "random")
+    if dataset == "voc12":
+        assert set(by_method) == {"CAUSE-TR", "COMUS", "DSM", "DiffCut"}
+        assert by_method["CAUSE-TR"][4:] == ["<code>cause_voc</code>", "53.3", "31.0"]
+        assert by_method["DSM"][4:] == ["<code>dsm</code>", "37.2", "21.0 ± 1.0"]
+        assert by_method["DiffCut"][3] == "no"
+    else:
+        assert set(by_method) == {"CAUSE-TR", "COMUS"}
+        assert by_method["CAUSE-TR"][2:] == [
+            "DINO ViT-S/8",
+            "yes (segmentation head and concept codebook)",
+            "<code>cause_coco</code>",
+            "21.2",
+            "12.0",
+        ]
 
 
 # ---------------------------------------------------------------- legends
