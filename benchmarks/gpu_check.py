@@ -62,7 +62,14 @@ SIZES = {
 
 
 def size(name: str, scale: str):
+    """The size ``name`` at ``scale``; the environment variable ``GPU_CHECK_<NAME>``
+    (e.g. ``GPU_CHECK_DATASET_ROWS=2000000``, ``GPU_CHECK_IMAGE_ROWS=700,1100``) wins, so
+    that ``benchmarks/gpu_session.sh`` can fit each section into its time limit."""
     full, tiny = SIZES[name]
+    given = os.environ.get(f"GPU_CHECK_{name.upper()}")
+    if given:
+        values = tuple(int(v) for v in given.split(","))
+        return values if isinstance(full, tuple) else values[0]
     return full if scale == "full" else tiny
 
 
@@ -132,9 +139,14 @@ def best_time(fn: Callable[[], object], device: str, repeats: int = 3) -> tuple[
 def environment(c: Check) -> dict:
     import torch
 
+    from benchmarks.harness import machine_info
+
+    machine = machine_info()
     info: dict = {
         "python": platform.python_version(),
         "cpu": platform.processor() or platform.machine(),
+        "cpu_model": machine["cpu_model"],
+        "cpu_flags": machine["cpu_flags"],
         "cpu_cores": os.cpu_count(),
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
@@ -380,6 +392,11 @@ def pipeline(c: Check) -> dict:
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory"]
     cmd += [str(wd), "--configfile", str(wd / "config.yaml"), "--cores", str(cores)]
     cmd += ["--resources", "gpu=1"]
+    if os.environ.get("GPU_CHECK_PIPELINE_DRY_RUN") == "1":  # the session script's CPU mode
+        p = subprocess.run([*cmd, "-n", "--quiet", "rules"], capture_output=True, text=True)
+        if p.returncode != 0:
+            raise RuntimeError(f"snakemake -n failed ({p.returncode}):\n{p.stderr[-3000:]}")
+        return {"dry_run": True, "images": n, "plan": (p.stdout + p.stderr)[-3000:]}
     limit = max(30.0, c.budget_s - (time.perf_counter() - c.t0)) if c.budget_s else 900.0
     t = time.perf_counter()
     try:
