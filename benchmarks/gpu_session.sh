@@ -9,6 +9,7 @@
 # Sections (name, default limit in seconds, what it does):
 #   environment     10  nvidia-smi, CPU model and flags, Python and package versions
 #   install         30  the wheels of benchmarks/wheelhouse.sh, offline, into $SESSION_SITE
+#                       (90 when it must build the CRF's wheel from wheelhouse/build/)
 #   tests           95  pytest -m gpu (junit XML and the -rA report)
 #   float32         25  python -m benchmarks.float32_diagnosis (CPU against the device)
 #   kmeans_image    30  benchmarks.gpu_check's image level (device, CPU engine, sklearn)
@@ -83,6 +84,15 @@ section_install() {
         echo "no wheels in $WHEELHOUSE: run benchmarks/wheelhouse.sh here and carry it"
         return 3
     fi
+    local sdists=("$WHEELHOUSE"/build/pydensecrf2-*.tar.gz)
+    if ! compgen -G "$WHEELHOUSE/pydensecrf2-*.whl" >/dev/null && ((${#sdists[@]})); then
+        # wheelhouse.sh found no python3.12: build the CRF's wheel here, offline, from its
+        # source and the build requirements it saved (setuptools, wheel, Cython)
+        echo "building ${sdists[0]##*/} here"
+        "$PY" -m pip wheel -q --no-index --no-deps --find-links "$WHEELHOUSE/build" \
+            -w "$WORK/built" "${sdists[0]}" || return $?
+        wheels+=("$WORK"/built/pydensecrf2-*.whl)
+    fi
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target "$SITE" "${wheels[@]}" || return $?
     PYTHONPATH="$SITE:$REPO" "$PY" -c '
@@ -151,6 +161,9 @@ declare -A LIMIT=(
     [environment]=10 [install]=30 [tests]=95 [float32]=25
     [kmeans_image]=30 [kmeans_dataset]=35 [extract]=30 [pipeline]=95
 )
+if [[ $MODE != cpu ]] && ! compgen -G "$WHEELHOUSE/pydensecrf2-*.whl" >/dev/null; then
+    LIMIT[install]=90 # the CRF's wheel is built here first
+fi
 ORDER="environment install tests float32 kmeans_image kmeans_dataset extract pipeline"
 SECTIONS=${SESSION_SECTIONS:-$ORDER}
 BUDGET=${SESSION_BUDGET:-350}
