@@ -7,15 +7,15 @@
 #   OUT=/tmp/dry SESSION_MODE=cpu bash benchmarks/gpu_session.sh   # a tiny dry run on a CPU
 #
 # Sections (name, default limit in seconds, what it does):
-#   environment     10  nvidia-smi, CPU model and flags, Python and package versions
+#   environment     20  nvidia-smi, CPU model and flags, Python and package versions
 #   install         30  the wheels of benchmarks/wheelhouse.sh, offline, into $SESSION_SITE
 #                       (90 when it must build the CRF's wheel from wheelhouse/build/)
-#   tests           95  pytest -m gpu (junit XML and the -rA report)
+#   tests           90  pytest -m gpu (junit XML and the -rA report)
 #   float32         25  python -m benchmarks.float32_diagnosis (CPU against the device)
 #   kmeans_image    30  benchmarks.gpu_check's image level (device, CPU engine, sklearn)
 #   kmeans_dataset  35  benchmarks.gpu_check's streamed dataset level
 #   extract         30  benchmarks.gpu_check's extract against the bare forward pass
-#   pipeline        95  Snakemake on 1,449 demo images, each stage's time from logs/
+#   pipeline        90  Snakemake on 1,449 demo images, each stage's time from logs/
 #
 # What comes back (the device tool returns at most 8 files): $OUT/summary.tsv (one line a
 # section: name, status, exit code, seconds, limit), $OUT/session.log (the console) and
@@ -158,8 +158,8 @@ else
 fi
 
 declare -A LIMIT=(
-    [environment]=10 [install]=30 [tests]=95 [float32]=25
-    [kmeans_image]=30 [kmeans_dataset]=35 [extract]=30 [pipeline]=95
+    [environment]=20 [install]=30 [tests]=90 [float32]=25
+    [kmeans_image]=30 [kmeans_dataset]=35 [extract]=30 [pipeline]=90
 )
 if [[ $MODE != cpu ]] && ! compgen -G "$WHEELHOUSE/pydensecrf2-*.whl" >/dev/null; then
     LIMIT[install]=90 # the CRF's wheel is built here first

@@ -35,6 +35,8 @@ def session(tmp_path_factory):
         "SESSION_PYTHON": sys.executable,
         "SESSION_WORK": str(tmp_path_factory.mktemp("work")),
         "T_TESTS": "2",  # pytest -m gpu cannot finish in 2 s: the timeout path
+        # room for the others on a loaded machine (each takes 2-6 s here)
+        **{f"T_{s.upper()}": "120" for s in SECTIONS if s != "tests"},
     }
     script = os.path.join(REPO, "benchmarks", "gpu_session.sh")
     p = subprocess.run(
