@@ -108,7 +108,9 @@ for name in ("zarr", "numcodecs", "snakemake", "pydensecrf", "pycocotools", "ijs
 }
 
 section_tests() {
-    "$PY" -m pytest -m gpu -rA -p no:cacheprovider -o addopts= \
+    # -v -s: each outcome and each printed agreement reach the log as they happen, so a
+    # run stopped at its limit still says how far it got
+    "$PY" -m pytest -m gpu -v -s -rA -p no:cacheprovider -o addopts= \
         --junitxml="$WORK/tests.xml" tests
 }
 
