@@ -24,7 +24,9 @@
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DEST=${WHEELHOUSE:-$REPO/wheelhouse}
+# the project's environment (the README's .venv/): its versions are the tested ones
 PY=${WHEELHOUSE_PIP_PYTHON:-python3}
+[[ -z ${WHEELHOUSE_PIP_PYTHON:-} && -x $REPO/.venv/bin/python ]] && PY=$REPO/.venv/bin/python
 find_py312() { # a python3.12 that runs: named, on the PATH, or one of pyenv's
     local c
     for c in ${WHEELHOUSE_PY312:-} python3.12 "$(pyenv root 2>/dev/null)"/versions/3.12*/bin/python3.12; do
