@@ -30,7 +30,15 @@ from benchmarks import (
     bench_pipeline,
     bench_refine,
 )
-from benchmarks.harness import Context, Result, format_table, limit_threads, machine_info
+from benchmarks.harness import (
+    Context,
+    Result,
+    default_threads,
+    format_table,
+    limit_threads,
+    machine_info,
+    machine_line,
+)
 
 # name -> function(ctx) -> list[Result]; order is the run order (cheap and independent first)
 BENCHMARKS: dict[str, Callable[[Context], list[Result]]] = {
@@ -70,7 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--only", help="comma-separated benchmark names or prefixes")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per side (default 3)")
-    ap.add_argument("--threads", type=int, default=2, help="BLAS/OpenMP/torch threads (2)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="BLAS/OpenMP/torch and k-means threads (default: the cores this job may use, "
+        f"{default_threads()} here)",
+    )
     ap.add_argument("--tmp", type=Path, help="scratch folder (default: a new temp dir)")
     ap.add_argument("--list", action="store_true", help="list benchmark names and exit")
     args = ap.parse_args(argv)
@@ -78,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(BENCHMARKS))
         return 0
     scale = args.scale or ("quick" if args.quick else "full")
+    args.threads = args.threads or default_threads()
+    machine = machine_info()
     names = select(args.only)
     limit_threads(args.threads)
 
@@ -111,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter() - t_all
 
     print(format_table(results))
+    print(machine_line(machine) + f"; {args.threads} threads")
     for name, err in errors.items():
         print(f"{name}: FAILED {err}")
     print(f"total {total:.1f}s ({scale}), load average {os.getloadavg()[0]:.2f}")
@@ -122,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             "total_s": total,
             "loadavg_before": load_before,
             "loadavg_after": os.getloadavg(),
-            "machine": machine_info(),
+            "machine": machine,
             "results": [r.to_json() for r in results],
             "errors": errors,
         }

@@ -62,7 +62,14 @@ SIZES = {
 
 
 def size(name: str, scale: str):
+    """The size ``name`` at ``scale``; the environment variable ``GPU_CHECK_<NAME>``
+    (e.g. ``GPU_CHECK_DATASET_ROWS=2000000``, ``GPU_CHECK_IMAGE_ROWS=700,1100``) wins, so
+    that ``benchmarks/gpu_session.sh`` can fit each section into its time limit."""
     full, tiny = SIZES[name]
+    given = os.environ.get(f"GPU_CHECK_{name.upper()}")
+    if given:
+        values = tuple(int(v) for v in given.split(","))
+        return values if isinstance(full, tuple) else values[0]
     return full if scale == "full" else tiny
 
 
@@ -70,11 +77,20 @@ class Check:
     """Runs sections in order, logging to the console and ``gpu_check.log`` and keeping
     every section's dict (or its error) in ``gpu_check.json``."""
 
-    def __init__(self, out: Path, device: str, scale: str, keep: bool = False, budget_s=None):
+    def __init__(
+        self, out: Path, device: str, scale: str, keep: bool = False, budget_s=None, threads=1
+    ):
         self.out, self.device, self.scale, self.budget_s = out, device, scale, budget_s
+        self.threads = threads
         out.mkdir(parents=True, exist_ok=True)
         self.log_fh = open(out / "gpu_check.log", "a" if keep else "w", buffering=1)
-        self.result: dict = {"device": device, "scale": scale, "sections": {}, "errors": {}}
+        self.result: dict = {
+            "device": device,
+            "scale": scale,
+            "threads": threads,
+            "sections": {},
+            "errors": {},
+        }
         self.t0 = time.perf_counter()
 
     def log(self, msg: str) -> None:
@@ -132,9 +148,14 @@ def best_time(fn: Callable[[], object], device: str, repeats: int = 3) -> tuple[
 def environment(c: Check) -> dict:
     import torch
 
+    from benchmarks.harness import machine_info
+
+    machine = machine_info()
     info: dict = {
         "python": platform.python_version(),
         "cpu": platform.processor() or platform.machine(),
+        "cpu_model": machine["cpu_model"],
+        "cpu_flags": machine["cpu_flags"],
         "cpu_cores": os.cpu_count(),
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
@@ -264,6 +285,7 @@ def _image_problems(rng, P: int, rows: tuple[int, int], D: int):
 
 def kmeans_image(c: Check) -> dict:
     from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
 
     from lcseg_steps.kmeans import kmeans
 
@@ -272,7 +294,9 @@ def kmeans_image(c: Check) -> dict:
     X, off, init = _image_problems(rng, P, size("image_rows", c.scale), D)
     kw = {"offsets": off, "init": init, "max_iter": 10, "tol": 0.0}
     t_dev, dev = best_time(lambda: kmeans(X, 2, device=c.device, **kw), c.device)
-    t_cpu, cpu = best_time(lambda: kmeans(X, 2, device="cpu", **kw), "cpu", repeats=1)
+    t_cpu, cpu = best_time(
+        lambda: kmeans(X, 2, device="cpu", threads=c.threads, **kw), "cpu", repeats=1
+    )
 
     def sklearn_loop():
         for i in range(P):
@@ -281,7 +305,8 @@ def kmeans_image(c: Check) -> dict:
             c0 = init[i] / np.linalg.norm(init[i], axis=1, keepdims=True)
             KMeans(2, init=c0, n_init=1, max_iter=10, tol=0.0).fit(rows)
 
-    t_sk, _ = best_time(sklearn_loop, "cpu", repeats=1)
+    with threadpool_limits(c.threads):
+        t_sk, _ = best_time(sklearn_loop, "cpu", repeats=1)
     same = float(np.mean(dev.labels == cpu.labels))
     rel = np.abs(dev.objective - cpu.objective) / np.maximum(np.abs(cpu.objective), 1e-12)
     return {
@@ -290,7 +315,9 @@ def kmeans_image(c: Check) -> dict:
         "dim": D,
         "device_s": t_dev,
         "cpu_engine_s": t_cpu,
+        "cpu_engine_threads": c.threads,
         "sklearn_cpu_loop_s": t_sk,
+        "sklearn_threads": c.threads,
         "speedup_vs_sklearn": t_sk / t_dev,
         "speedup_vs_cpu_engine": t_cpu / t_dev,
         "labels_equal_fraction": same,
@@ -311,7 +338,7 @@ def kmeans_dataset(c: Check) -> dict:
     X = np.empty((n, D), np.float16)
     for i in range(n // block):  # column rotations of one block: distinct rows, cheap to make
         X[i * block : (i + 1) * block] = np.roll(base, i, axis=1)
-    threads = os.cpu_count() or 1
+    threads = c.threads
     kw = {"init_sample": 200_000, "max_iter": 10, "tol": 0.0, "seed": 0}
 
     def fit(rows: int, device: str):
@@ -380,6 +407,11 @@ def pipeline(c: Check) -> dict:
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory"]
     cmd += [str(wd), "--configfile", str(wd / "config.yaml"), "--cores", str(cores)]
     cmd += ["--resources", "gpu=1"]
+    if os.environ.get("GPU_CHECK_PIPELINE_DRY_RUN") == "1":  # the session script's CPU mode
+        p = subprocess.run([*cmd, "-n", "--quiet", "rules"], capture_output=True, text=True)
+        if p.returncode != 0:
+            raise RuntimeError(f"snakemake -n failed ({p.returncode}):\n{p.stderr[-3000:]}")
+        return {"dry_run": True, "images": n, "plan": (p.stdout + p.stderr)[-3000:]}
     limit = max(30.0, c.budget_s - (time.perf_counter() - c.t0)) if c.budget_s else 900.0
     t = time.perf_counter()
     try:
@@ -439,13 +471,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--keep", action="store_true", help="keep the other sections of an existing JSON in --out"
     )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads of the CPU sides (default: the cores this job may use)",
+    )
     args = ap.parse_args(argv)
+    from benchmarks.harness import default_threads
+
+    threads = args.threads or default_threads()
     scale = args.scale or ("full" if args.device == "cuda" else "tiny")
     chosen = [s for s in args.only.split(",") if s] or list(SECTIONS)
     unknown = set(chosen) - set(SECTIONS)
     if unknown:
         ap.error(f"unknown sections {sorted(unknown)}; choose from {list(SECTIONS)}")
-    c = Check(args.out, args.device, scale, args.keep, args.budget_s)
+    c = Check(args.out, args.device, scale, args.keep, args.budget_s, threads)
     if args.keep and (args.out / "gpu_check.json").is_file():
         old = json.loads((args.out / "gpu_check.json").read_text())
         for key in ("sections", "errors", "section_s"):

@@ -187,6 +187,18 @@ def interleaved(
     return Timings(t_ours, t_ref, last)
 
 
+def default_threads() -> int:
+    """The cores this job may use: SLURM's ``SLURM_CPUS_PER_TASK`` when set, else the
+    process' CPU affinity (what a container or ``taskset`` grants), else every core."""
+    given = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def limit_threads(n: int) -> None:
     """Give BLAS, OpenMP (sklearn) and torch ``n`` threads in this process."""
     try:
@@ -298,12 +310,23 @@ def machine_info() -> dict[str, Any]:
             versions[mod] = None
     return {
         "cpu_count": os.cpu_count(),
+        "cores_available": default_threads(),
         "cpu_model": model,
         "cpu_flags": sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "f16c"))),
         "python": platform.python_version(),
         "versions": versions,
         "loadavg": os.getloadavg(),
     }
+
+
+def machine_line(info: dict[str, Any] | None = None) -> str:
+    """One line saying where the figures were measured: CPU model, cores, vector flags."""
+    m = info or machine_info()
+    flags = " ".join(m["cpu_flags"]) or "none read"
+    return (
+        f"measured on: {m['cpu_model'] or 'unknown CPU'}, {m['cores_available']} of "
+        f"{m['cpu_count']} cores available; flags: {flags}"
+    )
 
 
 def _fmt(x: float) -> str:

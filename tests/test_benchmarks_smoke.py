@@ -40,6 +40,17 @@ def test_table_lists_the_chosen_benchmarks(bench_run):
     ]
 
 
+def test_output_says_where_it_was_measured_and_with_how_many_threads(bench_run):
+    stdout, doc = bench_run
+    # --threads defaults to the cores this job may use
+    assert doc["threads"] == doc["machine"]["cores_available"] >= 1
+    line = next(ln for ln in stdout.splitlines() if ln.startswith("measured on: "))
+    assert f"; {doc['threads']} threads" in line and "flags: " in line
+    assert "cpu_model" in doc["machine"] and isinstance(doc["machine"]["cpu_flags"], list)
+    kmi = next(r for r in doc["results"] if r["name"] == "kmeans_image")
+    assert kmi["extra"]["threads_reference"] == doc["threads"]
+
+
 def test_json_results_have_the_documented_fields(bench_run):
     _, doc = bench_run
     assert doc["scale"] == "tiny" and not doc["errors"]

@@ -43,6 +43,10 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     # CPU against CPU: the same engine on the same data gives the same labels
     assert sections["kmeans_image"]["labels_equal_fraction"] == 1.0
     assert sections["kmeans_image"]["objective_max_rel_diff"] == 0.0
+    # the CPU sides use the threads given (default: the cores this job may use)
+    assert sections["kmeans_image"]["cpu_engine_threads"] == result["threads"] >= 1
+    assert sections["kmeans_dataset"]["cpu_threads"] == result["threads"]
+    assert sections["environment"]["cpu_model"] is not None
     assert sections["extract"]["ours_images_per_s"] > 0
     assert sections["kmeans_dataset"]["cpu_rows"] < sections["kmeans_dataset"]["rows"]
     stages = sections["pipeline"]["stages"]
