@@ -22,7 +22,7 @@ from lcseg_steps.data.index import ImageRecord, load_ground_truth, read_index, r
 from lcseg_steps.data.index import class_names as dataset_class_names
 from lcseg_steps.plots import figure
 from lcseg_steps.protocols import HEADLINE, ProtocolAccumulator, protocol_metrics
-from lcseg_steps.scoring import json_ready
+from lcseg_steps.scoring import json_ready, scores
 from lcseg_steps.settings import settings_digest
 from lcseg_steps.store import extraction_facts, open_store, pixel_map, records_in_order
 
@@ -138,6 +138,7 @@ def run_evaluate(
         backbone=facts.get("backbone"),
     )
     skipped = 0
+    per_image: dict[str, tuple[np.ndarray, ...]] = {}  # sparse: an image holds few classes
     for path in semantic:
         st = open_store(path)
         for i, r in enumerate(records_in_order(st, records, path)):
@@ -148,7 +149,9 @@ def run_evaluate(
             pred = pixel_map(st, "semantic", i)
             if gt.shape != pred.shape:
                 raise ValueError(f"{r.gt}: ground truth {gt.shape} != prediction {pred.shape}")
-            acc.add(gt, pred, image_id=r.image_id)
+            c = acc.add(gt, pred, image_id=r.image_id)
+            nz = np.nonzero(c)
+            per_image[r.image_id] = (*nz, c[nz])
         log(f"evaluate: {acc.n_images} images scored, {skipped} unlabelled skipped after {path}")
     if acc.n_images == 0:
         raise ValueError("evaluate: no image has ground truth to score against")
@@ -156,6 +159,12 @@ def run_evaluate(
     headline = HEADLINE[matching]
     result = results[headline]
     protocols = protocol_metrics(results)
+    n_gt, n_pred = acc.original.n_gt, acc.original.n_pred
+    per_image_miou = {}
+    for image_id, (rows, cols, counts) in per_image.items():
+        c = np.zeros((n_gt, n_pred), dtype=np.int64)
+        c[rows, cols] = counts
+        per_image_miou[image_id] = scores(c, np.asarray(result["mapping"]))["miou"]
     plot_per_class_iou(result, iou_png)
     plot_confusion(result, confusion_png)
     metrics = {
@@ -170,6 +179,8 @@ def run_evaluate(
         "mapping": result["mapping"],
         "confusion": result["confusion"],
         "protocols": protocols,
+        # the headline's mapping applied to each image alone (the report's gallery)
+        "per_image_miou": per_image_miou,
     }
     log(f"evaluate: mIoU {metrics['miou']:.4f}, pixel accuracy {metrics['pixel_accuracy']:.4f}")
     for name, p in protocols.items():

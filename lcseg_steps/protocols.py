@@ -404,10 +404,11 @@ class ProtocolAccumulator:
     def n_images(self) -> int:
         return self.original.n_images
 
-    def add(self, gt: np.ndarray, pred: np.ndarray, image_id: str | None = None) -> None:
+    def add(self, gt: np.ndarray, pred: np.ndarray, image_id: str | None = None) -> np.ndarray:
         """Add one image (``gt``, ``pred`` as in ``scoring.confusion``; errors name
-        ``image_id``)."""
-        self.original.add(gt, pred, image_id)
+        ``image_id``). Returns the image's own ``(n_gt, n_pred)`` confusion at its
+        original resolution."""
+        conf = self.original.add(gt, pred, image_id)
         for geometry, acc in self.resampled.items():
             acc.add(resample(gt, geometry), resample(pred, geometry), image_id)
         d = ("diffcut", DIFFCUT_MASK)
@@ -418,6 +419,7 @@ class ProtocolAccumulator:
         tp, fp, fn, n = diffcut_image_counts(gt_d, pred_d, self.original.n_gt, self.void)
         self.diffcut += np.stack([tp, fp, fn])
         self.diffcut_pixels += n
+        return conf
 
     def results(self, class_names: Sequence[str] | None = None) -> dict[str, dict]:
         """Protocol name -> scores (``miou``, ``pixel_accuracy``, ``per_class_iou``,

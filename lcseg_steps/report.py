@@ -461,7 +461,9 @@ def _gallery(gallery: Sequence[Mapping[str, Any]]) -> str:
                 raise ValueError(f"gallery image {image_id!r}, panel {caption!r}: {exc}") from exc
             legend = legend[0] if legend else ()
             figs.append(_figure_html(caption, uri, f"{image_id}: {caption}", legend))
-        parts.append(f'<h3>{_esc(image_id)}</h3>\n<div class="row">{"".join(figs)}</div>')
+        note = entry.get("note")
+        head = f"{_esc(image_id)}: {_esc(note)}" if note else _esc(image_id)
+        parts.append(f'<h3>{head}</h3>\n<div class="row">{"".join(figs)}</div>')
     return "\n".join(parts)
 
 
@@ -573,6 +575,26 @@ def _class_name(class_names: Sequence[str], i: int) -> str:
     return str(class_names[i]) if 0 <= i < len(class_names) else f"class {i}"
 
 
+def gallery_ranking(
+    per_image: Mapping[str, float | None] | None, n: int
+) -> list[tuple[str, float, int]]:
+    """The gallery's images across the range of per-image scores: ``per_image`` (image id
+    -> mIoU, None = nothing scorable) ranked best first, and ``n`` of them at evenly
+    spaced ranks (best, ..., middle, ..., worst). Returns ``(image id, score, rank)`` with
+    ranks from 1, best first; empty without scores (the gallery then shows the first
+    images)."""
+    if not per_image or n < 1:
+        return []
+    scored = [(k, float(v)) for k, v in per_image.items() if v is not None and not math.isnan(v)]
+    # best first; equal scores in image-id order, so the choice does not depend on dict order
+    scored.sort(key=lambda kv: (-kv[1], kv[0]))
+    if len(scored) <= n:
+        picks = range(len(scored))
+    else:
+        picks = sorted({round(i * (len(scored) - 1) / (n - 1)) for i in range(n)} if n > 1 else {0})
+    return [(scored[i][0], scored[i][1], i + 1) for i in picks]
+
+
 def gallery_panels(
     record: ImageRecord,
     patch_masks,
@@ -666,12 +688,16 @@ def run_report(
     mapping = metrics.get("mapping") if metrics_json is not None else None
     if not isinstance(mapping, Sequence) or isinstance(mapping, str):
         mapping = None
+    ranked = gallery_ranking(metrics.get("per_image_miou"), gallery)
+    wanted = {image_id: n for n, (image_id, _, _) in enumerate(ranked)}
     shown: list[dict] = []
     for pm_path, px_path, sem_path in zip(patch_masks, pixel_masks, semantic, strict=True):
         pm, px, sem = open_store(pm_path), open_store(px_path), open_store(sem_path)
         recs = records_in_order(pm, records, pm_path)
         for i, r in enumerate(recs):
-            if len(shown) >= gallery:
+            if ranked and r.image_id not in wanted:
+                continue
+            if not ranked and len(shown) >= gallery:
                 break
             panels = gallery_panels(
                 r,
@@ -685,7 +711,15 @@ def run_report(
                 mapping=mapping,
                 matching=str(metrics.get("matching", "hungarian")),
             )
-            shown.append({"image_id": r.image_id, "panels": panels})
+            entry = {"image_id": r.image_id, "panels": panels}
+            if ranked:
+                _, score, rank = ranked[wanted[r.image_id]]
+                entry["note"] = (
+                    f"mIoU {_pct(score)} (rank {rank} of {len(metrics['per_image_miou'])})"
+                )
+            shown.append(entry)
+    if ranked:
+        shown.sort(key=lambda e: wanted[e["image_id"]])
     summary = None
     if summary_json is None:
         notes = ["No ground truth: predictions and overlays only, no scores."]

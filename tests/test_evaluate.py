@@ -378,3 +378,18 @@ def test_evaluate_without_any_ground_truth_refuses(eval_data):
     unlabelled = [replace(r, gt="") for r in eval_data["records"]]
     with pytest.raises(ValueError, match="no image has ground truth"):
         _evaluate(eval_data, records=unlabelled)
+
+
+def test_evaluate_per_image_miou_uses_the_headline_mapping(eval_data):
+    metrics = _evaluate(eval_data)
+    mapping = np.asarray(metrics["mapping"])
+    assert set(metrics["per_image_miou"]) == set(eval_data["gts"])  # labelled images only
+    for image_id, gt in eval_data["gts"].items():
+        keep = gt != 255
+        g, p = gt[keep].astype(int), mapping[eval_data["preds"][image_id][keep]]
+        ious = []
+        for c in range(len(CLASSES)):  # a plain loop over the classes of this image alone
+            union = np.sum((g == c) | (p == c))
+            if union:
+                ious.append(np.sum((g == c) & (p == c)) / union)
+        assert metrics["per_image_miou"][image_id] == pytest.approx(np.mean(ious), abs=1e-12)

@@ -3,6 +3,7 @@
 import itertools
 import json
 import os
+import re
 import subprocess
 
 import numpy as np
@@ -136,7 +137,11 @@ def test_scores_and_report(tiny_run):
     summary = json.loads((res / "metrics_summary.json").read_text())
     assert summary["miou"]["per_seed"] == [metrics["miou"]]
     page = (res / "report.html").read_text()
-    assert page.count("<img") >= 2 + 3 * 5 and "demo_0002" in page
+    assert page.count("<img") >= 2 + 3 * 5
+    # the gallery shows the best, the middle and the worst image by per-image mIoU
+    ranked = sorted(metrics["per_image_miou"].items(), key=lambda kv: (-kv[1], kv[0]))
+    shown = re.findall(r"<h3>(demo_\d+): mIoU", page)
+    assert shown == [ranked[0][0], ranked[round((len(ranked) - 1) / 2)][0], ranked[-1][0]]
     protocols = metrics["protocols"]
     assert list(protocols) == [p for p in PROTOCOLS if p != "cause_coco"]  # demo: VOC's
     assert protocols["dataset_hungarian"]["miou"] == metrics["miou"]
