@@ -788,6 +788,14 @@ CONTRADICTIONS = {
         {"clustering": {"image_clusterer": "ncut", "k_image": 3}},
         r"image_clusterer 'ncut' splits each image in two: clustering\.k_image must be 2",
     ),
+    "auto_range_reversed": (
+        {"clustering": {"n_categories": "auto", "auto_range": [9, 3]}},
+        r"clustering\.auto_range is \[9, 3\]: its min is above its max",
+    ),
+    "auto_fit_sample_too_small": (
+        {"labels": {"n_classes": "auto", "auto_range": [5, 20], "fit_sample": 5}},
+        r"labels\.fit_sample is 5 but labels\.n_classes auto needs more regions",
+    ),
 }
 
 

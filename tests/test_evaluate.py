@@ -628,3 +628,17 @@ def test_evaluate_without_any_ground_truth_refuses(eval_data):
     unlabelled = [replace(r, gt="") for r in eval_data["records"]]
     with pytest.raises(ValueError, match="no image has ground truth"):
         _evaluate(eval_data, records=unlabelled)
+
+
+def test_chosen_n_classes_comes_from_the_classes_store(tmp_path):
+    """labels.n_classes auto: evaluate counts the ids assign chose (classes.zarr's attrs)."""
+    from lcseg_steps.evaluate import chosen_n_classes
+    from lcseg_steps.store import write_store
+
+    auto = write_store(
+        tmp_path / "c.zarr", {"labels": np.zeros(2, dtype=np.int64)}, {"n_classes": 7}
+    )
+    assert chosen_n_classes(auto) == 7
+    old = write_store(tmp_path / "old.zarr", {"labels": np.zeros(2, dtype=np.int64)}, {})
+    with pytest.raises(ValueError, match="rerun assign"):
+        chosen_n_classes(old)
