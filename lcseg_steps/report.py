@@ -588,13 +588,14 @@ def eigengap_plots(stores: Sequence[str | Path]) -> tuple[list[tuple[str, np.nda
             auto = st.attrs.get(attr)
             if not auto:
                 continue
-            chosen, k_range = int(auto["chosen"]), auto["range"]
-            notes.append(
-                f"{key}: auto chose {chosen} in {list(k_range)} by the largest eigengap of the "
-                "normalised Laplacian of the cosine kNN graph (reliable for well-separated "
-                "groups only)"
-            )
+            chosen, k_range = int(auto["chosen"]), list(auto["range"])
             lam = np.asarray(st["eigenvalues"][:]) if "eigenvalues" in st else np.zeros(0)
+            searched = [k_range[0], min(k_range[1], len(lam) - 1)] if len(lam) > 1 else k_range
+            notes.append(
+                f"{key}: auto chose {chosen} in {searched} (auto_range {k_range}) by the largest "
+                "eigengap of the normalised Laplacian of the cosine kNN graph (reliable for "
+                "well-separated groups only)"
+            )
             if len(lam) > 1:
                 fig = eigengap_figure(lam, chosen, k_range, key)
                 plots.append((f"{key} auto: eigengap curve", figure_rgb(fig)))

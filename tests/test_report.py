@@ -536,7 +536,10 @@ def test_eigengap_curve_shown_when_a_count_was_auto(tmp_path):
     rgb = plots[0][1]
     assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
     assert 200 <= rgb.shape[0] <= 400 and 400 <= rgb.shape[1] <= 600  # small: 5 x 2.6 in
-    assert len(notes) == 1 and "labels.n_classes: auto chose 3 in [2, 5]" in notes[0]
+    assert (
+        len(notes) == 1
+        and "labels.n_classes: auto chose 3 in [2, 5] (auto_range [2, 5])" in notes[0]
+    )
     assert eigengap_plots([fixed]) == ([], [])
     out = build_report(tmp_path / "r.html", title="t", metrics={}, plots=plots, gallery=[])
     parsed = _parse(out.read_text())
