@@ -253,3 +253,8 @@ def test_n_classes_auto_reruns_assign_and_after_only(tiny_run, tmp_path):
     assert metrics["n_classes"] == n and len(metrics["mapping"]) == n + 1
     page = (res / "report.html").read_text()
     assert "labels.n_classes auto: eigengap curve" in page and "auto chose" in page
+    # clustering.n_categories auto too (dry run): fit_category and after, no extraction
+    both = {**cfg, "clustering": {**TINY["clustering"], "n_categories": "auto"}}
+    jobs = scheduled(snakemake(wd, both, "-n"))
+    assert {"fit_category", "merge", "objects", "assign", "report"} <= set(jobs)
+    assert not {"extract", "image_level", "fit_dataset"} & set(jobs)
