@@ -567,6 +567,8 @@ CONFIG_CASES = {
     "fg_vote_string": (_set("clustering", "fg_vote", "half"), "fg_vote", "is not of type"),
     "store_features_str": (_set("extract", "store_features", "k"), "store_features", "not of type"),
     "crf_string": (_set("refine", "crf", "yes"), "crf", "is not of type"),
+    "n_classes_word": (_set("labels", "n_classes", "many"), "n_classes", "does not match '^auto$'"),
+    "n_categories_float": (_set("clustering", "n_categories", 2.5), "n_categories", "not of type"),
     # unknown keys
     "unknown_top_key": (_set(None, "shardsize", 8), "shardsize", "Additional properties"),
     "unknown_nested_key": (_set("clustering", "kimage", 3), "kimage", "Additional properties"),
