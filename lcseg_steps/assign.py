@@ -14,10 +14,44 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lcseg_steps.class_clustering import class_per_region, fit_classes
+from lcseg_steps.class_count import check_range, eigengap_count
+from lcseg_steps.settings import is_auto
 from lcseg_steps.store import open_store, write_store
 
 if TYPE_CHECKING:
     from lcseg_steps.stage import Job
+
+
+def choose_n_classes(
+    X: np.ndarray,
+    auto_range: Sequence[int],
+    n_neighbors: int,
+    fit_sample: int | None,
+    seed: int,
+    empty_ok: bool,
+    log: Callable[[str], None],
+) -> tuple[int, np.ndarray]:
+    """``labels.n_classes: auto``: the count by the eigengap of the regions' cosine kNN
+    graph (:func:`lcseg_steps.class_count.eigengap_count`, on the seeded ``fit_sample``
+    rows the spectral fit clusters) -> ``(count, eigenvalues)``. Too few regions is an
+    error, unless ``empty_ok``: then the range's min, with no eigenvalues."""
+    kmin, kmax = check_range(auto_range, "labels.auto_range")
+    if len(X) <= kmin:
+        if empty_ok:
+            log(f"assign: only {len(X)} region(s): n_classes auto takes auto_range's min {kmin}")
+            return kmin, np.zeros(0)
+        raise ValueError(
+            f"labels.n_classes is auto but the masks gave only {len(X)} object regions: the "
+            f"eigengap needs more than labels.auto_range's min {kmin}; lower it, set "
+            "labels.n_classes, lower objects.min_region_area or add images"
+        )
+    k, lam = eigengap_count(X, n_neighbors, (kmin, kmax), seed, sample=fit_sample)
+    gaps = np.diff(lam)
+    log(
+        f"assign: n_classes auto -> {k} (eigengap {gaps[k - 1]:.4f}, in [{kmin}, "
+        f"{len(lam) - 1}]; eigenvalues {np.round(lam, 4).tolist()})"
+    )
+    return k, lam
 
 
 def run_assign(
@@ -25,26 +59,48 @@ def run_assign(
     shards: Sequence[str],
     out: str | Path,
     *,
-    n_classes: int,
+    n_classes: int | str,
     class_clusterer: str,
     n_neighbors: int,
     fit_sample: int | None,
     seed: int,
     attrs: dict,
+    auto_range: Sequence[int] | None = None,
     empty_ok: bool = False,
     log: Callable[[str], None] = print,
 ) -> Path:
     """All region descriptors -> one class per region (spectral clustering by default).
 
     Writes ``labels``, ``region_offsets``, ``shards``, the class ``prototypes`` and the
-    ``fitted`` rows (see :class:`ClassFit`). Fewer regions than ``n_classes`` is an error,
-    unless ``empty_ok`` (not a config key: the analysis baselines pass it, whose masks may
-    leave few or no regions): then every region is its own class (:func:`class_per_region`).
+    ``fitted`` rows (see :class:`ClassFit`), and the count in the attrs (``n_classes``).
+    Fewer regions than ``n_classes`` is an error, unless ``empty_ok`` (not a config key:
+    the analysis baselines pass it, whose masks may leave few or no regions): then every
+    region is its own class (:func:`class_per_region`).
+
+    ``n_classes: "auto"`` chooses the count in ``auto_range`` (``[min, max]``) by the
+    eigengap (:func:`choose_n_classes`); the store then also holds ``eigenvalues``
+    (``(m,)`` float64, the smallest of the normalised Laplacian, ascending) and the attrs
+    ``n_classes_auto`` (``criterion``, ``range``, ``chosen``).
     """
     descs = [np.asarray(open_store(p)["descriptors"][:]) for p in objects]
     counts = [len(d) for d in descs]
     X = np.concatenate(descs)
     del descs  # one copy of the descriptors, not two
+    arrays = {}
+    attrs = dict(attrs)
+    if is_auto(n_classes):
+        if auto_range is None:
+            raise ValueError("labels.n_classes is auto: give labels.auto_range")
+        n_classes, lam = choose_n_classes(
+            X, auto_range, n_neighbors, fit_sample, seed, empty_ok, log
+        )
+        arrays["eigenvalues"] = lam
+        attrs["n_classes_auto"] = {
+            "criterion": "eigengap of the normalised Laplacian of the cosine kNN graph",
+            "range": [int(k) for k in auto_range],
+            "chosen": n_classes,
+        }
+    attrs["n_classes"] = int(n_classes)
     log(
         f"assign: {len(X)} regions from {len(objects)} shard(s) -> {n_classes} classes "
         f"({class_clusterer})"
@@ -81,6 +137,7 @@ def run_assign(
             "shards": np.asarray(list(shards), dtype=object),
             "prototypes": fit.prototypes,
             "fitted": fit.fitted,
+            **arrays,
         },
         attrs,
     )

@@ -23,7 +23,7 @@ from lcseg_steps.data.index import class_names as dataset_class_names
 from lcseg_steps.plots import figure
 from lcseg_steps.protocols import HEADLINE, ProtocolAccumulator, protocol_metrics
 from lcseg_steps.scoring import json_ready, scores
-from lcseg_steps.settings import settings_digest
+from lcseg_steps.settings import is_auto, settings_digest
 from lcseg_steps.store import extraction_facts, open_store, pixel_map, records_in_order
 
 if TYPE_CHECKING:
@@ -192,13 +192,28 @@ def run_evaluate(
     return metrics
 
 
+def chosen_n_classes(classes: str | Path) -> int:
+    """The class count assign used, from ``classes.zarr``'s attrs (``n_classes``)."""
+    n = open_store(classes).attrs.get("n_classes")
+    if n is None:
+        raise ValueError(
+            f"{classes}: no n_classes in its attrs (written before labels.n_classes auto "
+            "existed): rerun assign"
+        )
+    return int(n)
+
+
 def run(job: Job) -> dict:
     """The rule ``evaluate`` (settings: ``evaluate.matching`` and ``labels.n_classes``).
     The run's facts come from ``job.config`` (its digest is recorded, not passed as a
     param, so an unrelated config change does not rerun the scoring), the backbone facts
     from the semantic stores' ``extraction`` attrs (carried on from the features store by
-    objects and segment)."""
+    objects and segment). With ``labels.n_classes: auto`` the count is the one assign
+    chose, from ``classes.zarr``'s attrs (input ``classes``)."""
     extraction = open_store(job.input.semantic[0]).attrs.get("extraction") or {}
+    settings = dict(job.settings)
+    if is_auto(settings["n_classes"]):
+        settings["n_classes"] = chosen_n_classes(job.input.classes)
     facts = {
         "run": job.config["run"],
         "dataset": job.config["dataset"]["name"],
@@ -207,6 +222,7 @@ def run(job: Job) -> dict:
         "seed": int(job.wildcards.seed),
         "config_digest": settings_digest(job.config),
         **extraction_facts(extraction),
+        "n_classes": settings["n_classes"],
     }
     return run_evaluate(
         job.input.semantic,
@@ -215,7 +231,7 @@ def run(job: Job) -> dict:
         job.output.iou,
         job.output.confusion,
         class_names=dataset_class_names(job.config["dataset"]),
-        **job.settings,
+        **settings,
         facts=facts,
         log=job.log,
     )

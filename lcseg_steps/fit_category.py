@@ -13,13 +13,20 @@ import numpy as np
 
 from lcseg_steps import levels as lv
 from lcseg_steps.class_clustering import assign_classes
+from lcseg_steps.class_count import check_range, eigengap_count
 from lcseg_steps.kmeans import import_torch_cast_if_worth, l2_normalize, nearest_centroid
+from lcseg_steps.settings import is_auto
 from lcseg_steps.store import feature_shards, patch_layout, read_fg, write_store
 
 if TYPE_CHECKING:
     from lcseg_steps.stage import Job
 
 Log = Callable[[str], None]
+
+# the images' cosine kNN graph: its degree (spectral pseudo-categories and the eigengap of
+# n_categories auto) and the most images the eigengap's graph holds (a seeded sample)
+CATEGORY_NEIGHBORS = 10
+CATEGORY_AUTO_SAMPLE = 20000
 
 
 def pseudo_categories(cls: np.ndarray, n_categories: int, method: str, seed: int) -> np.ndarray:
@@ -30,7 +37,40 @@ def pseudo_categories(cls: np.ndarray, n_categories: int, method: str, seed: int
         )
     if n_categories == 1:
         return np.zeros(len(cls), dtype=np.int64)
-    return assign_classes(np.asarray(cls, dtype=np.float32), n_categories, method=method, seed=seed)
+    return assign_classes(
+        np.asarray(cls, dtype=np.float32),
+        n_categories,
+        method=method,
+        seed=seed,
+        n_neighbors=CATEGORY_NEIGHBORS,
+    )
+
+
+def choose_n_categories(
+    cls: np.ndarray, auto_range: Sequence[int], seed: int, log: Log
+) -> tuple[int, np.ndarray]:
+    """``clustering.n_categories: auto``: the count by the eigengap of the images' cosine
+    kNN graph of CLS tokens ``(n, D)`` (:func:`lcseg_steps.class_count.eigengap_count`,
+    ``CATEGORY_NEIGHBORS`` neighbours, at most ``CATEGORY_AUTO_SAMPLE`` images) ->
+    ``(count, eigenvalues)``."""
+    kmin, kmax = check_range(auto_range, "clustering.auto_range")
+    if len(cls) <= kmin:
+        raise ValueError(
+            f"clustering.n_categories is auto but the run has only {len(cls)} images: the "
+            f"eigengap needs more than clustering.auto_range's min {kmin}"
+        )
+    k, lam = eigengap_count(
+        np.asarray(cls, dtype=np.float32),
+        CATEGORY_NEIGHBORS,
+        (kmin, kmax),
+        seed,
+        sample=CATEGORY_AUTO_SAMPLE,
+    )
+    log(
+        f"fit_category: n_categories auto -> {k} (eigengap {lam[k] - lam[k - 1]:.4f}, in "
+        f"[{kmin}, {len(lam) - 1}]; eigenvalues {np.round(lam, 4).tolist()})"
+    )
+    return k, lam
 
 
 def run_fit_category(
@@ -39,7 +79,7 @@ def run_fit_category(
     out: str | Path,
     *,
     feature: str,
-    n_categories: int,
+    n_categories: int | str,
     category_clusterer: str,
     k_category: int,
     fg_vote: float,
@@ -49,13 +89,30 @@ def run_fit_category(
     seed: int,
     device: str,
     attrs: dict,
+    auto_range: Sequence[int] | None = None,
     log: Log = print,
     threads: int = 1,
 ) -> Path:
-    """CLS tokens -> pseudo-categories; per category ``k`` centroids and fg clusters."""
+    """CLS tokens -> pseudo-categories; per category ``k`` centroids and fg clusters.
+
+    ``n_categories: "auto"`` chooses the count in ``auto_range`` by the eigengap
+    (:func:`choose_n_categories`); the store then also holds ``eigenvalues`` (``(m,)``
+    float64, ascending) and the attrs ``n_categories_auto`` (``criterion``, ``range``,
+    ``chosen``). The attrs' ``n_categories`` is the count used.
+    """
     shards = feature_shards(features, feature)
     cls = np.concatenate([np.asarray(s["cls"][:], dtype=np.float32) for _, s, _ in shards])
     image_ids = np.concatenate([patch_layout(s)["image_ids"] for _, s, _ in shards])
+    extra, auto_attrs = {}, {}
+    if is_auto(n_categories):
+        if auto_range is None:
+            raise ValueError("clustering.n_categories is auto: give clustering.auto_range")
+        n_categories, extra["eigenvalues"] = choose_n_categories(cls, auto_range, seed, log)
+        auto_attrs["n_categories_auto"] = {
+            "criterion": "eigengap of the normalised Laplacian of the cosine kNN graph",
+            "range": [int(k) for k in auto_range],
+            "chosen": n_categories,
+        }
     cats = pseudo_categories(cls, n_categories, category_clusterer, seed)
     log(
         f"fit_category: {len(cls)} images -> {n_categories} pseudo-categories "
@@ -106,8 +163,15 @@ def run_fit_category(
             "fg_fraction": frac,
             "counts": counts,
             "objective": fit.objective,
+            **extra,
         },
-        {**attrs, "level": "category", "k": k_category, "n_categories": n_categories},
+        {
+            **attrs,
+            "level": "category",
+            "k": k_category,
+            "n_categories": n_categories,
+            **auto_attrs,
+        },
     )
 
 

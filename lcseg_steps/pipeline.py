@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lcseg_steps import resources as res
+from lcseg_steps.settings import is_auto
 
 KINDS = frozenset({"method", "baseline"})
 
@@ -125,6 +126,17 @@ def _objects_settings(config: Mapping) -> dict:
     return out
 
 
+def _reads_with_auto(keys: tuple[str, ...], count: str, auto_keys: tuple[str, ...]):
+    """``keys``, and ``auto_keys`` too when the count key ``count`` is ``auto`` (so that a
+    run with a fixed count does not rerun when only the auto settings change)."""
+
+    def reads(config: Mapping) -> dict:
+        dotted = keys + (auto_keys if is_auto(dotted_get(config, count)) else ())
+        return {d.rsplit(".", 1)[-1]: dotted_get(config, d) for d in dotted}
+
+    return reads
+
+
 def _cluster_env(config: Mapping) -> str:
     """The k-means rules' env: the one with CuPy when the config asks for CUDA (with
     ``auto`` a node without CuPy clusters on the CPU)."""
@@ -203,14 +215,18 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "fit_category",
         outputs={"category_level": "category_level.zarr/"},
-        reads=(
-            "clustering.feature",
+        reads=_reads_with_auto(
+            (
+                "clustering.feature",
+                "clustering.n_categories",
+                "clustering.category_clusterer",
+                "clustering.k_category",
+                "clustering.fg_vote",
+                "clustering.category_fit_sample",
+                *_KMEANS_KEYS,
+            ),
             "clustering.n_categories",
-            "clustering.category_clusterer",
-            "clustering.k_category",
-            "clustering.fg_vote",
-            "clustering.category_fit_sample",
-            *_KMEANS_KEYS,
+            ("clustering.auto_range",),
         ),
         inputs=("extract", "image_level"),
         per_shard=False,
@@ -280,11 +296,15 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "assign",
         outputs={"classes": "classes.zarr/"},
-        reads=(
+        reads=_reads_with_auto(
+            (
+                "labels.n_classes",
+                "labels.class_clusterer",
+                "labels.n_neighbors",
+                "labels.fit_sample",
+            ),
             "labels.n_classes",
-            "labels.class_clusterer",
-            "labels.n_neighbors",
-            "labels.fit_sample",
+            ("labels.auto_range",),
         ),
         inputs=("objects",),
         per_shard=False,
@@ -306,8 +326,9 @@ STAGES: tuple[Stage, ...] = (
             "iou": "per_class_iou.png",
             "confusion": "confusion.png",
         },
+        # with labels.n_classes auto the count is classes.zarr's (assign's choice)
         reads=("evaluate.matching", "labels.n_classes"),
-        inputs=("index", "index.skipped", "segment"),
+        inputs=("index", "index.skipped", "segment", "assign"),
         per_shard=False,
         folder="scores",
         resources=lambda s: s.whole(1024, 8, 5, 0.05),

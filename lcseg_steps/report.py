@@ -345,16 +345,18 @@ def _figure_html(
     )
 
 
-def _plot_figures(plots: Sequence[tuple[str, str | os.PathLike]]) -> str:
+def _plot_figures(plots: Sequence[tuple[str, str | os.PathLike | np.ndarray]]) -> str:
+    """``(caption, PNG path or (H, W, 3) uint8 RGB)`` -> figures."""
     figs = []
-    for caption, path in plots:
+    for caption, plot in plots:
         # read_rgb names the file if a plot is missing or unreadable
-        uri = png_data_uri(read_rgb(path), PLOT_MAX_SIDE)
+        rgb = plot if isinstance(plot, np.ndarray) else read_rgb(plot)
+        uri = png_data_uri(rgb, PLOT_MAX_SIDE)
         figs.append(_figure_html(caption, uri, caption))
     return "\n".join(figs)
 
 
-def _plots(plots: Sequence[tuple[str, str | os.PathLike]]) -> str:
+def _plots(plots: Sequence[tuple[str, str | os.PathLike | np.ndarray]]) -> str:
     if not plots:
         return ""
     return "<h2>Plots</h2>\n" + _plot_figures(plots)
@@ -472,7 +474,7 @@ def build_report(
     *,
     title: str,
     metrics: Mapping[str, Any],
-    plots: Sequence[tuple[str, str | os.PathLike]],
+    plots: Sequence[tuple[str, str | os.PathLike | np.ndarray]],
     gallery: Sequence[Mapping[str, Any]],
     notes: Sequence[str] = (),
     scores: bool = True,
@@ -485,13 +487,13 @@ def build_report(
     ``metrics``: the evaluate stage's metrics dict (``miou``, ``pixel_accuracy`` fractions;
     ``per_class_iou`` a ``{name: iou}`` dict or a list beside ``class_names``; run facts
     such as ``backbone``, ``weights``, ``weights_warning``, ``seeds``); any key may be
-    missing and any score None/NaN. ``plots``: ``(caption, PNG path)``, embedded with the
-    longer side capped at ``PLOT_MAX_SIDE``. A ``protocols`` object (the evaluate stage's:
-    name -> ``miou``, ``pixel_accuracy``, ``rule``, ``resolution``, ``reproduces``,
-    ``differs``) is shown as one table after the scores, with ``summary``'s mean over
-    seeds (metrics_summary.json) and the ``published`` rows of the run's dataset.
-    ``gallery``: ``{"image_id": str, "panels": [(caption, (H, W, 3) uint8 RGB), ...]}``,
-    panels downscaled to ``PANEL_MAX_SIDE``.
+    missing and any score None/NaN. ``plots``: ``(caption, PNG path or (H, W, 3) uint8
+    RGB)``, embedded with the longer side capped at ``PLOT_MAX_SIDE``. A ``protocols``
+    object (the evaluate stage's: name -> ``miou``, ``pixel_accuracy``, ``rule``,
+    ``resolution``, ``reproduces``, ``differs``) is shown as one table after the scores,
+    with ``summary``'s mean over seeds (metrics_summary.json) and the ``published`` rows
+    of the run's dataset. ``gallery``: ``{"image_id": str, "panels": [(caption, (H, W, 3)
+    uint8 RGB), ...]}``, panels downscaled to ``PANEL_MAX_SIDE``.
     A set ``weights_warning`` is shown in a warning box at the top. ``scores=False`` (no
     ground truth) leaves the scores table out. ``analysis`` (``read_analysis``'s dict:
     ``note``, ``keys``, ``rows``, ``plots``) adds an Analysis section before the gallery;
@@ -654,6 +656,37 @@ def gallery_panels(
     return panels
 
 
+# store attrs of a count chosen by the eigengap -> the config key it stands for
+AUTO_COUNTS = {"n_classes_auto": "labels.n_classes", "n_categories_auto": "clustering.n_categories"}
+
+
+def eigengap_plots(stores: Sequence[str | Path]) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
+    """The eigengap curves of the counts chosen ``auto`` (``classes.zarr``,
+    ``category_level.zarr``: their ``eigenvalues`` and ``*_auto`` attrs) -> ``(caption,
+    (H, W, 3) uint8)`` plots and one note each; a store without them adds nothing."""
+    from lcseg_steps.plots import eigengap_figure, figure_rgb
+
+    plots, notes = [], []
+    for path in stores:
+        st = open_store(path)
+        for attr, key in AUTO_COUNTS.items():
+            auto = st.attrs.get(attr)
+            if not auto:
+                continue
+            chosen, k_range = int(auto["chosen"]), list(auto["range"])
+            lam = np.asarray(st["eigenvalues"][:]) if "eigenvalues" in st else np.zeros(0)
+            searched = [k_range[0], min(k_range[1], len(lam) - 1)] if len(lam) > 1 else k_range
+            notes.append(
+                f"{key}: auto chose {chosen} in {searched} (auto_range {k_range}) by the largest "
+                "eigengap of the normalised Laplacian of the cosine kNN graph (reliable for "
+                "well-separated groups only)"
+            )
+            if len(lam) > 1:
+                fig = eigengap_figure(lam, chosen, k_range, key)
+                plots.append((f"{key} auto: eigengap curve", figure_rgb(fig)))
+    return plots, notes
+
+
 def run_report(
     out_html: str | Path,
     *,
@@ -668,6 +701,7 @@ def run_report(
     gallery: int,
     skipped: Sequence[Any] = (),
     analysis: Mapping[str, Any] | None = None,
+    count_stores: Sequence[str | Path] = (),
     log=print,
 ) -> Path:
     """The self-contained HTML page of one run (first seed's images, every seed's scores).
@@ -676,7 +710,9 @@ def run_report(
     run facts (from the semantic stores' ``extraction`` attrs) and the overlays, no scores.
     ``gallery`` (``report.gallery``): how many images the gallery shows. ``skipped``: the
     index's ``SkippedImage``s, listed in the notes. ``analysis``: see
-    ``build_report``.
+    ``build_report``. ``count_stores``: the first seed's ``classes.zarr`` and
+    ``category_level.zarr`` where a count was ``auto``: their eigengap curves are plotted
+    (:func:`eigengap_plots`).
     """
     if metrics_json is None:
         extraction = open_store(semantic[0]).attrs.get("extraction") or {} if semantic else {}
@@ -744,12 +780,14 @@ def run_report(
         notes += [f"skipped {s.image_id} ({s.path}): {s.reason}" for s in skipped[:50]]
         if len(skipped) > 50:
             notes.append(f"... and {len(skipped) - 50} more in skipped.tsv")
-    log(f"report: {len(shown)} gallery images")
+    curves, curve_notes = eigengap_plots(count_stores)
+    notes += curve_notes
+    log(f"report: {len(shown)} gallery images, {len(curves)} eigengap curve(s)")
     return build_report(
         out_html,
         title=title,
         metrics=metrics,
-        plots=plots,
+        plots=[*plots, *curves],
         gallery=shown,
         notes=notes,
         scores=metrics_json is not None,
@@ -809,5 +847,6 @@ def run(job: Job) -> Path:
         semantic=job.input.semantic,
         gallery=job.params.gallery,
         analysis=job_analysis(job),
+        count_stores=[job.input.get(k) for k in ("classes", "category_level") if job.input.get(k)],
         log=job.log,
     )

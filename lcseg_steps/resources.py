@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from lcseg_steps.settings import is_auto
+
 MIB = 1024**2
 
 
@@ -83,7 +85,9 @@ class Sizing:
         rows = c["init_sample"] or n_patches
         if level == "category":
             per = c["category_fit_sample"]
-            rows = per * c["n_categories"] if per else n_patches
+            # auto: sized for the most categories the eigengap may choose
+            n_cat = c["auto_range"][1] if is_auto(c["n_categories"]) else c["n_categories"]
+            rows = per * n_cat if per else n_patches
         rows = min(rows, n_patches) if level == "dataset" else rows
         need = rows * self.embed_dim() * 4 + STREAM_CACHE_BYTES + 17 * n_patches + 1024 * MIB
         return {

@@ -12,6 +12,13 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+AUTO = "auto"  # labels.n_classes, clustering.n_categories: chosen by the eigengap
+
+
+def is_auto(count: Any) -> bool:
+    """Whether a count key (``labels.n_classes``, ``clustering.n_categories``) is ``auto``."""
+    return count == AUTO
+
 
 def settings_digest(settings: Any) -> str:
     """Short stable hash of JSON-able settings (key order does not matter)."""
@@ -46,6 +53,26 @@ def config_problems(config: Mapping) -> list[str]:
             f"clustering.image_clusterer {c['image_clusterer']!r} splits each image in two: "
             f"clustering.k_image must be 2, got {c['k_image']}"
         )
+    out += _auto_problems(config)
+    return out
+
+
+def _auto_problems(config: Mapping) -> list[str]:
+    """A count ``auto`` needs a range ``[min, max]`` with ``min <= max`` and, for the
+    classes, a region sample larger than ``min``."""
+    out = []
+    for block, count in (("labels", "n_classes"), ("clustering", "n_categories")):
+        c = config[block]
+        if not is_auto(c[count]):
+            continue
+        lo, hi = c["auto_range"]
+        if lo > hi:
+            out.append(f"{block}.auto_range is {[lo, hi]}: its min is above its max")
+        if block == "labels" and c["fit_sample"] is not None and c["fit_sample"] <= lo:
+            out.append(
+                f"labels.fit_sample is {c['fit_sample']} but labels.n_classes auto needs more "
+                f"regions than labels.auto_range's min {lo}: raise labels.fit_sample"
+            )
     return out
 
 

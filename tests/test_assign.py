@@ -360,3 +360,63 @@ def test_assign_empty_ok_gives_every_region_its_own_class(tmp_path, n_regions):
     a = run_assign([p], ["sA"], tmp_path / "d.zarr", n_classes=3, **kw)
     b = run_assign([p], ["sA"], tmp_path / "e.zarr", n_classes=3, empty_ok=True, **kw)
     np.testing.assert_array_equal(open_store(a)["labels"][:], open_store(b)["labels"][:])
+
+
+# labels.n_classes: auto (the count by the eigengap, lcseg_steps.class_count)
+
+
+def test_assign_auto_chooses_the_planted_count_and_stores_the_curve(tmp_path):
+    x, truth = _sphere_blobs(n_clusters=5, per=30, seed=2)
+    paths = [_desc_store(tmp_path / "oa.zarr", x[:70]), _desc_store(tmp_path / "ob.zarr", x[70:])]
+    logs = []
+    out = run_assign(
+        paths,
+        ["sA", "sB"],
+        tmp_path / "classes.zarr",
+        n_classes="auto",
+        auto_range=[2, 12],
+        class_clusterer="spectral",
+        n_neighbors=10,
+        fit_sample=20000,
+        seed=0,
+        attrs=ATTRS,
+        log=logs.append,
+    )
+    cl = open_store(out)
+    assert cl.attrs["n_classes"] == 5
+    assert cl.attrs["n_classes_auto"]["chosen"] == 5
+    assert cl.attrs["n_classes_auto"]["range"] == [2, 12]
+    lam = np.asarray(cl["eigenvalues"][:])
+    assert lam.shape == (13,) and lam[4] < 1e-8 < lam[5]
+    assert cl["prototypes"].shape == (5, 16)
+    assert adjusted_rand_score(truth, np.asarray(cl["labels"][:])) == 1.0
+    assert any("n_classes auto -> 5" in m for m in logs)
+
+
+def test_assign_fixed_count_records_it_without_a_curve(tmp_path):
+    x, _ = _sphere_blobs(n_clusters=3, per=10)
+    p = _desc_store(tmp_path / "o.zarr", x)
+    kw = dict(class_clusterer="kmeans", n_neighbors=5, fit_sample=None, seed=0, attrs=ATTRS)
+    cl = open_store(run_assign([p], ["sA"], tmp_path / "c.zarr", n_classes=3, log=_quiet, **kw))
+    assert cl.attrs["n_classes"] == 3
+    assert "eigenvalues" not in cl and "n_classes_auto" not in cl.attrs
+
+
+def test_assign_auto_with_too_few_regions(tmp_path):
+    p = _desc_store(tmp_path / "o.zarr", np.random.default_rng(0).standard_normal((3, 8)))
+    kw = dict(
+        n_classes="auto",
+        auto_range=[3, 10],
+        class_clusterer="spectral",
+        n_neighbors=5,
+        fit_sample=20000,
+        seed=0,
+        attrs=ATTRS,
+        log=_quiet,
+    )
+    with pytest.raises(ValueError, match=r"labels\.n_classes is auto but .* only 3 object"):
+        run_assign([p], ["sA"], tmp_path / "c.zarr", **kw)
+    # the analysis baselines (empty_ok): the range's min, one class per region
+    cl = open_store(run_assign([p], ["sA"], tmp_path / "c.zarr", empty_ok=True, **kw))
+    assert cl.attrs["n_classes"] == 3 and cl["eigenvalues"].shape == (0,)
+    assert np.asarray(cl["labels"][:]).tolist() == [0, 1, 2]

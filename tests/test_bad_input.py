@@ -567,6 +567,8 @@ CONFIG_CASES = {
     "fg_vote_string": (_set("clustering", "fg_vote", "half"), "fg_vote", "is not of type"),
     "store_features_str": (_set("extract", "store_features", "k"), "store_features", "not of type"),
     "crf_string": (_set("refine", "crf", "yes"), "crf", "is not of type"),
+    "n_classes_word": (_set("labels", "n_classes", "many"), "n_classes", "does not match '^auto$'"),
+    "n_categories_float": (_set("clustering", "n_categories", 2.5), "n_categories", "not of type"),
     # unknown keys
     "unknown_top_key": (_set(None, "shardsize", 8), "shardsize", "Additional properties"),
     "unknown_nested_key": (_set("clustering", "kimage", 3), "kimage", "Additional properties"),
@@ -787,6 +789,14 @@ CONTRADICTIONS = {
     "graph_split_k3": (
         {"clustering": {"image_clusterer": "ncut", "k_image": 3}},
         r"image_clusterer 'ncut' splits each image in two: clustering\.k_image must be 2",
+    ),
+    "auto_range_reversed": (
+        {"clustering": {"n_categories": "auto", "auto_range": [9, 3]}},
+        r"clustering\.auto_range is \[9, 3\]: its min is above its max",
+    ),
+    "auto_fit_sample_too_small": (
+        {"labels": {"n_classes": "auto", "auto_range": [5, 20], "fit_sample": 5}},
+        r"labels\.fit_sample is 5 but labels\.n_classes auto needs more regions",
     ),
 }
 

@@ -49,6 +49,10 @@ def test_every_schema_key_has_description_and_default():
         (lambda c: c.__setitem__("typo_key", 1), "typo_key"),
         (lambda c: c["backbone"].__setitem__("wieghts", "random"), "wieghts"),
         (lambda c: c["dataset"].__setitem__("image_list", ["a.txt"]), "image_list"),
+        (lambda c: c["labels"].__setitem__("n_classes", "many"), "n_classes"),
+        (lambda c: c["clustering"].__setitem__("n_categories", 0), "n_categories"),
+        (lambda c: c["labels"].__setitem__("auto_range", [2]), "auto_range"),
+        (lambda c: c["labels"].__setitem__("auto_range", [2, 300]), "auto_range"),
     ],
 )
 def test_wrong_types_and_unknown_keys_are_rejected_naming_the_key(mutate, key):
@@ -57,3 +61,14 @@ def test_wrong_types_and_unknown_keys_are_rejected_naming_the_key(mutate, key):
     with pytest.raises(Exception) as err:
         validate(cfg, SCHEMA)
     assert key in str(err.value)
+
+
+def test_counts_take_an_integer_or_auto():
+    cfg = _load()
+    cfg["labels"]["n_classes"] = "auto"
+    cfg["clustering"]["n_categories"] = "auto"
+    validate(cfg, SCHEMA)
+    assert cfg["labels"]["auto_range"] == [2, 50] and cfg["clustering"]["auto_range"] == [2, 50]
+    bare = {}
+    validate(bare, SCHEMA)  # the defaults stay integers
+    assert bare["labels"]["n_classes"] == 20 and bare["clustering"]["n_categories"] == 20

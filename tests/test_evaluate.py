@@ -393,3 +393,17 @@ def test_evaluate_per_image_miou_uses_the_headline_mapping(eval_data):
             if union:
                 ious.append(np.sum((g == c) & (p == c)) / union)
         assert metrics["per_image_miou"][image_id] == pytest.approx(np.mean(ious), abs=1e-12)
+
+
+def test_chosen_n_classes_comes_from_the_classes_store(tmp_path):
+    """labels.n_classes auto: evaluate counts the ids assign chose (classes.zarr's attrs)."""
+    from lcseg_steps.evaluate import chosen_n_classes
+    from lcseg_steps.store import write_store
+
+    auto = write_store(
+        tmp_path / "c.zarr", {"labels": np.zeros(2, dtype=np.int64)}, {"n_classes": 7}
+    )
+    assert chosen_n_classes(auto) == 7
+    old = write_store(tmp_path / "old.zarr", {"labels": np.zeros(2, dtype=np.int64)}, {})
+    with pytest.raises(ValueError, match="rerun assign"):
+        chosen_n_classes(old)

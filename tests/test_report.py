@@ -603,3 +603,30 @@ def test_gallery_ranking_spans_best_to_worst(n):
         assert all(1 <= b - a <= -(-8 // max(n - 1, 1)) for a, b in itertools.pairwise(ranks))
     assert [g[1] for g in got] == sorted((g[1] for g in got), reverse=True)
     assert gallery_ranking(None, 3) == [] and gallery_ranking({"a": None}, 3) == []
+
+
+def test_eigengap_curve_shown_when_a_count_was_auto(tmp_path):
+    from lcseg_steps.report import eigengap_plots
+    from lcseg_steps.store import write_store
+
+    lam = np.array([0.0, 0.0, 0.0, 0.5, 0.52, 0.6])
+    auto = write_store(
+        tmp_path / "classes.zarr",
+        {"labels": np.zeros(3, dtype=np.int64), "eigenvalues": lam},
+        {"n_classes": 3, "n_classes_auto": {"criterion": "eigengap", "range": [2, 5], "chosen": 3}},
+    )
+    fixed = write_store(tmp_path / "fixed.zarr", {"labels": np.zeros(3)}, {"n_classes": 3})
+    plots, notes = eigengap_plots([auto, fixed])
+    assert [caption for caption, _ in plots] == ["labels.n_classes auto: eigengap curve"]
+    rgb = plots[0][1]
+    assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
+    assert 200 <= rgb.shape[0] <= 400 and 400 <= rgb.shape[1] <= 600  # small: 5 x 2.6 in
+    assert (
+        len(notes) == 1
+        and "labels.n_classes: auto chose 3 in [2, 5] (auto_range [2, 5])" in notes[0]
+    )
+    assert eigengap_plots([fixed]) == ([], [])
+    out = build_report(tmp_path / "r.html", title="t", metrics={}, plots=plots, gallery=[])
+    parsed = _parse(out.read_text())
+    assert len(parsed.imgs) == 1 and parsed.imgs[0]["alt"] == plots[0][0]
+    assert _decode(parsed.imgs[0]["src"]).shape[:2] == rgb.shape[:2]

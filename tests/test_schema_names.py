@@ -127,3 +127,18 @@ def test_baselines_take_their_settings_by_name():
 def test_report_takes_the_gallery_size_as_report_gallery():
     params = _params("report", "run_report")
     assert "gallery" in params and params["gallery"].default is inspect.Parameter.empty
+
+
+@pytest.mark.parametrize(
+    "stage, block, count",
+    [("assign", "labels", "n_classes"), ("fit_category", "clustering", "n_categories")],
+)
+def test_a_count_auto_brings_its_range(stage, block, count):
+    """``auto_range`` is a setting only with the count ``auto`` (a fixed count does not
+    rerun when the range changes)."""
+    cfg = default_config()
+    assert "auto_range" not in stage_settings(stage, cfg, seed=0)
+    cfg[block][count] = "auto"
+    settings = stage_settings(stage, cfg, seed=0)
+    assert settings[count] == "auto" and settings["auto_range"] == cfg[block]["auto_range"]
+    _check(stage, settings)

@@ -4,6 +4,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import subprocess
 
 import numpy as np
@@ -241,3 +242,28 @@ def test_snakemake_report(tiny_run):
     r = snakemake(tiny_run, TINY, "--report", str(out))
     assert r.returncode == 0, r.stderr[-2000:]
     assert out.stat().st_size > 10_000
+
+
+def test_n_classes_auto_reruns_assign_and_after_only(tiny_run, tmp_path):
+    """labels.n_classes: auto on a copy of the tiny run: the eigengap chooses the count in
+    assign, evaluate scores that many predicted ids, the report draws the curve."""
+    wd = tmp_path / "auto"
+    shutil.copytree(tiny_run, wd, symlinks=True)
+    cfg = {**TINY, "labels": {**TINY["labels"], "n_classes": "auto", "auto_range": [2, 6]}}
+    r = snakemake(wd, cfg)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert set(scheduled(r)) == {"all", "assign", "segment", "evaluate", "summary", "report"}
+    res = wd / "results" / "tiny"
+    cl = open_store(res / "seed0" / "classes.zarr")
+    n, n_regions = cl.attrs["n_classes"], cl["labels"].shape[0]
+    assert cl.attrs["n_classes_auto"]["chosen"] == n and 2 <= n <= min(6, n_regions - 1)
+    assert cl["eigenvalues"].shape == (min(6, n_regions - 1) + 1,)
+    metrics = json.loads((res / "seed0" / "metrics.json").read_text())
+    assert metrics["n_classes"] == n and len(metrics["mapping"]) == n + 1
+    page = (res / "report.html").read_text()
+    assert "labels.n_classes auto: eigengap curve" in page and "auto chose" in page
+    # clustering.n_categories auto too (dry run): fit_category and after, no extraction
+    both = {**cfg, "clustering": {**TINY["clustering"], "n_categories": "auto"}}
+    jobs = scheduled(snakemake(wd, both, "-n"))
+    assert {"fit_category", "merge", "objects", "assign", "report"} <= set(jobs)
+    assert not {"extract", "image_level", "fit_dataset"} & set(jobs)

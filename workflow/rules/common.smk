@@ -6,7 +6,7 @@ from lcseg_steps.data.index import list_images, shard_names
 from lcseg_steps.data.registry import get_dataset
 from lcseg_steps.listing_cache import count_images
 from lcseg_steps.resources import Sizing
-from lcseg_steps.settings import check_config
+from lcseg_steps.settings import check_config, is_auto
 
 validate(config, schema="../schemas/config.schema.yaml")
 check_config(config)  # keys that contradict each other, before any job runs
@@ -169,6 +169,11 @@ def report_inputs(wildcards):
         inputs["summary"] = f"{RESULTS}/metrics_summary.json"
         for name in ("metrics", "iou", "confusion"):
             inputs[name] = first_seed("evaluate", name)[0]
+    # a count chosen by the eigengap: its curve is drawn from the store that holds it
+    if is_auto(config["labels"]["n_classes"]):
+        inputs["classes"] = first_seed("assign", "classes")[0]
+    if is_auto(config["clustering"]["n_categories"]) and "fit_category" in RUN_GRAPH:
+        inputs["category_level"] = first_seed("fit_category", "category_level")[0]
     return inputs
 
 
