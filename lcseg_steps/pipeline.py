@@ -299,6 +299,28 @@ STAGES: tuple[Stage, ...] = (
         inputs=("objects", "assign"),
         resources=lambda s: s.shard(512, 256, 2, 0.1),
     ),
+    # the fitted state of a seed as one artifact, to segment new images with
+    # (lcseg_steps.model); the stage module is export_model, model is the library
+    Stage(
+        "model",
+        outputs={"model": "model.zarr/"},
+        reads=(
+            "run",
+            "backbone",
+            "extract",
+            "clustering",
+            "refine",
+            "objects",
+            "labels.n_classes",
+        ),
+        inputs=("extract", "fit_dataset", "fit_category", "assign"),
+        per_shard=False,
+        seeded=True,
+        kinds=frozenset({"method"}),
+        module="export_model",
+        resources=lambda s: s.whole(1024, 2, 5, 0.01),
+        target=True,
+    ),
     Stage(
         "evaluate",
         outputs={
