@@ -217,12 +217,17 @@ class Model:
         """Segment one image: ``(H, W, 3)`` uint8 RGB or a path to an image file."""
         from lcseg_steps import levels as lv
         from lcseg_steps.crf import CRFParams, refine_mask
+        from lcseg_steps.images import ImageError
         from lcseg_steps.kmeans import l2_normalize, nearest_centroid
         from lcseg_steps.regions import semantic_map
 
         img = _as_image(image)
         a, arr = self.attrs, self.arrays
-        f = self.features(img)
+        try:
+            f = self.features(img)
+        except ImageError as exc:  # too small for one patch: name the file when there is one
+            where = image if isinstance(image, (str, os.PathLike)) else "image"
+            raise ImageError(f"{where}: {exc}") from exc
         X, grid = f["X"], f["grid"]
         n = X.shape[0]
         il = a["image_level"]
