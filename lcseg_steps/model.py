@@ -294,14 +294,11 @@ class Model:
         )
 
     def _regions(self, fg: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-        from lcseg_steps.regions import object_regions
+        from lcseg_steps.regions import object_regions, region_map
 
         o = self.attrs["objects"]
         regs = object_regions(fg, mode=o["regions"], min_area=o["min_region_area"])
-        region_map = np.zeros(fg.shape, dtype=np.uint16)
-        for j, reg in enumerate(regs):
-            region_map[reg] = j + 1
-        return regs, region_map
+        return regs, region_map(regs, fg.shape)
 
     def _descriptors(self, img, regs, feature_grid) -> np.ndarray:
         from lcseg_steps.regions import masked_key_descriptor, region_crop

@@ -16,6 +16,7 @@ from lcseg_steps.regions import (  # noqa: F401  (re-exported: the stage's names
     object_regions,
     region_box,
     region_crop,
+    region_map,
 )
 from lcseg_steps.runlog import limit_threads
 from lcseg_steps.store import (
@@ -67,10 +68,8 @@ def run_objects(
     for i, r in enumerate(recs):
         mask = pixel_map(px, "mask", i)
         regs = object_regions(mask, mode=regions, min_area=min_region_area)
-        region_map = np.zeros(mask.shape, dtype=np.uint16)
         img = read_rgb(r.path) if (regs and descriptor == "cls") else None
         for j, reg in enumerate(regs):
-            region_map[reg] = j + 1
             image_index.append(i)
             boxes.append(region_box(reg, margin))
             comps.append(j)
@@ -80,7 +79,7 @@ def run_objects(
             else:
                 grid = image_grid_array(fs, feature, i).astype(np.float32)
                 descs.append(masked_key_descriptor(grid, reg))
-        maps.append(region_map)
+        maps.append(region_map(regs, mask.shape))
     n_empty = sum(int(m.max() == 0) for m in maps)
     log(
         f"objects: {len(image_index)} regions in {len(recs)} images "

@@ -42,6 +42,15 @@ def object_regions(
     return [labels == (k + 1) for k in order]
 
 
+def region_map(regions: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    """``(H, W)`` uint16 map of :func:`object_regions`' regions: 0 background, ``j + 1``
+    inside region ``j``."""
+    out = np.zeros(shape, dtype=np.uint16)
+    for j, reg in enumerate(regions):
+        out[reg] = j + 1
+    return out
+
+
 def region_box(region: np.ndarray, margin: float = 0.1) -> tuple[int, int, int, int]:
     """Bounding box ``(y0, x0, y1, x1)`` of a ``(H, W)`` bool region, ends exclusive.
 
