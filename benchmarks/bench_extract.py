@@ -34,7 +34,7 @@ def _decode_all(paths, patch: int, long_side: int) -> list[np.ndarray]:
 
 def bf16_check(model, x: torch.Tensor) -> dict:
     """Cosine similarity of bf16-autocast q/k/v to float32 ones, and both times (1 run)."""
-    from lcseg_steps.extract import qkv_features
+    from lcseg_steps.qkv import qkv_features
 
     t32, ref = time_call(lambda: qkv_features(model, x))
 

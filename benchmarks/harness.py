@@ -103,7 +103,7 @@ def default_crf_params():
     """The schema's default ``lcseg_steps.refine.CRFParams``."""
     from dataclasses import fields
 
-    from lcseg_steps.refine import CRFParams
+    from lcseg_steps.crf import CRFParams
 
     refine = schema_defaults("refine")
     return CRFParams(**{f.name: refine[f.name] for f in fields(CRFParams)})

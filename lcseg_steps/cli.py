@@ -22,6 +22,29 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _segment(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lcseg_steps.data.voc import write_label_png
+    from lcseg_steps.model import load_model
+
+    model = load_model(args.model, device=args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stems = [Path(p).stem for p in args.images]
+    if len(set(stems)) != len(stems):
+        raise ValueError("two images share a file name; their PNGs would overwrite each other")
+    for path, stem in zip(args.images, stems, strict=True):
+        seg = model.segment(path)
+        png = out / f"{stem}.png"
+        write_label_png(png, seg.classes)
+        print(
+            f"{path}: {int(seg.foreground.mean() * 100)}% foreground, classes "
+            f"{sorted(set(seg.region_classes.tolist()))} -> {png}"
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     # `lcseg inspect ... | head` should end quietly, not with a BrokenPipeError
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
@@ -33,6 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--png", help="write a PNG of the image with the store's per-patch maps")
     p.add_argument("--index", help="images.tsv (default: <store>/../../images.tsv)")
     p.set_defaults(func=_inspect)
+    p = sub.add_parser("segment", help="segment images with a run's model.zarr")
+    p.add_argument("--model", required=True, help="results/<run>/seed<s>/model.zarr")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("-o", "--out", required=True, help="folder for the palette PNGs")
+    p.add_argument("--device", help="torch device (default: the run's extract.device)")
+    p.set_defaults(func=_segment)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -59,6 +59,10 @@ def describe(path: str | Path) -> str:
     """Arrays (shape, dtype, chunks, kind, summary statistics) and attrs of a store."""
     store = open_store(path)
     lines = [f"store {path}"]
+    if store.attrs.get("format") == "lcseg-model":
+        from lcseg_steps.model import load_model
+
+        lines = [load_model(path).summary(), *lines]
     for name in sorted(store.array_keys()):
         arr = store[name]
         kind = _array_kind(store, arr)

@@ -18,6 +18,8 @@ from lcseg_steps.kmeans import (
     KMeansResult,
     NonFiniteError,
     kmeans,
+    l2_normalize,
+    nearest_centroid,
     seeded_uniforms,
 )
 
@@ -226,6 +228,28 @@ def fit_groups(
     if missing:
         raise ValueError(f"pseudo-categories {missing} have no patches")
     return fit.centroids, fit
+
+
+def centroid_mask(
+    X: np.ndarray,
+    centroids: np.ndarray,
+    fg_clusters: np.ndarray,
+    groups: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A fitted level applied to patches: each row of ``X`` ``(N, D)`` goes to its
+    nearest centroid by cosine (``kmeans.nearest_centroid``) and is foreground when that
+    cluster is.
+
+    Dataset level: ``centroids`` ``(k, D)``, ``fg_clusters`` ``(k,)``. Category level:
+    ``centroids`` ``(n_categories, k, D)``, ``fg_clusters`` ``(n_categories, k)`` and
+    ``groups`` ``(N,)`` the category of each row. Returns (``labels`` ``(N,)`` int16,
+    ``mask`` ``(N,)`` uint8). ``merge`` (every shard) and ``lcseg_steps.model`` (a new
+    image) both call this.
+    """
+    fg = np.asarray(fg_clusters)
+    lab = nearest_centroid(l2_normalize(X), np.asarray(centroids), groups=groups)
+    mask = fg[lab] if groups is None else fg[np.asarray(groups), lab]
+    return lab.astype(np.int16), mask.astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lcseg_steps import levels as lv
-from lcseg_steps.kmeans import l2_normalize, nearest_centroid
 from lcseg_steps.store import feature_array, open_store, patch_layout, read_ids, write_store
 
 if TYPE_CHECKING:
@@ -45,9 +44,8 @@ def run_merge(
     masks: dict[str, np.ndarray] = {}
     if "dataset" in levels:
         ds = open_store(dataset_level)
-        lab = nearest_centroid(l2_normalize(X), ds["centroids"][:])
-        masks["dataset"] = np.asarray(ds["fg_clusters"][:])[lab].astype(np.uint8)
-        arrays["label_dataset"] = lab.astype(np.int16)
+        lab, masks["dataset"] = lv.centroid_mask(X, ds["centroids"][:], ds["fg_clusters"][:])
+        arrays["label_dataset"] = lab
     if "category" in levels:
         cs = open_store(category_level)
         cat_of = dict(
@@ -59,9 +57,10 @@ def run_merge(
         )
         img_cat = np.array([cat_of[str(i)] for i in layout["image_ids"]], dtype=np.int64)
         rows_cat = np.repeat(img_cat, np.diff(layout["offsets"]))
-        lab = nearest_centroid(l2_normalize(X), np.asarray(cs["centroids"][:]), groups=rows_cat)
-        masks["category"] = np.asarray(cs["fg_clusters"][:])[rows_cat, lab].astype(np.uint8)
-        arrays["label_category"] = lab.astype(np.int16)
+        lab, masks["category"] = lv.centroid_mask(
+            X, cs["centroids"][:], cs["fg_clusters"][:], groups=rows_cat
+        )
+        arrays["label_category"] = lab
         arrays["category"] = img_cat
     if "image" in levels:
         masks["image"] = np.asarray(il["fg"][:])

@@ -54,7 +54,8 @@ class Stage:
     ``report``: output name -> (caption file, category) for ``snakemake --report``.
     ``sources``: a function of the config giving inputs from outside the pipeline
     (the dataset's files).
-    ``target``: its outputs are final targets of a run and of every analysis variant.
+    ``target``: its outputs are final targets of a run and of every analysis variant
+    (``True``), or of the default run only (``"run"``).
     """
 
     name: str
@@ -73,7 +74,12 @@ class Stage:
     folder: str | None = None
     report: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     sources: Callable[[Mapping], dict] | None = None
-    target: bool = False
+    target: bool | str = False
+
+    def is_target(self, analysis: bool) -> bool:
+        """Whether its outputs are final targets of the default run (``analysis`` False)
+        or of every analysis variant (True)."""
+        return self.target is True or (self.target == "run" and not analysis)
 
     @property
     def module_name(self) -> str:
@@ -318,6 +324,29 @@ STAGES: tuple[Stage, ...] = (
         outputs={"semantic": "semantic/{shard}.zarr/", "pred": "pred/{shard}/"},
         inputs=("objects", "assign"),
         resources=lambda s: s.shard(512, 256, 2, 0.1),
+    ),
+    # the fitted state of a seed as one artifact, to segment new images with
+    # (lcseg_steps.model); the stage module is export_model, model is the library
+    Stage(
+        "model",
+        outputs={"model": "model.zarr/"},
+        reads=(
+            "run",
+            "backbone",
+            "extract",
+            "clustering",
+            "refine",
+            "objects",
+            "labels.n_classes",
+        ),
+        inputs=("extract", "fit_dataset", "fit_category", "assign"),
+        per_shard=False,
+        seeded=True,
+        kinds=frozenset({"method"}),
+        module="export_model",
+        resources=lambda s: s.whole(1024, 2, 5, 0.01),
+        # not in the analysis: its variants compare scores and need no model each
+        target="run",
     ),
     Stage(
         "evaluate",

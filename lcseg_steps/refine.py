@@ -1,17 +1,8 @@
 """Stage ``refine``: patch-level foreground scores -> pixel-level binary masks
 (upsampling + dense CRF), ``patch_masks/{shard}.zarr`` -> ``pixel_masks/{shard}.zarr``.
 
-Geometry of the upsampling: the backbone saw the whole image resized (not cropped) to
-``(gh * patch, gw * patch)`` (see ``images.resize_for_backbone``), so patch ``(i, j)``
-covers the full-resolution rectangle ``[i * H / gh, (i + 1) * H / gh) x
-[j * W / gw, (j + 1) * W / gw)`` and its score belongs at that rectangle's centre.
-``cv2.resize`` with ``INTER_LINEAR`` uses exactly this half-pixel-centre convention
-(destination pixel ``x`` samples source coordinate ``(x + 0.5) * gw / W - 0.5``), so a
-plain resize of the grid to ``(W, H)`` interpolates bilinearly between patch centres and
-holds the edge value constant beyond the outermost centres.
-
-The CRF parameters (``CRFParams``, the ``refine`` config keys) default to values of ours
-(in the config schema), not values from the paper.
+The per-image upsampling and CRF live in ``lcseg_steps.crf`` (their geometry is
+described there).
 """
 
 from __future__ import annotations
@@ -19,13 +10,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 
+from lcseg_steps.crf import CRFParams, crf_refine, refine_mask, upsample_score  # noqa: F401
 from lcseg_steps.data.index import ImageRecord, read_index
 from lcseg_steps.images import ImageError, read_rgb
 from lcseg_steps.runlog import limit_threads
@@ -43,89 +33,6 @@ if TYPE_CHECKING:
 
 class RefineError(RuntimeError):
     """Refining one image failed; the message names the image file."""
-
-
-@dataclass(frozen=True)
-class CRFParams:
-    """Two-label fully connected CRF settings (the ``refine`` config keys of the same
-    names; their defaults, ours and not the paper's, live in the config schema).
-
-    ``gauss_*`` is the appearance-free smoothness kernel, ``bilateral_*`` the
-    colour-sensitive kernel (``srgb`` in 0..255 intensity units, ``sxy`` in pixels).
-    Unary probabilities are clipped to ``[clip, 1 - clip]`` so ``-log`` stays finite.
-    """
-
-    iterations: int
-    gauss_sxy: float
-    gauss_compat: float
-    bilateral_sxy: float
-    bilateral_srgb: float
-    bilateral_compat: float
-    clip: float
-
-
-def upsample_score(score: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Patch-grid score ``(gh, gw)`` float in [0, 1] -> ``(H, W)`` float32 in [0, 1].
-
-    ``size`` is ``(H, W)`` of the full image. Each patch value sits at its patch centre
-    and is interpolated bilinearly (geometry in the module docstring).
-    """
-    score = np.asarray(score)
-    if score.ndim != 2 or score.size == 0:
-        raise ValueError(f"score grid must be a non-empty 2-D array, got shape {score.shape}")
-    h, w = int(size[0]), int(size[1])
-    if h <= 0 or w <= 0:
-        raise ValueError(f"target size must be positive, got {size}")
-    up = cv2.resize(score.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
-    return np.clip(up, 0.0, 1.0).astype(np.float32, copy=False)
-
-
-def crf_refine(image: np.ndarray, prob_fg: np.ndarray, params: CRFParams) -> np.ndarray:
-    """Dense-CRF binary segmentation.
-
-    image ``(H, W, 3)`` uint8 RGB, prob_fg ``(H, W)`` float foreground probability ->
-    ``(H, W)`` uint8 in {0, 1} (1 = foreground).
-    """
-    import pydensecrf.densecrf as dcrf
-    from pydensecrf.utils import unary_from_softmax
-
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
-    if prob_fg.shape != image.shape[:2]:
-        raise ValueError(f"prob_fg shape {prob_fg.shape} does not match image {image.shape[:2]}")
-    h, w = prob_fg.shape
-    p = np.clip(prob_fg.astype(np.float32), params.clip, 1.0 - params.clip)
-    unary = unary_from_softmax(np.stack([1.0 - p, p]), clip=params.clip)
-    crf = dcrf.DenseCRF2D(w, h, 2)
-    crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
-    crf.addPairwiseGaussian(sxy=params.gauss_sxy, compat=params.gauss_compat)
-    crf.addPairwiseBilateral(
-        sxy=params.bilateral_sxy,
-        srgb=params.bilateral_srgb,
-        rgbim=np.ascontiguousarray(image, dtype=np.uint8),
-        compat=params.bilateral_compat,
-    )
-    q = np.asarray(crf.inference(int(params.iterations)), dtype=np.float32).reshape(2, h, w)
-    return np.argmax(q, axis=0).astype(np.uint8)
-
-
-def refine_mask(
-    image: np.ndarray,
-    score_grid: np.ndarray,
-    *,
-    crf: bool,
-    threshold: float,
-    params: CRFParams,
-) -> np.ndarray:
-    """image ``(H, W, 3)`` uint8 + score grid ``(gh, gw)`` -> ``(H, W)`` uint8 {0, 1}.
-
-    Upsamples the score, then either runs the CRF on it or thresholds it
-    (``score >= threshold`` is foreground) when ``crf`` is False.
-    """
-    prob = upsample_score(score_grid, image.shape[:2])
-    if crf:
-        return crf_refine(image, prob, params)
-    return (prob >= threshold).astype(np.uint8)
 
 
 def _refine_one(

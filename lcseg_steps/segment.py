@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lcseg_steps.atomic_write import tmp_sibling
+from lcseg_steps.regions import semantic_map
 from lcseg_steps.store import open_store, pixel_map, read_ids, write_pixel_store
 
 if TYPE_CHECKING:
@@ -53,10 +54,8 @@ def run_segment(
     for i, image_id in enumerate(ids):
         region_map = pixel_map(ob, "region_map", i)
         n_regions = int((image_index == i).sum())
-        lut = np.zeros(n_regions + 1, dtype=np.uint8)
-        lut[1:] = labels[start : start + n_regions] + 1
+        sem = semantic_map(region_map, labels[start : start + n_regions])
         start += n_regions
-        sem = lut[region_map]
         maps.append(sem)
         write_label_png(tmp_dir / f"{image_id}.png", sem)
     if pred_dir.exists():

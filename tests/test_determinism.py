@@ -51,7 +51,7 @@ def test_two_runs_are_byte_identical(first, second):
     a, b = first[1], second[1]
     # not vacuous: every kind of store, the scores and the predictions are compared
     kinds = {"features", "image_level", "dataset_level", "category_level", "patch_masks"}
-    kinds |= {"pixel_masks", "objects", "classes", "semantic"}
+    kinds |= {"pixel_masks", "objects", "classes", "semantic", "model"}
     assert store_kinds(a) == kinds, store_kinds(a)
     assert len(a.arrays) > 100 and a.array_bytes > 100_000
     assert {"tiny/seed0/metrics.json", "tiny/metrics_summary.json"} <= set(a.files)

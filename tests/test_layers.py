@@ -27,6 +27,7 @@ STAGES = {
     "lcseg_steps.objects",
     "lcseg_steps.assign",
     "lcseg_steps.segment",
+    "lcseg_steps.export_model",
     "lcseg_steps.evaluate",
     "lcseg_steps.summary",
     "lcseg_steps.report",

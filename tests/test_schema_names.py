@@ -48,6 +48,11 @@ STAGES = {
         {"pixel_masks", "features", "records", "out", "attrs", "log"},
     ),
     "assign": ("assign", "run_assign", {"objects", "shards", "out", "empty_ok", "attrs", "log"}),
+    "model": (
+        "export_model",
+        "run_export_model",
+        {"features", "dataset_level", "category_level", "classes", "out", "attrs", "log"},
+    ),
     "evaluate": (
         "evaluate",
         "run_evaluate",

@@ -181,7 +181,7 @@ def variant_targets():
                 stage, output, node.key, node.seeded, seed="{seed}", shard="{shard}"
             )
 
-        out += stage_targets(v.nodes, path_of, ANALYSIS_SEEDS)
+        out += stage_targets(v.nodes, path_of, ANALYSIS_SEEDS, analysis=True)
     return sorted(set(out))
 
 

@@ -139,12 +139,13 @@ def run_log(stage, suffix="log"):
     return f"{LOGS}/{pipeline.log_template(*args)}.log"
 
 
-def stage_targets(graph, path_of, seeds):
-    """The outputs of the declared ``target`` stages of ``graph``, every seed and shard."""
+def stage_targets(graph, path_of, seeds, analysis=False):
+    """The outputs of the declared ``target`` stages of ``graph`` (of the default run, or
+    of an ``analysis`` variant), every seed and shard."""
     out = []
     for stage in graph:
         s = pipeline.get_stage(stage)
-        if s.target:
+        if s.is_target(analysis):
             for name in s.outputs:
                 path = path_of(stage, name)
                 out += expand(path, seed=seeds, shard=SHARDS) if "{" in path else [path]

@@ -1,0 +1,147 @@
+"""The fitted model of a run (issue 22): ``seed<s>/model.zarr``, ``load_model(path)
+.segment(image)``, ``lcseg segment`` and ``lcseg inspect`` on it, and the errors of a model
+used with another backbone or damaged. On the tiny demo run that other tests share."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from lcseg_steps.cli import main as lcseg
+from lcseg_steps.data.index import read_index
+from lcseg_steps.data.voc import read_label_png
+from lcseg_steps.images import read_rgb
+from lcseg_steps.inspect_store import describe
+from lcseg_steps.model import (
+    FORMAT_VERSION,
+    ModelError,
+    ModelMismatchError,
+    load_model,
+)
+from lcseg_steps.store import image_rows, open_store, read_ids
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def model_path(tiny_run):
+    return tiny_run / "results" / "tiny" / "seed0" / "model.zarr"
+
+
+@pytest.fixture
+def model_copy(model_path, tmp_path):
+    dst = tmp_path / "model.zarr"
+    shutil.copytree(model_path, dst)
+    return dst
+
+
+def _set_attr(path, **attrs):
+    meta = path / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["attributes"].update(attrs)
+    meta.write_text(json.dumps(doc))
+
+
+def test_the_model_gives_the_runs_own_dataset_and_category_masks(tiny_run, model_path):
+    """Applied to the run's own images, the model extracts the stored features and labels
+    them with the nearest dataset and category centroids: exactly the run's level masks
+    (the fits label by nearest centroid too) and each image's pseudo-category."""
+    res = tiny_run / "results" / "tiny"
+    model = load_model(model_path)
+    path_of = {r.image_id: tiny_run / r.path for r in read_index(res / "images.tsv")}
+    for shard in ("s0000", "s0001"):
+        fs = open_store(res / "features" / f"{shard}.zarr")
+        pm = open_store(res / "seed0" / "patch_masks" / f"{shard}.zarr")
+        for i, image_id in enumerate(read_ids(fs)):
+            image = read_rgb(path_of[image_id])
+            seg = model.segment(image)
+            assert seg.grid == tuple(int(x) for x in fs["grid"][i])
+            np.testing.assert_array_equal(model.features(image)["X"], image_rows(fs, "k", i))
+            for level in ("dataset", "category"):
+                np.testing.assert_array_equal(
+                    seg.level_masks[level], image_rows(pm, f"mask_{level}", i), err_msg=image_id
+                )
+                np.testing.assert_array_equal(
+                    seg.level_labels[level], image_rows(pm, f"label_{level}", i)
+                )
+            assert seg.category == int(pm["category"][i])
+            assert seg.classes.shape == seg.foreground.shape == image.shape[:2]
+            assert seg.classes.dtype == np.uint8 and seg.classes.max() <= 2
+            assert ((seg.classes > 0) <= (seg.foreground > 0)).all()
+
+
+def test_the_model_records_how_it_was_fitted(model_path):
+    model = load_model(model_path)
+    a = model.attrs
+    assert a["format_version"] == FORMAT_VERSION and a["backbone"]["weights"] == "random:seed=0"
+    assert model.fitted_to == {
+        "backbone": "vit_small_patch16_224",
+        "layer": -1,
+        "feature": "k",
+        "patch_size": 16,
+    }
+    assert a["long_side"] == 64 and a["seed"] == 0 and len(a["settings_digest"]) == 16
+    assert a["merge"]["levels"] == ["dataset", "category", "image"]
+    assert a["image_level"]["k_image"] == 2 and a["refine"]["crf"] is True
+    assert model.arrays["dataset_centroids"].shape == (8, 48)
+    assert model.arrays["category_centroids"].shape == (2, 2, 48)
+    assert model.arrays["class_prototypes"].shape == (2, 48)
+    text = describe(model_path)
+    assert text.startswith("lcseg model") and "8 centroids" in text and "2 prototypes" in text
+
+
+def test_lcseg_segment_writes_a_png_per_image(tiny_run, model_path, tmp_path, capsys):
+    folder = tiny_run / "results" / "tiny" / "demo" / "JPEGImages"
+    images = [folder / "demo_0001.jpg", folder / "demo_0004.jpg"]
+    out = tmp_path / "pred"
+    assert lcseg(["segment", "--model", str(model_path), *map(str, images), "-o", str(out)]) == 0
+    for img in images:
+        png = read_label_png(out / f"{img.stem}.png")
+        assert png.shape == read_rgb(img).shape[:2]
+    assert "foreground" in capsys.readouterr().out
+
+
+def test_a_model_used_with_another_backbone_layer_feature_or_patch_stops(model_path):
+    with pytest.raises(ModelMismatchError, match="dino_vits16.*vit_small_patch16_224"):
+        load_model(model_path, expect={"backbone": "dino_vits16"})
+    model = load_model(model_path)
+    for key, other, fitted in (
+        ("layer", 5, "-1"),
+        ("feature", "v", "'k'"),
+        ("patch_size", 8, "16"),
+    ):
+        with pytest.raises(ModelMismatchError, match=f"{key} {other!r}.*{key} {fitted}"):
+            model.check(**{key: other})
+    fs = {"backbone": "vit_small_patch16_224", "layer": -1, "patch_size": 14}
+    with pytest.raises(ModelMismatchError, match="patch_size 14.*patch_size 16"):
+        model.check_features(fs, feature="k")
+
+
+def test_a_backbone_that_builds_another_patch_size_stops(model_copy):
+    overrides = {"depth": 2, "embed_dim": 48, "num_heads": 2, "patch_size": 8}
+    bb = {**load_model(model_copy).backbone, "overrides": overrides}
+    _set_attr(model_copy, backbone=bb)
+    with pytest.raises(ModelMismatchError, match="patch_size 8 .*patch_size 16"):
+        load_model(model_copy).segment(np.zeros((64, 64, 3), np.uint8))
+
+
+def test_a_newer_format_version_stops_naming_the_file(model_copy):
+    _set_attr(model_copy, format_version=FORMAT_VERSION + 1)
+    with pytest.raises(ModelError, match=f"{model_copy}.*newer"):
+        load_model(model_copy)
+
+
+@pytest.mark.parametrize("damage", ["chunk", "missing chunk", "metadata"])
+def test_a_truncated_model_stops_naming_the_file(model_copy, damage):
+    chunk = model_copy / "dataset_centroids" / "c" / "0" / "0"
+    if damage == "chunk":
+        chunk.write_bytes(chunk.read_bytes()[:20])
+    elif damage == "missing chunk":
+        chunk.unlink()
+    else:
+        meta = model_copy / "zarr.json"
+        meta.write_text(meta.read_text()[:100])
+    with pytest.raises(ModelError, match=str(model_copy)):
+        load_model(model_copy)
+    assert lcseg(["segment", "--model", str(model_copy), "x.jpg", "-o", "out"]) == 2
