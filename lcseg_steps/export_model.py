@@ -36,7 +36,7 @@ def run_export_model(
     clustering: Mapping,
     refine: Mapping,
     objects: Mapping,
-    n_classes: int,
+    n_classes: int | str,
     seed: int,
     attrs: dict,
     log: Callable[[str], None] = print,
@@ -83,6 +83,8 @@ def run_export_model(
     cl = open_store(classes)
     arrays["class_prototypes"] = np.asarray(cl["prototypes"][:], dtype=np.float32)
     digests["classes"] = cl.attrs.get("settings_digest")
+    # labels.n_classes may be auto: the count assign chose is its prototypes' rows
+    n_classes = int(arrays["class_prototypes"].shape[0])
     n_images = sum(int(s["image_ids"].shape[0]) for s in stores)
     model_attrs = {
         **attrs,
