@@ -43,6 +43,7 @@ from benchmarks.harness import (
 # name -> function(ctx) -> list[Result]; order is the run order (cheap and independent first)
 BENCHMARKS: dict[str, Callable[[Context], list[Result]]] = {
     "extract": bench_extract.run,
+    "extract_datapath": bench_extract.run_datapath,
     "kmeans_image": bench_kmeans.run_image,
     "kmeans_dataset": bench_kmeans.run_dataset,
     "refine": bench_refine.run,

@@ -19,7 +19,7 @@ FIELDS = {"name", "kind", "ours_s", "reference_s", "ratio", "target", "meets", "
 def bench_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     cmd = [sys.executable, "-m", "benchmarks", "--scale", "tiny", "--repeats", "1"]
-    cmd += ["--only", "kmeans_image,dag,assign", "--json", str(out)]
+    cmd += ["--only", "kmeans_image,dag,assign,extract_datapath", "--json", str(out)]
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout + p.stderr[-3000:]
     return p.stdout, json.loads(out.read_text())
@@ -29,7 +29,7 @@ def test_table_lists_the_chosen_benchmarks(bench_run):
     stdout, _ = bench_run
     header = stdout.splitlines()[0].split()
     assert header == ["name", "kind", "ours_s", "reference_s", "ratio", "target", "meets"]
-    names = [line.split()[0] for line in stdout.splitlines()[2:7]]
+    names = [line.split()[0] for line in stdout.splitlines()[2:8]]
     # in the order --only names them
     assert names == [
         "kmeans_image",
@@ -37,6 +37,7 @@ def test_table_lists_the_chosen_benchmarks(bench_run):
         "assign_spectral_400",
         "assign_kmeans_400",
         "assign_agglomerative_400",
+        "extract_datapath",
     ]
 
 
@@ -60,6 +61,7 @@ def test_json_results_have_the_documented_fields(bench_run):
         "kmeans_image",
         "dag",
         *(f"assign_{c}_400" for c in ("spectral", "kmeans", "agglomerative")),
+        "extract_datapath",
     }
     for r in by_name.values():
         assert FIELDS <= set(r), r
@@ -89,6 +91,14 @@ def test_answers_are_checked_against_the_reference(bench_run):
     assert dag["extra"]["total_jobs"] == sum(dag["extra"]["jobs"].values())
     assert dag["extra"]["rule_edges"] > 0
     assert len(dag["extra"]["ours_runs_s"]) == len(dag["extra"]["reference_runs_s"]) == 1
+
+
+def test_extract_datapath_measures_against_decoding_alone(bench_run):
+    _, doc = bench_run
+    r = next(r for r in doc["results"] if r["name"] == "extract_datapath")
+    assert r["kind"] == "speedup" and r["target"] == 0.8 and r["sizes"]["images"] == 4
+    assert r["extra"]["ours_images_per_s"] == pytest.approx(4 / r["ours_s"])
+    assert r["extra"]["decode_floor_images_per_s"] == pytest.approx(4 / r["reference_s"])
 
 
 def test_assign_measures_each_clusterer_against_a_fit_of_all_regions(bench_run):
