@@ -13,6 +13,8 @@ include: "workflow/rules/demo_data.smk"
 include: "workflow/rules/summary.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/analysis.smk"
+include: "workflow/rules/apply_common.smk"
+include: "workflow/rules/apply.smk"
 
 
 rule all:

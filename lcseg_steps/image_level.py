@@ -36,8 +36,12 @@ def run_image_level(
     attrs: dict,
     log: Log = print,
     threads: int = 1,
+    alone: bool | None = None,
 ) -> Path:
-    """``features/{shard}.zarr`` -> ``image_level/{shard}.zarr`` (labels, fg mask, fg cluster)."""
+    """``features/{shard}.zarr`` -> ``image_level/{shard}.zarr`` (labels, fg mask, fg cluster).
+
+    ``alone`` (``snakemake apply``): each image's k-means start as if it were clustered
+    alone, as ``load_model(path).segment(image)`` clusters it."""
     fs = open_store(features)
     X = np.asarray(feature_array(fs, features, feature)[:])
     layout = patch_layout(fs)
@@ -62,6 +66,7 @@ def run_image_level(
             device=device,
             threads=threads,
             clusterer=image_clusterer,
+            alone=bool(alone),
         )
     except NonFiniteError:
         check_finite(fs, features, feature, X)  # names the store and image (error path only)
@@ -81,7 +86,8 @@ def run_image_level(
 
 
 def run(job: Job) -> Path:
-    """The rule ``image_level`` (settings: its ``clustering`` keys and the seed)."""
+    """The rule ``image_level`` (settings: its ``clustering`` keys and the seed;
+    ``params.alone`` in ``apply_image_level``)."""
     return run_image_level(
         job.input.features,
         job.output[0],
@@ -89,4 +95,5 @@ def run(job: Job) -> Path:
         attrs=job.attrs,
         log=job.log,
         threads=job.threads,
+        alone=job.params.get("alone"),
     )

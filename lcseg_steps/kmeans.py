@@ -792,6 +792,7 @@ def kmeans(
     seed: int = 0,
     device: str | None = None,
     threads: int = 1,
+    streams=None,
 ) -> KMeansResult:
     """Cosine k-means of the rows of ``X`` ``(N, D)`` (any real dtype; any array-API array,
     or a host array whose row slices read as NumPy, e.g. Zarr).
@@ -802,6 +803,8 @@ def kmeans(
     ``(P, k, D)`` for offsets/groups, or a mapping group value -> ``(k, D)``. ``device``:
     None computes in ``X``'s namespace, else see :func:`array_namespace`. ``threads``:
     problems solved at once (NumPy). Results do not depend on ``threads`` nor on blocking.
+    ``streams`` ``(P,)`` (offsets only): the random stream of each problem's k-means++
+    start, default ``i`` for problem ``i``; all 0 solves each as if it were alone.
     """
     what = "kmeans: "
     k, max_iter, tol, threads = _check_args(what, k, max_iter, tol, threads)
@@ -841,7 +844,10 @@ def kmeans(
             )
         off, P = off.astype(np.int64), len(off) - 1
         C0 = _check_init(init, (P, k, D), what)
-        lab, C, J, it = _solve(X, off, np.arange(P), k, C0, *args, f"{what}problem {{}}: ")
+        st = np.arange(P) if streams is None else np.asarray(streams, dtype=np.int64)
+        if st.shape != (P,):
+            raise ValueError(f"{what}streams must have shape ({P},), got {st.shape}")
+        lab, C, J, it = _solve(X, off, st, k, C0, *args, f"{what}problem {{}}: ")
         return KMeansResult(C, lab, J, it)
     C0 = _check_init(init, (k, D), what)
     C0 = None if C0 is None else C0[None]

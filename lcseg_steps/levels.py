@@ -78,11 +78,15 @@ def per_image_kmeans(
     seed: int,
     device: str,
     threads: int = 1,
+    alone: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cosine k-means of every image with at least ``k`` patches, batched.
 
-    ``X`` ``(N, D)``, ``offsets`` ``(n + 1,)``. Returns ``labels`` ``(N,)`` int16 (0 in an
-    image of fewer than ``k`` patches) and ``objective`` ``(n,)`` (NaN there).
+    ``X`` ``(N, D)``, ``offsets`` ``(n + 1,)``. The k-means++ start of image ``i`` is
+    drawn from stream ``i``, or with ``alone`` from stream 0 as if it were clustered alone
+    (what ``lcseg_steps.model`` does for one image; ``snakemake apply``). Returns
+    ``labels`` ``(N,)`` int16 (0 in an image of fewer than ``k`` patches) and
+    ``objective`` ``(n,)`` (NaN there).
     """
     offsets = np.asarray(offsets, dtype=np.int64)
     sizes = np.diff(offsets)
@@ -101,6 +105,7 @@ def per_image_kmeans(
             seed=seed,
             device=device,
             threads=threads,
+            streams=np.zeros(len(solvable), dtype=np.int64) if alone else None,
         )
         labels[rows] = fit.labels
         objective[solvable] = fit.objective
@@ -121,6 +126,7 @@ def image_level(
     device: str,
     threads: int = 1,
     clusterer: str,
+    alone: bool = False,
 ) -> dict[str, np.ndarray]:
     """Per-image clustering of one shard and each image's foreground cluster.
 
@@ -132,7 +138,8 @@ def image_level(
     ``labels`` ``(N,)`` int16, ``fg`` ``(N,)`` uint8 image-level foreground mask,
     ``fg_cluster`` ``(n,)`` int16 (-1 for an image with fewer patches than ``k``, which is
     left all background), ``objective`` ``(n,)`` (k-means: the mean cosine to the
-    centroids; graph methods: the second-smallest Laplacian eigenvalue).
+    centroids; graph methods: the second-smallest Laplacian eigenvalue). ``alone``: each
+    image's k-means start as if it were clustered alone (:func:`per_image_kmeans`).
     """
     if clusterer not in IMAGE_CLUSTERERS:
         raise ValueError(f"image_clusterer must be one of {IMAGE_CLUSTERERS}, got {clusterer!r}")
@@ -147,7 +154,15 @@ def image_level(
         labels, objective = split["labels"], split["eigenvalue"]
     else:
         labels, objective = per_image_kmeans(
-            X, offsets, k, max_iter=max_iter, tol=tol, seed=seed, device=device, threads=threads
+            X,
+            offsets,
+            k,
+            max_iter=max_iter,
+            tol=tol,
+            seed=seed,
+            device=device,
+            threads=threads,
+            alone=alone,
         )
     fg_cluster = np.full(n, -1, dtype=np.int16)
     fg = np.zeros(X.shape[0], dtype=np.uint8)

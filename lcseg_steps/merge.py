@@ -1,6 +1,8 @@
 """Stage ``merge``: one shard's level masks and their merge into consistent patch masks,
 ``features/{shard}.zarr`` and the level stores -> ``patch_masks/{shard}.zarr``. The
-algorithm lives in ``lcseg_steps.levels``."""
+algorithm lives in ``lcseg_steps.levels``. In ``snakemake apply`` the dataset and category
+levels come from a fitted ``model.zarr`` (``lcseg_steps.model``): its centroids, and each
+image's pseudo-category by the nearest category prototype, as ``Model.segment`` does."""
 
 from __future__ import annotations
 
@@ -32,8 +34,12 @@ def run_merge(
     min_levels: int,
     attrs: dict,
     log: Log = print,
+    model: str | Path | None = None,
 ) -> Path:
-    """One shard's level masks and their merge -> ``patch_masks/{shard}.zarr``."""
+    """One shard's level masks and their merge -> ``patch_masks/{shard}.zarr``.
+
+    ``model`` (``snakemake apply``): a fitted ``model.zarr`` in place of ``dataset_level``
+    and ``category_level``; the features must be extracted as the model's (checked)."""
     levels = lv.check_levels(levels)
     fs = open_store(features)
     layout = patch_layout(fs)
@@ -42,11 +48,30 @@ def run_merge(
     X = np.asarray(feature_array(fs, features, feature)[:]) if need_x else None
     arrays: dict[str, np.ndarray] = {}
     masks: dict[str, np.ndarray] = {}
-    if "dataset" in levels:
+    if model is not None:
+        from lcseg_steps.kmeans import l2_normalize, nearest_centroid
+        from lcseg_steps.model import load_model
+
+        m = load_model(model, device="cpu")
+        m.check_features(dict(fs.attrs), feature)
+        arr = m.arrays
+        if "dataset" in levels:
+            lab, masks["dataset"] = lv.centroid_mask(X, arr["dataset_centroids"], arr["dataset_fg"])
+            arrays["label_dataset"] = lab
+        if "category" in levels:
+            cls = l2_normalize(np.asarray(fs["cls"][:]).astype(np.float32))
+            img_cat = np.asarray(nearest_centroid(cls, arr["category_prototypes"]), np.int64)
+            rows_cat = np.repeat(img_cat, np.diff(layout["offsets"]))
+            lab, masks["category"] = lv.centroid_mask(
+                X, arr["category_centroids"], arr["category_fg"], groups=rows_cat
+            )
+            arrays["label_category"] = lab
+            arrays["category"] = img_cat
+    elif "dataset" in levels:
         ds = open_store(dataset_level)
         lab, masks["dataset"] = lv.centroid_mask(X, ds["centroids"][:], ds["fg_clusters"][:])
         arrays["label_dataset"] = lab
-    if "category" in levels:
+    if "category" in levels and model is None:
         cs = open_store(category_level)
         cat_of = dict(
             zip(
@@ -84,7 +109,8 @@ def run_merge(
 
 def run(job: Job) -> Path:
     """The rule ``merge`` (settings: its ``clustering`` keys; no seed: the merge draws
-    nothing at random, its store lives under ``seed{N}/`` because its inputs do)."""
+    nothing at random, its store lives under ``seed{N}/`` because its inputs do); in
+    ``apply_merge`` the input ``model`` holds the fitted levels."""
     return run_merge(
         job.input.features,
         job.input.image_level,
@@ -94,4 +120,5 @@ def run(job: Job) -> Path:
         **job.settings,
         attrs=job.attrs,
         log=job.log,
+        model=job.input.get("model"),
     )

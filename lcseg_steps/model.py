@@ -43,7 +43,7 @@ FORMAT = "lcseg-model"
 FORMAT_VERSION = 1
 # what a model is fitted to: a features store, a config or a caller giving other values
 # for any of these cannot use it
-FITTED_TO = ("backbone", "layer", "feature", "patch_size")
+FITTED_TO = ("backbone", "layer", "feature", "patch_size", "long_side")
 
 
 class ModelError(ValueError):
@@ -52,8 +52,8 @@ class ModelError(ValueError):
 
 
 class ModelMismatchError(ValueError):
-    """A model used with another backbone, layer, feature or patch size; the message names
-    both values."""
+    """A model used with another backbone, layer, feature, patch size or long side; the
+    message names both values."""
 
 
 def _digest(a: np.ndarray) -> str:
@@ -125,18 +125,20 @@ class Model:
 
     @property
     def fitted_to(self) -> dict:
-        """backbone name, layer, feature and patch size."""
+        """backbone name, layer, feature, patch size and long side."""
         a = self.attrs
         return {
             "backbone": a["backbone"]["name"],
             "layer": a["layer"],
             "feature": a["feature"],
             "patch_size": a["patch_size"],
+            "long_side": a["long_side"],
         }
 
     def check(self, **given: Any) -> None:
         """Stop at once when ``given`` (any of ``backbone``, ``layer``, ``feature``,
-        ``patch_size``) differs from what the model was fitted with, naming both values."""
+        ``patch_size``, ``long_side``) differs from what the model was fitted with, naming
+        both values."""
         fitted = self.fitted_to
         unknown = set(given) - set(FITTED_TO)
         if unknown:
@@ -150,12 +152,13 @@ class Model:
             raise ModelMismatchError(f"{self.path}: used with " + "; ".join(bad))
 
     def check_features(self, attrs: Mapping, feature: str | None = None) -> None:
-        """The same check against a features store's attrs (what an apply rule would
-        extract with) and the feature it would cluster."""
+        """The same check against a features store's attrs (what an apply rule
+        extracted with) and the feature it clusters."""
         self.check(
             backbone=attrs.get("backbone"),
             layer=attrs.get("layer"),
             patch_size=attrs.get("patch_size"),
+            long_side=attrs.get("long_side"),
             feature=feature,
         )
 

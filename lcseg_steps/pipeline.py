@@ -27,6 +27,11 @@ from lcseg_steps import resources as res
 from lcseg_steps.settings import is_auto
 
 KINDS = frozenset({"method", "baseline"})
+# ``snakemake apply``: a fitted model.zarr segments new images; the stages it runs carry
+# this kind, and what they read from the fitting stages (FITTED) comes from the model
+APPLY = "apply"
+APPLIED = KINDS | {APPLY}
+FITTED = ("fit_dataset", "fit_category", "assign")
 
 
 def _always(config: Mapping) -> bool:
@@ -167,6 +172,7 @@ STAGES: tuple[Stage, ...] = (
         reads=_index_settings,
         sources=_dataset_sources,
         per_shard=False,
+        kinds=APPLIED,
         folder="index",
         threads=2,
         resources=lambda s: {"mem_mb": 4000, "runtime": 10},
@@ -176,6 +182,7 @@ STAGES: tuple[Stage, ...] = (
         outputs={"features": "features/{shard}.zarr/"},
         reads=("backbone", "extract"),
         inputs=("index",),
+        kinds=APPLIED,
         env="../../envs/torch.yaml",
         threads=2,
         resources=res.extract_resources,
@@ -192,7 +199,7 @@ STAGES: tuple[Stage, ...] = (
         ),
         inputs=("extract",),
         seeded=True,
-        kinds=frozenset({"method"}),
+        kinds=frozenset({"method", APPLY}),
         env=_cluster_env,
         # one thread: on CPU each image's k-means is a few small calls a pass, and a second
         # worker thread mostly waits for the GIL (slower than one); shards run side by side
@@ -253,7 +260,7 @@ STAGES: tuple[Stage, ...] = (
             "clustering.min_levels",
         ),
         inputs=("extract", "image_level", "fit_dataset", "fit_category"),
-        kinds=frozenset({"method"}),
+        kinds=frozenset({"method", APPLY}),
         env="../../envs/cluster.yaml",
         resources=lambda s: s.shard(512, 64, 2, 0.01),
     ),
@@ -286,6 +293,7 @@ STAGES: tuple[Stage, ...] = (
             )
         ),
         inputs=("index", "merge"),
+        kinds=APPLIED,
         env="../../envs/crf.yaml",
         threads=2,
         resources=lambda s: s.shard(1024, 256, 2, 1.0),
@@ -295,6 +303,7 @@ STAGES: tuple[Stage, ...] = (
         outputs={"objects": "objects/{shard}.zarr/"},
         reads=_objects_settings,
         inputs=("index", "refine", "extract"),
+        kinds=APPLIED,
         env="../../envs/torch.yaml",
         threads=2,
         resources=res.objects_resources,
@@ -323,6 +332,7 @@ STAGES: tuple[Stage, ...] = (
         "segment",
         outputs={"semantic": "semantic/{shard}.zarr/", "pred": "pred/{shard}/"},
         inputs=("objects", "assign"),
+        kinds=APPLIED,
         resources=lambda s: s.shard(512, 256, 2, 0.1),
     ),
     # the fitted state of a seed as one artifact, to segment new images with
@@ -358,6 +368,7 @@ STAGES: tuple[Stage, ...] = (
         # with labels.n_classes auto the count is classes.zarr's (assign's choice)
         reads=("evaluate.matching", "labels.n_classes"),
         inputs=("index", "index.skipped", "segment", "assign"),
+        kinds=APPLIED,
         per_shard=False,
         folder="scores",
         resources=lambda s: s.whole(1024, 8, 5, 0.05),
@@ -422,6 +433,8 @@ def graph(
     reads: input name -> (producing stage). A stage that ``stands_for`` another takes its
     place for its readers; an input from a stage the config switches off is left out
     (with ``every_level``, none is switched off: the stages any config of ``kind`` runs).
+    In an ``apply`` run the fitting stages do not run: a stage that reads one of
+    :data:`FITTED` reads the fitted ``model`` (``model.model``, input ``model``) instead.
 
     Returns ``{stage: {input name: "stage.output"}}``.
     """
@@ -438,6 +451,8 @@ def graph(
             stage = standing.get(stage, stage)
             if stage in runs:
                 reads[output] = f"{stage}.{output}"
+            elif kind == APPLY and stage in FITTED and get_stage(stage).when(config):
+                reads["model"] = "model.model"
         runs[s.name] = reads
     return runs
 
@@ -450,7 +465,8 @@ def seed_dependent(
     out: dict[str, bool] = {}
     for stage, reads in graph(config, kind, every_level).items():
         deps = {split_ref(ref)[0] for ref in reads.values()}
-        out[stage] = get_stage(stage).seeded or any(out[d] for d in deps)
+        # a fitted model (apply) is one seed's
+        out[stage] = get_stage(stage).seeded or any(out.get(d, True) for d in deps)
     return out
 
 

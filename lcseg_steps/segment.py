@@ -1,5 +1,7 @@
 """Stage ``segment``: semantic maps of one shard, ``objects/{shard}.zarr`` and
-``classes.zarr`` -> ``semantic/{shard}.zarr`` and palette PNGs in ``pred/{shard}/``."""
+``classes.zarr`` -> ``semantic/{shard}.zarr`` and palette PNGs in ``pred/{shard}/``. In
+``snakemake apply`` a fitted ``model.zarr`` takes ``classes.zarr``'s place: each region
+gets the class of its nearest class prototype, as ``Model.segment`` gives it."""
 
 from __future__ import annotations
 
@@ -28,20 +30,36 @@ def run_segment(
     *,
     attrs: dict,
     log: Callable[[str], None] = print,
+    model: str | Path | None = None,
 ) -> Path:
     """Semantic maps (0 background, class + 1 inside each region) as Zarr and palette PNGs.
 
-    The store's attrs are ``attrs`` plus the objects store's ``extraction`` facts.
+    The store's attrs are ``attrs`` plus the objects store's ``extraction`` facts. With
+    ``model`` (``classes`` None) each region's class is its nearest class prototype.
     """
     from lcseg_steps.data.voc import write_label_png
 
-    ob, cl = open_store(objects), open_store(classes)
-    shards = list(read_ids(cl, "shards"))
-    if shard not in shards:
-        raise KeyError(f"{classes}: no classes for shard {shard}")
-    s = shards.index(shard)
-    lo, hi = (int(x) for x in cl["region_offsets"][s : s + 2])
-    labels = np.asarray(cl["labels"][lo:hi])
+    ob = open_store(objects)
+    if model is not None:
+        from lcseg_steps.kmeans import l2_normalize, nearest_centroid
+        from lcseg_steps.model import load_model
+
+        protos = load_model(model, device="cpu").arrays["class_prototypes"]
+        D = np.asarray(ob["descriptors"][:], dtype=np.float32)
+        labels = (
+            np.asarray(nearest_centroid(l2_normalize(D), protos), np.int64)
+            if len(D)
+            else np.zeros(0, dtype=np.int64)
+        )
+        classes = model
+    else:
+        cl = open_store(classes)
+        shards = list(read_ids(cl, "shards"))
+        if shard not in shards:
+            raise KeyError(f"{classes}: no classes for shard {shard}")
+        s = shards.index(shard)
+        lo, hi = (int(x) for x in cl["region_offsets"][s : s + 2])
+        labels = np.asarray(cl["labels"][lo:hi])
     image_index = np.asarray(ob["image_index"][:])
     if len(labels) != len(image_index):
         raise ValueError(f"{classes}: {len(labels)} classes for {len(image_index)} regions")
@@ -67,14 +85,16 @@ def run_segment(
 
 
 def run(job: Job) -> Path:
-    """The rule ``segment`` (no settings: the classes decide everything)."""
+    """The rule ``segment`` (no settings: the classes decide everything); in
+    ``apply_segment`` the input ``model`` holds the class prototypes."""
     shard = job.wildcards.shard
     return run_segment(
         job.input.objects,
-        job.input.classes,
+        job.input.get("classes"),
         shard,
         job.output.semantic,
         job.output.pred,
         attrs={"shard": shard, "seed": int(job.wildcards.seed)},
         log=job.log,
+        model=job.input.get("model"),
     )

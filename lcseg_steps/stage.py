@@ -64,7 +64,8 @@ def run_rule(smk) -> Any:
             wildcards=smk.wildcards,
             resources=smk.resources,
             threads=smk.threads,
-            config=smk.config,
+            # an apply rule runs under the applied run's config (params.config)
+            config=smk.params.get("config") or smk.config,
             settings=settings,
             attrs=settings_attrs(settings),
             log=log,

@@ -573,6 +573,21 @@ def test_offsets_kmeanspp_uses_a_stream_per_problem(ns):
     np.testing.assert_array_equal(full.labels[off[2] : off[3]], alone.labels)
 
 
+def test_offsets_with_streams_zero_solve_each_problem_as_if_alone():
+    """streams= (apply's image level): all 0 gives each problem the k-means of its rows
+    alone (stream 0), as lcseg_steps.model clusters one image."""
+    rng = np.random.default_rng(14)
+    X, off = ragged(rng, [20, 5, 40, 13], D=6, dtype=np.float32)
+    out = kmeans(X, 3, offsets=off, seed=5, streams=np.zeros(4, np.int64), **CPU)
+    for i in range(4):
+        ref = kmeans(X[off[i] : off[i + 1]], 3, seed=5, **CPU)
+        np.testing.assert_array_equal(out.labels[off[i] : off[i + 1]], ref.labels)
+    default = kmeans(X, 3, offsets=off, seed=5, **CPU)
+    assert not np.array_equal(default.centroids[1:], out.centroids[1:])
+    with pytest.raises(ValueError, match="streams must have shape"):
+        kmeans(X, 3, offsets=off, streams=[0, 0])
+
+
 def test_groups_equal_per_group_fits_with_a_stream_per_group():
     rng = np.random.default_rng(13)
     X = rng.standard_normal((120, 5)).astype(np.float32)

@@ -80,6 +80,7 @@ def test_the_model_records_how_it_was_fitted(model_path):
         "layer": -1,
         "feature": "k",
         "patch_size": 16,
+        "long_side": 64,
     }
     assert a["long_side"] == 64 and a["seed"] == 0 and len(a["settings_digest"]) == 16
     assert a["merge"]["levels"] == ["dataset", "category", "image"]

@@ -72,19 +72,22 @@ def rule_outputs(stage, path_of, reports):
     return out
 
 
-def stage_inputs(stage, reads, path_of):
+def stage_inputs(stage, reads, path_of, cfg=None, shards=None):
     """Input function of one stage's job: each read output under its name, a list over
     shards where a whole-run stage reads a per-shard one. ``reads``: ``{input name:
-    "stage.output"}`` for the job's wildcards; ``path_of(stage, output, wildcards)``."""
+    "stage.output"}`` for the job's wildcards; ``path_of(stage, output, wildcards)``;
+    ``cfg`` and ``shards``: the run's (default: the config's, ``SHARDS``)."""
     s = pipeline.get_stage(stage)
+    cfg = config if cfg is None else cfg
+    shards = SHARDS if shards is None else shards
 
     def inputs(wildcards):
-        out = dict(s.sources(config)) if s.sources else {}
+        out = dict(s.sources(cfg)) if s.sources else {}
         for name, ref in reads(wildcards).items():
             dep, output = pipeline.split_ref(ref)
             path = path_of(dep, output, wildcards)
             if not s.per_shard and pipeline.get_stage(dep).per_shard:
-                out[name] = [fill(path, wildcards, shard=sh) for sh in SHARDS]
+                out[name] = [fill(path, wildcards, shard=sh) for sh in shards]
             else:
                 out[name] = fill(path, wildcards)
         return out
@@ -92,9 +95,10 @@ def stage_inputs(stage, reads, path_of):
     return inputs
 
 
-def rule_resources(stage):
-    """Snakemake resources of a stage's rules, sized on the run's config."""
-    return scaled_resources(pipeline.get_stage(stage).resources(SIZING))
+def rule_resources(stage, sizing=None):
+    """Snakemake resources of a stage's rules, sized on the run's config (``sizing``:
+    default ``SIZING``)."""
+    return scaled_resources(pipeline.get_stage(stage).resources(sizing or SIZING))
 
 
 def scaled_resources(resources):
@@ -108,9 +112,9 @@ def scaled_resources(resources):
     return out
 
 
-def stage_env(stage):
+def stage_env(stage, cfg=None):
     env = pipeline.get_stage(stage).env
-    return env(config) if callable(env) else env
+    return env(config if cfg is None else cfg) if callable(env) else env
 
 
 def run_params(stage):

@@ -1,0 +1,159 @@
+"""`snakemake apply` (issue 22): the tiny run's model.zarr segments a folder of images it
+never fitted, through the pipeline's `apply` rules, image by image as
+``load_model(model).segment(image)`` does; a model of another backbone or long side stops
+before any job; with masks the applied run is scored under every protocol."""
+
+import copy
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from lcseg_steps import pipeline
+from lcseg_steps.apply_config import apply_config, apply_run, model_path
+from lcseg_steps.data.index import read_index
+from lcseg_steps.data.voc import read_label_png
+from lcseg_steps.images import read_rgb
+from lcseg_steps.model import load_model
+from lcseg_steps.protocols import PROTOCOLS
+from lcseg_steps.store import image_rows, open_store, read_ids
+from tests.helpers import SCHEMA, TINY, scheduled, snakemake
+
+pytestmark = pytest.mark.integration
+
+NEW = ("demo_0001", "demo_0002", "demo_0005")  # three of the tiny run's images
+
+
+@pytest.fixture(scope="module")
+def model(tiny_run):
+    return tiny_run / "results" / "tiny" / "seed0" / "model.zarr"
+
+
+def _apply_config(model, **apply):
+    cfg = copy.deepcopy(TINY)
+    cfg["apply"] = {"model": str(model), "images": "new", **apply}
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def applied(tiny_run, model, tmp_path_factory):
+    """A folder of images (one in a subfolder, one unreadable) and their masks, segmented
+    and scored by `snakemake apply` in a working directory of its own."""
+    wd = tmp_path_factory.mktemp("apply")
+    demo = tiny_run / "results" / "tiny" / "demo"
+    for image_id, sub in zip(NEW, ("", "", "sub/"), strict=True):
+        for folder, src, ext in (
+            ("new", "JPEGImages", "jpg"),
+            ("masks", "SegmentationClass", "png"),
+        ):
+            (wd / folder / sub).mkdir(parents=True, exist_ok=True)
+            shutil.copy(demo / src / f"{image_id}.{ext}", wd / folder / sub / f"{image_id}.{ext}")
+    (wd / "new" / "broken.jpg").write_bytes(b"not a jpeg")
+    cfg = _apply_config(model, masks="masks")
+    r = snakemake(wd, cfg, "apply")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return wd, cfg
+
+
+def test_apply_writes_predictions_a_report_and_skips_a_bad_image(applied):
+    wd, cfg = applied
+    res = wd / "results" / "apply_new"
+    assert apply_run(cfg) == "apply_new" and (res / "report.html").stat().st_size > 0
+    records = read_index(res / "images.tsv")
+    assert [r.image_id for r in records] == ["demo_0001", "demo_0002", "sub__demo_0005"]
+    assert "broken" in (res / "skipped.tsv").read_text()
+    for r in records:
+        png = read_label_png(res / "seed0" / "pred" / r.shard / f"{r.image_id}.png")
+        assert png.shape == (r.height, r.width)
+    # nothing fitted: no fit, assign or model job ran for the applied run
+    assert not list(res.rglob("dataset_level*")) and not list(res.rglob("classes.zarr"))
+    r = snakemake(wd, cfg, "apply", "-n")
+    assert "Nothing to be done" in r.stdout + r.stderr
+
+
+def test_applied_predictions_equal_the_models_segment(applied, model):
+    """Per image: the same features, level masks, merged mask, refined mask and classes
+    as ``load_model(model).segment(image)`` (the image level starts each image's k-means
+    as if alone, as segment does; the shard holds three)."""
+    wd, _ = applied
+    res = wd / "results" / "apply_new"
+    m = load_model(model)
+    for r in read_index(res / "images.tsv"):
+        seg = m.segment(wd / r.path)
+        fs = open_store(res / "features" / f"{r.shard}.zarr")
+        pm = open_store(res / "seed0" / "patch_masks" / f"{r.shard}.zarr")
+        i = list(read_ids(fs)).index(r.image_id)
+        np.testing.assert_array_equal(
+            image_rows(fs, "k", i), m.features(read_rgb(wd / r.path))["X"]
+        )
+        for level, mask in seg.level_masks.items():
+            np.testing.assert_array_equal(image_rows(pm, f"mask_{level}", i), mask, level)
+        np.testing.assert_array_equal(image_rows(pm, "merged", i), seg.merged)
+        png = read_label_png(res / "seed0" / "pred" / r.shard / f"{r.image_id}.png")
+        np.testing.assert_array_equal(png, seg.classes)
+
+
+def test_apply_with_masks_scores_every_protocol(applied):
+    wd, _ = applied
+    metrics = json.loads((wd / "results" / "apply_new" / "seed0" / "metrics.json").read_text())
+    assert metrics["run"] == "apply_new" and metrics["n_images_scored"] == 3
+    assert metrics["headline_protocol"] in metrics["protocols"]
+    assert set(metrics["protocols"]) >= set(PROTOCOLS) - {"cause_voc", "cause_coco"}
+    assert (wd / "results" / "apply_new" / "metrics_summary.json").exists()
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ({"backbone": {**TINY["backbone"], "name": "dino_vits16"}}, "dino_vits16.*vit_small"),
+        ({"extract": {**TINY["extract"], "long_side": 96}}, "long_side 96.*long_side 64"),
+    ],
+)
+def test_a_model_of_another_backbone_or_long_side_stops_at_once(model, tmp_path, change, named):
+    (tmp_path / "new").mkdir()
+    cfg = {**_apply_config(model), **change}
+    r = snakemake(tmp_path, cfg, "apply")
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "ModelMismatchError" in out, out[-2000:]
+    assert re.search(named, out), out[-2000:]
+    assert not (tmp_path / "results").exists()  # before any job
+
+
+def test_without_masks_nothing_is_scored_and_the_run_name_is_the_models(model, tmp_path):
+    """A run name means its first seed's model.zarr; without masks no evaluate job."""
+    (tmp_path / "new").mkdir()
+    shutil.copy(
+        model.parents[2] / "tiny" / "demo" / "JPEGImages" / "demo_0003.jpg", tmp_path / "new"
+    )
+    run_dir = tmp_path / "results" / "tiny" / "seed0"
+    run_dir.mkdir(parents=True)
+    shutil.copytree(model, run_dir / "model.zarr")
+    cfg = _apply_config("tiny", name="photos")
+    assert model_path({**cfg, "seeds": [0]}) == "results/tiny/seed0/model.zarr"
+    jobs = scheduled(snakemake(tmp_path, cfg, "apply", "-n"))
+    assert "apply_evaluate" not in jobs and "apply_summary" not in jobs
+    assert jobs["apply_segment"] == 1 and jobs["apply_report"] == 1
+    assert not {"fit_dataset", "fit_category", "assign", "model", "extract"} & set(jobs)
+
+
+def test_the_apply_graph_reads_the_model_in_place_of_the_fits(model):
+    from snakemake.utils import validate
+
+    given = _apply_config(model)
+    validate(given, SCHEMA)  # fills in the defaults
+    cfg = apply_config(given, str(model))
+    g = pipeline.graph(cfg, pipeline.APPLY)
+    assert list(g) == [
+        "index",
+        "extract",
+        "image_level",
+        "merge",
+        "refine",
+        "objects",
+        "segment",
+        "evaluate",
+    ]
+    assert g["merge"]["model"] == g["segment"]["model"] == "model.model"
+    assert cfg["clustering"]["k_image"] == load_model(model).attrs["image_level"]["k_image"]
