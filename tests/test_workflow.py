@@ -252,7 +252,15 @@ def test_n_classes_auto_reruns_assign_and_after_only(tiny_run, tmp_path):
     cfg = {**TINY, "labels": {**TINY["labels"], "n_classes": "auto", "auto_range": [2, 6]}}
     r = snakemake(wd, cfg)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert set(scheduled(r)) == {"all", "assign", "segment", "evaluate", "summary", "report"}
+    assert set(scheduled(r)) == {
+        "all",
+        "assign",
+        "model",
+        "segment",
+        "evaluate",
+        "summary",
+        "report",
+    }
     res = wd / "results" / "tiny"
     cl = open_store(res / "seed0" / "classes.zarr")
     n, n_regions = cl.attrs["n_classes"], cl["labels"].shape[0]
