@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks import (
+    bench_apply,
     bench_assign,
     bench_dag,
     bench_extract,
@@ -49,6 +50,7 @@ BENCHMARKS: dict[str, Callable[[Context], list[Result]]] = {
     "refine": bench_refine.run,
     "assign": bench_assign.run,
     "pipeline": bench_pipeline.run,
+    "apply": bench_apply.run,
     "dag": bench_dag.run,
 }
 

@@ -1,0 +1,128 @@
+"""Segmenting new images with a fitted model: ``snakemake apply`` against the extract stage
+alone on the same images, and ``load_model(...).segment`` against one forward pass.
+
+A demo run (the pipeline benchmark's config, its own scratch folder) is fitted first, and
+its ``model.zarr`` is applied to a folder of new demo images (another generator seed).
+
+- ``apply``: ours is the wall time of ``snakemake apply --cores 2`` on the folder (every
+  stage from index to report); the reference, the floor, is ``extract_shard`` alone on the
+  same images with the same backbone settings in this process. Kind "speedup": ratio =
+  floor / ours = the share of extraction's speed that apply keeps, target >= 0.5.
+- ``segment``: ours is one ``segment(image)`` call with the CRF off (median over the
+  repeats, the backbone already built); the reference one ``forward_features`` of the same
+  backbone on the same input. Target: ratio >= 1/3 (segment at most 3 forward passes).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import torch
+import yaml
+
+from benchmarks.bench_pipeline import REPO, _config
+from benchmarks.harness import Context, Result, interleaved
+
+
+def _fit(ctx: Context, snakemake: str) -> tuple[dict, object]:
+    cfg = _config(ctx)
+    wd = ctx.tmp / "fit"
+    wd.mkdir()
+    (ctx.tmp / "fit.yaml").write_text(yaml.safe_dump(cfg))
+    cmd = [snakemake, "-s", str(REPO / "Snakefile"), "--directory", str(wd)]
+    cmd += ["--configfile", str(ctx.tmp / "fit.yaml"), "--cores", "2", "-q"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    if p.returncode != 0:
+        raise RuntimeError(f"the fitting run failed:\n{p.stderr[-3000:]}")
+    return cfg, wd
+
+
+def run(ctx: Context) -> list[Result]:
+    from lcseg_steps.data.demo import generate_demo
+    from lcseg_steps.data.index import ImageRecord
+    from lcseg_steps.extract import extract_shard
+    from lcseg_steps.images import read_rgb
+    from lcseg_steps.model import load_model
+    from lcseg_steps.qkv import autocast, backbone_input
+
+    snakemake = os.path.join(os.path.dirname(sys.executable), "snakemake")
+    cfg, wd = _fit(ctx, snakemake)
+    model_path = wd / "results" / cfg["run"] / "seed0" / "model.zarr"
+    n_new = ctx.pick(256, 32, 4)
+    new = ctx.tmp / "new"
+    generate_demo(new, n_images=n_new, seed=7, log=lambda _m: None)
+    images = sorted(p for p in (new / "JPEGImages").iterdir() if p.suffix == ".jpg")
+    ctx.log(f"apply: model of {cfg['dataset']['demo']['n_images']} images, {n_new} new ones")
+
+    apply_cfg = {"apply": {"model": str(model_path), "images": str(new / "JPEGImages")}}
+    (ctx.tmp / "apply.yaml").write_text(yaml.safe_dump(apply_cfg))
+    cmd = [snakemake, "-s", str(REPO / "Snakefile"), "--directory", str(wd), "apply"]
+    cmd += ["--configfile", str(ctx.tmp / "fit.yaml"), str(ctx.tmp / "apply.yaml")]
+    cmd += ["--cores", "2", "-q"]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    apply_s = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise RuntimeError(f"snakemake apply failed:\n{p.stderr[-3000:]}")
+
+    model = load_model(model_path)
+    backbone, info = model.load_backbone()
+    a = model.attrs
+    torch.set_num_threads(2)  # what the extract rule gets
+    records = [ImageRecord(p.stem, str(p), "", *read_rgb(p).shape[:2]) for p in images]
+    ex = cfg["extract"]
+    t0 = time.perf_counter()
+    extract_shard(
+        records,
+        backbone,
+        info,
+        ctx.tmp / "floor.zarr",
+        long_side=ex["long_side"],
+        batch_size=ex["batch_size"],
+        num_workers=0,
+        device="cpu",
+        precision=a["precision"],
+        layer=a["layer"],
+        log=lambda _m: None,
+    )
+    floor_s = time.perf_counter() - t0
+
+    img = read_rgb(images[0])
+    model.attrs["refine"] = {**a["refine"], "crf": False}
+    x = torch.from_numpy(backbone_input(img, a["patch_size"], a["long_side"])[None])
+
+    def forward():
+        with torch.inference_mode(), autocast(torch.device("cpu"), a["precision"] == "bfloat16"):
+            return backbone.forward_features(x)
+
+    model.segment(img)  # builds what the first call builds once
+    t = interleaved(lambda: model.segment(img), forward, ctx.repeats, log=ctx.log)
+    return [
+        Result(
+            name="apply",
+            kind="speedup",
+            ours_s=apply_s,
+            reference_s=floor_s,
+            target=0.5,
+            runs=1,
+            sizes={"new_images": n_new, "long_side": ex["long_side"]},
+            extra={
+                "apply_images_per_s": n_new / apply_s,
+                "extract_floor_images_per_s": n_new / floor_s,
+                "precision": a["precision"],
+            },
+        ),
+        Result(
+            name="segment",
+            kind="speedup",
+            ours_s=t.ours_s,
+            reference_s=t.reference_s,
+            target=1 / 3,
+            runs=ctx.repeats,
+            sizes={"image_hw": list(img.shape[:2]), "input_hw": list(x.shape[2:])},
+            extra={"crf": False, "precision": a["precision"], **t.summary()},
+        ),
+    ]
