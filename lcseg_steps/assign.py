@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lcseg_steps.class_clustering import class_per_region, fit_classes
-from lcseg_steps.class_count import check_range, eigengap_count
+from lcseg_steps.class_count import auto_record, check_range, eigengap_count
 from lcseg_steps.settings import is_auto
 from lcseg_steps.store import open_store, write_store
 
@@ -95,11 +95,7 @@ def run_assign(
             X, auto_range, n_neighbors, fit_sample, seed, empty_ok, log
         )
         arrays["eigenvalues"] = lam
-        attrs["n_classes_auto"] = {
-            "criterion": "eigengap of the normalised Laplacian of the cosine kNN graph",
-            "range": [int(k) for k in auto_range],
-            "chosen": n_classes,
-        }
+        attrs["n_classes_auto"] = auto_record(auto_range, n_classes)
     attrs["n_classes"] = int(n_classes)
     log(
         f"assign: {len(X)} regions from {len(objects)} shard(s) -> {n_classes} classes "

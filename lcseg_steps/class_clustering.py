@@ -47,6 +47,14 @@ def _check_descriptors(descriptors: np.ndarray, n_classes: int) -> np.ndarray:
     return x
 
 
+def sample_rows(n: int, size: int, seed: int) -> np.ndarray:
+    """The seeded sample of ``size`` of ``n`` rows that spectral and agglomerative fits
+    cluster (and the eigengap of ``auto`` counts on): ``(size,)`` int64 ascending, drawn
+    without replacement by ``numpy.random.default_rng(seed)``."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=size, replace=False)).astype(np.int64)
+
+
 def cosine_knn_affinity(x: np.ndarray, n_neighbors: int):
     """Symmetric cosine-similarity kNN affinity on unit vectors, scipy CSR ``(n, n)`` float64.
 
@@ -173,8 +181,7 @@ def fit_classes(
     if fit_sample is None or n <= fit_sample or method == "kmeans":
         fitted = np.arange(n, dtype=np.int64)
     else:
-        rng = np.random.default_rng(seed)
-        fitted = np.sort(rng.choice(n, size=fit_sample, replace=False)).astype(np.int64)
+        fitted = sample_rows(n, fit_sample, seed)
     xs = x if len(fitted) == n else x[fitted]
     fit_labels = _cluster(xs, n_classes, method, n_neighbors, seed, assign_labels, n_init)
     prototypes = class_prototypes(xs, fit_labels, n_classes)

@@ -17,10 +17,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lcseg_steps.class_clustering import _check_descriptors, cosine_knn_affinity
+from lcseg_steps.class_clustering import _check_descriptors, cosine_knn_affinity, sample_rows
 
 # Components up to this many nodes are solved densely (numpy eigvalsh); above, ARPACK.
 DENSE_MAX = 2000
+CRITERION = "eigengap of the normalised Laplacian of the cosine kNN graph"
 
 
 def check_range(k_range: Sequence[int], what: str = "auto_range") -> tuple[int, int]:
@@ -31,6 +32,11 @@ def check_range(k_range: Sequence[int], what: str = "auto_range") -> tuple[int, 
     if not 1 <= kmin <= kmax:
         raise ValueError(f"{what} must be [min, max] with 1 <= min <= max, got {list(k_range)}")
     return kmin, kmax
+
+
+def auto_record(k_range: Sequence[int], chosen: int) -> dict:
+    """What a store records of an ``auto`` count: the criterion, the range and the choice."""
+    return {"criterion": CRITERION, "range": [int(k) for k in k_range], "chosen": chosen}
 
 
 def _component_eigenvalues(m, n_eig: int, dense_max: int, rng) -> np.ndarray:
@@ -134,8 +140,7 @@ def eigengap_count(
     x = _check_descriptors(descriptors, 1)
     n = x.shape[0]
     if sample is not None and n > sample:
-        rng = np.random.default_rng(seed)
-        x = x[np.sort(rng.choice(n, size=sample, replace=False))]
+        x = x[sample_rows(n, sample, seed)]
     m = x.shape[0]
     if m <= kmin:
         raise ValueError(

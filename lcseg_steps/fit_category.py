@@ -13,7 +13,7 @@ import numpy as np
 
 from lcseg_steps import levels as lv
 from lcseg_steps.class_clustering import assign_classes
-from lcseg_steps.class_count import check_range, eigengap_count
+from lcseg_steps.class_count import auto_record, check_range, eigengap_count
 from lcseg_steps.kmeans import import_torch_cast_if_worth, l2_normalize, nearest_centroid
 from lcseg_steps.settings import is_auto
 from lcseg_steps.store import feature_shards, patch_layout, read_fg, write_store
@@ -108,11 +108,7 @@ def run_fit_category(
         if auto_range is None:
             raise ValueError("clustering.n_categories is auto: give clustering.auto_range")
         n_categories, extra["eigenvalues"] = choose_n_categories(cls, auto_range, seed, log)
-        auto_attrs["n_categories_auto"] = {
-            "criterion": "eigengap of the normalised Laplacian of the cosine kNN graph",
-            "range": [int(k) for k in auto_range],
-            "chosen": n_categories,
-        }
+        auto_attrs["n_categories_auto"] = auto_record(auto_range, n_categories)
     cats = pseudo_categories(cls, n_categories, category_clusterer, seed)
     log(
         f"fit_category: {len(cls)} images -> {n_categories} pseudo-categories "
