@@ -48,44 +48,40 @@ def run_merge(
     X = np.asarray(feature_array(fs, features, feature)[:]) if need_x else None
     arrays: dict[str, np.ndarray] = {}
     masks: dict[str, np.ndarray] = {}
+    # the fitted levels: a model.zarr's (snakemake apply) or the run's level stores
     if model is not None:
-        from lcseg_steps.kmeans import l2_normalize, nearest_centroid
         from lcseg_steps.model import load_model
 
         m = load_model(model, device="cpu")
         m.check_features(dict(fs.attrs), feature)
         arr = m.arrays
         if "dataset" in levels:
-            lab, masks["dataset"] = lv.centroid_mask(X, arr["dataset_centroids"], arr["dataset_fg"])
-            arrays["label_dataset"] = lab
+            dataset = arr["dataset_centroids"], arr["dataset_fg"]
         if "category" in levels:
-            cls = l2_normalize(np.asarray(fs["cls"][:]).astype(np.float32))
-            img_cat = np.asarray(nearest_centroid(cls, arr["category_prototypes"]), np.int64)
-            rows_cat = np.repeat(img_cat, np.diff(layout["offsets"]))
-            lab, masks["category"] = lv.centroid_mask(
-                X, arr["category_centroids"], arr["category_fg"], groups=rows_cat
+            category = arr["category_centroids"], arr["category_fg"]
+            img_cat = m.categories(fs["cls"][:])
+    else:
+        if "dataset" in levels:
+            ds = open_store(dataset_level)
+            dataset = ds["centroids"][:], ds["fg_clusters"][:]
+        if "category" in levels:
+            cs = open_store(category_level)
+            category = cs["centroids"][:], cs["fg_clusters"][:]
+            cat_of = dict(
+                zip(
+                    read_ids(cs),
+                    np.asarray(cs["category"][:]),
+                    strict=True,
+                )
             )
-            arrays["label_category"] = lab
-            arrays["category"] = img_cat
-    elif "dataset" in levels:
-        ds = open_store(dataset_level)
-        lab, masks["dataset"] = lv.centroid_mask(X, ds["centroids"][:], ds["fg_clusters"][:])
-        arrays["label_dataset"] = lab
-    if "category" in levels and model is None:
-        cs = open_store(category_level)
-        cat_of = dict(
-            zip(
-                read_ids(cs),
-                np.asarray(cs["category"][:]),
-                strict=True,
-            )
-        )
-        img_cat = np.array([cat_of[str(i)] for i in layout["image_ids"]], dtype=np.int64)
+            img_cat = np.array([cat_of[str(i)] for i in layout["image_ids"]], dtype=np.int64)
+    if "dataset" in levels:
+        arrays["label_dataset"], masks["dataset"] = lv.centroid_mask(X, *dataset)
+    if "category" in levels:
         rows_cat = np.repeat(img_cat, np.diff(layout["offsets"]))
-        lab, masks["category"] = lv.centroid_mask(
-            X, cs["centroids"][:], cs["fg_clusters"][:], groups=rows_cat
+        arrays["label_category"], masks["category"] = lv.centroid_mask(
+            X, *category, groups=rows_cat
         )
-        arrays["label_category"] = lab
         arrays["category"] = img_cat
     if "image" in levels:
         masks["image"] = np.asarray(il["fg"][:])

@@ -194,6 +194,26 @@ class Model:
 
     # --- segmenting ----------------------------------------------------------------
 
+    def categories(self, cls: np.ndarray) -> np.ndarray:
+        """CLS tokens ``(n, D)`` -> ``(n,)`` int64 pseudo-category of each image: the
+        nearest category prototype by cosine (``segment`` and ``apply_merge``)."""
+        from lcseg_steps.kmeans import l2_normalize, nearest_centroid
+
+        cls = l2_normalize(np.asarray(cls, dtype=np.float32))
+        return np.asarray(nearest_centroid(cls, self.arrays["category_prototypes"]), np.int64)
+
+    def region_classes(self, descriptors: np.ndarray) -> np.ndarray:
+        """Region descriptors ``(r, D)`` -> ``(r,)`` int64 class of each region: the nearest
+        class prototype by cosine (``segment`` and ``apply_segment``)."""
+        from lcseg_steps.kmeans import l2_normalize, nearest_centroid
+
+        D = np.asarray(descriptors, dtype=np.float32)
+        if not len(D):
+            return np.zeros(0, dtype=np.int64)
+        return np.asarray(
+            nearest_centroid(l2_normalize(D), self.arrays["class_prototypes"]), np.int64
+        )
+
     def features(self, image: np.ndarray) -> dict[str, np.ndarray]:
         """One image's q/k/v (float16, as stored), CLS token (float16), CLS attention and
         patch grid, exactly as ``extract`` computes them."""
@@ -221,7 +241,6 @@ class Model:
         from lcseg_steps import levels as lv
         from lcseg_steps.crf import CRFParams, refine_mask
         from lcseg_steps.images import ImageError
-        from lcseg_steps.kmeans import l2_normalize, nearest_centroid
         from lcseg_steps.regions import semantic_map
 
         img = _as_image(image)
@@ -243,8 +262,7 @@ class Model:
                 X, arr["dataset_centroids"], arr["dataset_fg"]
             )
         if "category" in levels:
-            cls = l2_normalize(f["cls"][None].astype(np.float32))
-            category = int(nearest_centroid(cls, arr["category_prototypes"])[0])
+            category = int(self.categories(f["cls"][None])[0])
             labels["category"], masks["category"] = lv.centroid_mask(
                 X,
                 arr["category_centroids"],
@@ -278,9 +296,7 @@ class Model:
         )
         regs, region_map = self._regions(fg)
         if regs:
-            D = self._descriptors(img, regs, X.reshape(*grid, -1))
-            protos = arr["class_prototypes"]
-            region_classes = nearest_centroid(l2_normalize(D), protos)
+            region_classes = self.region_classes(self._descriptors(img, regs, X.reshape(*grid, -1)))
         else:
             region_classes = np.zeros(0, dtype=np.int64)
         return Segmentation(

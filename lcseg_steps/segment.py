@@ -41,16 +41,9 @@ def run_segment(
 
     ob = open_store(objects)
     if model is not None:
-        from lcseg_steps.kmeans import l2_normalize, nearest_centroid
         from lcseg_steps.model import load_model
 
-        protos = load_model(model, device="cpu").arrays["class_prototypes"]
-        D = np.asarray(ob["descriptors"][:], dtype=np.float32)
-        labels = (
-            np.asarray(nearest_centroid(l2_normalize(D), protos), np.int64)
-            if len(D)
-            else np.zeros(0, dtype=np.int64)
-        )
+        labels = load_model(model, device="cpu").region_classes(ob["descriptors"][:])
         classes = model
     else:
         cl = open_store(classes)
