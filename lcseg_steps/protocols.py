@@ -276,21 +276,16 @@ def in_range_square(conf: np.ndarray) -> np.ndarray:
 
 def dsm_scores(conf: np.ndarray, mapping: np.ndarray, class_names=None) -> dict:
     """DSM's scores after ``mapping`` (every id to a class): IoU ``TP / max(TP + FP + FN,
-    1e-8)`` per class, the mean over *all* classes (absent = 0), pixel accuracy."""
-    conf = check_confusion(conf).astype(np.int64)
-    n_gt = conf.shape[0]
-    matched = np.zeros((n_gt, n_gt), dtype=np.int64)
-    np.add.at(matched.T, np.asarray(mapping, dtype=np.int64), conf.T)
-    tp = np.diag(matched).astype(np.float64)
-    union = matched.sum(axis=0) + matched.sum(axis=1) - tp
-    iou = tp / np.maximum(union, 1e-8)
-    n = int(conf.sum())
+    1e-8)`` per class, i.e. ``scores``' IoU with 0 for a class absent from both, and the
+    mean over *all* classes; pixel accuracy as ``scores``."""
+    out = scores(conf, np.asarray(mapping, dtype=np.int64), class_names)
+    iou = np.nan_to_num(np.asarray(out["per_class_iou"]), nan=0.0)
     return {
         "miou": float(iou.mean()),
-        "pixel_accuracy": float(tp.sum() / n) if n else math.nan,
+        "pixel_accuracy": out["pixel_accuracy"],
         "per_class_iou": [float(x) for x in iou],
-        "class_names": _names(class_names, n_gt),
-        "mapping": [int(m) for m in mapping],
+        "class_names": out["class_names"],
+        "mapping": out["mapping"],
     }
 
 
