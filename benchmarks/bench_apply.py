@@ -23,6 +23,7 @@ import time
 import torch
 import yaml
 
+from benchmarks.bench_extract import extract_on_cpu
 from benchmarks.bench_pipeline import REPO, _config
 from benchmarks.harness import Context, Result, interleaved
 
@@ -43,7 +44,6 @@ def _fit(ctx: Context, snakemake: str) -> tuple[dict, object]:
 def run(ctx: Context) -> list[Result]:
     from lcseg_steps.data.demo import generate_demo
     from lcseg_steps.data.index import ImageRecord
-    from lcseg_steps.extract import extract_shard
     from lcseg_steps.images import read_rgb
     from lcseg_steps.model import load_model
     from lcseg_steps.qkv import autocast, backbone_input
@@ -75,18 +75,15 @@ def run(ctx: Context) -> list[Result]:
     records = [ImageRecord(p.stem, str(p), "", *read_rgb(p).shape[:2]) for p in images]
     ex = cfg["extract"]
     t0 = time.perf_counter()
-    extract_shard(
+    extract_on_cpu(
         records,
         backbone,
         info,
         ctx.tmp / "floor.zarr",
         long_side=ex["long_side"],
-        batch_size=ex["batch_size"],
-        num_workers=0,
-        device="cpu",
+        batch=ex["batch_size"],
         precision=a["precision"],
         layer=a["layer"],
-        log=lambda _m: None,
     )
     floor_s = time.perf_counter() - t0
 

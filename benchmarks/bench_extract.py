@@ -34,6 +34,26 @@ def _decode_all(paths, patch: int, long_side: int) -> list[np.ndarray]:
     return [normalize(resize_for_backbone(read_rgb(p), patch, long_side)) for p in paths]
 
 
+def extract_on_cpu(records, model, info, out, *, long_side, batch, precision, layer=-1):
+    """``extract_shard`` as the benchmarks run it: on the CPU, no DataLoader workers,
+    quiet."""
+    from lcseg_steps.extract import extract_shard
+
+    return extract_shard(
+        records,
+        model,
+        info,
+        out,
+        layer=layer,
+        long_side=long_side,
+        batch_size=batch,
+        num_workers=0,
+        device="cpu",
+        precision=precision,
+        log=lambda _m: None,
+    )
+
+
 def bf16_check(model, x: torch.Tensor) -> dict:
     """Cosine similarity of bf16-autocast q/k/v to float32 ones, and both times (1 run)."""
     from lcseg_steps.qkv import qkv_features
@@ -60,7 +80,7 @@ def bf16_check(model, x: torch.Tensor) -> dict:
 def run(ctx: Context) -> list[Result]:
     from lcseg_steps.backbone import load_backbone
     from lcseg_steps.data.index import ImageRecord
-    from lcseg_steps.extract import BF16_MIN_COS, bf16_fidelity, extract_shard, native_bf16
+    from lcseg_steps.extract import BF16_MIN_COS, bf16_fidelity, native_bf16
 
     long_side = ctx.pick(480, 224, 64)
     n = ctx.pick(16, 8, 2)
@@ -85,17 +105,8 @@ def run(ctx: Context) -> list[Result]:
     )
 
     def ours():
-        return extract_shard(
-            records,
-            model,
-            info,
-            out,
-            long_side=long_side,
-            batch_size=batch,
-            num_workers=0,
-            device="cpu",
-            precision=precision,
-            log=lambda _m: None,
+        return extract_on_cpu(
+            records, model, info, out, long_side=long_side, batch=batch, precision=precision
         )
 
     def reference():
@@ -153,7 +164,6 @@ def run_datapath(ctx: Context) -> list[Result]:
     Kind "speedup": ratio = decode floor / ours, target >= 0.8."""
     from lcseg_steps.backbone import load_backbone
     from lcseg_steps.data.index import ImageRecord
-    from lcseg_steps.extract import extract_shard
 
     long_side = ctx.pick(480, 224, 64)
     n = ctx.pick(32, 16, 4)
@@ -171,17 +181,8 @@ def run_datapath(ctx: Context) -> list[Result]:
     ctx.log(f"extract_datapath: {n} JPEGs {h}x{w}, long side {long_side}, stand-in ViT")
 
     def ours():
-        return extract_shard(
-            records,
-            model,
-            info,
-            out,
-            long_side=long_side,
-            batch_size=batch,
-            num_workers=0,
-            device="cpu",
-            precision="float32",
-            log=lambda _m: None,
+        return extract_on_cpu(
+            records, model, info, out, long_side=long_side, batch=batch, precision="float32"
         )
 
     def floor():
