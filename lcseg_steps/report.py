@@ -304,12 +304,12 @@ def _published(
             f"<td><code>{_esc(name)}</code></td>"
             f'<td class="num">{float(r["miou"]):.1f}</td><td class="num">{_esc(ours)}</td></tr>'
         )
-    weights = str(metrics.get("weights") or "")
+    weights = random_weights(metrics)
     warn = (
         f'<div class="warning">This run\'s backbone has random weights ({_esc(weights)}): '
         "its numbers measure the pipeline, not the method, and cannot be compared with "
         "the published ones.</div>\n"
-        if weights.startswith("random")
+        if weights
         else ""
     )
     return (
@@ -814,12 +814,19 @@ def job_analysis(job: Job) -> dict[str, Any] | None:
     return read_analysis(table or None, plots, note)
 
 
+def random_weights(metrics: Mapping[str, Any]) -> str | None:
+    """The run's ``weights`` (metrics.json's) when its backbone had random weights, else
+    None."""
+    weights = str(metrics.get("weights") or "")
+    return weights if weights.startswith("random") else None
+
+
 def weights_note(metrics_json: str | os.PathLike) -> str | None:
     """The Analysis section's default note: a warning when the run's backbone had random
     weights (``weights`` in its metrics.json), else None."""
     with open(metrics_json) as fh:
-        weights = str(json.load(fh).get("weights") or "")
-    if not weights.startswith("random"):
+        weights = random_weights(json.load(fh))
+    if weights is None:
         return None
     return (
         f"Random-weight backbone ({weights}): these numbers measure the pipeline on this "
