@@ -52,11 +52,7 @@ def apply_path(stage, output):
 
 
 def apply_log(stage, suffix="log"):
-    s = pipeline.get_stage(stage)
-    args = (stage, s.per_shard, APPLY_SEEDED[stage], False)
-    if suffix == "tsv":
-        return f"{APPLY_LOGS}/{pipeline.benchmark_template(*args)}.tsv"
-    return f"{APPLY_LOGS}/{pipeline.log_template(*args)}.log"
+    return stage_log(stage, APPLY_LOGS, APPLY_SEEDED, suffix)
 
 
 def apply_params(stage):
@@ -79,18 +75,9 @@ def apply_first(stage, output):
 
 
 def apply_report_inputs(wildcards):
-    inputs = {
-        "index": apply_path("index", "index"),
-        "skipped": apply_path("index", "skipped"),
-        "patch_masks": apply_first("merge", "patch_masks"),
-        "pixel_masks": apply_first("refine", "pixel_masks"),
-        "semantic": apply_first("segment", "semantic"),
-    }
-    if APPLY_HAS_GT:
-        inputs["summary"] = f"{APPLY_RESULTS}/metrics_summary.json"
-        for name in ("metrics", "iou", "confusion"):
-            inputs[name] = apply_first("evaluate", name)[0]
-    return inputs
+    return scored_report_inputs(
+        apply_path, APPLY_SEED, APPLY_SHARDS, APPLY_RESULTS, APPLY_HAS_GT
+    )
 
 
 def apply_targets(wildcards):

@@ -135,12 +135,18 @@ def run_params(stage):
     return out
 
 
-def run_log(stage, suffix="log"):
+def stage_log(stage, logs, seeded, suffix="log"):
+    """A stage's log (or, ``suffix="tsv"``, benchmark) path under ``logs``; ``seeded``:
+    the graph's seed-dependent stages (``pipeline.seed_dependent``)."""
     s = pipeline.get_stage(stage)
-    args = (stage, s.per_shard, RUN_SEEDED[stage], False)
+    args = (stage, s.per_shard, seeded[stage], False)
     if suffix == "tsv":
-        return f"{LOGS}/{pipeline.benchmark_template(*args)}.tsv"
-    return f"{LOGS}/{pipeline.log_template(*args)}.log"
+        return f"{logs}/{pipeline.benchmark_template(*args)}.tsv"
+    return f"{logs}/{pipeline.log_template(*args)}.log"
+
+
+def run_log(stage, suffix="log"):
+    return stage_log(stage, LOGS, RUN_SEEDED, suffix)
 
 
 def stage_targets(graph, path_of, seeds, analysis=False):
@@ -156,24 +162,36 @@ def stage_targets(graph, path_of, seeds, analysis=False):
     return out
 
 
-def report_inputs(wildcards):
-    """The report's inputs: the first seed's masks and predictions, the skipped images,
-    and the scores when there is ground truth."""
+def scored_report_inputs(path_of, seed, shards, results, has_gt):
+    """A report's inputs, of a run or an applied run (``path_of``: its path function): the
+    index, the skipped images, the masks and predictions of ``seed``, and the scores when
+    there is ground truth."""
 
     def first_seed(stage, output):
-        return expand(run_path(stage, output), seed=SEEDS[0], shard=SHARDS)
+        return expand(path_of(stage, output), seed=seed, shard=shards)
 
     inputs = {
-        "index": run_path("index", "index"),
-        "skipped": run_path("index", "skipped"),
+        "index": path_of("index", "index"),
+        "skipped": path_of("index", "skipped"),
         "patch_masks": first_seed("merge", "patch_masks"),
         "pixel_masks": first_seed("refine", "pixel_masks"),
         "semantic": first_seed("segment", "semantic"),
     }
-    if HAS_GT:
-        inputs["summary"] = f"{RESULTS}/metrics_summary.json"
+    if has_gt:
+        inputs["summary"] = f"{results}/metrics_summary.json"
         for name in ("metrics", "iou", "confusion"):
             inputs[name] = first_seed("evaluate", name)[0]
+    return inputs
+
+
+def report_inputs(wildcards):
+    """The run report's inputs (``scored_report_inputs`` of the first seed), and the
+    stores holding an ``auto`` count's curve."""
+
+    def first_seed(stage, output):
+        return expand(run_path(stage, output), seed=SEEDS[0], shard=SHARDS)
+
+    inputs = scored_report_inputs(run_path, SEEDS[0], SHARDS, RESULTS, HAS_GT)
     # a count chosen by the eigengap: its curve is drawn from the store that holds it
     if is_auto(config["labels"]["n_classes"]):
         inputs["classes"] = first_seed("assign", "classes")[0]
