@@ -218,7 +218,7 @@ def run(job: Job) -> dict:
         "run": job.config["run"],
         "dataset": job.config["dataset"]["name"],
         # images the index left out (dataset.on_bad_image: skip), listed in skipped.tsv
-        "n_images_skipped": len(read_skipped(job.input.skipped)),
+        "n_images_skipped": sum(bool(s.image_id) for s in read_skipped(job.input.skipped)),
         "seed": int(job.wildcards.seed),
         "config_digest": settings_digest(job.config),
         **extraction_facts(extraction),

@@ -717,7 +717,7 @@ def run_report(
     if metrics_json is None:
         extraction = open_store(semantic[0]).attrs.get("extraction") or {} if semantic else {}
         metrics = {k: v for k, v in extraction.items() if not isinstance(v, dict | list)}
-        metrics["n_images_skipped"] = len(skipped)
+        metrics["n_images_skipped"] = sum(bool(s.image_id) for s in skipped)
     else:
         metrics = json.loads(Path(metrics_json).read_text())
     names = [n for n, _ in _per_class(metrics)]
@@ -773,11 +773,18 @@ def run_report(
             "Hungarian (or majority) matching of clusters to classes.",
         ]
     if skipped:
+        n_files = sum(not s.image_id for s in skipped)
         notes.append(
-            f"{len(skipped)} image(s) skipped by the index (dataset.on_bad_image: skip; "
-            "listed in skipped.tsv), not in any result:"
+            f"{len(skipped) - n_files} image(s) skipped by the index (dataset.on_bad_image: "
+            f"skip) and {n_files} other file(s) of the folder left out, all listed in "
+            "skipped.tsv and in no result:"
         )
-        notes += [f"skipped {s.image_id} ({s.path}): {s.reason}" for s in skipped[:50]]
+        notes += [
+            f"skipped {s.image_id} ({s.path}): {s.reason}"
+            if s.image_id
+            else f"left out {s.path}: {s.reason}"
+            for s in skipped[:50]
+        ]
         if len(skipped) > 50:
             notes.append(f"... and {len(skipped) - 50} more in skipped.tsv")
     curves, curve_notes = eigengap_plots(count_stores)

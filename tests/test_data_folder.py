@@ -103,3 +103,69 @@ def test_folder_errors_name_the_key(tmp_path):
         list_images(_cfg(tmp_path / "r", masks=str(tmp_path / "m")))
     with pytest.raises(ValueError, match=re.escape("no mask matches")):
         list_images(_cfg(tmp_path / "r", masks=str(tmp_path / "m"), n_classes=1))
+
+
+def _animation(path, frames, fmt):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pics = [Image.new("RGB", (24, 20), (40 * i, 200 - 40 * i, 90)) for i in range(frames)]
+    pics[0].save(path, format=fmt, save_all=True, append_images=pics[1:], duration=100)
+    return path
+
+
+def test_every_file_not_used_is_listed_with_its_reason(tmp_path):
+    """Nothing under the folder is left out silently: the index's skipped.tsv lists every
+    file that is not an image, hidden, a GIF, or an animation, each with its reason, and
+    the still images (a one-frame WebP among them) are used."""
+    from lcseg_steps.data.folder import scan_folder
+    from lcseg_steps.data.index import index_dataset
+
+    root = tmp_path / "photos"
+    _img(root / "a.jpg")
+    _img(root / "sub" / "b.png")
+    (root / "notes.txt").write_text("not an image")
+    (root / "README").write_text("no extension")
+    _animation(root / "sub" / "clip.gif", 3, "GIF")
+    _animation(root / "moving.webp", 3, "WEBP")
+    _animation(root / "moving.png", 2, "PNG")  # APNG
+    _animation(root / "still.webp", 1, "WEBP")
+    _img(root / "._a.jpg")
+    _img(root / ".cache" / "x.jpg")
+    scan = scan_folder(root)
+    # an independent listing: every file os.walk sees, hidden folders counted once
+    every = sorted(
+        os.path.relpath(os.path.join(d, f), root).replace(os.sep, "/")
+        for d, _, files in os.walk(root)
+        for f in files
+        if ".cache" not in d
+    )
+    assert sorted(scan.images + [p for p, _ in scan.left_out if p != ".cache/"]) == every
+    reasons = dict(scan.left_out)
+    assert reasons[".cache/"] == "hidden folder (not searched)"
+    assert reasons["._a.jpg"].startswith("hidden file")
+    assert reasons["notes.txt"].startswith("not an image (extension '.txt'")
+    assert reasons["README"].startswith("not an image (no extension")
+    assert reasons["sub/clip.gif"].startswith("GIF is not read")
+
+    recs, skipped = index_dataset(_cfg(root), shard_size=8, log=lambda s: None)
+    assert [r.image_id for r in recs] == ["a", "still", "sub__b"]
+    by_path = {os.path.relpath(s.path, root): s for s in skipped}
+    assert by_path["moving.webp"].image_id == "moving.webp"  # its stem is shared
+    assert by_path["moving.webp"].reason.startswith("an animation of 3 frames")
+    assert by_path["moving.png"].reason.startswith("an animation of 2 frames")
+    for rel in ("notes.txt", "README", "sub/clip.gif", "._a.jpg"):
+        assert by_path[rel].image_id == "" and by_path[rel].reason == reasons[rel]
+    assert len(skipped) == 2 + len(scan.left_out)
+
+
+def test_a_masks_folder_inside_the_root_is_not_listed_as_left_out(tmp_path):
+    from lcseg_steps.data.folder import folder_left_out
+
+    root = tmp_path / "photos"
+    _img(root / "a.jpg")
+    write_label_png(root / "masks" / "a.png", np.zeros((20, 30), np.uint8))
+    cfg = _cfg(root, masks=str(root / "masks"), n_classes=1)
+    assert folder_left_out(cfg) == []
+    (root / "x.txt").write_text("")
+    assert folder_left_out(cfg) == [(os.path.join(str(root), "x.txt"), folder_left_out(cfg)[0][1])]

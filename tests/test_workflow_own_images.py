@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 from lcseg_steps.data.demo import generate_demo
 from lcseg_steps.data.index import read_index, read_skipped
@@ -45,6 +46,9 @@ def own_images(tmp_path_factory):
         gt.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(demo / "SegmentationClass" / f"demo_{i:04d}.png", gt)
     (photos / "sub" / "broken.JPG").write_bytes(b"")
+    (photos / "notes.txt").write_text("shot list")
+    frames = [Image.new("RGB", (40, 30), (60 * i, 90, 200 - 60 * i)) for i in range(3)]
+    frames[0].save(photos / "clip.gif", save_all=True, append_images=frames[1:])
     return base
 
 
@@ -63,15 +67,21 @@ def test_folder_without_masks_ends_with_predictions_and_report(own_images):
     recs = read_index(res / "images.tsv")
     assert sorted(r.image_id for r in recs) == IDS
     assert [r.shard for r in recs] == ["s0000"] * 4 + ["s0001"] * 2
-    # the empty file: skipped (folder's default), not an error
-    (skip,) = read_skipped(res / "skipped.tsv")
+    # the empty file: skipped (folder's default), not an error; the text file and the
+    # GIF: listed as left out (no id), not silently ignored
+    skip, *others = read_skipped(res / "skipped.tsv")
     assert skip.image_id == "sub__broken" and skip.reason == "image file is empty"
+    assert {(Path(o.path).name, o.image_id, o.reason.split(" ")[0]) for o in others} == {
+        ("clip.gif", "", "GIF"),
+        ("notes.txt", "", "not"),
+    }
     for rec in recs:
         pred = cv2.imread(str(res / "seed0" / "pred" / rec.shard / f"{rec.image_id}.png"), -1)
         assert pred.shape[:2] == (rec.height, rec.width)
     assert not list(res.rglob("metrics*.json"))
     page = (res / "report.html").read_text()
     assert "No ground truth" in page and "mIoU" not in page and "sub__broken" in page
+    assert "left out" in page and "notes.txt" in page
     assert page.count("<img") >= 3
     assert scheduled(snakemake(own_images, _folder_cfg(own_images, "own"), "-n")) == {}
 

@@ -6,6 +6,12 @@ with ``.``, e.g. macOS ``._IMG_0001.jpg`` resource forks) are left out, and so i
 ``masks`` folder when it lies inside ``root``. Images are listed in the sorted order of
 their relative paths.
 
+Nothing is left out silently (``scan_folder``): every other file under ``root`` is listed
+with the reason it is not used (not an image, a GIF, a hidden file, inside a hidden
+folder), and the index writes them into ``skipped.tsv`` beside the images it could not
+decode. An animation among the image files (animated WebP or PNG, a multi-page TIFF) is
+skipped by the index, never cut to its first frame silently.
+
 Ids (``image_ids``): the path relative to ``root`` without its extension, each ``/``
 replaced by ``ID_SEP`` (``holiday/beach/001.jpg`` -> ``holiday__beach__001``), so an id is
 a plain file name (prediction PNGs are named after ids). Files whose ids would be equal
@@ -27,6 +33,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections import Counter
+from dataclasses import dataclass
 
 from lcseg_steps.data.records import Dataset, ImageRecord
 from lcseg_steps.data.voc import owns_label_png, read_gt_png
@@ -36,25 +43,64 @@ MASK_EXTENSION = ".png"
 ID_SEP = "__"  # replaces "/" of relative paths in ids
 
 
+@dataclass(frozen=True)
+class FolderScan:
+    """What ``scan_folder`` finds: the image files (relative paths, sorted) and every
+    other file or hidden folder with the reason it is not used (``(relative path,
+    reason)``, sorted)."""
+
+    images: list[str]
+    left_out: list[tuple[str, str]]
+
+
+def _reason_left_out(name: str, extensions: tuple[str, ...]) -> str:
+    ext = os.path.splitext(name)[1].lower()
+    if name.startswith("."):
+        return "hidden file (its name starts with '.')"
+    if ext == ".gif":
+        return "GIF is not read (lcseg segments still images; save the frame you want as PNG)"
+    what = f"extension {ext!r}" if ext else "no extension"
+    return f"not an image ({what}; images are {', '.join(extensions)}, any case)"
+
+
+def scan_folder(
+    root: str | os.PathLike, extensions: tuple[str, ...] = IMAGE_EXTENSIONS, exclude=None
+) -> FolderScan:
+    """Every file under ``root``, recursively: those whose lower-cased extension is in
+    ``extensions`` (not hidden, not under a hidden folder) are used, every other one is
+    left out with its reason; a hidden folder is one entry (it is not searched). The
+    folder ``exclude`` (the masks inside ``root``) is neither searched nor listed."""
+    root = os.fspath(root)
+    skip = os.path.realpath(exclude) if exclude else None
+    found: list[str] = []
+    left: list[tuple[str, str]] = []
+
+    def rel(dirpath: str, name: str) -> str:
+        rel_dir = os.path.relpath(dirpath, root)
+        return (name if rel_dir == "." else os.path.join(rel_dir, name)).replace(os.sep, "/")
+
+    for dirpath, dirnames, filenames in os.walk(root):
+        kept = []
+        for d in dirnames:
+            if skip is not None and os.path.realpath(os.path.join(dirpath, d)) == skip:
+                continue
+            if d.startswith("."):
+                left.append((rel(dirpath, d) + "/", "hidden folder (not searched)"))
+            else:
+                kept.append(d)
+        dirnames[:] = kept
+        for name in filenames:
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in extensions:
+                found.append(rel(dirpath, name))
+            else:
+                left.append((rel(dirpath, name), _reason_left_out(name, extensions)))
+    return FolderScan(sorted(found), sorted(left))
+
+
 def _walk(root: str, extensions: tuple[str, ...], exclude: str | None = None) -> list[str]:
     """Relative paths (``/``-separated, sorted) of the non-hidden files under ``root``
     whose lower-cased extension is in ``extensions``; the folder ``exclude`` is skipped."""
-    skip = os.path.realpath(exclude) if exclude else None
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [
-            d
-            for d in dirnames
-            if not d.startswith(".")
-            and (skip is None or os.path.realpath(os.path.join(dirpath, d)) != skip)
-        ]
-        rel_dir = os.path.relpath(dirpath, root)
-        for name in filenames:
-            if name.startswith(".") or os.path.splitext(name)[1].lower() not in extensions:
-                continue
-            rel = name if rel_dir == "." else os.path.join(rel_dir, name)
-            found.append(rel.replace(os.sep, "/"))
-    return sorted(found)
+    return scan_folder(root, extensions, exclude).images
 
 
 def image_ids(rel_paths: list[str]) -> list[str]:
@@ -124,6 +170,14 @@ def list_folder(dataset: dict) -> list[ImageRecord]:
     return records
 
 
+def folder_left_out(dataset: dict) -> list[tuple[str, str]]:
+    """``(path, reason)`` of every file under ``dataset.root`` that is not used as an
+    image (``scan_folder``), paths joined to ``root``."""
+    root = _root(dataset)
+    scan = scan_folder(root, IMAGE_EXTENSIONS, exclude=_masks(dataset))
+    return [(os.path.join(root, rel), reason) for rel, reason in scan.left_out]
+
+
 def folder_inputs(dataset: dict) -> list[str]:
     """Every listed image and mask file, so adding, removing or changing one reruns the
     index."""
@@ -158,4 +212,5 @@ DATASET = Dataset(
     owns_gt=owns_label_png,
     read_gt=read_gt_png,
     on_bad_image="skip",
+    left_out=folder_left_out,
 )

@@ -82,13 +82,30 @@ def _header_size(path: str) -> tuple[int, int]:
     return height, width
 
 
+# formats that may hold several frames or pages; a JPEG never does here (a camera's MPO
+# file is a JPEG with a second, smaller picture that every viewer ignores)
+_MULTI_FRAME_EXTENSIONS = (".png", ".webp", ".tif", ".tiff", ".gif")
+
+
+def animation_frames(path: str) -> int:
+    """How many frames (or pages) the image file holds, from its header; 1 for a still."""
+    if os.path.splitext(path)[1].lower() not in _MULTI_FRAME_EXTENSIONS:
+        return 1
+    try:
+        with Image.open(path) as im:
+            return int(getattr(im, "n_frames", 1))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return 1  # the decoder read it; the header reader's opinion does not matter
+
+
 BAD_IMAGE_POLICIES = ("error", "skip")
 SKIPPED_COLUMNS = ("id", "path", "reason")
 
 
 @dataclass(frozen=True)
 class SkippedImage:
-    """An image the index left out (``dataset.on_bad_image: skip``) and why."""
+    """An image the index left out (``dataset.on_bad_image: skip``), or a file of a
+    user's folder that is not an image (``image_id`` empty), and why."""
 
     image_id: str
     path: str
@@ -131,6 +148,16 @@ def check_image(
     prefix = f"{rec.path}: "
     try:
         h, w = read_rgb(rec.path).shape[:2]
+        frames = animation_frames(rec.path)
+        if frames > 1:
+            return (
+                h,
+                w,
+                (
+                    f"an animation of {frames} frames (lcseg segments still images; save the "
+                    "frame you want as PNG)"
+                ),
+            )
         if rec.height > 0 and rec.width > 0 and (h, w) != (rec.height, rec.width):
             return (
                 h,
@@ -229,6 +256,12 @@ def index_dataset(
         raise BadImagesError(dataset.get("name"), len(records), bad)
     if bad:
         log(f"index: {len(bad)} image(s) skipped (dataset.on_bad_image: skip)")
+    left_out = get_dataset(dataset.get("name")).left_out
+    if left_out is not None:
+        others = [SkippedImage("", path, reason) for path, reason in left_out(dataset)]
+        for s in others:
+            log(f"index: {s.path}: left out: {s.reason}")
+        bad += others
     if not kept:
         raise ValueError(f"dataset {dataset.get('name')!r}: every image was skipped")
     n_shards = len(shard_names(len(records), shard_size))

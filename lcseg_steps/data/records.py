@@ -60,6 +60,9 @@ class Dataset:
     - ``on_bad_image``: what the index does with images ``extract`` would refuse when
       ``dataset.on_bad_image`` is null: ``error`` (a benchmark score must cover the whole
       split) or ``skip`` (leave them out, listed in ``skipped.tsv``).
+    - ``left_out(cfg)``: ``(path, reason)`` of the files under the dataset's folder that
+      are not images of it (a user's folder; None for datasets with an id list), listed
+      in ``skipped.tsv`` so that nothing is left out silently.
     """
 
     name: str
@@ -70,3 +73,4 @@ class Dataset:
     read_gt: Callable[[ImageRecord], np.ndarray]
     generated: bool = False
     on_bad_image: str = "error"
+    left_out: Callable[[dict], list[tuple[str, str]]] | None = None
