@@ -23,26 +23,43 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _segment(args: argparse.Namespace) -> int:
+    """Exit 0 when every input was segmented, 1 when some were skipped (listed on stderr
+    and in ``<out>/skipped.tsv``); model and usage errors exit 2 in ``main``."""
     from pathlib import Path
 
+    from lcseg_steps import segment_paths
     from lcseg_steps.data.voc import write_label_png
     from lcseg_steps.model import load_model
 
+    items, skipped = segment_paths.plan(args.images)
+    for path, reason in skipped:
+        print(f"lcseg segment: skipped {path}: {reason}", file=sys.stderr)
     model = load_model(args.model, device=args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stems = [Path(p).stem for p in args.images]
-    if len(set(stems)) != len(stems):
-        raise ValueError("two images share a file name; their PNGs would overwrite each other")
-    for path, stem in zip(args.images, stems, strict=True):
-        seg = model.segment(path)
-        png = out / f"{stem}.png"
+
+    def write(item, seg) -> None:
+        png = out / f"{item.name}.png"
+        png.parent.mkdir(parents=True, exist_ok=True)
         write_label_png(png, seg.classes)
         print(
-            f"{path}: {int(seg.foreground.mean() * 100)}% foreground, classes "
+            f"{item.path}: {int(seg.foreground.mean() * 100)}% foreground, classes "
             f"{sorted(set(seg.region_classes.tolist()))} -> {png}"
         )
-    return 0
+
+    failed = segment_paths.segment_all(
+        model,
+        items,
+        write,
+        batch_size=args.batch_size,
+        log=lambda m: print(f"lcseg segment: {m}", file=sys.stderr),
+    )
+    skipped += failed
+    tsv = segment_paths.write_skipped(skipped, out / "skipped.tsv")
+    print(
+        f"{len(items) - len(failed)} image(s) segmented into {out}; {len(skipped)} skipped ({tsv})"
+    )
+    return 1 if skipped else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,11 +73,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--png", help="write a PNG of the image with the store's per-patch maps")
     p.add_argument("--index", help="images.tsv (default: <store>/../../images.tsv)")
     p.set_defaults(func=_inspect)
-    p = sub.add_parser("segment", help="segment images with a run's model.zarr")
+    p = sub.add_parser(
+        "segment",
+        help="segment image files and folders with a run's model.zarr",
+        description="Segment every image under the given files and folders (searched "
+        "recursively) into <out>/<name>.png (the input's name with its extension kept). "
+        "Exit status: 0 all segmented, 1 some skipped (listed on stderr and in "
+        "<out>/skipped.tsv), 2 usage or model error.",
+    )
     p.add_argument("--model", required=True, help="results/<run>/seed<s>/model.zarr")
-    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("images", nargs="+", help="image files and folders")
     p.add_argument("-o", "--out", required=True, help="folder for the palette PNGs")
     p.add_argument("--device", help="torch device (default: the run's extract.device)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     p.set_defaults(func=_segment)
     args = parser.parse_args(argv)
     try:

@@ -217,27 +217,52 @@ class Model:
     def features(self, image: np.ndarray) -> dict[str, np.ndarray]:
         """One image's q/k/v (float16, as stored), CLS token (float16), CLS attention and
         patch grid, exactly as ``extract`` computes them."""
+        return self.features_batch([image])[0]
+
+    def features_batch(
+        self, images: list[np.ndarray], batch_size: int = 8
+    ) -> list[dict[str, np.ndarray]]:
+        """:meth:`features` of many ``(H_i, W_i, 3)`` uint8 images, with one forward pass per
+        run of up to ``batch_size`` consecutive images of equal input size (``extract``
+        batches the same way)."""
         import torch
 
         from lcseg_steps.qkv import as_stored, autocast, backbone_input, qkv_features
 
         a = self.attrs
+        p = a["patch_size"]
         model, _info = self.load_backbone()
-        x = backbone_input(image, a["patch_size"], a["long_side"])
-        grid = (x.shape[1] // a["patch_size"], x.shape[2] // a["patch_size"])
         dev = torch.device(self.device)
-        with autocast(dev, a["precision"] == "bfloat16"):
-            out = qkv_features(model, torch.from_numpy(x[None]).to(dev), a["layer"])
-        st = as_stored(out, (a["feature"],))
-        return {
-            "X": st[a["feature"]][0],
-            "cls": st["cls"][0].astype(np.float16),  # extract stores CLS in float16
-            "cls_attn": st["cls_attn"][0],
-            "grid": grid,
-        }
+        xs = [backbone_input(img, p, a["long_side"]) for img in images]
+        out: list[dict[str, np.ndarray]] = []
+        i = 0
+        while i < len(xs):
+            j = i + 1
+            while j < len(xs) and j - i < batch_size and xs[j].shape == xs[i].shape:
+                j += 1
+            x = torch.from_numpy(np.stack(xs[i:j])).to(dev)
+            with autocast(dev, a["precision"] == "bfloat16"):
+                st = as_stored(qkv_features(model, x, a["layer"]), (a["feature"],))
+            grid = (xs[i].shape[1] // p, xs[i].shape[2] // p)
+            out += [
+                {
+                    "X": st[a["feature"]][b],
+                    "cls": st["cls"][b].astype(np.float16),  # extract stores CLS in float16
+                    "cls_attn": st["cls_attn"][b],
+                    "grid": grid,
+                }
+                for b in range(j - i)
+            ]
+            i = j
+        return out
 
-    def segment(self, image: np.ndarray | str | os.PathLike) -> Segmentation:
-        """Segment one image: ``(H, W, 3)`` uint8 RGB or a path to an image file."""
+    def segment(
+        self, image: np.ndarray | str | os.PathLike, features: Mapping | None = None
+    ) -> Segmentation:
+        """Segment one image: ``(H, W, 3)`` uint8 RGB or a path to an image file.
+
+        ``features``: the image's :meth:`features` (or :meth:`features_batch` item) when
+        already computed."""
         from lcseg_steps import levels as lv
         from lcseg_steps.crf import CRFParams, refine_mask
         from lcseg_steps.images import ImageError
@@ -246,7 +271,7 @@ class Model:
         img = _as_image(image)
         a, arr = self.attrs, self.arrays
         try:
-            f = self.features(img)
+            f = self.features(img) if features is None else features
         except ImageError as exc:  # too small for one patch: name the file when there is one
             where = image if isinstance(image, (str, os.PathLike)) else "image"
             raise ImageError(f"{where}: {exc}") from exc

@@ -98,7 +98,7 @@ def test_lcseg_segment_writes_a_png_per_image(tiny_run, model_path, tmp_path, ca
     out = tmp_path / "pred"
     assert lcseg(["segment", "--model", str(model_path), *map(str, images), "-o", str(out)]) == 0
     for img in images:
-        png = read_label_png(out / f"{img.stem}.png")
+        png = read_label_png(out / f"{img.name}.png")
         assert png.shape == read_rgb(img).shape[:2]
     assert "foreground" in capsys.readouterr().out
 
