@@ -51,6 +51,7 @@ BENCHMARKS: dict[str, Callable[[Context], list[Result]]] = {
     "assign": bench_assign.run,
     "pipeline": bench_pipeline.run,
     "apply": bench_apply.run,
+    "segment_folder": bench_apply.run_folder,
     "dag": bench_dag.run,
 }
 

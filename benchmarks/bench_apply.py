@@ -20,12 +20,13 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import torch
 import yaml
 
 from benchmarks.bench_extract import extract_on_cpu
 from benchmarks.bench_pipeline import REPO, _config
-from benchmarks.harness import Context, Result, interleaved
+from benchmarks.harness import Context, Result, interleaved, time_call
 
 
 def _fit(ctx: Context, snakemake: str) -> tuple[dict, object]:
@@ -122,4 +123,66 @@ def run(ctx: Context) -> list[Result]:
             sizes={"image_hw": list(img.shape[:2]), "input_hw": list(x.shape[2:])},
             extra={"crf": False, "precision": a["precision"], **t.summary()},
         ),
+    ]
+
+
+def run_folder(ctx: Context) -> list[Result]:
+    """``segment_folder``: ``lcseg segment`` on a folder of new images, as a user runs it
+    (a fresh process: start-up, loading the model, decoding, every step, writing the
+    PNGs), against the floor of the same images' forward passes alone (the backbone built,
+    inputs prepared, batches of 8, in this process). Kind "overhead": ratio = ours /
+    floor, target <= 2."""
+    from lcseg_steps.data.demo import generate_demo
+    from lcseg_steps.images import read_rgb
+    from lcseg_steps.model import load_model
+    from lcseg_steps.qkv import autocast, backbone_input
+
+    snakemake = os.path.join(os.path.dirname(sys.executable), "snakemake")
+    cfg, wd = _fit(ctx, snakemake)
+    model_path = wd / "results" / cfg["run"] / "seed0" / "model.zarr"
+    n_new = ctx.pick(100, 24, 3)
+    new = ctx.tmp / "photos"
+    generate_demo(new, n_images=n_new, seed=11, log=lambda _m: None)
+    folder = new / "JPEGImages"
+    lcseg = os.path.join(os.path.dirname(sys.executable), "lcseg")
+    cmd = [lcseg, "segment", "--model", str(model_path), str(folder), "-o", str(ctx.tmp / "out")]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    ours_s = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise RuntimeError(f"lcseg segment failed:\n{p.stderr[-3000:]}")
+
+    model = load_model(model_path)
+    backbone, _info = model.load_backbone()
+    a = model.attrs
+    torch.set_num_threads(ctx.threads)
+    xs = [
+        backbone_input(read_rgb(f), a["patch_size"], a["long_side"])
+        for f in sorted(folder.glob("*.jpg"))
+    ]
+
+    def forwards() -> None:
+        bf16 = a["precision"] == "bfloat16"
+        with torch.inference_mode(), autocast(torch.device("cpu"), bf16):
+            i = 0
+            while i < len(xs):  # runs of up to 8 equal input sizes, as segment batches
+                j = i + 1
+                while j < len(xs) and j - i < 8 and xs[j].shape == xs[i].shape:
+                    j += 1
+                backbone.forward_features(torch.from_numpy(np.stack(xs[i:j])))
+                i = j
+
+    forwards()  # warm-up
+    floor_s = min(time_call(forwards)[0] for _ in range(ctx.repeats))
+    return [
+        Result(
+            name="segment_folder",
+            kind="overhead",
+            ours_s=ours_s,
+            reference_s=floor_s,
+            target=2.0,
+            runs=1,
+            sizes={"images": n_new, "long_side": a["long_side"], "backbone": cfg["backbone"]},
+            extra={"precision": a["precision"], "images_per_s": n_new / ours_s},
+        )
     ]
