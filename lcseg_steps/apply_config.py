@@ -1,12 +1,13 @@
 """``snakemake apply``: the config of an applied run, from the config and a fitted model.
 
-``apply.model`` (a run name: ``results/<run>/seed<first seed>/model.zarr``; or a path to a
-``model.zarr``) segments the images under ``apply.images`` without refitting. The applied
-run is the pipeline's ``apply`` kind (``lcseg_steps.pipeline``): index, extract, image
-level, merge (the model's dataset and category centroids), refine, objects, segment (the
-nearest class prototype) and, with ``apply.masks``, evaluate; its outputs are under
-``results/apply_<name>/`` (:func:`apply_run`). Every per-image setting is the model's,
-so each image comes out as ``load_model(model).segment(image)`` gives it.
+``apply.model`` (a run name: ``results/<run>/seed<first seed>/model.zarr``; a run's folder
+``results/<run>``, the same seed; or a path to a ``model.zarr``) segments the images under
+``apply.images`` without refitting. The applied run is the pipeline's ``apply`` kind
+(``lcseg_steps.pipeline``): index, extract, image level, merge (the model's dataset and
+category centroids), refine, objects, segment (the nearest class prototype) and, with
+``apply.masks``, evaluate; its outputs are under ``results/apply_<name>/``
+(:func:`apply_run`). Every per-image setting is the model's, so each image comes out as
+``load_model(model).segment(image)`` gives it.
 
 Imported by the Snakefile while the DAG is built: nothing heavy (no torch).
 """
@@ -21,16 +22,56 @@ from collections.abc import Mapping
 _DERIVED_OBJECTS = ("backbone", "device", "feature")
 
 
+def locate_model(name: str, seed: int) -> str:
+    """The ``model.zarr`` that ``name`` denotes, given the run's first ``seed``:
+
+    - a run name (no ``/``, not ending in ``.zarr``): ``results/<name>/seed<seed>/model.zarr``;
+    - a run's folder (``results/<run>``, holding ``seed<s>/model.zarr``): its
+      ``seed<seed>/model.zarr``;
+    - a model store (a folder with ``zarr.json``, such as ``.../model.zarr``): itself.
+
+    A path that is none of these raises ``ValueError`` saying which forms it is not (a
+    missing path, or a run's folder without that seed, say what is there). Whether a
+    model store can be read is :func:`lcseg_steps.model.load_model`'s to tell.
+    """
+    name = str(name).rstrip("/") or "/"
+    if "/" not in name and not name.endswith(".zarr"):
+        return f"results/{name}/seed{seed}/model.zarr"
+    if not os.path.exists(name):
+        return name  # the caller says it does not exist
+    if os.path.isfile(os.path.join(name, "zarr.json")):
+        return name
+    if not os.path.isdir(name):
+        raise ValueError(
+            f"{name}: is a file, not a run's folder (results/<run>) nor a model store "
+            "(results/<run>/seed<s>/model.zarr)"
+        )
+    seeds = sorted(
+        d for d in os.listdir(name) if os.path.isdir(os.path.join(name, d, "model.zarr"))
+    )
+    model = os.path.join(name, f"seed{seed}", "model.zarr")
+    if os.path.isdir(model):
+        return model
+    if seeds:
+        raise ValueError(
+            f"{name}: a run's folder without seed{seed}/model.zarr (the first of seeds); it "
+            f"holds {', '.join(f'{d}/model.zarr' for d in seeds)}: set seeds or give that "
+            "model's path"
+        )
+    raise ValueError(
+        f"{name}: neither a model store (it has no zarr.json) nor a run's folder (it has no "
+        "seed<s>/model.zarr); give results/<run>, results/<run>/seed<s>/model.zarr or a run "
+        "name, after the run has exported its model (snakemake model)"
+    )
+
+
 def model_path(config: Mapping) -> str | None:
-    """``apply.model`` as a path: a run name (no ``/``, not ending in ``.zarr``) means
-    ``results/<run>/seed<first seed>/model.zarr``. None when ``apply.model`` is not set."""
+    """``apply.model`` as a path (:func:`locate_model` with the first of ``seeds``). None
+    when ``apply.model`` is not set."""
     name = (config.get("apply") or {}).get("model")
     if not name:
         return None
-    name = str(name).rstrip("/")
-    if "/" in name or name.endswith(".zarr"):
-        return name
-    return f"results/{name}/seed{config['seeds'][0]}/model.zarr"
+    return locate_model(name, config["seeds"][0])
 
 
 def apply_run(config: Mapping) -> str:

@@ -702,6 +702,7 @@ def run_report(
     skipped: Sequence[Any] = (),
     analysis: Mapping[str, Any] | None = None,
     count_stores: Sequence[str | Path] = (),
+    model: str | Path | None = None,
     log=print,
 ) -> Path:
     """The self-contained HTML page of one run (first seed's images, every seed's scores).
@@ -712,7 +713,8 @@ def run_report(
     index's ``SkippedImage``s, listed in the notes. ``analysis``: see
     ``build_report``. ``count_stores``: the first seed's ``classes.zarr`` and
     ``category_level.zarr`` where a count was ``auto``: their eigengap curves are plotted
-    (:func:`eigengap_plots`).
+    (:func:`eigengap_plots`). ``model``: the ``model.zarr`` an applied run segmented
+    with, named in the facts and notes (:func:`applied_model_facts`).
     """
     if metrics_json is None:
         extraction = open_store(semantic[0]).attrs.get("extraction") or {} if semantic else {}
@@ -787,6 +789,15 @@ def run_report(
         ]
         if len(skipped) > 50:
             notes.append(f"... and {len(skipped) - 50} more in skipped.tsv")
+    if model is not None:
+        facts, note = applied_model_facts(model)
+        metrics.update(facts)
+        notes.insert(0, note)
+    if not metrics.get("weights_warning") and random_weights(metrics):
+        metrics["weights_warning"] = (
+            f"the backbone has random weights ({metrics['weights']}): the segments measure "
+            "the pipeline on this data, not the method"
+        )
     curves, curve_notes = eigengap_plots(count_stores)
     notes += curve_notes
     log(f"report: {len(shown)} gallery images, {len(curves)} eigengap curve(s)")
@@ -828,6 +839,27 @@ def random_weights(metrics: Mapping[str, Any]) -> str | None:
     return weights if weights.startswith("random") else None
 
 
+def applied_model_facts(model: str | Path) -> tuple[dict[str, Any], str]:
+    """The facts an applied run's report shows of the ``model.zarr`` it applied: its path,
+    the run, seed and image count it was fitted on, and its weights (with the fitting
+    run's warning when those were a random fallback), plus a one-line note."""
+    a = open_store(model).attrs
+    bb = a.get("backbone") or {}
+    facts = {
+        "applied_model": str(model),
+        "model_fitted_on": f"run {a.get('run')!r}, seed {a.get('seed')}, "
+        f"{a.get('n_images')} images",
+        "weights": bb.get("weights"),
+    }
+    if a.get("weights_warning"):
+        facts["weights_warning"] = a["weights_warning"]
+    note = (
+        f"Segmented with the fitted model {model} (run {a.get('run')!r}, seed {a.get('seed')}): "
+        "nothing was refitted on these images."
+    )
+    return facts, note
+
+
 def weights_note(metrics_json: str | os.PathLike) -> str | None:
     """The Analysis section's default note: a warning when the run's backbone had random
     weights (``weights`` in its metrics.json), else None."""
@@ -862,5 +894,6 @@ def run(job: Job) -> Path:
         gallery=job.params.gallery,
         analysis=job_analysis(job),
         count_stores=[job.input.get(k) for k in ("classes", "category_level") if job.input.get(k)],
+        model=job.params.get("model"),
         log=job.log,
     )

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from lcseg_steps import pipeline
-from lcseg_steps.apply_config import apply_config, apply_run, model_path
+from lcseg_steps.apply_config import apply_config, apply_run, locate_model, model_path
 from lcseg_steps.data.index import read_index
 from lcseg_steps.data.voc import read_label_png
 from lcseg_steps.images import read_rgb
@@ -64,6 +64,11 @@ def test_apply_writes_predictions_a_report_and_skips_a_bad_image(applied):
     records = read_index(res / "images.tsv")
     assert [r.image_id for r in records] == ["demo_0001", "demo_0002", "sub__demo_0005"]
     assert "broken" in (res / "skipped.tsv").read_text()
+    # the applied report warns about the random weights, as the run's does, and names
+    # the model it applied
+    page = (res / "report.html").read_text()
+    assert 'class="warning"' in page and "random weights (random:seed=0)" in page
+    assert str(cfg["apply"]["model"]) in page and "nothing was refitted" in page
     for r in records:
         png = read_label_png(res / "seed0" / "pred" / r.shard / f"{r.image_id}.png")
         assert png.shape == (r.height, r.width)
@@ -157,3 +162,33 @@ def test_the_apply_graph_reads_the_model_in_place_of_the_fits(model):
     ]
     assert g["merge"]["model"] == g["segment"]["model"] == "model.model"
     assert cfg["clustering"]["k_image"] == load_model(model).attrs["image_level"]["k_image"]
+
+
+def test_a_runs_folder_is_a_model_and_other_paths_say_what_they_are_not(model, tmp_path):
+    """``apply.model: results/<run>`` takes the run's first-seed model.zarr, as a run name
+    does; a path that is neither a run's folder nor a model store says so."""
+    run = tmp_path / "results" / "tiny"
+    (run / "seed0").mkdir(parents=True)
+    shutil.copytree(model, run / "seed0" / "model.zarr")
+    assert locate_model(str(run), 0) == str(run / "seed0" / "model.zarr")
+    assert locate_model(f"{run}/", 0) == str(run / "seed0" / "model.zarr")
+    assert locate_model(str(run / "seed0" / "model.zarr"), 5) == str(run / "seed0" / "model.zarr")
+    with pytest.raises(ValueError, match=r"without seed3/model.zarr.*holds seed0/model.zarr"):
+        locate_model(str(run), 3)
+    (tmp_path / "photos").mkdir()
+    with pytest.raises(ValueError, match="neither a model store .* nor a run's folder"):
+        locate_model(str(tmp_path / "photos"), 0)
+    (tmp_path / "a.txt").write_text("")
+    with pytest.raises(ValueError, match="is a file, not a run's folder"):
+        locate_model(str(tmp_path / "a.txt"), 0)
+    # end to end: the run's folder plans the applied run; a photo folder is refused
+    (tmp_path / "new").mkdir()
+    shutil.copy(
+        model.parents[2] / "tiny" / "demo" / "JPEGImages" / "demo_0003.jpg", tmp_path / "new"
+    )
+    jobs = scheduled(snakemake(tmp_path, _apply_config("results/tiny"), "apply", "-n"))
+    assert jobs["apply_segment"] == 1 and "model" not in jobs
+    r = snakemake(tmp_path, _apply_config(tmp_path / "photos"), "apply", "-n")
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "neither a model store" in out, out[-2000:]
+    assert "truncated or damaged" not in out

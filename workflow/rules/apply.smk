@@ -58,6 +58,7 @@ if APPLY_CONFIG:
         params:
             gallery=config["report"]["gallery"],
             run=APPLY_CONFIG["run"],
+            model=APPLY_MODEL,
             stage="report",
 
 

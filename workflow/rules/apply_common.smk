@@ -7,9 +7,14 @@ import os
 
 from lcseg_steps.apply_config import apply_config, model_path
 
-APPLY_MODEL = model_path(config)  # None: apply.model not set
 APPLY_CONFIG = None
-APPLY_ERROR = "set apply.model (a run name or a model.zarr) and apply.images"
+APPLY_ERROR = (
+    "set apply.model (a run name, a run's folder or a model.zarr) and apply.images"
+)
+try:
+    APPLY_MODEL = model_path(config)  # None: apply.model not set
+except ValueError as err:  # a path that is no run nor model: said when apply is asked
+    APPLY_MODEL, APPLY_ERROR = None, f"apply.model: {err}"
 if APPLY_MODEL and not os.path.exists(APPLY_MODEL):
     APPLY_ERROR = (
         f"apply.model: {APPLY_MODEL} does not exist (run the pipeline on that run's "
