@@ -50,17 +50,17 @@ def test_an_empty_folder_is_listed(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def model_path(tiny_run):
+def fitted_model(tiny_run):
     return tiny_run / "results" / "tiny" / "seed0" / "model.zarr"
 
 
 @pytest.mark.integration
-def test_the_batched_features_are_those_of_one_image_at_a_time(tiny_run, model_path):
+def test_the_batched_features_are_those_of_one_image_at_a_time(tiny_run, fitted_model):
     folder = tiny_run / "results" / "tiny" / "demo" / "JPEGImages"
     images = [read_rgb(p) for p in sorted(folder.glob("*.jpg"))]
     # two of equal size, so that a batch of two really runs
     images.insert(1, images[0][::-1].copy())
-    model = load_model(model_path)
+    model = load_model(fitted_model)
     batched = model.features_batch(images, batch_size=4)
     for img, got in zip(images, batched, strict=True):
         one = model.features(img)
@@ -71,7 +71,9 @@ def test_the_batched_features_are_those_of_one_image_at_a_time(tiny_run, model_p
 
 
 @pytest.mark.integration
-def test_a_folder_with_bad_files_is_segmented_all_the_same(tiny_run, model_path, tmp_path, capsys):
+def test_a_folder_with_bad_files_is_segmented_all_the_same(
+    tiny_run, fitted_model, tmp_path, capsys
+):
     demo = tiny_run / "results" / "tiny" / "demo" / "JPEGImages"
     photos = tmp_path / "photos"
     (photos / "sub").mkdir(parents=True)
@@ -84,11 +86,11 @@ def test_a_folder_with_bad_files_is_segmented_all_the_same(tiny_run, model_path,
     single = tmp_path / "c.jpg"
     shutil.copy(demo / "demo_0004.jpg", single)
     out = tmp_path / "out"
-    args = ["segment", "--model", str(model_path), str(photos), str(single)]
+    args = ["segment", "--model", str(fitted_model), str(photos), str(single)]
     code = lcseg([*args, str(tmp_path / "gone.jpg"), "-o", str(out), "--batch-size", "2"])
     err = capsys.readouterr().err
     assert code == 1
-    model = load_model(model_path)
+    model = load_model(fitted_model)
     for src, name in (
         (photos / "a.jpg", "a.jpg"),
         (photos / "a.png", "a.png"),
@@ -115,10 +117,10 @@ def test_a_folder_with_bad_files_is_segmented_all_the_same(tiny_run, model_path,
 
 
 @pytest.mark.integration
-def test_all_good_exits_0_with_an_empty_skipped_list(tiny_run, model_path, tmp_path):
+def test_all_good_exits_0_with_an_empty_skipped_list(tiny_run, fitted_model, tmp_path):
     demo = tiny_run / "results" / "tiny" / "demo" / "JPEGImages"
     out = tmp_path / "out"
-    assert lcseg(["segment", "--model", str(model_path), str(demo), "-o", str(out)]) == 0
+    assert lcseg(["segment", "--model", str(fitted_model), str(demo), "-o", str(out)]) == 0
     assert (out / "skipped.tsv").read_text() == "path\treason\n"
     assert sorted(p.name for p in out.glob("*.png")) == sorted(
         f"{p.name}.png" for p in demo.glob("*.jpg")
