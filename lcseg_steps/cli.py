@@ -62,6 +62,19 @@ def _segment(args: argparse.Namespace) -> int:
     return 1 if skipped else 0
 
 
+def _verify(args: argparse.Namespace) -> int:
+    from lcseg_steps.store_checks import verify
+
+    findings = verify(args.path)
+    if not findings:
+        raise FileNotFoundError(f"{args.path}: no *.zarr store there")
+    for f in findings:
+        print(f.line())
+    counts = {s: sum(f.status == s for f in findings) for s in ("ok", "damaged", "no checksum")}
+    print(", ".join(f"{n} {s}" for s, n in counts.items()) + f" of {len(findings)} stores")
+    return 1 if counts["damaged"] else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     # `lcseg inspect ... | head` should end quietly, not with a BrokenPipeError
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
@@ -87,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", help="torch device (default: the run's extract.device)")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     p.set_defaults(func=_segment)
+    p = sub.add_parser("verify", help="check every chunk of every store of a run")
+    p.add_argument("path", help="results/<run> (or any folder of stores, or one .zarr store)")
+    p.set_defaults(func=_verify)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

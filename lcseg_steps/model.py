@@ -447,13 +447,13 @@ def load_model(
     ``extract.device``) runs the backbone; ``expect`` (any of ``FITTED_TO``) is checked at
     once (:meth:`Model.check`).
     """
-    import zarr
+    from lcseg_steps.store import open_store
 
     p = Path(path)
     if not p.exists():
         raise ModelError(f"{p}: no such model")
     try:
-        group = zarr.open_group(str(p), mode="r")
+        group = open_store(p)
         attrs = dict(group.attrs)
     except Exception as exc:
         raise ModelError(f"{p}: not a readable model store, truncated or damaged ({exc})") from exc

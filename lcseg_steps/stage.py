@@ -6,7 +6,8 @@ module reads the rule's inputs and writes its outputs. :func:`run_rule` does wha
 stage needs first: everything printed goes to the rule's log, BLAS (and torch, when
 imported) use the rule's ``threads``, and the settings (``params.settings``, named as in
 the config schema) come with the attrs every store records: the settings and the digest
-of exactly those settings.
+of exactly those settings, and the rule's name (what ``snakemake --forcerun`` takes to
+rewrite a store found damaged).
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ def run_rule(smk) -> Any:
             # an apply rule runs under the applied run's config (params.config)
             config=smk.params.get("config") or smk.config,
             settings=settings,
-            attrs=settings_attrs(settings),
+            # "rule": the rule to --forcerun when a store it wrote is found damaged
+            attrs={**settings_attrs(settings), "rule": smk.rule},
             log=log,
         )
         return stage.run(job)

@@ -11,6 +11,10 @@ Pixel-level stores (refine, objects, segment) are ragged over pixels: a flat arr
 
 Stores are written to a temporary sibling and renamed into place when complete, so a
 killed job never leaves a half store that looks finished.
+
+Every array ends its codecs with a CRC32C of each chunk and has every chunk on disk, and
+:func:`open_store` hands out arrays that raise :class:`StoreDamagedError` on a damaged
+chunk (:mod:`lcseg_steps.store_checks`, docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -25,9 +29,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from lcseg_steps import __version__
 from lcseg_steps.atomic_write import tmp_sibling
+from lcseg_steps.store_checks import (
+    StoreDamagedError,
+    checked_group,
+    chunk_keys,
+    missing_chunks,
+)
 
 if TYPE_CHECKING:
     from lcseg_steps.data.index import ImageRecord
@@ -36,7 +47,15 @@ DEFAULT_CHUNK_ROWS = 16384
 # Arrays written with raw=True (the feature stores' q/k/v and CLS attention) are not
 # compressed: zstd saved ~9 % on float16 q/k/v, whose low mantissa bits are noise, at twice
 # the write time and three times the read time of every later pass over them. Everything
-# else keeps Zarr's default (zstd): masks, labels and scores compress well.
+# else keeps Zarr's default (zstd, level 0): masks, labels and scores compress well.
+# Every array then ends with a CRC32C of each chunk (4 bytes), and every chunk is written,
+# fill-valued ones too (Zarr skips those by default), so that a missing chunk file is
+# damage, not zeros: lcseg_steps.store_checks reads them back.
+_RAW_CODECS = (Crc32cCodec(),)
+_COMPRESSED_CODECS = (ZstdCodec(level=0, checksum=False), Crc32cCodec())
+_WRITE_EVERY_CHUNK = {"write_empty_chunks": True}
+
+__all__ = ["StoreDamagedError"]  # raised by reads of open_store's arrays
 
 # Snakemake drops a .snakemake_timestamp file into directory() outputs; zarr warns about
 # it on every listing of a store.
@@ -124,7 +143,8 @@ class StoreWriter:
             shape=shape,
             dtype=dtype,
             chunks=_row_chunks(shape, chunk_rows) if len(shape) else (),
-            compressors=None if raw else "auto",
+            compressors=_RAW_CODECS if raw else _COMPRESSED_CODECS,
+            config=_WRITE_EVERY_CHUNK,
         )
 
     def create_growing(
@@ -132,13 +152,32 @@ class StoreWriter:
     ) -> zarr.Array:
         """An array that starts with 0 rows and grows by ``append``."""
         return self.group.create_array(
-            name, shape=(0, *tail_shape), dtype=dtype, chunks=(chunk_rows, *tail_shape)
+            name,
+            shape=(0, *tail_shape),
+            dtype=dtype,
+            chunks=(chunk_rows, *tail_shape),
+            compressors=_COMPRESSED_CODECS,
+            config=_WRITE_EVERY_CHUNK,
         )
 
     def append(self, name: str, data: np.ndarray) -> None:
         self.group[name].append(np.asarray(data))
 
+    def fill_chunks(self) -> None:
+        """Write the chunks no write reached (an array created and left at its fill
+        value, an appended chunk of fill values) so that every chunk key is on disk."""
+        for _name, array in self.group.arrays():
+            missing = set(missing_chunks(self.tmp, array))
+            if not missing:
+                continue
+            # the write_empty_chunks of create() is a setting of that Array object only
+            array = array.with_config(_WRITE_EVERY_CHUNK)
+            for coords, key in chunk_keys(array):
+                if key in missing:
+                    array.blocks[coords] = array.blocks[coords]
+
     def close(self) -> Path:
+        self.fill_chunks()
         if self.path.exists():
             shutil.rmtree(self.path)
         os.replace(self.tmp, self.path)
@@ -171,14 +210,21 @@ def write_store(
 
 
 def open_store(path: str | os.PathLike) -> zarr.Group:
-    """Open a finished store read-only, with a clear error when it is missing or not Zarr."""
+    """Open a finished store read-only, with a clear error when it is missing or not Zarr.
+
+    Its arrays check themselves (:class:`lcseg_steps.store_checks.CheckedArray`): taking
+    one from the group with a chunk file missing, or reading a chunk whose checksum or
+    length is wrong, raises :class:`StoreDamagedError` naming the store, the array, the
+    chunk and the ``snakemake --forcerun`` that rewrites it.
+    """
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such store")
     try:
-        return zarr.open_group(str(p), mode="r")
+        group = zarr.open_group(str(p), mode="r")
     except Exception as exc:  # zarr raises several types for a non-store directory
         raise ValueError(f"{p}: not a readable Zarr store ({exc})") from exc
+    return checked_group(group, p)
 
 
 def offsets_from_sizes(sizes) -> np.ndarray:
