@@ -45,6 +45,7 @@ from benchmarks.harness import (
 BENCHMARKS: dict[str, Callable[[Context], list[Result]]] = {
     "extract": bench_extract.run,
     "extract_datapath": bench_extract.run_datapath,
+    "extract_checksums": bench_extract.run_checksums,
     "kmeans_image": bench_kmeans.run_image,
     "kmeans_dataset": bench_kmeans.run_dataset,
     "refine": bench_refine.run,

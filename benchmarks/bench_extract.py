@@ -206,3 +206,58 @@ def run_datapath(ctx: Context) -> list[Result]:
             },
         )
     ]
+
+
+def run_checksums(ctx: Context) -> list[Result]:
+    """What the stores' checksums cost (docs/reliability.md): a features-sized float16
+    ``(rows, 384)`` array written and then streamed back chunk by chunk as lcseg does
+    (``StoreWriter``, then ``open_store`` and ``iter_row_blocks``: CRC32C per chunk, every
+    chunk written, the missing-chunk walk on first use) against the same array written
+    and read the way stores were before (raw chunks, plain Zarr, no checksum). Files sit
+    in the page cache, so this is the CPU cost alone, its largest share. Kind
+    "speedup": ratio = before / ours, target >= 0.9 each."""
+    import zarr
+
+    from lcseg_steps.store import DEFAULT_CHUNK_ROWS, StoreWriter, iter_row_blocks, open_store
+
+    rows, dim = ctx.pick(262144, 65536, 2048), ctx.pick(384, 384, 32)
+    data = np.random.default_rng(0).standard_normal((rows, dim)).astype(np.float16)
+    ours_path, plain_path = ctx.tmp / "checksummed.zarr", ctx.tmp / "plain.zarr"
+    ctx.log(f"extract_checksums: {rows} x {dim} float16 ({data.nbytes / 2**20:.0f} MiB)")
+
+    def write_ours():
+        with StoreWriter(ours_path) as w:
+            w.write("k", data, raw=True)
+
+    def write_plain():
+        g = zarr.open_group(str(plain_path), mode="w")
+        chunks = (min(DEFAULT_CHUNK_ROWS, rows), dim)
+        g.create_array("k", shape=data.shape, dtype=data.dtype, chunks=chunks, compressors=None)
+        g["k"][...] = data
+
+    def read(group):
+        return sum(float(b[0, 0]) for b in iter_row_blocks(group["k"]))
+
+    tw = interleaved(write_ours, write_plain, ctx.repeats, log=ctx.log)
+    tr = interleaved(
+        lambda: read(open_store(ours_path)),
+        lambda: read(zarr.open_group(str(plain_path), mode="r")),
+        ctx.repeats,
+        log=ctx.log,
+    )
+    if tr.last["ours"] != tr.last["reference"]:
+        raise AssertionError("extract_checksums: the two stores read back differently")
+    sizes = {"rows": rows, "dim": dim, "dtype": "float16", "mib": data.nbytes / 2**20}
+    return [
+        Result(
+            name=f"extract_checksums_{what}",
+            kind="speedup",
+            ours_s=t.ours_s,
+            reference_s=t.reference_s,
+            target=0.9,
+            runs=ctx.repeats,
+            sizes=sizes,
+            extra={"ours_gib_per_s": data.nbytes / 2**30 / t.ours_s, **t.summary()},
+        )
+        for what, t in (("write", tw), ("read", tr))
+    ]

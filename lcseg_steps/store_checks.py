@@ -222,6 +222,8 @@ class CheckedGroup(zarr.Group):
         return self._cache[name]
 
     def __getitem__(self, path: str):
+        if path in self._cache:
+            return self._cache[path]
         obj = super().__getitem__(path)
         if isinstance(obj, zarr.Array):
             return self._checked(path, obj)
