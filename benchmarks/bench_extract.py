@@ -9,9 +9,13 @@ machine (bfloat16 autocast where the CPU has native bf16, else float32), given t
 explicitly; the one-off cost of auto's check (one image in both precisions) is reported
 apart (``auto_check_s``). Decoding is not isolated inside ``extract_shard``, so it
 is measured on its own and reported (``decode_s``); ``ratio_excluding_decode`` charges
-ours without it. Kind "speedup": ratio = bare time / ours, target >= 0.9.
+ours without it. So is the CRC32C of every chunk written (``checksum_s``, its share of
+ours ``checksum_share_of_ours``; docs/reliability.md). Kind "speedup": ratio = bare time /
+ours, target >= 0.9.
 
 ``run_datapath`` measures the data path alone (a stand-in backbone) against decoding.
+``run_checksums`` measures the stores' checksums alone, writing and streaming back a
+features-sized array with and without them.
 
 Also measured once (in ``extra``): q/k/v under ``torch.autocast("cpu", bfloat16)`` against
 float32 (cosine similarity per patch row, and the time of each), on two images.
@@ -77,6 +81,17 @@ def bf16_check(model, x: torch.Tensor) -> dict:
     return out
 
 
+def checksum_seconds(store) -> tuple[float, int]:
+    """Median seconds of CRC32C over every chunk file of ``store`` (what its checksums
+    add to writing it, and again to each full read; robust to a busy machine, unlike the
+    difference of two whole runs) and the bytes summed."""
+    import google_crc32c
+
+    blobs = [p.read_bytes() for p in store.rglob("*") if p.is_file() and p.name != "zarr.json"]
+    times = [time_call(lambda: [google_crc32c.value(b) for b in blobs])[0] for _ in range(5)]
+    return statistics.median(times), sum(len(b) for b in blobs)
+
+
 def run(ctx: Context) -> list[Result]:
     from lcseg_steps.backbone import load_backbone
     from lcseg_steps.data.index import ImageRecord
@@ -117,7 +132,11 @@ def run(ctx: Context) -> list[Result]:
     decode = statistics.median(
         time_call(lambda: _decode_all(paths, info.patch_size, long_side))[0] for _ in range(3)
     )
+    crc_s, crc_bytes = checksum_seconds(out)
     extra = {
+        "checksum_s": crc_s,
+        "checksum_mib": crc_bytes / 2**20,
+        "checksum_share_of_ours": crc_s / t.ours_s,
         "decode_s": decode,
         "ratio_excluding_decode": t.reference_s / max(t.ours_s - decode, 1e-9),
         "ours_images_per_s": n / t.ours_s,

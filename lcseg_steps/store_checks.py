@@ -15,6 +15,7 @@ missing chunk there is a fill-valued one), and :func:`verify` reports them.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,10 @@ import google_crc32c
 import numpy as np
 import zarr
 from zarr.codecs import BytesCodec, Crc32cCodec
+
+# Snakemake drops a .snakemake_timestamp file into directory() outputs; zarr warns about
+# it on every listing of a store (lcseg verify lists whole runs).
+warnings.filterwarnings("ignore", message=".*snakemake_timestamp")
 
 # The stage that writes each store, by the store's name or its folder (the output
 # templates of lcseg_steps.pipeline; tests/test_store_checks.py holds the two together):

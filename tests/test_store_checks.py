@@ -246,3 +246,13 @@ def test_the_checksum_is_crc32c_of_the_payload_little_endian(store):
     rows = np.asarray(open_store(store)["k"][25:50])
     assert data[:-4] == rows.astype("<f2").tobytes()  # raw: the payload is the rows
     assert int.from_bytes(data[-4:], "little") == _crc32c(data[:-4])
+
+
+def test_the_checksum_benchmark_runs_and_reads_the_same(tmp_path):
+    from benchmarks.bench_extract import run_checksums
+    from benchmarks.harness import Context
+
+    results = run_checksums(Context("tiny", tmp_path, repeats=1, log=lambda _m: None))
+    assert [r.name for r in results] == ["extract_checksums_write", "extract_checksums_read"]
+    assert verify(tmp_path / "checksummed.zarr")[0].status == "ok"
+    assert verify(tmp_path / "plain.zarr")[0].status == "no checksum"
