@@ -51,21 +51,21 @@ class StoreDamagedError(ValueError):
     chunk key, e.g. ``c/3/0``) and ``stage`` (the rule to rerun) say which."""
 
     def __init__(self, store: Path, array: str, chunk: str, problem: str, stage: str | None):
-        self.store, self.array, self.chunk, self.problem, self.stage = (
-            store,
-            array,
-            chunk,
-            problem,
-            stage,
-        )
+        self.store, self.array, self.chunk = store, array, chunk
+        self.problem, self.stage = problem, stage
         rerun = (
-            f"rerun the stage that wrote it: snakemake --forcerun {stage}"
+            f"rerun the rule that wrote it: snakemake --forcerun {stage}"
             if stage
-            else "rewrite it: rerun the rule that wrote it with snakemake --forcerun <rule>"
+            else "rerun the rule that wrote it: snakemake --forcerun <rule>"
         )
         super().__init__(
             f"{store}: array {array!r}, chunk {chunk}: {problem}; the store is damaged, {rerun}"
         )
+
+    def __reduce__(self):
+        # a worker process's error reaches its parent whole (ValueError's own reduce
+        # would call __init__ with the message alone)
+        return type(self), (self.store, self.array, self.chunk, self.problem, self.stage)
 
 
 def stage_of(path: str | os.PathLike, attrs) -> str | None:
@@ -137,7 +137,7 @@ def chunk_problem(root: Path, array: zarr.Array, coords: tuple[int, ...]) -> str
                 if len(data) < want
                 else f"the chunk file has {len(data)} bytes, not {want}"
             )
-        crc = np.uint32(google_crc32c.value(data[:-4])).tobytes()  # zarr's: little-endian
+        crc = google_crc32c.value(data[:-4]).to_bytes(4, "little")  # as zarr's codec
         if len(data) < 4 or crc != data[-4:]:
             return f"checksum mismatch ({len(data)} bytes on disk: changed or cut short)"
     try:

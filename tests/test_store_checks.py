@@ -4,6 +4,7 @@ chunk cut short or a missing chunk; ``lcseg verify`` over a run; old stores stil
 
 from __future__ import annotations
 
+import pickle
 import re
 from pathlib import Path
 
@@ -85,6 +86,14 @@ def test_a_flipped_byte_is_caught(store):
     with pytest.raises(StoreDamagedError, match="checksum mismatch") as e:
         g["k"][:]
     _expect(e.value, store, "k", "c/1/0", "extract")
+
+
+def test_the_error_survives_a_worker_process(store):
+    _chunk(store, "k", "c/0/0").unlink()
+    with pytest.raises(StoreDamagedError) as e:
+        open_store(store)["k"]
+    again = pickle.loads(pickle.dumps(e.value))
+    assert str(again) == str(e.value) and again.chunk == "c/0/0"
 
 
 def test_a_chunk_cut_short_is_caught(store):
