@@ -65,6 +65,20 @@ def locate_model(name: str, seed: int) -> str:
     )
 
 
+def first_seed(name: str) -> int:
+    """The lowest ``s`` of a run's ``seed<s>/model.zarr`` (``name``: a run name or a run's
+    folder), 0 when there is none: the seed ``lcseg segment --model`` takes, having no
+    config's ``seeds``."""
+    folder = f"results/{name}" if "/" not in name and not name.endswith(".zarr") else name
+    found = []
+    if os.path.isdir(folder):
+        for d in os.listdir(folder):
+            if d.startswith("seed") and d[4:].isdigit():
+                if os.path.isdir(os.path.join(folder, d, "model.zarr")):
+                    found.append(int(d[4:]))
+    return min(found, default=0)
+
+
 def model_path(config: Mapping) -> str | None:
     """``apply.model`` as a path (:func:`locate_model` with the first of ``seeds``). None
     when ``apply.model`` is not set."""

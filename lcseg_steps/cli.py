@@ -28,13 +28,14 @@ def _segment(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from lcseg_steps import segment_paths
+    from lcseg_steps.apply_config import first_seed, locate_model
     from lcseg_steps.data.voc import write_label_png
     from lcseg_steps.model import load_model
 
     items, skipped = segment_paths.plan(args.images)
     for path, reason in skipped:
         print(f"lcseg segment: skipped {path}: {reason}", file=sys.stderr)
-    model = load_model(args.model, device=args.device)
+    model = load_model(locate_model(args.model, first_seed(args.model)), device=args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -94,7 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         "Exit status: 0 all segmented, 1 some skipped (listed on stderr and in "
         "<out>/skipped.tsv), 2 usage or model error.",
     )
-    p.add_argument("--model", required=True, help="results/<run>/seed<s>/model.zarr")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="results/<run>/seed<s>/model.zarr, a run's folder results/<run> or a run name "
+        "(both: the lowest seed's model)",
+    )
     p.add_argument("images", nargs="+", help="image files and folders")
     p.add_argument("-o", "--out", required=True, help="folder for the palette PNGs")
     p.add_argument("--device", help="torch device (default: the run's extract.device)")

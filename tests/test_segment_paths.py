@@ -125,3 +125,14 @@ def test_all_good_exits_0_with_an_empty_skipped_list(tiny_run, fitted_model, tmp
     assert sorted(p.name for p in out.glob("*.png")) == sorted(
         f"{p.name}.png" for p in demo.glob("*.jpg")
     )
+
+
+@pytest.mark.integration
+def test_the_model_may_be_a_runs_folder_or_name(tiny_run, fitted_model, tmp_path, monkeypatch):
+    demo = tiny_run / "results" / "tiny" / "demo" / "JPEGImages" / "demo_0001.jpg"
+    monkeypatch.chdir(tiny_run)
+    for model in ("results/tiny", "tiny", str(fitted_model)):
+        out = tmp_path / model.replace("/", "_")
+        assert lcseg(["segment", "--model", model, str(demo), "-o", str(out)]) == 0, model
+        assert (out / "demo_0001.jpg.png").is_file()
+    assert lcseg(["segment", "--model", "results", str(demo), "-o", str(tmp_path / "x")]) == 2
