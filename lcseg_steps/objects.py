@@ -57,7 +57,7 @@ def run_objects(
     ``backbone`` (the config block) and ``device`` (``extract.device``, resolved) for
     ``cls`` ones: the settings hold only those of the descriptor in use.
     """
-    from lcseg_steps.images import read_rgb
+    from lcseg_steps.images import read_record
 
     px = open_store(pixel_masks)
     recs = records_in_order(px, records, pixel_masks)
@@ -68,7 +68,7 @@ def run_objects(
     for i, r in enumerate(recs):
         mask = pixel_map(px, "mask", i)
         regs = object_regions(mask, mode=regions, min_area=min_region_area)
-        img = read_rgb(r.path) if (regs and descriptor == "cls") else None
+        img = read_record(r) if (regs and descriptor == "cls") else None
         for j, reg in enumerate(regs):
             image_index.append(i)
             boxes.append(region_box(reg, margin))

@@ -21,7 +21,7 @@ import numpy as np
 
 from lcseg_steps.analysis.table_format import changes, read_csv
 from lcseg_steps.data.index import ImageRecord, load_ground_truth, read_index
-from lcseg_steps.images import read_rgb
+from lcseg_steps.images import read_record, read_rgb
 from lcseg_steps.protocols import published_results
 from lcseg_steps.store import image_grid_array, open_store, pixel_map, records_in_order
 
@@ -616,7 +616,7 @@ def gallery_panels(
     from lcseg_steps.data.voc import voc_palette
 
     palette = voc_palette()
-    img = read_rgb(record.path)
+    img = read_record(record)
     panels: list[tuple[str, np.ndarray, list[tuple[str, str | None]]]] = [("image", img, [])]
     gt = load_ground_truth(record)
     if gt is not None:
