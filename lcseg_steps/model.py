@@ -237,7 +237,11 @@ class Model:
         }
 
     def segment(self, image: np.ndarray | str | os.PathLike) -> Segmentation:
-        """Segment one image: ``(H, W, 3)`` uint8 RGB or a path to an image file."""
+        """Segment one image: ``(H, W, 3)`` uint8 RGB or a path to an image file.
+
+        A file is turned by its EXIF orientation first (``images.read_rgb(path,
+        "exif")``), as photo viewers and the ``folder`` dataset show it: the result is
+        that of the turned array. An array is taken as given."""
         from lcseg_steps import levels as lv
         from lcseg_steps.crf import CRFParams, refine_mask
         from lcseg_steps.images import ImageError
@@ -293,6 +297,7 @@ class Model:
             crf=r["crf"],
             threshold=r["threshold"],
             params=CRFParams(**{k: r[k] for k in CRFParams.__dataclass_fields__}),
+            max_side=refine_max_side(r),
         )
         regs, region_map = self._regions(fg)
         if regs:
@@ -383,11 +388,17 @@ class Model:
         return "\n".join(lines)
 
 
+def refine_max_side(refine: Mapping) -> int | None:
+    """The working resolution (``refine.max_side``) of a model's refine block. A model
+    written before the key existed refines at full resolution (None), as it did then."""
+    return refine.get("max_side")
+
+
 def _as_image(image) -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
         from lcseg_steps.images import read_rgb
 
-        return read_rgb(image)
+        return read_rgb(image, "exif")
     img = np.asarray(image)
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
         raise ValueError(
