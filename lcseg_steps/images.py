@@ -108,7 +108,7 @@ def read_rgb(path: str | os.PathLike, orientation: int | str = 1) -> np.ndarray:
     elif img.shape[2] == 4:
         img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
     else:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=img)  # in place: no second copy
     if orientation == "exif":
         orientation = exif_orientation(p)
     return img if orientation == 1 else orient(img, orientation)

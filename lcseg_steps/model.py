@@ -325,14 +325,15 @@ class Model:
         return regs, region_map(regs, fg.shape)
 
     def _descriptors(self, img, regs, feature_grid) -> np.ndarray:
-        from lcseg_steps.regions import masked_key_descriptor, region_crop
+        from lcseg_steps.regions import masked_key_descriptor, mean_colour, region_crop
 
         o = self.attrs["objects"]
         if o["descriptor"] == "cls":
             from lcseg_steps.descriptors import crop_cls_descriptors
 
             model, info = self.load_backbone()
-            crops = [region_crop(img, reg, o["margin"]) for reg in regs]
+            fill = mean_colour(img)
+            crops = [region_crop(img, reg, o["margin"], fill) for reg in regs]
             return crop_cls_descriptors(
                 model,
                 info,

@@ -13,6 +13,7 @@ from lcseg_steps.data.index import ImageRecord, read_index
 from lcseg_steps.regions import (  # noqa: F401  (re-exported: the stage's names)
     REGION_MODES,
     masked_key_descriptor,
+    mean_colour,
     object_regions,
     region_box,
     region_crop,
@@ -69,13 +70,14 @@ def run_objects(
         mask = pixel_map(px, "mask", i)
         regs = object_regions(mask, mode=regions, min_area=min_region_area)
         img = read_record(r) if (regs and descriptor == "cls") else None
+        fill = mean_colour(img) if img is not None else None
         for j, reg in enumerate(regs):
             image_index.append(i)
             boxes.append(region_box(reg, margin))
             comps.append(j)
             areas.append(int(reg.sum()))
             if descriptor == "cls":
-                crops.append(region_crop(img, reg, margin))
+                crops.append(region_crop(img, reg, margin, fill))
             else:
                 grid = image_grid_array(fs, feature, i).astype(np.float32)
                 descs.append(masked_key_descriptor(grid, reg))

@@ -85,7 +85,7 @@ def test_the_model_records_how_it_was_fitted(model_path):
     assert a["long_side"] == 64 and a["seed"] == 0 and len(a["settings_digest"]) == 16
     assert a["merge"]["levels"] == ["dataset", "category", "image"]
     assert a["image_level"]["k_image"] == 2 and a["refine"]["crf"] is True
-    assert a["refine"]["max_side"] == 1024  # the working resolution (schema default)
+    assert a["refine"]["max_side"] == 800  # the working resolution (schema default)
     assert model.arrays["dataset_centroids"].shape == (8, 48)
     assert model.arrays["category_centroids"].shape == (2, 2, 48)
     assert model.arrays["class_prototypes"].shape == (2, 48)
