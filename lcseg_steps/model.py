@@ -329,11 +329,12 @@ class Model:
 
         o = self.attrs["objects"]
         if o["descriptor"] == "cls":
-            from lcseg_steps.descriptors import crop_cls_descriptors
+            from lcseg_steps.descriptors import crop_cls_descriptors, shrink_crop
 
             model, info = self.load_backbone()
             fill = mean_colour(img)
-            crops = [region_crop(img, reg, o["margin"], fill) for reg in regs]
+            patch, side = int(info.patch_size), o["long_side"]
+            crops = [shrink_crop(region_crop(img, r, o["margin"], fill), patch, side) for r in regs]
             return crop_cls_descriptors(
                 model,
                 info,

@@ -65,6 +65,11 @@ def run_objects(
     if descriptor not in ("cls", "masked_keys"):
         raise ValueError(f"objects.descriptor must be cls or masked_keys, got {descriptor!r}")
     fs = open_store(features)
+    # crops are kept at the input size their CLS pass gives them (descriptors.shrink_crop:
+    # the same descriptors), not at the full resolution of a photo
+    patch = fs.attrs.get("patch_size") if descriptor == "cls" else None
+    if patch:
+        from lcseg_steps.descriptors import shrink_crop
     maps, crops, descs, image_index, boxes, comps, areas = [], [], [], [], [], [], []
     for i, r in enumerate(recs):
         mask = pixel_map(px, "mask", i)
@@ -77,7 +82,8 @@ def run_objects(
             comps.append(j)
             areas.append(int(reg.sum()))
             if descriptor == "cls":
-                crops.append(region_crop(img, reg, margin, fill))
+                crop = region_crop(img, reg, margin, fill)
+                crops.append(shrink_crop(crop, int(patch), long_side) if patch else crop)
             else:
                 grid = image_grid_array(fs, feature, i).astype(np.float32)
                 descs.append(masked_key_descriptor(grid, reg))
