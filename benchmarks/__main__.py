@@ -28,6 +28,7 @@ from benchmarks import (
     bench_dag,
     bench_extract,
     bench_kmeans,
+    bench_photo,
     bench_pipeline,
     bench_refine,
 )
@@ -51,6 +52,7 @@ BENCHMARKS: dict[str, Callable[[Context], list[Result]]] = {
     "assign": bench_assign.run,
     "pipeline": bench_pipeline.run,
     "apply": bench_apply.run,
+    "photo": bench_photo.run,
     "dag": bench_dag.run,
 }
 
