@@ -118,8 +118,8 @@ def region_crop(
         fill = mean_colour(image)
     crop = np.empty((y1 - y0, x1 - x0, 3), dtype=np.uint8)
     crop[...] = fill
-    inside = np.ascontiguousarray(region[y0:y1, x0:x1], dtype=bool).view(np.uint8)
-    cv2.copyTo(np.ascontiguousarray(image[y0:y1, x0:x1]), inside, crop)
+    inside = np.asarray(region[y0:y1, x0:x1], dtype=bool).view(np.uint8)
+    cv2.copyTo(image[y0:y1, x0:x1], inside, crop)  # views: no copy of the box
     return crop
 
 
