@@ -62,7 +62,8 @@ def region_map(regions: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
     inside region ``j``."""
     out = np.zeros(shape, dtype=np.uint16)
     for j, reg in enumerate(regions):
-        x, y, w, h = cv2.boundingRect(np.asarray(reg, dtype=bool).view(np.uint8))
+        reg = np.asarray(reg, dtype=bool)
+        x, y, w, h = cv2.boundingRect(reg.view(np.uint8))
         box = out[y : y + h, x : x + w]  # within the region's bounding box only
         box[reg[y : y + h, x : x + w]] = j + 1
     return out
