@@ -557,8 +557,10 @@ def label_legend(
     ``void`` in white; a map of background only says so."""
     legend: list[tuple[str, str | None]] = []
     labels = np.asarray(labels)
-    if labels.dtype == np.uint8:  # a count per id: no sort of a photo's pixels
-        ids = np.flatnonzero(np.bincount(labels.ravel(), minlength=256)).tolist()
+    if labels.dtype == np.uint8 and labels.size:  # a histogram: no sort, no int64 copy
+        flat = np.ascontiguousarray(labels).reshape(-1, 1)
+        hist = cv2.calcHist([flat], [0], None, [256], [0, 256]).ravel()
+        ids = np.flatnonzero(hist > 0).tolist()
     else:
         ids = np.unique(labels).tolist()
     for i in ids:
