@@ -84,10 +84,13 @@ def run_objects(
             if descriptor == "cls":
                 crop = region_crop(img, reg, margin, fill)
                 crops.append(shrink_crop(crop, int(patch), long_side) if patch else crop)
+                crop = None
             else:
                 grid = image_grid_array(fs, feature, i).astype(np.float32)
                 descs.append(masked_key_descriptor(grid, reg))
         maps.append(region_map(regs, mask.shape))
+        # a photo's pixels are not held past its own iteration
+        mask = regs = reg = img = None
     n_empty = sum(int(m.max() == 0) for m in maps)
     log(
         f"objects: {len(image_index)} regions in {len(recs)} images "
