@@ -28,6 +28,7 @@ from benchmarks import (
     bench_dag,
     bench_extract,
     bench_kmeans,
+    bench_photo,
     bench_pipeline,
     bench_refine,
 )
@@ -53,6 +54,7 @@ BENCHMARKS: dict[str, Callable[[Context], list[Result]]] = {
     "pipeline": bench_pipeline.run,
     "apply": bench_apply.run,
     "segment_folder": bench_apply.run_folder,
+    "photo": bench_photo.run,
     "dag": bench_dag.run,
 }
 

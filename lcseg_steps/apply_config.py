@@ -164,7 +164,8 @@ def apply_config(config: Mapping, path: str) -> dict:
         "consistency": mg["consistency"],
         "min_levels": mg["min_levels"],
     }
-    cfg["refine"] = dict(a["refine"])
+    # a model written before refine.max_side refines at full resolution, as it did then
+    cfg["refine"] = {"max_side": None, **a["refine"]}
     cfg["objects"] = {k: v for k, v in a["objects"].items() if k not in _DERIVED_OBJECTS}
     cfg["labels"] = {**config["labels"], "n_classes": n_classes}
     return cfg

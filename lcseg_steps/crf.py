@@ -11,6 +11,15 @@ covers the full-resolution rectangle ``[i * H / gh, (i + 1) * H / gh) x
 plain resize of the grid to ``(W, H)`` interpolates bilinearly between patch centres and
 holds the edge value constant beyond the outermost centres.
 
+Working resolution (``refine.max_side``): the upsampling and the CRF run on the image
+resized (``INTER_AREA``) so that its longer side is at most ``max_side`` pixels
+(:func:`working_size`); the binary mask found there is brought to the full size by
+nearest-neighbour resizing (``INTER_NEAREST_EXACT``: each full-resolution pixel takes the
+label of the working pixel its centre falls in). The work and memory of this step are then
+bounded however many megapixels a photo has. An image whose longer side is at most
+``max_side`` (every VOC and COCO image under the default) takes the full-resolution path
+unchanged; ``None`` means no limit.
+
 The CRF parameters (``CRFParams``, the ``refine`` config keys) default to values of ours
 (in the config schema), not values from the paper.
 """
@@ -87,6 +96,16 @@ def crf_refine(image: np.ndarray, prob_fg: np.ndarray, params: CRFParams) -> np.
     return np.argmax(q, axis=0).astype(np.uint8)
 
 
+def working_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
+    """``(h, w)`` the upsampling and the CRF run at: the image's own size when its longer
+    side is at most ``max_side`` (or ``max_side`` is None), else scaled so that the longer
+    side is ``max_side`` (aspect ratio kept, each side rounded, at least 1)."""
+    if max_side is None or max(height, width) <= max_side:
+        return height, width
+    scale = max_side / max(height, width)
+    return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
+
+
 def refine_mask(
     image: np.ndarray,
     score_grid: np.ndarray,
@@ -94,13 +113,25 @@ def refine_mask(
     crf: bool,
     threshold: float,
     params: CRFParams,
+    max_side: int | None = None,
 ) -> np.ndarray:
     """image ``(H, W, 3)`` uint8 + score grid ``(gh, gw)`` -> ``(H, W)`` uint8 {0, 1}.
 
     Upsamples the score, then either runs the CRF on it or thresholds it
-    (``score >= threshold`` is foreground) when ``crf`` is False.
+    (``score >= threshold`` is foreground) when ``crf`` is False; at the working
+    resolution of ``max_side`` (:func:`working_size`, module docstring) when the image is
+    larger, the mask then brought to ``(H, W)`` by nearest-neighbour resizing.
     """
-    prob = upsample_score(score_grid, image.shape[:2])
+    full = image.shape[:2]
+    size = working_size(*full, max_side)
+    if size != full:
+        image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    prob = upsample_score(score_grid, size)
     if crf:
-        return crf_refine(image, prob, params)
-    return (prob >= threshold).astype(np.uint8)
+        mask = crf_refine(image, prob, params)
+    else:
+        mask = (prob >= threshold).astype(np.uint8)
+    if size == full:
+        return mask
+    del prob, image
+    return cv2.resize(mask, (full[1], full[0]), interpolation=cv2.INTER_NEAREST_EXACT)

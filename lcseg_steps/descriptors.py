@@ -35,15 +35,32 @@ def _input_size(h: int, w: int, patch: int, long_side: int) -> tuple[int, int]:
     )
 
 
+def _resized(crop: np.ndarray, size: tuple[int, int], patch: int, long_side: int) -> np.ndarray:
+    """``(h, w, 3)`` uint8 crop -> ``(*size, 3)`` uint8: the crop at its backbone input size."""
+    if _policy_size(crop.shape[0], crop.shape[1], patch, long_side) == size:
+        return resize_for_backbone(crop, patch, long_side)
+    # the sliver case of ``_input_size``
+    smaller = size[0] * size[1] < crop.shape[0] * crop.shape[1]
+    interp = cv2.INTER_AREA if smaller else cv2.INTER_CUBIC
+    return cv2.resize(crop, (size[1], size[0]), interpolation=interp)
+
+
 def _prepare(crop: np.ndarray, size: tuple[int, int], patch: int, long_side: int) -> np.ndarray:
     """``(h, w, 3)`` uint8 crop -> ``(3, *size)`` float32 normalised backbone input."""
-    if _policy_size(crop.shape[0], crop.shape[1], patch, long_side) == size:
-        img = resize_for_backbone(crop, patch, long_side)
-    else:  # the sliver case of ``_input_size``
-        smaller = size[0] * size[1] < crop.shape[0] * crop.shape[1]
-        interp = cv2.INTER_AREA if smaller else cv2.INTER_CUBIC
-        img = cv2.resize(crop, (size[1], size[0]), interpolation=interp)
-    return normalize(img)
+    return normalize(_resized(crop, size, patch, long_side))
+
+
+def shrink_crop(crop: np.ndarray, patch: int, long_side: int) -> np.ndarray:
+    """A crop brought to the input size :func:`crop_cls_descriptors` gives it, when that is
+    smaller: its descriptor is the same, byte for byte, and a caller holding every crop of
+    a shard (``objects``) or of a photo (``model.segment``) holds kilobytes per crop, not
+    its full-resolution pixels. A crop that would not map onto itself is returned as is."""
+    crop = np.asarray(crop)
+    h, w = crop.shape[:2]
+    size = _input_size(h, w, patch, long_side)
+    if size[0] * size[1] >= h * w or _policy_size(*size, patch, long_side) != size:
+        return crop
+    return _resized(crop, size, patch, long_side)
 
 
 def _check_crops(crops: list[np.ndarray]) -> list[np.ndarray]:

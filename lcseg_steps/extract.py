@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from lcseg_steps import __version__
-from lcseg_steps.images import ImageError, patch_grid_size, read_rgb
+from lcseg_steps.images import ImageError, patch_grid_size, read_record
 from lcseg_steps.qkv import (  # noqa: F401  (re-exported: the stage's names)
     BF16_MIN_COS,
     FEATURES,
@@ -56,7 +56,7 @@ class _ImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[int, np.ndarray]:
         rec = self.records[i]
-        img = read_rgb(rec.path)
+        img = read_record(rec)
         if img.shape[:2] != (int(rec.height), int(rec.width)):
             raise ImageError(
                 f"{rec.path}: decoded image is {img.shape[0]}x{img.shape[1]} (HxW) but the "

@@ -16,8 +16,70 @@ class ImageError(ValueError):
     """An input image that cannot be used; the message names the file."""
 
 
-def read_rgb(path: str | os.PathLike) -> np.ndarray:
+EXIF_ORIENTATION_TAG = 0x0112
+# EXIF orientation -> how the stored (raw) pixels are turned to show the image as photo
+# viewers do: None (as stored), a cv2.flip code, a cv2.rotate code, or "transpose" /
+# "transverse" (the main / the anti-diagonal mirror)
+_ORIENT = {
+    1: (),
+    2: (("flip", 1),),  # mirrored left-right
+    3: (("rotate", cv2.ROTATE_180),),
+    4: (("flip", 0),),  # mirrored top-bottom
+    5: (("transpose", None),),
+    6: (("rotate", cv2.ROTATE_90_CLOCKWISE),),  # how phones store portrait shots
+    7: (("transpose", None), ("rotate", cv2.ROTATE_180)),
+    8: (("rotate", cv2.ROTATE_90_COUNTERCLOCKWISE),),
+}
+ORIENTATIONS = tuple(_ORIENT)
+
+
+def exif_orientation(path: str | os.PathLike) -> int:
+    """The EXIF orientation tag (1..8) of an image file; 1 when the file has none, holds
+    a value outside 1..8, or cannot be read (the decoder then names the problem). Only the
+    header is read (PIL, no pixel decode): JPEG, PNG (eXIf), WebP and TIFF."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            value = im.getexif().get(EXIF_ORIENTATION_TAG, 1)
+    except Exception:
+        return 1
+    try:
+        value = int(value)
+    except (TypeError, ValueError):
+        return 1
+    return value if value in _ORIENT else 1
+
+
+def orient(img: np.ndarray, orientation: int) -> np.ndarray:
+    """Raw pixels ``(H, W, ...)`` -> the image as viewers show it under EXIF
+    ``orientation`` (1..8; 5..8 swap height and width). The same turn applies to a label
+    map of the raw pixels."""
+    if orientation not in _ORIENT:
+        raise ValueError(f"EXIF orientation must be one of 1..8, got {orientation!r}")
+    for op, code in _ORIENT[orientation]:
+        if op == "flip":
+            img = cv2.flip(img, code)
+        elif op == "rotate":
+            img = cv2.rotate(img, code)
+        else:
+            img = np.ascontiguousarray(np.swapaxes(img, 0, 1))
+    return img
+
+
+def oriented_size(height: int, width: int, orientation: int) -> tuple[int, int]:
+    """``(height, width)`` of raw pixels after :func:`orient`."""
+    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
+
+
+def read_rgb(path: str | os.PathLike, orientation: int | str = 1) -> np.ndarray:
     """Decode an image file to ``(H, W, 3)`` uint8 RGB.
+
+    ``orientation``: 1 (the default) keeps the stored (raw) pixels, as VOC's and COCO's
+    annotations expect; 2..8 turns them by that EXIF orientation (:func:`orient`);
+    ``"exif"`` reads the file's own tag (:func:`exif_orientation`) and turns by it, as
+    photo viewers show the image. The stages pass the orientation the index recorded
+    (``ImageRecord.orientation``: :func:`read_record`).
 
     Grayscale (VOC and COCO both hold a few grayscale JPEGs) is replicated to three
     channels, CMYK JPEGs and palette PNGs are converted by the decoder, the alpha channel
@@ -42,10 +104,20 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
     elif img.dtype != np.uint8:
         img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
     if img.ndim == 2:
-        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-    if img.shape[2] == 4:
-        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    elif img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    else:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=img)  # in place: no second copy
+    if orientation == "exif":
+        orientation = exif_orientation(p)
+    return img if orientation == 1 else orient(img, orientation)
+
+
+def read_record(record) -> np.ndarray:
+    """The pixels of an index record (``ImageRecord``) as every stage sees them: decoded
+    and turned by the orientation the index recorded (1 for VOC and COCO)."""
+    return read_rgb(record.path, getattr(record, "orientation", 1))
 
 
 def patch_grid_size(height: int, width: int, patch: int, long_side: int | None) -> tuple[int, int]:

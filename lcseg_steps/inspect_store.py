@@ -151,7 +151,7 @@ def render_image(
     if not img_path.is_absolute() and not img_path.exists():
         # the index holds paths relative to the workflow directory, results/<run>/../..
         img_path = index_path.resolve().parents[2] / img_path
-    img = read_rgb(img_path)
+    img = read_rgb(img_path, records[image_id].orientation)
     gh, gw = (int(x) for x in store["grid"][i])
     off = np.asarray(store["offsets"][:])
     panels = [("image", img, None)]

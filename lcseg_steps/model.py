@@ -261,8 +261,10 @@ class Model:
     ) -> Segmentation:
         """Segment one image: ``(H, W, 3)`` uint8 RGB or a path to an image file.
 
-        ``features``: the image's :meth:`features` (or :meth:`features_batch` item) when
-        already computed."""
+        A file is turned by its EXIF orientation first (``images.read_rgb(path,
+        "exif")``), as photo viewers and the ``folder`` dataset show it: the result is
+        that of the turned array. An array is taken as given. ``features``: the image's
+        :meth:`features` (or :meth:`features_batch` item) when already computed."""
         from lcseg_steps import levels as lv
         from lcseg_steps.crf import CRFParams, refine_mask
         from lcseg_steps.images import ImageError
@@ -318,6 +320,7 @@ class Model:
             crf=r["crf"],
             threshold=r["threshold"],
             params=CRFParams(**{k: r[k] for k in CRFParams.__dataclass_fields__}),
+            max_side=refine_max_side(r),
         )
         regs, region_map = self._regions(fg)
         if regs:
@@ -345,14 +348,16 @@ class Model:
         return regs, region_map(regs, fg.shape)
 
     def _descriptors(self, img, regs, feature_grid) -> np.ndarray:
-        from lcseg_steps.regions import masked_key_descriptor, region_crop
+        from lcseg_steps.regions import masked_key_descriptor, mean_colour, region_crop
 
         o = self.attrs["objects"]
         if o["descriptor"] == "cls":
-            from lcseg_steps.descriptors import crop_cls_descriptors
+            from lcseg_steps.descriptors import crop_cls_descriptors, shrink_crop
 
             model, info = self.load_backbone()
-            crops = [region_crop(img, reg, o["margin"]) for reg in regs]
+            fill = mean_colour(img)
+            patch, side = int(info.patch_size), o["long_side"]
+            crops = [shrink_crop(region_crop(img, r, o["margin"], fill), patch, side) for r in regs]
             return crop_cls_descriptors(
                 model,
                 info,
@@ -408,11 +413,17 @@ class Model:
         return "\n".join(lines)
 
 
+def refine_max_side(refine: Mapping) -> int | None:
+    """The working resolution (``refine.max_side``) of a model's refine block. A model
+    written before the key existed refines at full resolution (None), as it did then."""
+    return refine.get("max_side")
+
+
 def _as_image(image) -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
         from lcseg_steps.images import read_rgb
 
-        return read_rgb(image)
+        return read_rgb(image, "exif")
     img = np.asarray(image)
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
         raise ValueError(

@@ -13,6 +13,7 @@ from lcseg_steps.data.index import ImageRecord, read_index
 from lcseg_steps.regions import (  # noqa: F401  (re-exported: the stage's names)
     REGION_MODES,
     masked_key_descriptor,
+    mean_colour,
     object_regions,
     region_box,
     region_crop,
@@ -57,29 +58,39 @@ def run_objects(
     ``backbone`` (the config block) and ``device`` (``extract.device``, resolved) for
     ``cls`` ones: the settings hold only those of the descriptor in use.
     """
-    from lcseg_steps.images import read_rgb
+    from lcseg_steps.images import read_record
 
     px = open_store(pixel_masks)
     recs = records_in_order(px, records, pixel_masks)
     if descriptor not in ("cls", "masked_keys"):
         raise ValueError(f"objects.descriptor must be cls or masked_keys, got {descriptor!r}")
     fs = open_store(features)
+    # crops are kept at the input size their CLS pass gives them (descriptors.shrink_crop:
+    # the same descriptors), not at the full resolution of a photo
+    patch = fs.attrs.get("patch_size") if descriptor == "cls" else None
+    if patch:
+        from lcseg_steps.descriptors import shrink_crop
     maps, crops, descs, image_index, boxes, comps, areas = [], [], [], [], [], [], []
     for i, r in enumerate(recs):
         mask = pixel_map(px, "mask", i)
         regs = object_regions(mask, mode=regions, min_area=min_region_area)
-        img = read_rgb(r.path) if (regs and descriptor == "cls") else None
+        img = read_record(r) if (regs and descriptor == "cls") else None
+        fill = mean_colour(img) if img is not None else None
         for j, reg in enumerate(regs):
             image_index.append(i)
             boxes.append(region_box(reg, margin))
             comps.append(j)
             areas.append(int(reg.sum()))
             if descriptor == "cls":
-                crops.append(region_crop(img, reg, margin))
+                crop = region_crop(img, reg, margin, fill)
+                crops.append(shrink_crop(crop, int(patch), long_side) if patch else crop)
+                crop = None
             else:
                 grid = image_grid_array(fs, feature, i).astype(np.float32)
                 descs.append(masked_key_descriptor(grid, reg))
         maps.append(region_map(regs, mask.shape))
+        # a photo's pixels are not held past its own iteration
+        mask = regs = reg = img = None
     n_empty = sum(int(m.max() == 0) for m in maps)
     log(
         f"objects: {len(image_index)} regions in {len(recs)} images "

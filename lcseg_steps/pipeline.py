@@ -290,6 +290,7 @@ STAGES: tuple[Stage, ...] = (
                 "bilateral_srgb",
                 "bilateral_compat",
                 "clip",
+                "max_side",
             )
         ),
         inputs=("index", "merge"),

@@ -36,11 +36,24 @@ class RefineError(RuntimeError):
 
 
 def _refine_one(
-    path: str, score_grid: np.ndarray, crf: bool, threshold: float, params: CRFParams
+    path: str,
+    score_grid: np.ndarray,
+    crf: bool,
+    threshold: float,
+    params: CRFParams,
+    max_side: int | None = None,
+    orientation: int = 1,
 ) -> np.ndarray:
     """Worker body: read the image here so only the path and grid cross processes."""
     try:
-        return refine_mask(read_rgb(path), score_grid, crf=crf, threshold=threshold, params=params)
+        return refine_mask(
+            read_rgb(path, orientation),
+            score_grid,
+            crf=crf,
+            threshold=threshold,
+            params=params,
+            max_side=max_side,
+        )
     except ImageError:
         raise  # already names the file
     except Exception as exc:
@@ -54,11 +67,14 @@ def refine_images(
     crf: bool,
     threshold: float,
     params: CRFParams,
+    max_side: int | None = None,
     log: Callable[[str], None] = print,
 ) -> list[np.ndarray]:
     """Refine many images; returns one ``(H_i, W_i)`` uint8 mask per item, in input order.
 
-    ``items`` holds ``(image_path, score_grid (gh, gw) float)``. ``processes=1`` runs
+    ``items`` holds ``(image_path, score_grid (gh, gw) float)``, optionally with the
+    image's EXIF orientation third (``ImageRecord.orientation``; 1 when absent).
+    ``max_side`` is the working resolution (``crf.refine_mask``). ``processes=1`` runs
     inline; more uses a process pool (the CRF is single-threaded C++). Progress goes to
     ``log`` about every 10% of images. A failure raises ``ImageError``/``RefineError``
     naming the image.
@@ -74,15 +90,17 @@ def refine_images(
             log(f"refine: {done}/{n} images")
 
     if processes == 1 or n <= 1:
-        for i, (path, grid) in enumerate(items):
-            out[i] = _refine_one(str(path), grid, crf, threshold, params)
+        for i, (path, grid, *turn) in enumerate(items):
+            out[i] = _refine_one(str(path), grid, crf, threshold, params, max_side, *turn)
             progress(i + 1)
         return out  # type: ignore[return-value]
 
     with ProcessPoolExecutor(max_workers=min(processes, n)) as pool:
         futures = {
-            pool.submit(_refine_one, str(path), np.asarray(grid), crf, threshold, params): i
-            for i, (path, grid) in enumerate(items)
+            pool.submit(
+                _refine_one, str(path), np.asarray(grid), crf, threshold, params, max_side, *turn
+            ): i
+            for i, (path, grid, *turn) in enumerate(items)
         }
         try:
             for done, fut in enumerate(as_completed(futures), start=1):
@@ -109,18 +127,23 @@ def run_refine(
     bilateral_srgb: float,
     bilateral_compat: float,
     clip: float,
+    max_side: int | None = None,
     processes: int,
     attrs: dict,
     log: Callable[[str], None] = print,
 ) -> Path:
     """Soft patch scores -> upsampled, CRF-refined binary pixel masks of one shard.
 
-    The keyword settings are the ``refine`` config block (the CRF's as ``CRFParams``).
+    The keyword settings are the ``refine`` config block (the CRF's as ``CRFParams``;
+    ``max_side`` the working resolution, ``crf.refine_mask``).
     """
     pm = open_store(patch_masks)
     recs = records_in_order(pm, records, patch_masks)
-    items = [(r.path, image_grid_array(pm, "score", i)) for i, r in enumerate(recs)]
-    log(f"refine: {len(items)} images, crf={crf}, {processes} process(es)")
+    items = [(r.path, image_grid_array(pm, "score", i), r.orientation) for i, r in enumerate(recs)]
+    log(
+        f"refine: {len(items)} images, crf={crf}, working resolution max_side={max_side}, "
+        f"{processes} process(es)"
+    )
     masks = refine_images(
         items,
         processes=processes,
@@ -135,6 +158,7 @@ def run_refine(
             bilateral_compat=bilateral_compat,
             clip=clip,
         ),
+        max_side=max_side,
         log=log,
     )
     for r, m in zip(recs, masks, strict=True):

@@ -30,16 +30,31 @@ def object_regions(
     _check_2d("mask", mask)
     if mode not in REGION_MODES:
         raise ValueError(f"unknown region mode {mode!r}; expected one of {REGION_MODES}")
-    fg = mask != 0
-    if not fg.any():
+    # no full-size copy of a uint8 mask (a refined one): work and memory per megapixel
+    # matter for photos (docs/performance.md)
+    src = mask if mask.dtype == np.uint8 else (mask != 0).view(np.uint8)
+    if not cv2.countNonZero(src):
         return []
     if mode == "whole":
-        return [fg]
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(fg.astype(np.uint8), connectivity=8)
+        return [src != 0]
+    try:  # 16-bit labels: half the memory, faster; more than 65535 components need 32
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(
+            src, connectivity=8, ltype=cv2.CV_16U
+        )
+    except cv2.error:
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(
+            src, connectivity=8, ltype=cv2.CV_32S
+        )
     areas = stats[1:, cv2.CC_STAT_AREA]  # label 0 is the background
     keep = np.flatnonzero(areas >= min_area * mask.shape[0] * mask.shape[1])
     order = keep[np.argsort(-areas[keep], kind="stable")]
-    return [labels == (k + 1) for k in order]
+    out = []
+    for k in order:  # each region compared within its bounding box only
+        x, y, w, h = (int(v) for v in stats[k + 1, :4])
+        reg = np.zeros(mask.shape, dtype=bool)
+        reg[y : y + h, x : x + w] = labels[y : y + h, x : x + w] == (k + 1)
+        out.append(reg)
+    return out
 
 
 def region_map(regions: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
@@ -47,7 +62,10 @@ def region_map(regions: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
     inside region ``j``."""
     out = np.zeros(shape, dtype=np.uint16)
     for j, reg in enumerate(regions):
-        out[reg] = j + 1
+        reg = np.asarray(reg, dtype=bool)
+        x, y, w, h = cv2.boundingRect(reg.view(np.uint8))
+        box = out[y : y + h, x : x + w]  # within the region's bounding box only
+        box[reg[y : y + h, x : x + w]] = j + 1
     return out
 
 
@@ -59,25 +77,37 @@ def region_box(region: np.ndarray, margin: float = 0.1) -> tuple[int, int, int, 
     """
     region = np.asarray(region)
     _check_2d("region", region)
-    ys = np.flatnonzero(region.any(axis=1))
-    xs = np.flatnonzero(region.any(axis=0))
-    if ys.size == 0:
+    # cv2.boundingRect of the nonzero pixels: one pass, no full-size temporaries
+    x0, y0, bw, bh = cv2.boundingRect(
+        (region != 0).view(np.uint8) if region.dtype != bool else region.view(np.uint8)
+    )
+    if bw == 0 or bh == 0:
         raise ValueError("region is empty: no bounding box")
-    y0, y1 = int(ys[0]), int(ys[-1]) + 1
-    x0, x1 = int(xs[0]), int(xs[-1]) + 1
+    y1, x1 = y0 + bh, x0 + bw
     dy = int(np.floor(margin * (y1 - y0) + 0.5))
     dx = int(np.floor(margin * (x1 - x0) + 0.5))
     h, w = region.shape
     return max(0, y0 - dy), max(0, x0 - dx), min(h, y1 + dy), min(w, x1 + dx)
 
 
-def region_crop(image: np.ndarray, region: np.ndarray, margin: float = 0.1) -> np.ndarray:
+def mean_colour(image: np.ndarray) -> np.ndarray:
+    """``(3,)`` uint8: the rounded mean colour of a ``(H, W, 3)`` uint8 image (the fill of
+    :func:`region_crop`; compute it once per image). ``cv2.sumElems`` sums exactly, so this
+    equals ``np.round(image.reshape(-1, 3).mean(axis=0))`` without its float copy."""
+    total = np.array(cv2.sumElems(np.ascontiguousarray(image))[:3], dtype=np.float64)
+    return np.round(total / (image.shape[0] * image.shape[1])).astype(np.uint8)
+
+
+def region_crop(
+    image: np.ndarray, region: np.ndarray, margin: float = 0.1, fill: np.ndarray | None = None
+) -> np.ndarray:
     """Crop of ``region_box`` for a CLS forward pass.
 
     image ``(H, W, 3)`` uint8, region ``(H, W)`` bool -> ``(h, w, 3)`` uint8. Pixels of the
     box outside the region are set to the mean colour of the whole image (rounded), so
     other objects do not leak into the CLS token and the fill is a plausible neutral
-    background rather than a black frame the backbone would read as content.
+    background rather than a black frame the backbone would read as content. ``fill``:
+    that mean colour when already known (:func:`mean_colour`).
     """
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -85,9 +115,12 @@ def region_crop(image: np.ndarray, region: np.ndarray, margin: float = 0.1) -> n
     if region.shape != image.shape[:2]:
         raise ValueError(f"region shape {region.shape} does not match image {image.shape[:2]}")
     y0, x0, y1, x1 = region_box(region, margin)
-    fill = np.round(image.reshape(-1, 3).mean(axis=0)).astype(np.uint8)
-    crop = image[y0:y1, x0:x1].copy()
-    crop[~np.asarray(region[y0:y1, x0:x1], dtype=bool)] = fill
+    if fill is None:
+        fill = mean_colour(image)
+    crop = np.empty((y1 - y0, x1 - x0, 3), dtype=np.uint8)
+    crop[...] = fill
+    inside = np.asarray(region[y0:y1, x0:x1], dtype=bool).view(np.uint8)
+    cv2.copyTo(image[y0:y1, x0:x1], inside, crop)  # views: no copy of the box
     return crop
 
 

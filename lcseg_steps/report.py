@@ -21,7 +21,7 @@ import numpy as np
 
 from lcseg_steps.analysis.table_format import changes, read_csv
 from lcseg_steps.data.index import ImageRecord, load_ground_truth, read_index
-from lcseg_steps.images import read_rgb
+from lcseg_steps.images import read_record, read_rgb
 from lcseg_steps.protocols import published_results
 from lcseg_steps.store import image_grid_array, open_store, pixel_map, records_in_order
 
@@ -32,6 +32,9 @@ VOID = 255
 VOID_RGB = np.array([255, 255, 255], dtype=np.float64)
 MASK_RGB = np.array([255, 40, 40], dtype=np.float64)
 PANEL_MAX_SIDE = 256
+# a gallery image larger than this (a photo) is drawn at this size, then shrunk to its
+# panels: its thumbnails look the same, its work and memory are bounded
+GALLERY_WORK_SIDE = 1024
 PLOT_MAX_SIDE = 1024
 # Metrics keys shown in the facts list, in this order; other scalar keys follow them.
 FACT_KEYS = ("backbone", "weights", "matching", "seeds", "config_digest")
@@ -553,7 +556,14 @@ def label_legend(
     present in ``labels`` (ascending), background 0 left out (it is not drawn), 255 as
     ``void`` in white; a map of background only says so."""
     legend: list[tuple[str, str | None]] = []
-    for i in np.unique(np.asarray(labels)).tolist():
+    labels = np.asarray(labels)
+    if labels.dtype == np.uint8 and labels.size:  # a histogram: no sort, no int64 copy
+        flat = np.ascontiguousarray(labels).reshape(-1, 1)
+        hist = cv2.calcHist([flat], [0], None, [256], [0, 256]).ravel()
+        ids = np.flatnonzero(hist > 0).tolist()
+    else:
+        ids = np.unique(labels).tolist()
+    for i in ids:
         if i == 0:
             continue
         legend.append((void, "#ffffff") if i == VOID else (name_of(i), _css_rgb(palette[i])))
@@ -616,14 +626,24 @@ def gallery_panels(
     from lcseg_steps.data.voc import voc_palette
 
     palette = voc_palette()
-    img = read_rgb(record.path)
+    img = read_record(record)
+    # legends from the full-size maps, pictures drawn at most GALLERY_WORK_SIDE px
+    h, w = thumbnail_size(img.shape[0], img.shape[1], GALLERY_WORK_SIDE)
+
+    def shown(a: np.ndarray, labels: bool = True) -> np.ndarray:
+        if a.shape[:2] == (h, w):
+            return a
+        interp = cv2.INTER_NEAREST_EXACT if labels else cv2.INTER_AREA
+        return cv2.resize(a, (w, h), interpolation=interp)
+
+    img = shown(img, labels=False)
     panels: list[tuple[str, np.ndarray, list[tuple[str, str | None]]]] = [("image", img, [])]
     gt = load_ground_truth(record)
     if gt is not None:
         legend = label_legend(
             gt, palette, lambda i: _class_name(class_names, i), "void (unlabelled)"
         )
-        panels.append(("ground truth", overlay(img, gt, palette), legend))
+        panels.append(("ground truth", overlay(img, shown(gt), palette), legend))
     for name in ("mask_dataset", "mask_category", "mask_image", "merged", "score"):
         if name in patch_masks:
             grid = image_grid_array(patch_masks, name, i_patch).astype(np.float32)
@@ -634,10 +654,10 @@ def gallery_panels(
     fg_palette = palette.copy()
     fg_palette[1] = MASK_RGB
     legend = label_legend(refined, fg_palette, lambda i: "foreground" if i == 1 else f"mask {i}")
-    panels.append(("refined (CRF)", overlay(img, refined, fg_palette), legend))
+    panels.append(("refined (CRF)", overlay(img, shown(refined), fg_palette), legend))
     pred = pixel_map(semantic, "semantic", i_sem)
     legend = label_legend(pred, palette, lambda i: f"cluster {i}")
-    panels.append(("prediction (cluster ids)", overlay(img, pred, palette), legend))
+    panels.append(("prediction (cluster ids)", overlay(img, shown(pred), palette), legend))
     if mapping is not None:
         matched = matched_labels(pred, mapping)
         clusters: dict[int, list[int]] = {}
@@ -651,7 +671,11 @@ def gallery_panels(
 
         legend = label_legend(matched, palette, name_of, "unmatched cluster")
         panels.append(
-            (f"prediction matched to classes ({matching})", overlay(img, matched, palette), legend)
+            (
+                f"prediction matched to classes ({matching})",
+                overlay(img, shown(matched), palette),
+                legend,
+            )
         )
     return panels
 

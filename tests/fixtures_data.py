@@ -38,3 +38,30 @@ def make_voc(root: Path, seed: int = 0) -> Path:
     (root / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(VOC_VAL) + "\n")
     (root / "extra.txt").write_text("\n".join(VOC_EXTRA) + "\n\n")
     return root
+
+
+def asymmetric_rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """An ``(height, width, 3)`` uint8 image that no flip or turn maps onto itself:
+    smooth gradients, a block in one corner and noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    img = np.stack([255 * y / max(1, height - 1), 255 * x / max(1, width - 1), 128 + 0 * x], -1)
+    img[: height // 3, : width // 4] = (250, 20, 40)
+    img += rng.normal(0, 6, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_exif_jpeg(path: Path, rgb: np.ndarray, orientation: int | None) -> Path:
+    """``rgb`` (the raw, stored pixels) as a JPEG whose EXIF says ``orientation`` (tag
+    0x0112; None: no EXIF at all), as a camera writes it."""
+    from PIL import Image
+
+    im = Image.fromarray(rgb)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if orientation is None:
+        im.save(path, quality=95)
+    else:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        im.save(path, quality=95, exif=exif.tobytes())
+    return path

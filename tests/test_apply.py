@@ -4,6 +4,7 @@ never fitted, through the pipeline's `apply` rules, image by image as
 before any job; with masks the applied run is scored under every protocol."""
 
 import copy
+import dataclasses
 import json
 import re
 import shutil
@@ -14,16 +15,18 @@ import pytest
 from lcseg_steps import pipeline
 from lcseg_steps.apply_config import apply_config, apply_run, locate_model, model_path
 from lcseg_steps.data.index import read_index
-from lcseg_steps.data.voc import read_label_png
+from lcseg_steps.data.voc import read_label_png, write_label_png
 from lcseg_steps.images import read_rgb
 from lcseg_steps.model import load_model
 from lcseg_steps.protocols import PROTOCOLS
 from lcseg_steps.store import image_rows, open_store, read_ids
+from tests.fixtures_data import write_exif_jpeg
 from tests.helpers import SCHEMA, TINY, scheduled, snakemake
 
 pytestmark = pytest.mark.integration
 
 NEW = ("demo_0001", "demo_0002", "demo_0005")  # three of the tiny run's images
+PORTRAIT = "demo_0003"  # stored as a phone stores a portrait shot: EXIF orientation 6
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +54,12 @@ def applied(tiny_run, model, tmp_path_factory):
             (wd / folder / sub).mkdir(parents=True, exist_ok=True)
             shutil.copy(demo / src / f"{image_id}.{ext}", wd / folder / sub / f"{image_id}.{ext}")
     (wd / "new" / "broken.jpg").write_bytes(b"not a jpeg")
+    # the portrait's stored pixels are the demo image turned back (a viewer turns them
+    # clockwise), its mask is in the stored pixels' size (turned by the index)
+    shown = read_rgb(demo / "JPEGImages" / f"{PORTRAIT}.jpg")
+    write_exif_jpeg(wd / "new" / "portrait.jpg", np.ascontiguousarray(np.rot90(shown)), 6)
+    gt = read_label_png(demo / "SegmentationClass" / f"{PORTRAIT}.png")
+    write_label_png(wd / "masks" / "portrait.png", np.ascontiguousarray(np.rot90(gt)))
     cfg = _apply_config(model, masks="masks")
     r = snakemake(wd, cfg, "apply")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -62,7 +71,13 @@ def test_apply_writes_predictions_a_report_and_skips_a_bad_image(applied):
     res = wd / "results" / "apply_new"
     assert apply_run(cfg) == "apply_new" and (res / "report.html").stat().st_size > 0
     records = read_index(res / "images.tsv")
-    assert [r.image_id for r in records] == ["demo_0001", "demo_0002", "sub__demo_0005"]
+    assert [r.image_id for r in records] == [
+        "demo_0001",
+        "demo_0002",
+        "portrait",
+        "sub__demo_0005",
+    ]
+    assert [r.orientation for r in records] == [1, 1, 6, 1]
     assert "broken" in (res / "skipped.tsv").read_text()
     # the applied report warns about the random weights, as the run's does, and names
     # the model it applied
@@ -91,7 +106,7 @@ def test_applied_predictions_equal_the_models_segment(applied, model):
         pm = open_store(res / "seed0" / "patch_masks" / f"{r.shard}.zarr")
         i = list(read_ids(fs)).index(r.image_id)
         np.testing.assert_array_equal(
-            image_rows(fs, "k", i), m.features(read_rgb(wd / r.path))["X"]
+            image_rows(fs, "k", i), m.features(read_rgb(wd / r.path, r.orientation))["X"]
         )
         for level, mask in seg.level_masks.items():
             np.testing.assert_array_equal(image_rows(pm, f"mask_{level}", i), mask, level)
@@ -100,10 +115,29 @@ def test_applied_predictions_equal_the_models_segment(applied, model):
         np.testing.assert_array_equal(png, seg.classes)
 
 
+def test_a_portrait_photo_is_segmented_as_viewers_show_it(applied, model, tiny_run):
+    """EXIF orientation 6: indexed at its turned size, and its prediction is the model's
+    segmentation of the stored pixels turned by hand (np.rot90), which here is the demo
+    image itself; its mask, stored in raw pixels, is turned to match."""
+    from lcseg_steps.data.index import load_ground_truth
+
+    wd, _ = applied
+    res = wd / "results" / "apply_new"
+    r = next(r for r in read_index(res / "images.tsv") if r.image_id == "portrait")
+    by_hand = np.ascontiguousarray(np.rot90(read_rgb(wd / r.path), -1))
+    assert (r.orientation, r.height, r.width) == (6, *by_hand.shape[:2])
+    assert by_hand.shape[0] != by_hand.shape[1]
+    png = read_label_png(res / "seed0" / "pred" / r.shard / "portrait.png")
+    np.testing.assert_array_equal(png, load_model(model).segment(by_hand).classes)
+    gt = load_ground_truth(dataclasses.replace(r, path=str(wd / r.path), gt=str(wd / r.gt)))
+    demo = tiny_run / "results" / "tiny" / "demo" / "SegmentationClass"
+    np.testing.assert_array_equal(gt, read_label_png(demo / f"{PORTRAIT}.png"))
+
+
 def test_apply_with_masks_scores_every_protocol(applied):
     wd, _ = applied
     metrics = json.loads((wd / "results" / "apply_new" / "seed0" / "metrics.json").read_text())
-    assert metrics["run"] == "apply_new" and metrics["n_images_scored"] == 3
+    assert metrics["run"] == "apply_new" and metrics["n_images_scored"] == 4
     assert metrics["headline_protocol"] in metrics["protocols"]
     assert set(metrics["protocols"]) >= set(PROTOCOLS) - {"cause_voc", "cause_coco"}
     assert (wd / "results" / "apply_new" / "metrics_summary.json").exists()

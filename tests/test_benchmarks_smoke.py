@@ -120,3 +120,28 @@ def test_assign_measures_each_clusterer_against_a_fit_of_all_regions(bench_run):
         assert ex["ours_fitted_regions"] == (400 if c == "kmeans" else 300)
         # planted classes far apart: both sides find them
         assert ex["ari_ours_vs_planted"] > 0.9 and ex["ari_reference_vs_planted"] > 0.9
+
+
+def test_photo_benchmark_measures_a_large_photo_against_a_small_one(tmp_path):
+    """The photo benchmark (issue 27) at its tiny scale: lcseg segment and snakemake apply
+    on a photo and on the same photo at a tenth of its sides, with the time budget
+    (small + 2 s) and both peaks."""
+    out = tmp_path / "photo.json"
+    cmd = [sys.executable, "-m", "benchmarks", "--scale", "tiny", "--repeats", "1"]
+    cmd += ["--only", "photo", "--json", str(out)]
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr[-3000:]
+    by_name = {r["name"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(by_name) == {"photo_segment", "photo_apply"}
+    for r in by_name.values():
+        assert FIELDS <= set(r) and r["kind"] == "absolute"
+        assert r["sizes"] == {"large_hw": [900, 1200], "small_hw": [90, 120], "long_side": 480}
+        ex = r["extra"]
+        assert r["reference_s"] == pytest.approx(ex["small_s"] + 2.0)
+        assert ex["extra_s"] == pytest.approx(r["ours_s"] - ex["small_s"])
+        assert ex["large_peak_rss_mb"] > 0 and ex["small_peak_rss_mb"] > 0
+        assert ex["extra_peak_mb"] == pytest.approx(
+            ex["large_peak_rss_mb"] - ex["small_peak_rss_mb"]
+        )
+        assert ex["target_extra_mb"] == 300 and ex["max_side"] == 800
+    assert by_name["photo_apply"]["extra"]["large_any_process_peak_mb"] > 0

@@ -405,3 +405,23 @@ def test_unwritable_cache_still_counts(cached_coco):
     cache.parent.write_text("a file where the results folder should be")
     assert count_images(_coco_cfg(root), cache) == 3
     assert count_images(_coco_cfg(root), cache) == 3 and len(calls) == 2
+
+
+def test_coco_keeps_stored_pixels_whatever_the_exif_tag(tmp_path):
+    """COCO's sizes and annotations are in stored pixels: an image with EXIF orientation
+    6 is indexed as stored (orientation 1, the json's size) and read so."""
+    from lcseg_steps.data.index import build_index
+    from lcseg_steps.images import read_record, read_rgb
+    from tests.fixtures_data import asymmetric_rgb, write_exif_jpeg
+
+    root = tmp_path / "coco"
+    ann = _make_coco(root)
+    for info in json.loads(ann.read_text())["images"]:
+        raw = asymmetric_rgb(info["height"], info["width"])
+        write_exif_jpeg(root / "val2017" / info["file_name"], raw, 6 if info["id"] == 42 else None)
+    cfg = {"name": "coco", "root": str(root), "split": "val2017", "on_bad_image": None}
+    recs = {r.gt.rsplit("#", 1)[1]: r for r in build_index(cfg, 8, log=lambda s: None)}
+    rec = recs["42"]
+    assert (rec.orientation, rec.height, rec.width) == (1, 40, 50)
+    np.testing.assert_array_equal(read_record(rec), read_rgb(rec.path))
+    np.testing.assert_array_equal(load_ground_truth(rec), _reference(ann, 42))

@@ -169,3 +169,39 @@ def test_a_masks_folder_inside_the_root_is_not_listed_as_left_out(tmp_path):
     assert folder_left_out(cfg) == []
     (root / "x.txt").write_text("")
     assert folder_left_out(cfg) == [(os.path.join(str(root), "x.txt"), folder_left_out(cfg)[0][1])]
+
+
+def test_exif_orientation_is_indexed_and_turns_masks(tmp_path):
+    """A portrait phone shot (EXIF orientation 6) is indexed as viewers show it: its
+    turned size and the tag in images.tsv; its mask is in that convention, and a mask of
+    the stored pixels' size (the only other size that fits) is turned by the tag."""
+    from lcseg_steps.data.index import read_index, write_index
+    from lcseg_steps.images import read_record, read_rgb
+    from tests.fixtures_data import asymmetric_rgb, write_exif_jpeg
+
+    root, masks = tmp_path / "photos", tmp_path / "masks"
+    raw = asymmetric_rgb(24, 40)  # stored landscape, shown portrait
+    for name in ("raw_mask", "shown_mask", "bad_mask", "plain"):
+        write_exif_jpeg(root / f"{name}.jpg", raw, 6 if name != "plain" else None)
+    raw_labels = np.zeros((24, 40), np.uint8)
+    raw_labels[:6, :10] = 1  # the stored top-left corner ...
+    shown_labels = np.rot90(raw_labels, -1)  # ... is the top-right corner as shown
+    masks.mkdir()
+    write_label_png(masks / "raw_mask.png", raw_labels)
+    write_label_png(masks / "shown_mask.png", np.ascontiguousarray(shown_labels))
+    write_label_png(masks / "bad_mask.png", np.zeros((24, 24), np.uint8))
+    write_label_png(masks / "plain.png", raw_labels)
+    cfg = _cfg(root, masks=str(masks), n_classes=1)
+    recs = {r.image_id: r for r in build_index(cfg, shard_size=4, log=lambda s: None)}
+    write_index(recs.values(), tmp_path / "images.tsv")
+    recs = {r.image_id: r for r in read_index(tmp_path / "images.tsv")}
+    for name in ("raw_mask", "shown_mask", "bad_mask"):
+        r = recs[name]
+        assert (r.orientation, r.height, r.width) == (6, 40, 24)
+        np.testing.assert_array_equal(read_record(r), np.rot90(read_rgb(r.path), -1))
+    assert (recs["plain"].orientation, recs["plain"].height, recs["plain"].width) == (1, 24, 40)
+    np.testing.assert_array_equal(load_ground_truth(recs["shown_mask"]), shown_labels)
+    np.testing.assert_array_equal(load_ground_truth(recs["raw_mask"]), shown_labels)
+    np.testing.assert_array_equal(load_ground_truth(recs["plain"]), raw_labels)
+    with pytest.raises(ValueError, match=r"bad_mask.png.*24x24 but the image is 40x24"):
+        load_ground_truth(recs["bad_mask"])

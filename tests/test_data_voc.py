@@ -92,3 +92,21 @@ def test_list_voc_missing_files_name_path_and_key(tmp_path):
 def test_list_images_unknown_dataset_name(tmp_path):
     with pytest.raises(ValueError, match="dataset.name"):
         list_images({"name": "imagenet", "root": str(tmp_path)})
+
+
+def test_voc_keeps_stored_pixels_whatever_the_exif_tag(tmp_path):
+    """VOC's annotations are in stored pixels: a JPEG with an EXIF orientation under a VOC
+    layout is indexed and read as stored (orientation 1), and its label map fits it."""
+    from lcseg_steps.data.index import build_index, load_ground_truth
+    from lcseg_steps.images import read_record, read_rgb
+    from tests.fixtures_data import asymmetric_rgb, write_exif_jpeg
+
+    root = make_voc(tmp_path / "VOC2012")
+    h, w, _ = VOC_IMAGES["2007_000032"]
+    path = write_exif_jpeg(root / "JPEGImages" / "2007_000032.jpg", asymmetric_rgb(h, w), 6)
+    assert read_rgb(path, "exif").shape[:2] == (w, h)  # a viewer shows it turned
+    cfg = {"name": "voc12", "root": str(root), "split": "val", "on_bad_image": None}
+    rec = next(r for r in build_index(cfg, 8, log=lambda s: None) if r.image_id == "2007_000032")
+    assert (rec.orientation, rec.height, rec.width) == (1, h, w)
+    np.testing.assert_array_equal(read_record(rec), read_rgb(path))
+    assert load_ground_truth(rec).shape == (h, w)

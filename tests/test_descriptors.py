@@ -74,3 +74,24 @@ def test_bad_crops_name_their_index(tiny):
         crop_cls_descriptors(model, info, [np.zeros((20, 20, 3), np.float32)])
     with pytest.raises(ValueError, match="long_side"):
         crop_cls_descriptors(model, info, [good], long_side=8)
+
+
+@pytest.mark.parametrize("long_side", [64, 70, 224])
+def test_shrunk_crops_give_the_same_descriptors_byte_for_byte(tiny, long_side):
+    """shrink_crop (what objects and model.segment hold in place of a photo's crops) is
+    the crop at its input size: the same descriptors, and small, for large crops, slivers
+    and crops already smaller than the input."""
+    from lcseg_steps.descriptors import shrink_crop
+
+    model, info = tiny
+    rng = np.random.default_rng(1)
+    shapes = [(400, 600), (1201, 333), (3000, 40), (40, 3000), (20, 30), (64, 64)]
+    crops = [rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8) for h, w in shapes]
+    small = [shrink_crop(c, info.patch_size, long_side) for c in crops]
+    for c, s in zip(crops, small, strict=True):
+        assert max(s.shape[:2]) <= max(long_side, max(c.shape[:2]))
+    assert small[0].shape[0] * small[0].shape[1] < 400 * 600
+    np.testing.assert_array_equal(
+        crop_cls_descriptors(model, info, small, long_side=long_side),
+        crop_cls_descriptors(model, info, crops, long_side=long_side),
+    )

@@ -76,3 +76,52 @@ def test_resize_and_normalize():
     np.testing.assert_allclose(
         x[:, 5, 7], (r[5, 7] / 255.0 - IMAGENET_MEAN) / IMAGENET_STD, rtol=1e-6
     )
+
+
+# the raw pixels turned by hand, as EXIF orientation 1..8 says (independent of cv2)
+BY_HAND = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: np.swapaxes(a, 0, 1),
+    6: lambda a: np.rot90(a, -1),  # clockwise
+    7: lambda a: np.rot90(a[:, ::-1], -1),
+    8: lambda a: np.rot90(a, 1),  # counter-clockwise
+}
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_turns_as_viewers_show(tmp_path, orientation):
+    from PIL import Image, ImageOps
+
+    from lcseg_steps.images import exif_orientation, oriented_size
+    from tests.fixtures_data import asymmetric_rgb, write_exif_jpeg
+
+    path = write_exif_jpeg(tmp_path / "p.jpg", asymmetric_rgb(24, 40), orientation)
+    raw = read_rgb(path)  # the default: the stored pixels, whatever the tag
+    assert raw.shape == (24, 40, 3)
+    assert exif_orientation(path) == orientation
+    shown = read_rgb(path, "exif")
+    assert shown.shape[:2] == oriented_size(24, 40, orientation)
+    np.testing.assert_array_equal(shown, BY_HAND[orientation](raw))
+    np.testing.assert_array_equal(read_rgb(path, orientation), shown)
+    # PIL's own reading of the tag, from PIL's decode of the same file
+    with Image.open(path) as im:
+        pil_raw = np.asarray(im.convert("RGB"))
+        pil_shown = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    np.testing.assert_array_equal(pil_shown, BY_HAND[orientation](pil_raw))
+
+
+def test_exif_orientation_missing_or_odd_is_1(tmp_path):
+    from lcseg_steps.images import exif_orientation, orient
+    from tests.fixtures_data import asymmetric_rgb, write_exif_jpeg
+
+    img = asymmetric_rgb(8, 12)
+    assert exif_orientation(write_exif_jpeg(tmp_path / "none.jpg", img, None)) == 1
+    assert exif_orientation(write_exif_jpeg(tmp_path / "odd.jpg", img, 9)) == 1
+    cv2.imwrite(str(tmp_path / "p.png"), img)
+    assert exif_orientation(tmp_path / "p.png") == 1
+    assert exif_orientation(tmp_path / "missing.jpg") == 1
+    with pytest.raises(ValueError, match="1..8"):
+        orient(img, 0)

@@ -142,6 +142,7 @@ def test_index_tsv_round_trip(tmp_path):
         ImageRecord("a", "/x y/a.jpg", "/x y/a.png", 10, 20, "s0000"),
         ImageRecord("b", "rel/b.jpg", "", 7, 3, "s0000"),
         ImageRecord("c", "c.jpg", "/ann/instances_val2017.json#139", 480, 640, "s0001"),
+        ImageRecord("d", "d.jpg", "", 600, 512, "s0001", orientation=6),
     ]
     path = tmp_path / "out" / "images.tsv"
     path.parent.mkdir()
@@ -155,10 +156,30 @@ def test_index_tsv_round_trip(tmp_path):
     (path.parent / f"images.tsv.tmp-{socket.gethostname()}-{dead}").write_text("id\tpa")
     write_index(recs, path)
     lines = path.read_text().splitlines()
-    assert lines[0].split("\t") == ["id", "path", "gt", "height", "width", "shard"]
-    assert lines[2] == "b\trel/b.jpg\t\t7\t3\ts0000"
+    assert lines[0].split("\t") == [
+        "id",
+        "path",
+        "gt",
+        "height",
+        "width",
+        "shard",
+        "orientation",
+    ]
+    assert lines[2] == "b\trel/b.jpg\t\t7\t3\ts0000\t1"
+    assert lines[4] == "d\td.jpg\t\t600\t512\ts0001\t6"
     assert read_index(path) == recs
     assert not list(path.parent.glob("*.tmp-*"))
+
+
+def test_index_tsv_before_the_orientation_column(tmp_path):
+    """An images.tsv written before the orientation column reads as orientation 1 (the
+    stored pixels, as it was used then)."""
+    path = tmp_path / "images.tsv"
+    path.write_text("id\tpath\tgt\theight\twidth\tshard\na\ta.jpg\t\t5\t7\ts0000\n")
+    assert read_index(path) == [ImageRecord("a", "a.jpg", "", 5, 7, "s0000", 1)]
+    path.write_text("id\tpath\tgt\theight\twidth\tshard\torientation\na\ta.jpg\t\t5\t7\ts0000\t9\n")
+    with pytest.raises(ValueError, match="images.tsv:2.*orientation must be 1..8"):
+        read_index(path)
 
 
 def test_index_tsv_errors(tmp_path):

@@ -85,6 +85,7 @@ def test_the_model_records_how_it_was_fitted(model_path):
     assert a["long_side"] == 64 and a["seed"] == 0 and len(a["settings_digest"]) == 16
     assert a["merge"]["levels"] == ["dataset", "category", "image"]
     assert a["image_level"]["k_image"] == 2 and a["refine"]["crf"] is True
+    assert a["refine"]["max_side"] == 800  # the working resolution (schema default)
     assert model.arrays["dataset_centroids"].shape == (8, 48)
     assert model.arrays["category_centroids"].shape == (2, 2, 48)
     assert model.arrays["class_prototypes"].shape == (2, 48)
@@ -101,6 +102,49 @@ def test_lcseg_segment_writes_a_png_per_image(tiny_run, model_path, tmp_path, ca
         png = read_label_png(out / f"{img.name}.png")
         assert png.shape == read_rgb(img).shape[:2]
     assert "foreground" in capsys.readouterr().out
+
+
+def test_a_photo_is_segmented_as_viewers_show_it(tiny_run, model_path, tmp_path):
+    """A file with EXIF orientation 6 (a portrait phone shot) is segmented turned: the
+    same result as its stored pixels turned by hand, by segment and by lcseg segment."""
+    from tests.fixtures_data import write_exif_jpeg
+
+    src = tiny_run / "results" / "tiny" / "demo" / "JPEGImages" / "demo_0001.jpg"
+    path = write_exif_jpeg(tmp_path / "photo.jpg", read_rgb(src), 6)
+    by_hand = np.ascontiguousarray(np.rot90(read_rgb(path), -1))
+    assert by_hand.shape[0] != by_hand.shape[1]
+    model = load_model(model_path)
+    seg, ref = model.segment(path), model.segment(by_hand)
+    assert seg.classes.shape == by_hand.shape[:2] and seg.grid == ref.grid
+    np.testing.assert_array_equal(seg.score, ref.score)
+    np.testing.assert_array_equal(seg.foreground, ref.foreground)
+    np.testing.assert_array_equal(seg.classes, ref.classes)
+    assert lcseg(["segment", "--model", str(model_path), str(path), "-o", str(tmp_path)]) == 0
+    np.testing.assert_array_equal(read_label_png(tmp_path / "photo.png"), ref.classes)
+
+
+def test_the_working_resolution_comes_from_the_model(tiny_run, model_copy):
+    """segment refines at the model's refine.max_side; a model written before the key
+    refines at full resolution, as it did then."""
+    from lcseg_steps.crf import CRFParams, refine_mask
+    from lcseg_steps.model import refine_max_side
+
+    image = read_rgb(tiny_run / "results" / "tiny" / "demo" / "JPEGImages" / "demo_0001.jpg")
+    refine = dict(load_model(model_copy).attrs["refine"])
+    _set_attr(model_copy, refine={**refine, "max_side": 40})
+    model = load_model(model_copy)
+    seg = model.segment(image)
+    r = model.attrs["refine"]
+    params = CRFParams(**{k: r[k] for k in CRFParams.__dataclass_fields__})
+    kw = {"crf": r["crf"], "threshold": r["threshold"], "params": params}
+    grid = seg.score.reshape(seg.grid)
+    assert max(image.shape[:2]) > 40 and seg.foreground.shape == image.shape[:2]
+    np.testing.assert_array_equal(seg.foreground, refine_mask(image, grid, **kw, max_side=40))
+    del refine["max_side"]
+    _set_attr(model_copy, refine=refine)
+    old = load_model(model_copy)
+    assert refine_max_side(old.attrs["refine"]) is None
+    np.testing.assert_array_equal(old.segment(image).foreground, refine_mask(image, grid, **kw))
 
 
 def test_a_model_used_with_another_backbone_layer_feature_or_patch_stops(model_path):

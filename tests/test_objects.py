@@ -39,6 +39,28 @@ def test_components_match_scipy_label():
     assert [int(r.sum()) for r in regions] == [400, 152]
 
 
+def test_components_beyond_16_bit_labels_match_scipy_label():
+    """More than 65535 components (16-bit labels overflow): the same regions as scipy's
+    labelling, for any mask dtype; nested and touching bounding boxes keep only their own
+    pixels."""
+    mask = np.zeros((600, 600), np.int64)
+    mask[::2, ::2] = 1  # 90,000 isolated pixels
+    mask[100:300, 100:300] = 1  # one 200x200 block swallowing some of them
+    mask[140:160, 140:160] = 0  # a hole ...
+    mask[145:155, 145:155] = 1  # ... with an island whose box lies inside the block's
+    regions = object_regions(mask, min_area=0.0002)  # >= 72 px: the block, the island
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
+    sizes = ndimage.sum(mask > 0, labels, range(1, n + 1))
+    keep = [k + 1 for k in np.argsort(-sizes, kind="stable") if sizes[k] >= 72]
+    assert n > 65535 and len(regions) == len(keep) == 2
+    for got, k in zip(regions, keep, strict=True):
+        np.testing.assert_array_equal(got, labels == k)
+    for dtype in (bool, np.uint8):
+        again = object_regions(mask.astype(dtype), min_area=0.0002)
+        for got, want in zip(again, regions, strict=True):
+            np.testing.assert_array_equal(got, want)
+
+
 def test_min_area_zero_keeps_everything():
     regions = object_regions(_three_blobs(), min_area=0.0)
     assert [int(r.sum()) for r in regions] == [400, 152, 9]

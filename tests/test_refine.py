@@ -204,3 +204,50 @@ def test_refine_errors_name_the_problem(shard, tmp_path):
     with pytest.raises(ValueError, match=re.escape(recs["a2"].path)):
         _refine(shard, tmp_path / "y.zarr", [recs["a0"], recs["a1"], wrong])
     assert not (tmp_path / "y.zarr").exists()
+
+
+def test_working_size():
+    from lcseg_steps.crf import working_size
+
+    assert working_size(500, 375, 1024) == (500, 375)  # VOC, COCO: their own size
+    assert working_size(1024, 700, 1024) == (1024, 700)
+    assert working_size(4500, 6000, 1024) == (768, 1024)
+    assert working_size(6000, 7, 1024) == (1024, 1)
+    assert working_size(6000, 4500, None) == (6000, 4500)
+
+
+def test_refine_mask_at_a_working_resolution():
+    """An image above refine.max_side is refined at the working size and its mask
+    brought to full size: the disk is found as well as at full resolution, and an image
+    at most max_side px gives the full-resolution mask byte for byte."""
+    img, disk, cover, _ = _disk_scene()  # 96 x 128
+    for crf in (True, False):
+        kw = {**DEFAULT, "crf": crf}
+        full = refine_mask(img, cover, **kw)
+        np.testing.assert_array_equal(refine_mask(img, cover, **kw, max_side=128), full)
+        small = refine_mask(img, cover, **kw, max_side=64)
+        assert small.shape == disk.shape and small.dtype == np.uint8
+        assert set(np.unique(small)) <= {0, 1}
+        assert _iou(small, disk) > 0.85 and _iou(small, full) > 0.9
+    # without the CRF, the reference by hand: the upsampled score at the working size
+    # thresholded, each full-size pixel taking the working pixel its centre falls in
+    small = refine_mask(img, cover, **{**DEFAULT, "crf": False}, max_side=50)
+    work = upsample_score(cover, (38, 50)) >= 0.5
+    ys = ((np.arange(96) + 0.5) * 38 / 96).astype(int)
+    xs = ((np.arange(128) + 0.5) * 50 / 128).astype(int)
+    np.testing.assert_array_equal(small, work[np.ix_(ys, xs)].astype(np.uint8))
+
+
+def test_refine_images_turn_by_the_orientation(tmp_path):
+    """refine reads each image turned by its index orientation: the mask of an EXIF-6
+    file equals the mask of its stored pixels turned by hand."""
+    from lcseg_steps.images import read_rgb
+    from tests.fixtures_data import write_exif_jpeg
+
+    img, disk, cover, _ = _disk_scene()
+    path = write_exif_jpeg(tmp_path / "p.jpg", img, 6)
+    turned = np.ascontiguousarray(np.rot90(read_rgb(path), -1))
+    grid = np.ascontiguousarray(np.rot90(cover, -1))
+    (mask,) = refine_images([(path, grid, 6)], processes=1, **DEFAULT, log=lambda s: None)
+    np.testing.assert_array_equal(mask, refine_mask(turned, grid, **DEFAULT))
+    assert mask.shape == (128, 96)

@@ -26,6 +26,12 @@ path with ``.png`` (any case) in place of its extension (``masks/holiday/beach/0
 ``masks/<relative path with extension>.png`` (``masks/a/b.jpg.png``) is looked up first,
 for images that share a stem. An image without a mask is unlabelled: it is clustered but
 not scored.
+
+Orientation: images are turned by their EXIF orientation tag (as photo viewers show them,
+``Dataset.orient``); the index records each image's tag. A mask is in the same, turned,
+convention; a mask whose size fits only the stored pixels (orientations 5..8 of a
+non-square image: height and width swapped) is turned by the image's orientation
+(``index.load_ground_truth``). Any other size is an error naming the mask.
 """
 
 from __future__ import annotations
@@ -213,4 +219,5 @@ DATASET = Dataset(
     read_gt=read_gt_png,
     on_bad_image="skip",
     left_out=folder_left_out,
+    orient=True,
 )

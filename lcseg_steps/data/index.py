@@ -26,9 +26,18 @@ from lcseg_steps.atomic_write import tmp_sibling
 from lcseg_steps.data.image_list import filter_by_image_list
 from lcseg_steps.data.records import ImageRecord, gt_file
 from lcseg_steps.data.registry import dataset_for_gt, get_dataset
-from lcseg_steps.images import ImageError, patch_grid_size, read_rgb
+from lcseg_steps.images import (
+    ImageError,
+    exif_orientation,
+    orient,
+    oriented_size,
+    patch_grid_size,
+    read_record,
+)
 
-INDEX_COLUMNS = ("id", "path", "gt", "height", "width", "shard")
+INDEX_COLUMNS = ("id", "path", "gt", "height", "width", "shard", "orientation")
+# images.tsv written before the orientation column: every image as stored (orientation 1)
+OLD_INDEX_COLUMNS = INDEX_COLUMNS[:-1]
 PROGRESS_EVERY = 1000
 
 
@@ -139,15 +148,16 @@ def check_image(
 ) -> tuple[int, int, str]:
     """``(height, width, problem)`` of one image as ``extract`` will see it.
 
-    The file is decoded in full with the decoder ``extract`` uses (``read_rgb``), so a
-    missing, empty, corrupt or truncated file is caught here, not after GPU work; the
-    decoded size must match a size the listing already knows (COCO's json), and with a
-    ``patch_size`` the resize policy (``patch_grid_size`` at ``long_side``) must leave at
-    least one patch per side. ``problem`` is ``""`` for a usable image, else the reason.
+    The file is decoded in full with the decoder ``extract`` uses (``read_record``: turned
+    by ``rec.orientation``), so a missing, empty, corrupt or truncated file is caught here,
+    not after GPU work; the decoded (turned) size must match a size the listing already
+    knows (COCO's json), and with a ``patch_size`` the resize policy (``patch_grid_size``
+    at ``long_side``) must leave at least one patch per side. ``problem`` is ``""`` for a
+    usable image, else the reason.
     """
     prefix = f"{rec.path}: "
     try:
-        h, w = read_rgb(rec.path).shape[:2]
+        h, w = read_record(rec).shape[:2]
         frames = animation_frames(rec.path)
         if frames > 1:
             return (
@@ -216,10 +226,13 @@ def index_dataset(
     ``BadImagesError`` listing every file and its reason; with ``skip`` they are left out
     and returned as ``SkippedImage``s, and the kept images fill the shards the listing
     gave (``assign_shards_over``). A missing ground-truth file raises
-    ``FileNotFoundError`` naming it.
+    ``FileNotFoundError`` naming it. For a dataset that orients its images
+    (``Dataset.orient``: folder) each record gets its file's EXIF orientation, and its
+    size is that of the turned image.
     """
     policy = on_bad_image(dataset)
     records = list_images(dataset)
+    orients = get_dataset(dataset.get("name")).orient
     if not records:
         raise ValueError(f"dataset {dataset.get('name')!r} at {dataset.get('root')}: no images")
     log(
@@ -236,13 +249,15 @@ def index_dataset(
                 )
             checked_gt.add(gt_path)
 
-    def check(rec: ImageRecord) -> tuple[int, int, str]:
-        return check_image(rec, patch_size, long_side)
+    def check(rec: ImageRecord) -> tuple[ImageRecord, tuple[int, int, str]]:
+        if orients:
+            rec = replace(rec, orientation=exif_orientation(rec.path))
+        return rec, check_image(rec, patch_size, long_side)
 
     kept, bad = [], []
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        results = zip(records, pool.map(check, records), strict=True)
+        results = pool.map(check, records)
         for n, (rec, (h, w, problem)) in enumerate(results, 1):
             if problem:
                 bad.append(SkippedImage(rec.image_id, rec.path, problem))
@@ -306,7 +321,7 @@ def read_skipped(path: str | os.PathLike) -> list[SkippedImage]:
 
 
 def write_index(records: Iterable[ImageRecord], path: str | os.PathLike) -> None:
-    """Write records as a TSV with header ``id path gt height width shard``.
+    """Write records as a TSV with header ``id path gt height width shard orientation``.
 
     Written to a temporary sibling then renamed, so a killed job leaves no half index.
     """
@@ -315,7 +330,7 @@ def write_index(records: Iterable[ImageRecord], path: str | os.PathLike) -> None
     tmp = tmp_sibling(path)
     rows = []
     for r in records:
-        row = (r.image_id, r.path, r.gt, str(r.height), str(r.width), r.shard)
+        row = (r.image_id, r.path, r.gt, str(r.height), str(r.width), r.shard, str(r.orientation))
         for field in row:
             if any(c in field for c in "\t\n\r"):
                 raise ValueError(
@@ -331,30 +346,34 @@ def write_index(records: Iterable[ImageRecord], path: str | os.PathLike) -> None
 
 def read_index(path: str | os.PathLike) -> list[ImageRecord]:
     """Read a TSV written by ``write_index``; a malformed file raises ``ValueError``
-    naming it and the line."""
+    naming it and the line. An index written before the ``orientation`` column reads as
+    orientation 1 (the stored pixels, as it was used then)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: image index not found")
     records = []
     with open(path, encoding="utf-8", newline="") as f:
         lines = f.read().split("\n")
-    if not lines or tuple(lines[0].split("\t")) != INDEX_COLUMNS:
+    header = tuple(lines[0].split("\t")) if lines else ()
+    if header not in (INDEX_COLUMNS, OLD_INDEX_COLUMNS):
         raise ValueError(f"{path}: header must be {' '.join(INDEX_COLUMNS)} (tab-separated)")
     for lineno, line in enumerate(lines[1:], 2):
         if not line:
             continue
         fields = line.split("\t")
-        if len(fields) != len(INDEX_COLUMNS):
+        if len(fields) != len(header):
             raise ValueError(
-                f"{path}:{lineno}: expected {len(INDEX_COLUMNS)} tab-separated fields, "
-                f"got {len(fields)}"
+                f"{path}:{lineno}: expected {len(header)} tab-separated fields, got {len(fields)}"
             )
-        image_id, img_path, gt, height, width, shard = fields
+        image_id, img_path, gt, height, width, shard = fields[:6]
         try:
             h, w = int(height), int(width)
+            turn = int(fields[6]) if len(fields) > 6 else 1
         except ValueError as err:
-            raise ValueError(f"{path}:{lineno}: height/width must be integers") from err
-        records.append(ImageRecord(image_id, img_path, gt, h, w, shard))
+            raise ValueError(f"{path}:{lineno}: height/width/orientation must be integers") from err
+        if turn not in range(1, 9):
+            raise ValueError(f"{path}:{lineno}: orientation must be 1..8, got {turn}")
+        records.append(ImageRecord(image_id, img_path, gt, h, w, shard, turn))
     return records
 
 
@@ -363,7 +382,15 @@ def load_ground_truth(record: ImageRecord) -> np.ndarray | None:
 
     ``None`` when ``record.gt`` is empty. A missing gt file raises ``FileNotFoundError``;
     a map whose size differs from the image's (``record.height/width`` when known, else
-    the image header) raises ``ValueError``, both naming the file.
+    the image header, turned by ``record.orientation``) raises ``ValueError``, both naming
+    the file.
+
+    Orientation: the ground truth is in the convention of the image as the stages see it
+    (turned by ``record.orientation``); a map whose size fits only the stored pixels
+    (orientation 5..8 of a non-square image: its height and width swapped) is turned by
+    the image's orientation. Orientations 2..4 keep the size, so such a map is taken as
+    already turned. VOC and COCO records have orientation 1: their annotations are in
+    stored pixels, and so are their images.
     """
     if not record.gt:
         return None
@@ -371,7 +398,10 @@ def load_ground_truth(record: ImageRecord) -> np.ndarray | None:
     if record.height > 0 and record.width > 0:
         expected = (record.height, record.width)
     else:
-        expected = _header_size(record.path)
+        expected = oriented_size(*_header_size(record.path), record.orientation)
+    raw = oriented_size(*expected, record.orientation)  # the stored pixels' size
+    if labels.shape != expected and labels.shape == raw:
+        labels = orient(labels, record.orientation)
     if labels.shape != expected:
         raise ValueError(
             f"{gt_file(record.gt)}: ground truth of image {record.image_id} is "

@@ -23,6 +23,11 @@ class ImageRecord:
     ``read_gt`` understands: a label PNG path (demo, voc12), or
     ``"<file>#<key>"`` (coco: ``"<instances json path>#<coco image id>"``).
     ``height``/``width`` are 0 until known; ``shard`` is ``""`` until ``assign_shards``.
+    ``orientation`` is the EXIF orientation (1..8) every stage turns the stored pixels by
+    (``images.read_record``): the file's own tag for a dataset that shows images as photo
+    viewers do (``Dataset.orient``: folder, and so ``snakemake apply``), 1 (the stored
+    pixels) for the others (VOC, COCO, demo: their annotations are in stored pixels).
+    ``height``/``width`` are those of the turned image.
     """
 
     image_id: str
@@ -31,6 +36,7 @@ class ImageRecord:
     height: int = 0
     width: int = 0
     shard: str = ""
+    orientation: int = 1
 
 
 def gt_file(gt: str) -> str:
@@ -57,6 +63,9 @@ class Dataset:
       ``FileNotFoundError`` naming it.
     - ``generated``: the workflow makes the data itself (rule ``demo_data``) under
       ``results/<run>/<name>`` when ``dataset.root`` is empty.
+    - ``orient``: images are turned by their EXIF orientation, as photo viewers show them
+      (folder); False keeps the stored pixels, the convention of VOC's and COCO's
+      annotations. The index records each image's turn (``ImageRecord.orientation``).
     - ``on_bad_image``: what the index does with images ``extract`` would refuse when
       ``dataset.on_bad_image`` is null: ``error`` (a benchmark score must cover the whole
       split) or ``skip`` (leave them out, listed in ``skipped.tsv``).
@@ -74,3 +83,4 @@ class Dataset:
     generated: bool = False
     on_bad_image: str = "error"
     left_out: Callable[[dict], list[tuple[str, str]]] | None = None
+    orient: bool = False
