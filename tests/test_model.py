@@ -120,7 +120,7 @@ def test_a_photo_is_segmented_as_viewers_show_it(tiny_run, model_path, tmp_path)
     np.testing.assert_array_equal(seg.foreground, ref.foreground)
     np.testing.assert_array_equal(seg.classes, ref.classes)
     assert lcseg(["segment", "--model", str(model_path), str(path), "-o", str(tmp_path)]) == 0
-    np.testing.assert_array_equal(read_label_png(tmp_path / "photo.png"), ref.classes)
+    np.testing.assert_array_equal(read_label_png(tmp_path / "photo.jpg.png"), ref.classes)
 
 
 def test_the_working_resolution_comes_from_the_model(tiny_run, model_copy):
