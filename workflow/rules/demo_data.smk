@@ -1,6 +1,5 @@
 from lcseg_steps.data.demo import demo_params
 
-
 if DATASET.generated:
 
     rule demo_data:
