@@ -151,7 +151,8 @@ def region_outlines(image: np.ndarray, region_map: np.ndarray) -> np.ndarray:
     image ``(H, W, 3)`` uint8 RGB, region_map ``(H, W)`` integer region ids (0
     background) -> ``(H, W, 3)`` uint8: regions tinted in the mask red at half weight,
     and every pixel with a 4-neighbour of another id (a cut between two parts of one
-    component, or a region's edge) in white, so touching parts show as separate."""
+    component, or a region's edge) in white, so touching parts show as separate. The
+    lines are widened to about one pixel of a ``PANEL_MAX_SIDE`` thumbnail."""
     image = _check_image(image)
     m = np.asarray(region_map).astype(np.int64)
     if m.shape != image.shape[:2]:
@@ -161,6 +162,9 @@ def region_outlines(image: np.ndarray, region_map: np.ndarray) -> np.ndarray:
     edge[:-1] |= m[:-1] != m[1:]
     edge[:, 1:] |= m[:, 1:] != m[:, :-1]
     edge[:, :-1] |= m[:, :-1] != m[:, 1:]
+    width = max(1, round(max(m.shape) / PANEL_MAX_SIDE))
+    if width > 1:  # a 1 px line would vanish when the panel is shrunk
+        edge = cv2.dilate(edge.view(np.uint8), np.ones((width, width), np.uint8)) > 0
     out = image.copy()
     inside = m > 0
     out[inside] = _blend(image[inside], MASK_RGB, 0.35)
