@@ -101,10 +101,14 @@ def _index_settings(config: Mapping) -> dict:
     long side and the backbone's patch size (the backbone itself only when its name does
     not tell the patch size)."""
     from lcseg_steps.backbone import patch_size_of
+    from lcseg_steps.data.demo import demo_params
 
     bb = config["backbone"]
+    ds = dict(config["dataset"])
+    if "demo" in ds:  # dataset.demo.touching only when set: other runs index as before
+        ds["demo"] = demo_params(ds["demo"])
     out = {
-        "dataset": config["dataset"],
+        "dataset": ds,
         "shard_size": config["shard_size"],
         "long_side": config["extract"]["long_side"],
         "patch_size": patch_size_of(bb["name"], bb.get("overrides")),
