@@ -322,9 +322,10 @@ class Model:
             params=CRFParams(**{k: r[k] for k in CRFParams.__dataclass_fields__}),
             max_side=refine_max_side(r),
         )
-        regs, region_map = self._regions(fg)
+        feature_grid = X.reshape(*grid, -1)
+        regs, region_map = self._regions(fg, feature_grid)
         if regs:
-            region_classes = self.region_classes(self._descriptors(img, regs, X.reshape(*grid, -1)))
+            region_classes = self.region_classes(self._descriptors(img, regs, feature_grid))
         else:
             region_classes = np.zeros(0, dtype=np.int64)
         return Segmentation(
@@ -340,11 +341,20 @@ class Model:
             region_classes=np.asarray(region_classes, dtype=np.int64),
         )
 
-    def _regions(self, fg: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    def _regions(self, fg: np.ndarray, feature_grid: np.ndarray) -> tuple[list, np.ndarray]:
+        """Regions of the ``(H, W)`` foreground (``split`` ones cut by the ``(gh, gw, D)``
+        patch features, as the ``objects`` stage cuts them) and their ``(H, W)`` map."""
         from lcseg_steps.regions import object_regions, region_map
 
         o = self.attrs["objects"]
-        regs = object_regions(fg, mode=o["regions"], min_area=o["min_region_area"])
+        split = o["regions"] == "split"
+        regs = object_regions(
+            fg,
+            mode=o["regions"],
+            min_area=o["min_region_area"],
+            features_grid=feature_grid.astype(np.float32) if split else None,
+            split=o.get("split"),
+        )
         return regs, region_map(regs, fg.shape)
 
     def _descriptors(self, img, regs, feature_grid) -> np.ndarray:
@@ -409,6 +419,7 @@ class Model:
         lines.append(
             f"  refine     crf {r['crf']} ({r['iterations']} iterations); objects "
             f"{o['regions']} min area {o['min_region_area']}, {o['descriptor']} descriptors"
+            + (f" (split {o['split']})" if o["regions"] == "split" else "")
         )
         return "\n".join(lines)
 

@@ -47,6 +47,7 @@ def run_objects(
     long_side: int,
     batch_size: int,
     feature: str | None = None,
+    split: dict | None = None,
     backbone: dict | None = None,
     device: str | None = None,
     attrs: dict,
@@ -54,9 +55,10 @@ def run_objects(
 ) -> Path:
     """Object regions of the refined masks and one descriptor per region.
 
-    ``feature`` (``clustering.feature``) is read for ``masked_keys`` descriptors,
-    ``backbone`` (the config block) and ``device`` (``extract.device``, resolved) for
-    ``cls`` ones: the settings hold only those of the descriptor in use.
+    ``feature`` (``clustering.feature``) is read for ``masked_keys`` descriptors and
+    ``split`` regions (whose settings are ``split``, ``objects.split``), ``backbone``
+    (the config block) and ``device`` (``extract.device``, resolved) for ``cls`` ones: the
+    settings hold only those of the descriptor and region mode in use.
     """
     from lcseg_steps.images import read_record
 
@@ -73,7 +75,15 @@ def run_objects(
     maps, crops, descs, image_index, boxes, comps, areas = [], [], [], [], [], [], []
     for i, r in enumerate(recs):
         mask = pixel_map(px, "mask", i)
-        regs = object_regions(mask, mode=regions, min_area=min_region_area)
+        # the image's patch features: the descriptor's, and what split regions are cut by
+        grid = (
+            image_grid_array(fs, feature, i).astype(np.float32)
+            if (descriptor == "masked_keys" or regions == "split") and mask.any()
+            else None
+        )
+        regs = object_regions(
+            mask, mode=regions, min_area=min_region_area, features_grid=grid, split=split
+        )
         img = read_record(r) if (regs and descriptor == "cls") else None
         fill = mean_colour(img) if img is not None else None
         for j, reg in enumerate(regs):
@@ -86,15 +96,14 @@ def run_objects(
                 crops.append(shrink_crop(crop, int(patch), long_side) if patch else crop)
                 crop = None
             else:
-                grid = image_grid_array(fs, feature, i).astype(np.float32)
                 descs.append(masked_key_descriptor(grid, reg))
         maps.append(region_map(regs, mask.shape))
         # a photo's pixels are not held past its own iteration
-        mask = regs = reg = img = None
+        mask = regs = reg = img = grid = None
     n_empty = sum(int(m.max() == 0) for m in maps)
     log(
         f"objects: {len(image_index)} regions in {len(recs)} images "
-        f"({n_empty} without foreground), descriptor={descriptor}"
+        f"({n_empty} without foreground), regions={regions}, descriptor={descriptor}"
     )
     if descriptor == "cls":
         from lcseg_steps.backbone import load_backbone, weights_of_source

@@ -101,10 +101,14 @@ def _index_settings(config: Mapping) -> dict:
     long side and the backbone's patch size (the backbone itself only when its name does
     not tell the patch size)."""
     from lcseg_steps.backbone import patch_size_of
+    from lcseg_steps.data.demo import demo_params
 
     bb = config["backbone"]
+    ds = dict(config["dataset"])
+    if "demo" in ds:  # dataset.demo.touching only when set: other runs index as before
+        ds["demo"] = demo_params(ds["demo"])
     out = {
-        "dataset": config["dataset"],
+        "dataset": ds,
         "shard_size": config["shard_size"],
         "long_side": config["extract"]["long_side"],
         "patch_size": patch_size_of(bb["name"], bb.get("overrides")),
@@ -126,14 +130,34 @@ def _dataset_sources(config: Mapping) -> dict:
     }
 
 
+def objects_block(objects: Mapping) -> dict:
+    """The ``objects`` block as a stage reads it: ``split`` only with ``regions: split``
+    (its keys change nothing else, so they rerun nothing else)."""
+    out = dict(objects)
+    if out.get("regions") != "split":
+        out.pop("split", None)
+    return out
+
+
 def _objects_settings(config: Mapping) -> dict:
-    """Region and descriptor settings; the backbone matters only for CLS descriptors."""
-    out = dict(config["objects"])
+    """Region and descriptor settings; the backbone matters only for CLS descriptors, the
+    clustered feature for masked-key descriptors and for split regions."""
+    out = objects_block(config["objects"])
     if out["descriptor"] == "cls":
         out["backbone"] = config["backbone"]
         out["device"] = config["extract"]["device"]
-    else:
+    if out["descriptor"] == "masked_keys" or out["regions"] == "split":
         out["feature"] = config["clustering"]["feature"]
+    return out
+
+
+_MODEL_READS = ("run", "backbone", "extract", "clustering", "refine", "objects", "labels.n_classes")
+
+
+def _model_settings(config: Mapping) -> dict:
+    """The blocks a new image is segmented with (``objects`` as :func:`objects_block`)."""
+    out = {dotted.rsplit(".", 1)[-1]: dotted_get(config, dotted) for dotted in _MODEL_READS}
+    out["objects"] = objects_block(out["objects"])
     return out
 
 
@@ -341,15 +365,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "model",
         outputs={"model": "model.zarr/"},
-        reads=(
-            "run",
-            "backbone",
-            "extract",
-            "clustering",
-            "refine",
-            "objects",
-            "labels.n_classes",
-        ),
+        reads=_model_settings,
         inputs=("extract", "fit_dataset", "fit_category", "assign"),
         per_shard=False,
         seeded=True,

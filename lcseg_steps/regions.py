@@ -8,7 +8,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-REGION_MODES = ("components", "whole")
+REGION_MODES = ("components", "whole", "split")
+# objects.split's keys (their defaults live in the config schema)
+SPLIT_KEYS = ("max_parts", "min_silhouette", "min_share", "coherence", "seed")
 
 
 def _check_2d(name: str, a: np.ndarray) -> None:
@@ -17,19 +19,34 @@ def _check_2d(name: str, a: np.ndarray) -> None:
 
 
 def object_regions(
-    mask: np.ndarray, *, mode: str = "components", min_area: float = 0.01
+    mask: np.ndarray,
+    *,
+    mode: str = "components",
+    min_area: float = 0.01,
+    features_grid: np.ndarray | None = None,
+    split: dict | None = None,
 ) -> list[np.ndarray]:
     """Split a foreground mask into object regions.
 
     mask ``(H, W)`` {0, 1} (any integer/bool dtype) -> list of ``(H, W)`` bool masks.
     ``"components"``: 8-connected components with area ``>= min_area * H * W`` pixels,
     largest first (ties in label order). ``"whole"``: the whole foreground as one region.
-    An empty foreground gives ``[]``.
+    ``"split"``: each of those components cut into parts by :func:`split_region` on
+    ``features_grid`` ``(gh, gw, D)`` (the image's patch features) with the settings
+    ``split`` (``objects.split``: :data:`SPLIT_KEYS`); a component's parts take its place
+    in the list, largest part first. An empty foreground gives ``[]``.
     """
     mask = np.asarray(mask)
     _check_2d("mask", mask)
     if mode not in REGION_MODES:
         raise ValueError(f"unknown region mode {mode!r}; expected one of {REGION_MODES}")
+    if mode == "split":
+        comps = object_regions(mask, mode="components", min_area=min_area)
+        if comps and (features_grid is None or split is None):
+            raise ValueError("regions split needs the image's features_grid and split settings")
+        min_px = min_area * mask.shape[0] * mask.shape[1]
+        s = {k: split[k] for k in SPLIT_KEYS}
+        return [p for c in comps for p in split_region(c, features_grid, min_px=min_px, **s)]
     # no full-size copy of a uint8 mask (a refined one): work and memory per megapixel
     # matter for photos (docs/performance.md)
     src = mask if mask.dtype == np.uint8 else (mask != 0).view(np.uint8)
@@ -53,6 +70,118 @@ def object_regions(
         x, y, w, h = (int(v) for v in stats[k + 1, :4])
         reg = np.zeros(mask.shape, dtype=bool)
         reg[y : y + h, x : x + w] = labels[y : y + h, x : x + w] == (k + 1)
+        out.append(reg)
+    return out
+
+
+def patch_index(shape: tuple[int, int], grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Patch row of each pixel row ``(H,)`` and patch column of each pixel column ``(W,)``
+    (int64): the patch whose full-image rectangle ``[i H/gh, (i+1) H/gh)`` holds the
+    pixel's centre (the geometry of ``crf``: the image is resized whole to the grid)."""
+    (H, W), (gh, gw) = shape, grid
+    rows = ((2 * np.arange(H, dtype=np.int64) + 1) * gh) // (2 * H)
+    cols = ((2 * np.arange(W, dtype=np.int64) + 1) * gw) // (2 * W)
+    return rows, cols
+
+
+def _largest_share(piece: np.ndarray) -> float:
+    """Share of a ``(h, w)`` uint8 {0, 1} mask's pixels in its largest 4-connected piece
+    (4, not 8: the squares of a checkered texture touch diagonally)."""
+    n, _, stats, _ = cv2.connectedComponentsWithStats(piece, connectivity=4, ltype=cv2.CV_32S)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    return float(areas.max() / areas.sum()) if n > 1 else 0.0
+
+
+def split_region(
+    region: np.ndarray,
+    features_grid: np.ndarray,
+    *,
+    max_parts: int,
+    min_silhouette: float,
+    min_share: float,
+    coherence: float,
+    seed: int,
+    min_px: float = 0.0,
+) -> list[np.ndarray]:
+    """Cut one connected region into parts whose patch features form separate groups.
+
+    region ``(H, W)`` bool (one connected component, full resolution), features_grid
+    ``(gh, gw, D)`` any float dtype -> list of ``(H, W)`` bool masks, largest first; one
+    part (the region itself) when nothing is cut. Each pixel belongs to the patch holding
+    its centre (:func:`patch_index`); the region's patches are clustered, and its pixels
+    follow their patch.
+
+    Recursive 2-means: the largest part not yet final is split by seeded cosine 2-means
+    (``kmeans.kmeans``, ``seed``) of its patches' features; the cut is kept only when
+
+    - the two groups are clearly apart: cosine silhouette (``sklearn``) >= ``min_silhouette``
+      (texture or noise inside one object gives a low one);
+    - each side is spatially coherent: its largest 4-connected piece holds >= ``coherence``
+      of its pixels (a striped or checkered object splits into many pieces, not two);
+    - each side is big enough: >= ``min_share`` of the part's pixels and >= ``min_px``
+      pixels (``objects.min_region_area`` of the image, so no part is dropped later).
+
+    Otherwise the part is final. It stops at ``max_parts`` parts. A part of fewer than 4
+    patches is not split. Deterministic for a given ``seed``.
+    """
+    from sklearn.metrics import silhouette_score
+
+    from lcseg_steps.kmeans import kmeans
+
+    region = np.asarray(region, dtype=bool)
+    feats = np.asarray(features_grid)
+    _check_2d("region", region)
+    if feats.ndim != 3:
+        raise ValueError(f"features_grid must be (gh, gw, D), got shape {feats.shape}")
+    gh, gw, _ = feats.shape
+    x, y, w, h = cv2.boundingRect(region.view(np.uint8))
+    if max_parts < 2 or w == 0:
+        return [region] if w else []
+    # work within the bounding box: pixel (ys, xs) of the region -> its patch id
+    ys, xs = np.nonzero(region[y : y + h, x : x + w])
+    rows, cols = patch_index(region.shape, (gh, gw))
+    pid = rows[ys + y] * gw + cols[xs + x]
+    patches, inv, counts = np.unique(pid, return_inverse=True, return_counts=True)
+    F = feats.reshape(gh * gw, -1)[patches].astype(np.float32)
+    part = np.zeros(len(patches), dtype=np.int64)  # part of each of the region's patches
+    final: set[int] = set()
+
+    def pixels(sel: np.ndarray) -> np.ndarray:  # (h, w) uint8 mask of patches sel
+        m = np.zeros((h, w), dtype=np.uint8)
+        on = sel[inv]
+        m[ys[on], xs[on]] = 1
+        return m
+
+    while (n_parts := int(part.max()) + 1) < max_parts:
+        area = np.bincount(part, weights=counts, minlength=n_parts)
+        open_ = [p for p in np.argsort(-area, kind="stable") if int(p) not in final]
+        if not open_:
+            break
+        p = int(open_[0])
+        idx = np.flatnonzero(part == p)
+        ok = False
+        if len(idx) >= 4:
+            lab = kmeans(F[idx], 2, seed=seed).labels
+            sides = [idx[lab == s] for s in (0, 1)]
+            side_px = [counts[s].sum() for s in sides]
+            ok = (
+                min(len(s) for s in sides) >= 2
+                and min(side_px) >= max(min_share * area[p], min_px)
+                and silhouette_score(F[idx], lab, metric="cosine") >= min_silhouette
+            )
+            for s in sides if ok else ():
+                sel = np.zeros(len(patches), dtype=bool)
+                sel[s] = True
+                ok = ok and _largest_share(pixels(sel)) >= coherence
+        if ok:
+            part[sides[1]] = n_parts
+        else:
+            final.add(p)
+    area = np.bincount(part, weights=counts)
+    out = []
+    for p in np.argsort(-area, kind="stable"):
+        reg = np.zeros(region.shape, dtype=bool)
+        reg[y : y + h, x : x + w] = pixels(part == p).view(bool)
         out.append(reg)
     return out
 

@@ -145,6 +145,33 @@ def patch_mask_image(
     return _blend(darker, MASK_RGB, alpha * full)
 
 
+def region_outlines(image: np.ndarray, region_map: np.ndarray) -> np.ndarray:
+    """The outlines of object regions drawn over an image.
+
+    image ``(H, W, 3)`` uint8 RGB, region_map ``(H, W)`` integer region ids (0
+    background) -> ``(H, W, 3)`` uint8: regions tinted in the mask red at half weight,
+    and every pixel with a 4-neighbour of another id (a cut between two parts of one
+    component, or a region's edge) in white, so touching parts show as separate. The
+    lines are widened to about one pixel of a ``PANEL_MAX_SIDE`` thumbnail."""
+    image = _check_image(image)
+    m = np.asarray(region_map).astype(np.int64)
+    if m.shape != image.shape[:2]:
+        raise ValueError(f"region_map shape {m.shape} does not match image {image.shape[:2]}")
+    edge = np.zeros(m.shape, bool)
+    edge[1:] |= m[1:] != m[:-1]
+    edge[:-1] |= m[:-1] != m[1:]
+    edge[:, 1:] |= m[:, 1:] != m[:, :-1]
+    edge[:, :-1] |= m[:, :-1] != m[:, 1:]
+    width = max(1, round(max(m.shape) / PANEL_MAX_SIDE))
+    if width > 1:  # a 1 px line would vanish when the panel is shrunk
+        edge = cv2.dilate(edge.view(np.uint8), np.ones((width, width), np.uint8)) > 0
+    out = image.copy()
+    inside = m > 0
+    out[inside] = _blend(image[inside], MASK_RGB, 0.35)
+    out[edge] = 255
+    return out
+
+
 def thumbnail_size(height: int, width: int, max_side: int) -> tuple[int, int]:
     """``(h, w)`` with the longer side at most ``max_side`` (never upscaled), ratio kept."""
     scale = min(1.0, max_side / max(height, width))
@@ -619,10 +646,14 @@ def gallery_panels(
     class_names: Sequence[str] = (),
     mapping: Sequence[int] | None = None,
     matching: str = "hungarian",
+    objects=None,
+    i_obj: int = 0,
 ) -> list[tuple[str, np.ndarray, list[tuple[str, str | None]]]]:
     """Captioned panels of one image with their legends: picture, ground truth, level
     masks, refined, prediction as cluster ids and, given evaluate's ``mapping`` (cluster
-    id -> class id), the prediction in the ground truth's palette after that matching."""
+    id -> class id), the prediction in the ground truth's palette after that matching.
+    ``objects`` (its objects store, image ``i_obj``) made with ``regions: split``: one
+    more panel, the regions' outlines (:func:`region_outlines`)."""
     from lcseg_steps.data.voc import voc_palette
 
     palette = voc_palette()
@@ -655,6 +686,11 @@ def gallery_panels(
     fg_palette[1] = MASK_RGB
     legend = label_legend(refined, fg_palette, lambda i: "foreground" if i == 1 else f"mask {i}")
     panels.append(("refined (CRF)", overlay(img, shown(refined), fg_palette), legend))
+    if objects is not None and region_mode(objects) == "split":
+        regions = pixel_map(objects, "region_map", i_obj)
+        n = int(regions.max())
+        legend = [(f"{n} region(s)", _css_rgb(MASK_RGB)), ("region outlines", "#ffffff")]
+        panels.append(("regions (split)", region_outlines(img, shown(regions)), legend))
     pred = pixel_map(semantic, "semantic", i_sem)
     legend = label_legend(pred, palette, lambda i: f"cluster {i}")
     panels.append(("prediction (cluster ids)", overlay(img, shown(pred), palette), legend))
@@ -678,6 +714,11 @@ def gallery_panels(
             )
         )
     return panels
+
+
+def region_mode(objects) -> str | None:
+    """``objects.regions`` an objects store was made with (its settings attrs)."""
+    return (objects.attrs.get("settings") or {}).get("regions")
 
 
 # store attrs of a count chosen by the eigengap -> the config key it stands for
@@ -727,6 +768,7 @@ def run_report(
     analysis: Mapping[str, Any] | None = None,
     count_stores: Sequence[str | Path] = (),
     model: str | Path | None = None,
+    objects: Sequence[str | Path] = (),
     log=print,
 ) -> Path:
     """The self-contained HTML page of one run (first seed's images, every seed's scores).
@@ -738,7 +780,9 @@ def run_report(
     ``build_report``. ``count_stores``: the first seed's ``classes.zarr`` and
     ``category_level.zarr`` where a count was ``auto``: their eigengap curves are plotted
     (:func:`eigengap_plots`). ``model``: the ``model.zarr`` an applied run segmented
-    with, named in the facts and notes (:func:`applied_model_facts`).
+    with, named in the facts and notes (:func:`applied_model_facts`). ``objects``: the
+    first seed's objects stores (one per shard, as ``semantic``): the facts name their
+    region mode, and with ``split`` the gallery draws each image's region outlines.
     """
     if metrics_json is None:
         extraction = open_store(semantic[0]).attrs.get("extraction") or {} if semantic else {}
@@ -753,8 +797,14 @@ def run_report(
     ranked = gallery_ranking(metrics.get("per_image_miou"), gallery)
     wanted = {image_id: n for n, (image_id, _, _) in enumerate(ranked)}
     shown: list[dict] = []
-    for pm_path, px_path, sem_path in zip(patch_masks, pixel_masks, semantic, strict=True):
+    obj_paths = list(objects) if objects else [None] * len(semantic)
+    if objects:
+        metrics["regions"] = region_mode(open_store(obj_paths[0]))
+    for pm_path, px_path, sem_path, ob_path in zip(
+        patch_masks, pixel_masks, semantic, obj_paths, strict=True
+    ):
         pm, px, sem = open_store(pm_path), open_store(px_path), open_store(sem_path)
+        ob = open_store(ob_path) if ob_path is not None else None
         recs = records_in_order(pm, records, pm_path)
         for i, r in enumerate(recs):
             if ranked and r.image_id not in wanted:
@@ -772,6 +822,8 @@ def run_report(
                 class_names=names,
                 mapping=mapping,
                 matching=str(metrics.get("matching", "hungarian")),
+                objects=ob,
+                i_obj=i,
             )
             entry = {"image_id": r.image_id, "panels": panels}
             if ranked:
@@ -919,5 +971,6 @@ def run(job: Job) -> Path:
         analysis=job_analysis(job),
         count_stores=[job.input.get(k) for k in ("classes", "category_level") if job.input.get(k)],
         model=job.params.get("model"),
+        objects=job.input.get("objects") or (),
         log=job.log,
     )

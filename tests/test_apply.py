@@ -198,6 +198,31 @@ def test_the_apply_graph_reads_the_model_in_place_of_the_fits(model):
     assert cfg["clustering"]["k_image"] == load_model(model).attrs["image_level"]["k_image"]
 
 
+def test_apply_takes_the_models_region_mode_and_split_settings(model, tmp_path):
+    """A model fitted with regions split applies with regions split and its own split
+    settings, whatever the config says; a components model passes no split keys."""
+    from snakemake.utils import validate
+
+    given = _apply_config(model)
+    validate(given, SCHEMA)
+    assert "split" not in pipeline.stage_settings("objects", apply_config(given, str(model)))
+    copy_ = tmp_path / "model.zarr"
+    shutil.copytree(model, copy_)
+    meta = copy_ / "zarr.json"
+    doc = json.loads(meta.read_text())
+    split = {"max_parts": 2, "min_silhouette": 0.5, "min_share": 0.2, "coherence": 0.8, "seed": 4}
+    doc["attributes"]["objects"] = {
+        **doc["attributes"]["objects"],
+        "regions": "split",
+        "split": split,
+    }
+    meta.write_text(json.dumps(doc))
+    cfg = apply_config(given, str(copy_))
+    settings = pipeline.stage_settings("objects", cfg)
+    assert settings["regions"] == "split" and settings["split"] == split
+    assert settings["feature"] == cfg["clustering"]["feature"]
+
+
 def test_a_runs_folder_is_a_model_and_other_paths_say_what_they_are_not(model, tmp_path):
     """``apply.model: results/<run>`` takes the run's first-seed model.zarr, as a run name
     does; a path that is neither a run's folder nor a model store says so."""

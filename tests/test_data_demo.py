@@ -1,3 +1,4 @@
+import cv2
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -120,3 +121,45 @@ def test_classes_differ_in_colour():
     assert blue[2] > blue[0] + 40 and blue[2] > blue[1] + 40
     assert green[1] > green[0] + 40 and green[1] > green[2] + 40
     assert min(yellow[0], yellow[1]) > yellow[2] + 80
+
+
+def _render_digest(**kw) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for i in range(12):
+        rgb, lab, cl = render_demo_image(np.random.default_rng([0, i]), 64, 120, **kw)
+        h.update(rgb.tobytes())
+        h.update(lab.tobytes())
+        h.update(bytes(cl))
+    return h.hexdigest()
+
+
+def test_the_default_demo_draws_what_it_drew_before_touching_existed():
+    # computed with the generator of before dataset.demo.touching (commit b0df229)
+    want = "2342ebd7f5656ec788038e03a5c6ef51e2ab563c6f02121f1b07587cb7b969ee"
+    assert _render_digest() == want
+    assert _render_digest(touching=False) == want
+
+
+def test_touching_pairs_are_two_classes_in_one_connected_component(tmp_path):
+    """dataset.demo.touching: image ``i`` holds a touching pair when the draw of its own
+    generator ``(seed, i, 1)`` is below the share; its objects are then two of two classes
+    that form one 8-connected foreground, so regions components gives them one region."""
+    root = tmp_path / "demo"
+    ids = generate_demo(root, 24, seed=3, min_size=64, max_size=120, touching=0.5, log=print)
+    chosen = [np.random.default_rng([3, i, 1]).random() < 0.5 for i in range(len(ids))]
+    assert 6 <= sum(chosen) <= 18
+    for image_id, touch in zip(ids, chosen, strict=True):
+        if not touch:
+            continue
+        lab = read_label_png(root / "SegmentationClass" / f"{image_id}.png")
+        # the void band lies on the objects' outlines: it counts as foreground here
+        n, _ = cv2.connectedComponents((lab > 0).astype(np.uint8), connectivity=8)
+        assert n - 1 == 1, image_id
+        assert len(set(np.unique(lab).tolist()) - {0, 255}) == 2, image_id
+    again = tmp_path / "again"
+    generate_demo(again, 24, seed=3, min_size=64, max_size=120, touching=0.5, log=print)
+    assert _files(again) == _files(root)
+    with pytest.raises(ValueError, match="touching"):
+        generate_demo(tmp_path / "bad", 1, touching=1.5)

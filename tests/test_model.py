@@ -147,6 +147,37 @@ def test_the_working_resolution_comes_from_the_model(tiny_run, model_copy):
     np.testing.assert_array_equal(old.segment(image).foreground, refine_mask(image, grid, **kw))
 
 
+@pytest.mark.parametrize("descriptor", ["masked_keys", "cls"])
+def test_split_regions_come_from_the_model(tiny_run, model_copy, descriptor):
+    """A model with regions split cuts the foreground as ``object_regions(...,
+    mode="split")`` on the image's feature grid, with the model's split settings."""
+    from lcseg_steps.regions import object_regions
+
+    image = read_rgb(tiny_run / "results" / "tiny" / "demo" / "JPEGImages" / "demo_0001.jpg")
+    split = {"max_parts": 3, "min_silhouette": -1.0, "min_share": 0.0, "coherence": 0.0, "seed": 0}
+    objects = dict(load_model(model_copy).attrs["objects"])
+    _set_attr(
+        model_copy,
+        objects={**objects, "regions": "split", "descriptor": descriptor, "split": split},
+    )
+    model = load_model(model_copy)
+    assert "split" in model.summary()
+    seg = model.segment(image)
+    X = model.features(image)["X"].astype(np.float32).reshape(*seg.grid, -1)
+    regs = object_regions(
+        seg.foreground,
+        mode="split",
+        min_area=objects["min_region_area"],
+        features_grid=X,
+        split=split,
+    )
+    want = np.zeros(seg.foreground.shape, np.int64)
+    for j, reg in enumerate(regs):
+        want[reg] = j + 1
+    assert len(regs) == len(seg.region_classes) > 0
+    np.testing.assert_array_equal(seg.region_map, want)
+
+
 def test_a_model_used_with_another_backbone_layer_feature_or_patch_stops(model_path):
     with pytest.raises(ModelMismatchError, match="dino_vits16.*vit_small_patch16_224"):
         load_model(model_path, expect={"backbone": "dino_vits16"})

@@ -325,3 +325,38 @@ def test_objects_more_than_255_regions_keep_their_ids(shard, tmp_path):
     ob = open_store(out)
     assert ob["descriptors"].shape[0] == 280
     assert int(pixel_map(ob, "region_map", 0).max()) == 280
+
+
+@pytest.mark.parametrize("descriptor", ["masked_keys", "cls"])
+def test_objects_split_regions_are_the_library_s_for_either_descriptor(shard, tmp_path, descriptor):
+    """regions split in the stage: each image's regions are ``object_regions(...,
+    mode="split")`` of its mask and feature grid. Permissive settings, so that the hand
+    shard's components are really cut."""
+    torch.set_num_threads(1)
+    split = {"max_parts": 2, "min_silhouette": -1.0, "min_share": 0.0, "coherence": 0.0, "seed": 0}
+    kw = {**OBJ_KW, "regions": "split"}
+    out = run_objects(
+        shard["pixel_masks"],
+        shard["features"],
+        list(shard["records"].values()),
+        tmp_path / f"ob_{descriptor}.zarr",
+        descriptor=descriptor,
+        split=split,
+        backbone=TINY_VIT,
+        log=_quiet,
+        **kw,
+    )
+    ob = open_store(out)
+    n = 0
+    for i, image_id in enumerate(SIZES):
+        grid = shard["k"][image_id].astype(np.float32)
+        mask = shard["masks"][image_id]
+        regs = object_regions(mask, mode="split", min_area=0.01, features_grid=grid, split=split)
+        want = np.zeros(mask.shape, np.int64)
+        for j, reg in enumerate(regs):
+            want[reg] = j + 1
+        np.testing.assert_array_equal(pixel_map(ob, "region_map", i), want)
+        n += len(regs)
+    assert n > 3  # more regions than the 3 components
+    desc = np.asarray(ob["descriptors"][:])
+    assert desc.shape[0] == n and np.isfinite(desc).all()

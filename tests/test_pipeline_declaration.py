@@ -118,3 +118,22 @@ def test_graph_leaves_out_switched_off_levels_and_baselines_stand_for_merge():
     assert b["refine"] == {"index": "index.index", "patch_masks": "baselines.patch_masks"}
     seeded = pipeline.seed_dependent(cfg, "baseline")
     assert not seeded["refine"] and not seeded["objects"] and seeded["segment"]
+
+
+def test_split_and_touching_reach_the_stages_only_when_set():
+    """objects.split and dataset.demo.touching are settings only with regions split and a
+    touching share above 0: every other run's settings (so its stores, model and reruns)
+    are those of before the keys existed."""
+    from lcseg_steps.pipeline import stage_settings
+    from tests.schema_defaults import default_config
+
+    cfg = default_config()
+    assert "touching" not in stage_settings("index", cfg)["dataset"]["demo"]
+    assert "split" not in stage_settings("objects", cfg)
+    assert "split" not in stage_settings("model", cfg, seed=0)["objects"]
+    cfg["objects"]["regions"] = "split"
+    cfg["dataset"]["demo"]["touching"] = 0.5
+    assert stage_settings("index", cfg)["dataset"]["demo"]["touching"] == 0.5
+    objects = stage_settings("objects", cfg)
+    assert objects["split"] == cfg["objects"]["split"] and objects["feature"] == "k"
+    assert stage_settings("model", cfg, seed=0)["objects"]["split"] == cfg["objects"]["split"]

@@ -630,3 +630,65 @@ def test_eigengap_curve_shown_when_a_count_was_auto(tmp_path):
     parsed = _parse(out.read_text())
     assert len(parsed.imgs) == 1 and parsed.imgs[0]["alt"] == plots[0][0]
     assert _decode(parsed.imgs[0]["src"]).shape[:2] == rgb.shape[:2]
+
+
+def test_split_regions_outlined_in_the_gallery_and_named_in_the_facts(
+    shard, objects_store, tmp_path
+):
+    """An objects store made with regions split: each gallery image gets a regions panel
+    with the outlines of its regions, and the run facts name the mode; a components store
+    adds no panel."""
+    from lcseg_steps.objects import run_objects
+    from lcseg_steps.report import region_outlines
+    from lcseg_steps.store import open_store, write_store
+    from tests.hand_shard import OBJ_KW
+
+    split = {"max_parts": 2, "min_silhouette": -1.0, "min_share": 0.0, "coherence": 0.0, "seed": 0}
+    kw = {**OBJ_KW, "regions": "split", "attrs": {"settings": {"regions": "split"}}}
+    ob = run_objects(
+        shard["pixel_masks"],
+        shard["features"],
+        list(shard["records"].values()),
+        tmp_path / "ob_split.zarr",
+        descriptor="masked_keys",
+        split=split,
+        log=_quiet,
+        **kw,
+    )
+    n = open_store(ob)["descriptors"].shape[0]
+    classes = write_store(
+        tmp_path / "cl_split.zarr",
+        {
+            "labels": np.arange(n, dtype=np.int64) % 3,
+            "region_offsets": np.array([0, n], dtype=np.int64),
+            "shards": np.array([SHARD]),
+        },
+    )
+    sem = run_segment(ob, classes, SHARD, tmp_path / "sem.zarr", tmp_path / "pred", attrs=ATTRS)
+    pixel = _refine(shard, tmp_path / "px.zarr", list(shard["records"].values()))
+    kw = dict(
+        title="split run",
+        metrics_json=None,
+        summary_json=None,
+        plots=[],
+        records=list(shard["records"].values()),
+        patch_masks=[shard["patch_masks"]],
+        pixel_masks=[pixel],
+        semantic=[sem],
+        gallery=3,
+        log=_quiet,
+    )
+    page = run_report(tmp_path / "split.html", objects=[ob], **kw).read_text()
+    assert page.count("<figcaption>regions (split)</figcaption>") == 3
+    assert "<dt>regions</dt><dd>split</dd>" in page
+    assert "region outlines" in page
+    plain = run_report(tmp_path / "plain.html", objects=[objects_store], **kw).read_text()
+    assert "regions (split)" not in plain
+    # the outlines: white where the region id changes (4-neighbours), red tint inside
+    img = np.full((6, 6, 3), 100, np.uint8)
+    rmap = np.zeros((6, 6), np.uint16)
+    rmap[1:5, 1:3], rmap[1:5, 3:5] = 1, 2
+    out = region_outlines(img, rmap)
+    assert (out[0, 0] == 100).all() and (out[1, 2] == 255).all() and (out[1, 3] == 255).all()
+    assert (out[2, 1] == 255).all()  # the component's own edge
+    assert not (out[5, 5] == 255).all()

@@ -138,24 +138,65 @@ def void_band(instances: np.ndarray, width: int = VOID_BAND) -> np.ndarray:
     return cv2.dilate(instances, kernel) != cv2.erode(instances, kernel)
 
 
+def _shifted(mask: np.ndarray, dy: float, dx: float) -> np.ndarray:
+    """``mask`` ``(h, w)`` bool moved by ``(dy, dx)`` px (nearest; what leaves is cut)."""
+    m = np.float32([[1, 0, dx], [0, 1, dy]])
+    h, w = mask.shape
+    moved = cv2.warpAffine(mask.view(np.uint8), m, (w, h), flags=cv2.INTER_NEAREST)
+    return moved.astype(bool)
+
+
+def _touching_pair(rng: np.random.Generator, h: int, w: int) -> tuple[list[int], list]:
+    """Two objects of different classes that touch along a shared edge: the second is
+    moved towards the first, along a random direction, until it overlaps it by 3-15% of
+    the smaller one's area (drawn on top: its outline is the edge they share). Returns
+    the 0-based classes and ``(h, w)`` bool masks; None when no such pose is found."""
+    a, b = (int(c) for c in rng.choice(len(DEMO_CLASSES), 2, replace=False))
+    ma, mb = _shape_mask(rng, a, h, w), _shape_mask(rng, b, h, w)
+    ya, xa = np.argwhere(ma).mean(0)
+    yb, xb = np.argwhere(mb).mean(0)
+    theta = rng.uniform(0, 2 * np.pi)
+    want = rng.uniform(0.03, 0.15) * min(ma.sum(), mb.sum())
+    # from far away along theta towards A's centre, in 2 px steps: the first overlap
+    # above the wanted share
+    for d in np.arange(max(h, w), -1, -2.0):
+        cy, cx = ya + d * np.sin(theta), xa + d * np.cos(theta)
+        moved = _shifted(mb, cy - yb, cx - xb)
+        if moved.sum() < 0.9 * mb.sum():  # mostly outside the image: not yet
+            continue
+        overlap = np.count_nonzero(moved & ma)
+        if overlap >= want:
+            # entering the image already deep over A (A near the border): another pose
+            return ([a, b], [ma, moved]) if overlap <= 0.2 * min(ma.sum(), mb.sum()) else None
+    return None
+
+
 def render_demo_image(
-    rng: np.random.Generator, min_size: int, max_size: int
+    rng: np.random.Generator, min_size: int, max_size: int, touching: bool = False
 ) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """One demo image.
 
     Returns ``(rgb, labels, classes)``: ``(H, W, 3)`` uint8 RGB, ``(H, W)`` uint8 class
     ids (0 background, 1..len(DEMO_CLASSES), 255 void band), and the class id of each
     drawn object in drawing order (later objects occlude earlier ones; each keeps at least
-    ``MIN_VISIBLE`` of its pixels visible and outside the void band).
+    ``MIN_VISIBLE`` of its pixels visible and outside the void band). ``touching``: the
+    objects are a pair of two different classes touching along a shared edge (one
+    connected foreground component; :func:`_touching_pair`).
     """
     h, w = _draw_size(rng, min_size, max_size), _draw_size(rng, min_size, max_size)
     img = _background(rng, h, w)
-    n_objects = int(rng.integers(1, 4))
+    n_objects = 2 if touching else int(rng.integers(1, 4))
     for _ in range(100):
         # occlusion may hide most of an object; re-draw the layout until every object
         # keeps a fair share of its pixels outside the void band
-        classes = [int(c) for c in rng.integers(0, len(DEMO_CLASSES), n_objects)]
-        masks = [_shape_mask(rng, c, h, w) for c in classes]
+        if touching:
+            pair = None
+            while pair is None:
+                pair = _touching_pair(rng, h, w)
+            classes, masks = pair
+        else:
+            classes = [int(c) for c in rng.integers(0, len(DEMO_CLASSES), n_objects)]
+            masks = [_shape_mask(rng, c, h, w) for c in classes]
         instances = np.zeros((h, w), np.uint8)
         for k, mask in enumerate(masks, 1):
             instances[mask] = k
@@ -178,14 +219,20 @@ def generate_demo(
     seed: int = 0,
     min_size: int = 200,
     max_size: int = 400,
+    touching: float = 0.0,
     log: Callable[[str], None] = print,
 ) -> list[str]:
     """Write the demo dataset under ``root`` in VOC layout and return its ids.
 
     Writes ``JPEGImages/<id>.jpg``, ``SegmentationClass/<id>.png`` (palette PNG, VOC
     palette) and ``ImageSets/Segmentation/val.txt``. The same arguments give
-    byte-identical files.
+    byte-identical files. ``touching``: the share of images that hold a pair of objects
+    of two classes touching along a shared edge (image ``i`` is one when a draw of its own
+    generator ``(seed, i, 1)`` is below it). At 0 nothing of it is drawn: the images are
+    those of before the option existed.
     """
+    if not 0 <= touching <= 1:
+        raise ValueError(f"dataset.demo.touching must be in [0, 1], got {touching}")
     if not 1 <= min_size <= max_size:
         raise ValueError(
             f"dataset.demo: need 1 <= min_size <= max_size, got {min_size}, {max_size}"
@@ -197,7 +244,9 @@ def generate_demo(
     ids = demo_ids(n_images)
     for i, image_id in enumerate(ids):
         rng = np.random.default_rng([seed, i])
-        rgb, labels, _ = render_demo_image(rng, min_size, max_size)
+        # a stream of its own: the image's generator draws nothing more for the choice
+        touch = touching > 0 and np.random.default_rng([seed, i, 1]).random() < touching
+        rgb, labels, _ = render_demo_image(rng, min_size, max_size, touch)
         jpg = base / "JPEGImages" / f"{image_id}.jpg"
         ok = cv2.imwrite(
             str(jpg), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
@@ -212,6 +261,12 @@ def generate_demo(
     )
     log(f"demo: {n_images} images ({len(DEMO_CLASSES)} classes) written to {base}")
     return ids
+
+
+def demo_params(demo: dict) -> dict:
+    """The ``dataset.demo`` block as rule ``demo_data`` passes it: ``touching`` only when
+    above 0, so a default run's parameters (and so its reruns) are those of before."""
+    return {k: v for k, v in demo.items() if k != "touching" or v}
 
 
 def list_demo(dataset: dict) -> list[ImageRecord]:

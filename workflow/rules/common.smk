@@ -176,6 +176,8 @@ def scored_report_inputs(path_of, seed, shards, results, has_gt):
         "patch_masks": first_seed("merge", "patch_masks"),
         "pixel_masks": first_seed("refine", "pixel_masks"),
         "semantic": first_seed("segment", "semantic"),
+        # the region mode (run facts) and, for split, the gallery's region outlines
+        "objects": first_seed("objects", "objects"),
     }
     if has_gt:
         inputs["summary"] = f"{results}/metrics_summary.json"

@@ -1,3 +1,5 @@
+from lcseg_steps.data.demo import demo_params
+
 if DATASET.generated:
 
     rule demo_data:
@@ -12,6 +14,6 @@ if DATASET.generated:
             mem_mb=1000,
             runtime=10,
         params:
-            demo=config["dataset"]["demo"],
+            demo=demo_params(config["dataset"]["demo"]),
         script:
             "../scripts/stage.py"
