@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lcseg_steps.data.index import ImageRecord, load_ground_truth, read_index, read_skipped
+from lcseg_steps.data.index import (
+    ImageRecord,
+    load_ground_truth,
+    n_images_skipped,
+    read_index,
+    read_skipped,
+)
 from lcseg_steps.data.index import class_names as dataset_class_names
 from lcseg_steps.plots import figure
 from lcseg_steps.protocols import HEADLINE, ProtocolAccumulator, protocol_metrics
@@ -218,7 +224,7 @@ def run(job: Job) -> dict:
         "run": job.config["run"],
         "dataset": job.config["dataset"]["name"],
         # images the index left out (dataset.on_bad_image: skip), listed in skipped.tsv
-        "n_images_skipped": sum(bool(s.image_id) for s in read_skipped(job.input.skipped)),
+        "n_images_skipped": n_images_skipped(read_skipped(job.input.skipped)),
         "seed": int(job.wildcards.seed),
         "config_digest": settings_digest(job.config),
         **extraction_facts(extraction),

@@ -20,7 +20,12 @@ import cv2
 import numpy as np
 
 from lcseg_steps.analysis.table_format import changes, read_csv
-from lcseg_steps.data.index import ImageRecord, load_ground_truth, read_index
+from lcseg_steps.data.index import (
+    ImageRecord,
+    load_ground_truth,
+    n_images_skipped,
+    read_index,
+)
 from lcseg_steps.images import read_record, read_rgb
 from lcseg_steps.protocols import published_results
 from lcseg_steps.store import image_grid_array, open_store, pixel_map, records_in_order
@@ -787,7 +792,7 @@ def run_report(
     if metrics_json is None:
         extraction = open_store(semantic[0]).attrs.get("extraction") or {} if semantic else {}
         metrics = {k: v for k, v in extraction.items() if not isinstance(v, dict | list)}
-        metrics["n_images_skipped"] = sum(bool(s.image_id) for s in skipped)
+        metrics["n_images_skipped"] = n_images_skipped(skipped)
     else:
         metrics = json.loads(Path(metrics_json).read_text())
     names = [n for n, _ in _per_class(metrics)]

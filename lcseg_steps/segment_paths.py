@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from lcseg_steps.data.folder import IMAGE_EXTENSIONS, scan_folder
+from lcseg_steps.data.index import write_cleaned_tsv
 from lcseg_steps.images import ImageError, patch_grid_size
 
 SKIPPED_COLUMNS = ("path", "reason")
@@ -164,9 +165,4 @@ def segment_all(
 def write_skipped(rows: Sequence[tuple[str, str]], path: str | os.PathLike) -> Path:
     """``<out>/skipped.tsv``: header ``path reason``, one row per path not segmented
     (header only when none)."""
-    clean = str.maketrans("\t\n\r", "   ")
-    lines = ["\t".join(SKIPPED_COLUMNS)]
-    lines += [f"{p.translate(clean)}\t{r.translate(clean)}" for p, r in rows]
-    path = Path(path)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return write_cleaned_tsv(path, SKIPPED_COLUMNS, rows)

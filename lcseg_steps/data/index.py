@@ -290,19 +290,33 @@ def build_index(
     return index_dataset(dataset, shard_size, log, **checks)[0]
 
 
-def write_skipped(skipped: Iterable[SkippedImage], path: str | os.PathLike) -> None:
-    """``skipped.tsv``: header ``id path reason``, one row per skipped image (written
-    atomically; header only when none)."""
+def write_cleaned_tsv(
+    path: str | os.PathLike, columns: Sequence[str], rows: Iterable[Sequence[object]]
+) -> Path:
+    """A TSV with header ``columns`` and one line per row, tabs and newlines inside a
+    field turned into spaces (reasons quote decoder messages), written atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_sibling(path)
     clean = str.maketrans("\t\n\r", "   ")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
-        f.write("\t".join(SKIPPED_COLUMNS) + "\n")
-        for s in skipped:
-            f.write("\t".join(str(v).translate(clean) for v in (s.image_id, s.path, s.reason)))
-            f.write("\n")
+        f.write("\t".join(columns) + "\n")
+        for row in rows:
+            f.write("\t".join(str(v).translate(clean) for v in row) + "\n")
     os.replace(tmp, path)
+    return path
+
+
+def write_skipped(skipped: Iterable[SkippedImage], path: str | os.PathLike) -> None:
+    """``skipped.tsv``: header ``id path reason``, one row per skipped image (written
+    atomically; header only when none)."""
+    write_cleaned_tsv(path, SKIPPED_COLUMNS, ((s.image_id, s.path, s.reason) for s in skipped))
+
+
+def n_images_skipped(skipped: Iterable[SkippedImage]) -> int:
+    """How many of ``skipped`` are images (the rest, without an id, are other files of a
+    folder)."""
+    return sum(bool(s.image_id) for s in skipped)
 
 
 def read_skipped(path: str | os.PathLike) -> list[SkippedImage]:
