@@ -30,6 +30,16 @@ from benchmarks.bench_pipeline import REPO, _config
 from benchmarks.harness import Context, Result, interleaved, time_call
 
 
+def _timed_run(cmd: list[str], what: str) -> float:
+    """Wall seconds of the command ``cmd``; its stderr's tail in the error if it fails."""
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    seconds = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise RuntimeError(f"{what} failed:\n{p.stderr[-3000:]}")
+    return seconds
+
+
 def _fit(ctx: Context, snakemake: str) -> tuple[dict, object]:
     cfg = _config(ctx)
     wd = ctx.tmp / "fit"
@@ -37,9 +47,7 @@ def _fit(ctx: Context, snakemake: str) -> tuple[dict, object]:
     (ctx.tmp / "fit.yaml").write_text(yaml.safe_dump(cfg))
     cmd = [snakemake, "-s", str(REPO / "Snakefile"), "--directory", str(wd)]
     cmd += ["--configfile", str(ctx.tmp / "fit.yaml"), "--cores", "2", "-q"]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
-    if p.returncode != 0:
-        raise RuntimeError(f"the fitting run failed:\n{p.stderr[-3000:]}")
+    _timed_run(cmd, "the fitting run")
     return cfg, wd
 
 
@@ -64,11 +72,7 @@ def run(ctx: Context) -> list[Result]:
     cmd = [snakemake, "-s", str(REPO / "Snakefile"), "--directory", str(wd), "apply"]
     cmd += ["--configfile", str(ctx.tmp / "fit.yaml"), str(ctx.tmp / "apply.yaml")]
     cmd += ["--cores", "2", "-q"]
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
-    apply_s = time.perf_counter() - t0
-    if p.returncode != 0:
-        raise RuntimeError(f"snakemake apply failed:\n{p.stderr[-3000:]}")
+    apply_s = _timed_run(cmd, "snakemake apply")
 
     model = load_model(model_path)
     backbone, info = model.load_backbone()
@@ -140,7 +144,7 @@ def run_folder(ctx: Context) -> list[Result]:
     from lcseg_steps.data.demo import generate_demo
     from lcseg_steps.images import read_rgb
     from lcseg_steps.model import load_model
-    from lcseg_steps.qkv import autocast, backbone_input
+    from lcseg_steps.qkv import autocast, backbone_input, equal_shape_runs
 
     snakemake = os.path.join(os.path.dirname(sys.executable), "snakemake")
     cfg, wd = _fit(ctx, snakemake)
@@ -155,11 +159,7 @@ def run_folder(ctx: Context) -> list[Result]:
         cv2.imwrite(str(folder / src.name), img, [cv2.IMWRITE_JPEG_QUALITY, 90])
     lcseg = os.path.join(os.path.dirname(sys.executable), "lcseg")
     cmd = [lcseg, "segment", "--model", str(model_path), str(folder), "-o", str(ctx.tmp / "out")]
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
-    ours_s = time.perf_counter() - t0
-    if p.returncode != 0:
-        raise RuntimeError(f"lcseg segment failed:\n{p.stderr[-3000:]}")
+    ours_s = _timed_run(cmd, "lcseg segment")
 
     model = load_model(model_path)
     backbone, _info = model.load_backbone()
@@ -173,13 +173,9 @@ def run_folder(ctx: Context) -> list[Result]:
     def forwards() -> None:
         bf16 = a["precision"] == "bfloat16"
         with torch.inference_mode(), autocast(torch.device("cpu"), bf16):
-            i = 0
-            while i < len(xs):  # runs of up to 8 equal input sizes, as segment batches
-                j = i + 1
-                while j < len(xs) and j - i < 8 and xs[j].shape == xs[i].shape:
-                    j += 1
+            # the batches lcseg segment runs (its default --batch-size 8)
+            for i, j in equal_shape_runs([x.shape for x in xs], 8):
                 backbone.forward_features(torch.from_numpy(np.stack(xs[i:j])))
-                i = j
 
     forwards()  # warm-up
     floor_s = min(time_call(forwards)[0] for _ in range(ctx.repeats))

@@ -227,7 +227,13 @@ class Model:
         batches the same way)."""
         import torch
 
-        from lcseg_steps.qkv import as_stored, autocast, backbone_input, qkv_features
+        from lcseg_steps.qkv import (
+            as_stored,
+            autocast,
+            backbone_input,
+            equal_shape_runs,
+            qkv_features,
+        )
 
         a = self.attrs
         p = a["patch_size"]
@@ -235,11 +241,7 @@ class Model:
         dev = torch.device(self.device)
         xs = [backbone_input(img, p, a["long_side"]) for img in images]
         out: list[dict[str, np.ndarray]] = []
-        i = 0
-        while i < len(xs):
-            j = i + 1
-            while j < len(xs) and j - i < batch_size and xs[j].shape == xs[i].shape:
-                j += 1
+        for i, j in equal_shape_runs([x.shape for x in xs], batch_size):
             x = torch.from_numpy(np.stack(xs[i:j])).to(dev)
             with autocast(dev, a["precision"] == "bfloat16"):
                 st = as_stored(qkv_features(model, x, a["layer"]), (a["feature"],))
@@ -253,7 +255,6 @@ class Model:
                 }
                 for b in range(j - i)
             ]
-            i = j
         return out
 
     def segment(

@@ -124,6 +124,20 @@ def bf16_fidelity(model: torch.nn.Module, x: torch.Tensor, layer: int = -1) -> f
     )
 
 
+def equal_shape_runs(shapes: list[tuple[int, ...]], batch_size: int) -> list[tuple[int, int]]:
+    """``(lo, hi)`` of each batch of consecutive inputs of one shape, at most
+    ``batch_size`` long, in order: what one forward pass can stack."""
+    runs = []
+    lo = 0
+    while lo < len(shapes):
+        hi = lo + 1
+        while hi < len(shapes) and hi - lo < batch_size and shapes[hi] == shapes[lo]:
+            hi += 1
+        runs.append((lo, hi))
+        lo = hi
+    return runs
+
+
 def backbone_input(image: np.ndarray, patch: int, long_side: int | None) -> np.ndarray:
     """``(H, W, 3)`` uint8 RGB -> ``(3, h, w)`` float32: resized whole (``h``, ``w``
     multiples of ``patch``, long side ``long_side``) and ImageNet-normalised."""
