@@ -203,6 +203,42 @@ def _apply(ctx: Context, model: Path, folder: Path, name: str, tag: str) -> dict
     }
 
 
+def _budget_result(
+    name: str,
+    seconds: dict[str, float],
+    peak_mb: dict[str, float],
+    runs_s: dict[str, list[float]],
+    ctx: Context,
+    sizes: dict,
+    **extra,
+) -> Result:
+    """The large photo against the small one (``seconds``, ``peak_mb``: ``"large"`` and
+    ``"small"``): time as an absolute result whose budget is the small photo's time plus
+    ``TARGET_S``, the memory budget ``TARGET_MB`` in the extras with ``extra``."""
+    return Result(
+        name=name,
+        kind="absolute",
+        ours_s=seconds["large"],
+        reference_s=seconds["small"] + TARGET_S,
+        target=1.0,
+        runs=ctx.repeats,
+        sizes=sizes,
+        extra={
+            "small_s": seconds["small"],
+            "extra_s": seconds["large"] - seconds["small"],
+            "target_extra_s": TARGET_S,
+            "large_peak_rss_mb": peak_mb["large"],
+            "small_peak_rss_mb": peak_mb["small"],
+            "extra_peak_mb": peak_mb["large"] - peak_mb["small"],
+            "target_extra_mb": TARGET_MB,
+            "meets_memory": bool(peak_mb["large"] - peak_mb["small"] <= TARGET_MB),
+            "large_runs_s": runs_s["large"],
+            "small_runs_s": runs_s["small"],
+            **extra,
+        },
+    )
+
+
 def run(ctx: Context) -> list[Result]:
     import cv2
 
@@ -240,27 +276,14 @@ def run(ctx: Context) -> list[Result]:
     sizes = {"large_hw": list(large_hw), "small_hw": list(small_hw), "long_side": 480}
     refine = schema_defaults("refine")
     results = [
-        Result(
-            name="photo_segment",
-            kind="absolute",
-            ours_s=t["large"],
-            reference_s=t["small"] + TARGET_S,
-            target=1.0,
-            runs=ctx.repeats,
-            sizes=sizes,
-            extra={
-                "small_s": t["small"],
-                "extra_s": t["large"] - t["small"],
-                "target_extra_s": TARGET_S,
-                "large_peak_rss_mb": peak["large"],
-                "small_peak_rss_mb": peak["small"],
-                "extra_peak_mb": peak["large"] - peak["small"],
-                "target_extra_mb": TARGET_MB,
-                "meets_memory": bool(peak["large"] - peak["small"] <= TARGET_MB),
-                "max_side": refine["max_side"],
-                "large_runs_s": [r["s"] for r in runs["large"]],
-                "small_runs_s": [r["s"] for r in runs["small"]],
-            },
+        _budget_result(
+            "photo_segment",
+            t,
+            peak,
+            {side: [r["s"] for r in runs[side]] for side in runs},
+            ctx,
+            sizes,
+            max_side=refine["max_side"],
         )
     ]
     aps: dict[str, list[dict]] = {"small": [], "large": []}
@@ -281,37 +304,22 @@ def run(ctx: Context) -> list[Result]:
         }
         for side, runs in aps.items()
     }
-    wall = {k: v["s"] for k, v in ap.items()}
-    apply_peak = {k: v["peak_mb"] for k, v in ap.items()}
     tree_peak = {k: v["tree_peak_mb"] for k, v in ap.items()}
     results.append(
-        Result(
-            name="photo_apply",
-            kind="absolute",
-            ours_s=wall["large"],
-            reference_s=wall["small"] + TARGET_S,
-            target=1.0,
-            runs=ctx.repeats,
-            sizes=sizes,
-            extra={
-                "small_s": wall["small"],
-                "extra_s": wall["large"] - wall["small"],
-                "target_extra_s": TARGET_S,
-                "large_peak_rss_mb": apply_peak["large"],
-                "small_peak_rss_mb": apply_peak["small"],
-                "extra_peak_mb": apply_peak["large"] - apply_peak["small"],
-                "target_extra_mb": TARGET_MB,
-                "meets_memory": bool(apply_peak["large"] - apply_peak["small"] <= TARGET_MB),
-                "large_runs_s": [a["s"] for a in aps["large"]],
-                "small_runs_s": [a["s"] for a in aps["small"]],
-                "large_rules_s": ap["large"]["rules_s"],
-                "small_rules_s": ap["small"]["rules_s"],
-                "extra_rules_s": ap["large"]["rules_s"] - ap["small"]["rules_s"],
-                "large_any_process_peak_mb": tree_peak["large"],
-                "small_any_process_peak_mb": tree_peak["small"],
-                "extra_any_process_peak_mb": tree_peak["large"] - tree_peak["small"],
-                "max_side": refine["max_side"],
-            },
+        _budget_result(
+            "photo_apply",
+            {k: v["s"] for k, v in ap.items()},
+            {k: v["peak_mb"] for k, v in ap.items()},
+            {side: [a["s"] for a in aps[side]] for side in aps},
+            ctx,
+            sizes,
+            large_rules_s=ap["large"]["rules_s"],
+            small_rules_s=ap["small"]["rules_s"],
+            extra_rules_s=ap["large"]["rules_s"] - ap["small"]["rules_s"],
+            large_any_process_peak_mb=tree_peak["large"],
+            small_any_process_peak_mb=tree_peak["small"],
+            extra_any_process_peak_mb=tree_peak["large"] - tree_peak["small"],
+            max_side=refine["max_side"],
         )
     )
     return results
