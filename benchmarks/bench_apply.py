@@ -52,11 +52,11 @@ def _fit(ctx: Context, snakemake: str) -> tuple[dict, object]:
 
 
 def run(ctx: Context) -> list[Result]:
+    from lcseg_steps.apply.model_zarr import load_model
     from lcseg_steps.data.demo import generate_demo
-    from lcseg_steps.data.index import ImageRecord
-    from lcseg_steps.images import read_rgb
-    from lcseg_steps.model import load_model
-    from lcseg_steps.qkv import autocast, backbone_input
+    from lcseg_steps.data.image_table import ImageRecord
+    from lcseg_steps.data.images import read_rgb
+    from lcseg_steps.perimage.qkv import autocast, backbone_input
 
     snakemake = os.path.join(os.path.dirname(sys.executable), "snakemake")
     cfg, wd = _fit(ctx, snakemake)
@@ -141,10 +141,10 @@ def run_folder(ctx: Context) -> list[Result]:
     inputs prepared, batches of 8, in this process). The images are demo images brought to
     one size, ``PHOTO_WH``, as a camera's photos are. Kind "overhead": ratio = ours /
     floor, target <= 2."""
+    from lcseg_steps.apply.model_zarr import load_model
     from lcseg_steps.data.demo import generate_demo
-    from lcseg_steps.images import read_rgb
-    from lcseg_steps.model import load_model
-    from lcseg_steps.qkv import autocast, backbone_input, equal_shape_runs
+    from lcseg_steps.data.images import read_rgb
+    from lcseg_steps.perimage.qkv import autocast, backbone_input, equal_shape_runs
 
     snakemake = os.path.join(os.path.dirname(sys.executable), "snakemake")
     cfg, wd = _fit(ctx, snakemake)

@@ -2,7 +2,7 @@
 
 For each clusterer (``spectral``, ``kmeans``, ``agglomerative``) and each count of
 synthetic 384-dim descriptors (full scale: 10k, 100k and 350k, COCO train2017's ~350k
-object regions, into 80 classes), *ours* is ``lcseg_steps.assign.run_assign`` with the
+object regions, into 80 classes), *ours* is ``lcseg_steps.stages.assign.run_assign`` with the
 default ``labels.fit_sample`` (spectral and agglomerative fit a seeded sample, the rest go
 to the nearest class prototype; kmeans fits all), reading the descriptors from a Zarr
 store as the stage does, in a fresh process: its wall time and peak RSS.
@@ -69,12 +69,12 @@ def child(
     """
     from sklearn.metrics import adjusted_rand_score
 
-    from lcseg_steps.store import open_store
+    from lcseg_steps.stores.layout import open_store
 
     limit_threads(threads)
     t0 = time.perf_counter()
     if side == "ours":
-        from lcseg_steps.assign import run_assign
+        from lcseg_steps.stages.assign import run_assign
 
         out = run_assign(
             [store],
@@ -100,7 +100,7 @@ def child(
             model = KMeans(n_clusters=n_classes, n_init=10, max_iter=50, random_state=0)
             labels = model.fit_predict(Xn)
         else:
-            from lcseg_steps.class_clustering import assign_classes
+            from lcseg_steps.clustering.class_clustering import assign_classes
 
             labels = assign_classes(X, n_classes, method=clusterer, seed=0)
         fitted = len(labels)
@@ -121,7 +121,7 @@ def reference_cap(ctx: Context, clusterer: str) -> int:
 def run(ctx: Context) -> list[Result]:
     from sklearn.metrics import adjusted_rand_score
 
-    from lcseg_steps.store import write_store
+    from lcseg_steps.stores.layout import write_store
 
     counts = ctx.pick((10_000, 100_000, 350_000), (5_000, 20_000, 50_000), (400,))
     n_classes = ctx.pick(80, 20, 5)

@@ -15,7 +15,7 @@ depending on its matching job(s) upstream; its dry run is what Snakemake alone c
 a DAG of this size. The result is an overhead ratio (lcseg / bare), target 1.5.
 
 lcseg caches the image count of a COCO listing next to the results, keyed on the JSON's
-path, size, mtime, ctime and inode (``lcseg_steps/listing_cache.py``), so the timed runs,
+path, size, mtime, ctime and inode (``lcseg_steps/data/listing_cache.py``), so the timed runs,
 like every dry run after the first, reuse the count the untimed first runs cached;
 ``ours_cold_s`` is one more run with the cache removed, as after the JSON changed.
 """
@@ -234,7 +234,7 @@ def run(ctx: Context) -> list[Result]:
 
     # where the time goes: the listing alone, and interpreter + snakemake start-up
     if ctx.scale != "tiny":
-        from lcseg_steps.data.index import list_images
+        from lcseg_steps.data.image_table import list_images
 
         t0 = time.perf_counter()
         list_images(config["dataset"])

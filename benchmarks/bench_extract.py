@@ -1,6 +1,6 @@
 """Extract stage against a bare timm forward pass of the same ViT on the same inputs.
 
-Ours is :func:`lcseg_steps.extract.extract_shard` (the stage's whole core: DataLoader with
+Ours is :func:`lcseg_steps.stages.extract.extract_shard` (the stage's whole core: DataLoader with
 ``num_workers=0``, the ``attn.qkv`` hook, the q/k/v split, CLS attention, float16
 conversion, the chunked Zarr writes) on JPEG files. The reference is
 ``model.forward_features`` on the same images already decoded, resized and normalised,
@@ -33,7 +33,7 @@ from benchmarks.harness import Context, Result, interleaved, time_call
 
 
 def _decode_all(paths, patch: int, long_side: int) -> list[np.ndarray]:
-    from lcseg_steps.images import normalize, read_rgb, resize_for_backbone
+    from lcseg_steps.data.images import normalize, read_rgb, resize_for_backbone
 
     return [normalize(resize_for_backbone(read_rgb(p), patch, long_side)) for p in paths]
 
@@ -41,7 +41,7 @@ def _decode_all(paths, patch: int, long_side: int) -> list[np.ndarray]:
 def extract_on_cpu(records, model, info, out, *, long_side, batch, precision, layer=-1):
     """``extract_shard`` as the benchmarks run it: on the CPU, no DataLoader workers,
     quiet."""
-    from lcseg_steps.extract import extract_shard
+    from lcseg_steps.stages.extract import extract_shard
 
     return extract_shard(
         records,
@@ -60,7 +60,7 @@ def extract_on_cpu(records, model, info, out, *, long_side, batch, precision, la
 
 def bf16_check(model, x: torch.Tensor) -> dict:
     """Cosine similarity of bf16-autocast q/k/v to float32 ones, and both times (1 run)."""
-    from lcseg_steps.qkv import qkv_features
+    from lcseg_steps.perimage.qkv import qkv_features
 
     t32, ref = time_call(lambda: qkv_features(model, x))
 
@@ -93,9 +93,9 @@ def checksum_seconds(store) -> tuple[float, int]:
 
 
 def run(ctx: Context) -> list[Result]:
-    from lcseg_steps.backbone import load_backbone
-    from lcseg_steps.data.index import ImageRecord
-    from lcseg_steps.extract import BF16_MIN_COS, bf16_fidelity, native_bf16
+    from lcseg_steps.data.image_table import ImageRecord
+    from lcseg_steps.perimage.backbone import load_backbone
+    from lcseg_steps.perimage.qkv import BF16_MIN_COS, bf16_fidelity, native_bf16
 
     long_side = ctx.pick(480, 224, 64)
     n = ctx.pick(16, 8, 2)
@@ -181,8 +181,8 @@ def run_datapath(ctx: Context) -> list[Result]:
     resizing and normalising the same JPEGs alone in one loop. Independent of the real
     backbone's speed, it shows what reading, copying and writing around the forward cost.
     Kind "speedup": ratio = decode floor / ours, target >= 0.8."""
-    from lcseg_steps.backbone import load_backbone
-    from lcseg_steps.data.index import ImageRecord
+    from lcseg_steps.data.image_table import ImageRecord
+    from lcseg_steps.perimage.backbone import load_backbone
 
     long_side = ctx.pick(480, 224, 64)
     n = ctx.pick(32, 16, 4)
@@ -237,7 +237,12 @@ def run_checksums(ctx: Context) -> list[Result]:
     "speedup": ratio = before / ours, target >= 0.9 each."""
     import zarr
 
-    from lcseg_steps.store import DEFAULT_CHUNK_ROWS, StoreWriter, iter_row_blocks, open_store
+    from lcseg_steps.stores.layout import (
+        DEFAULT_CHUNK_ROWS,
+        StoreWriter,
+        iter_row_blocks,
+        open_store,
+    )
 
     rows, dim = ctx.pick(262144, 65536, 2048), ctx.pick(384, 384, 32)
     data = np.random.default_rng(0).standard_normal((rows, dim)).astype(np.float16)

@@ -1,10 +1,10 @@
 """Cosine k-means drivers against scikit-learn's Lloyd k-means from the same initial centroids.
 
-- ``kmeans_image``: ``lcseg_steps.kmeans.kmeans(offsets=...)`` on many ~900 x 384 float16
+- ``kmeans_image``: ``lcseg_steps.clustering.kmeans.kmeans(offsets=...)`` on many ~900 x 384 float16
   problems (one per image) against a loop of ``sklearn.cluster.KMeans`` fits, one per image,
   on the L2-normalised float32 rows (normalised outside the timing: the reference is not
   charged for it, ours is, since kmeans takes the stored float16).
-- ``kmeans_dataset``: ``lcseg_steps.kmeans.kmeans_stream`` over 16,384-row blocks of
+- ``kmeans_dataset``: ``lcseg_steps.clustering.kmeans.kmeans_stream`` over 16,384-row blocks of
   an in-memory float16 array (the dataset level's driver) against one sklearn fit on all
   rows as normalised float32. Also: the same fit streamed from a Zarr store, and the peak
   memory of each side measured in its own process.
@@ -110,7 +110,7 @@ def image_child(data: str, lo: int, hi: int, max_iter: int, start_at: float) -> 
     children run side by side. Returns the fit's wall-clock start and end."""
     import torch  # noqa: F401  (the stage imports it for the float16 cast at this size)
 
-    from lcseg_steps.kmeans import kmeans
+    from lcseg_steps.clustering.kmeans import kmeans
 
     d = np.load(f"{data}.npz")
     off = d["offsets"][lo : hi + 1]
@@ -153,7 +153,7 @@ def side_by_side(ctx: Context, X, offsets, init, max_iter: int, jobs: int) -> fl
 
 
 def run_image(ctx: Context) -> list[Result]:
-    from lcseg_steps.kmeans import kmeans, kmeans_plusplus
+    from lcseg_steps.clustering.kmeans import kmeans, kmeans_plusplus
 
     n_prob = ctx.pick(1449, 150, 12)
     dim = 384
@@ -243,7 +243,7 @@ def _image_bound(X16: np.ndarray, C: np.ndarray, reps: int = 200) -> dict:
     """Per-problem costs that bound any float32 CPU implementation (microseconds, one
     thread): the float16 -> float32 cast of a problem not in cache, and one
     matrix-vector product over its float32 rows, cache-warm (every Lloyd pass needs one)."""
-    from lcseg_steps.kmeans import _as_float32, _single_threaded_kernels, array_namespace
+    from lcseg_steps.clustering.kmeans import _as_float32, _single_threaded_kernels, array_namespace
 
     xp = array_namespace("cpu")
 
@@ -285,8 +285,8 @@ def dataset_child(
     ``points`` is a float16 ``.npy``; sklearn gets it as normalised float32 (the float16
     copy is dropped before the fit).
     """
-    from lcseg_steps.kmeans import kmeans_stream
-    from lcseg_steps.store import iter_row_blocks, open_store
+    from lcseg_steps.clustering.kmeans import kmeans_stream
+    from lcseg_steps.stores.layout import iter_row_blocks, open_store
 
     limit_threads(threads)
     C0 = np.load(init)
@@ -343,8 +343,8 @@ def dataset_child(
 
 
 def run_dataset(ctx: Context) -> list[Result]:
-    from lcseg_steps.kmeans import kmeans_plusplus, kmeans_stream
-    from lcseg_steps.store import StoreWriter
+    from lcseg_steps.clustering.kmeans import kmeans_plusplus, kmeans_stream
+    from lcseg_steps.stores.layout import StoreWriter
 
     n = ctx.pick(1_000_000, 100_000, 5_000)
     dim = 384

@@ -78,9 +78,9 @@ def write_jpeg(path: Path, rgb: np.ndarray) -> Path:
 
 def build_model(out: Path, n_classes: int = 4, seed: int = 0) -> Path:
     """A random-weight ``model.zarr`` with the schema's per-image settings."""
-    from lcseg_steps.backbone import load_backbone
-    from lcseg_steps.model import write_model
-    from lcseg_steps.qkv import qkv_dim
+    from lcseg_steps.apply.model_zarr import write_model
+    from lcseg_steps.perimage.backbone import load_backbone
+    from lcseg_steps.perimage.qkv import qkv_dim
 
     model, info = load_backbone(
         "vit_small_patch16_224", "random", seed=seed, overrides=OVERRIDES, device="cpu"

@@ -107,14 +107,14 @@ def _config(ctx: Context) -> dict:
 
 def essential(wd: Path, cfg: dict, threads: int) -> dict[str, float]:
     """Forward passes and CRF calls of the finished run in ``wd``, each measured alone."""
-    from lcseg_steps.backbone import load_backbone
-    from lcseg_steps.crf import crf_refine, upsample_score
-    from lcseg_steps.data.index import read_index
-    from lcseg_steps.descriptors import crop_cls_descriptors
-    from lcseg_steps.extract import extract_shard
-    from lcseg_steps.images import read_rgb
-    from lcseg_steps.regions import object_regions, region_crop
-    from lcseg_steps.store import image_grid_array, open_store, pixel_map, read_ids
+    from lcseg_steps.data.image_table import read_index
+    from lcseg_steps.data.images import read_rgb
+    from lcseg_steps.perimage.backbone import load_backbone
+    from lcseg_steps.perimage.crf import crf_refine, upsample_score
+    from lcseg_steps.perimage.descriptors import crop_cls_descriptors
+    from lcseg_steps.perimage.regions import object_regions, region_crop
+    from lcseg_steps.stages.extract import extract_shard
+    from lcseg_steps.stores.layout import image_grid_array, open_store, pixel_map, read_ids
 
     res = wd / "results" / cfg["run"]
     records = read_index(res / "images.tsv")

@@ -1,11 +1,11 @@
 """Refine stage (upsampling + dense CRF) against bare pydensecrf2 inference, and its pool.
 
-- ``refine``: :func:`lcseg_steps.refine.run_refine` with one process (reads a patch-mask
+- ``refine``: :func:`lcseg_steps.stages.refine.run_refine` with one process (reads a patch-mask
   store and the image files, upsamples, runs the CRF, writes the pixel-mask store) against
   the bare ``pydensecrf`` calls (unary, two pairwise terms, ``inference``, argmax) with the
   same parameters on the same images already decoded and the same probabilities already
   upsampled. Kind "overhead": ours / bare, target <= 1.1.
-- ``refine_parallel``: :func:`lcseg_steps.refine.refine_images` with 2 processes against 1
+- ``refine_parallel``: :func:`lcseg_steps.stages.refine.refine_images` with 2 processes against 1
   (the speed-up of the process pool), target >= 1.8. Timed in a fresh interpreter holding
   what the refine stage's script holds: this harness process has imported torch and kept
   the other benchmarks' memory, which makes forking a pool worker slower here than in the
@@ -67,7 +67,7 @@ def write_scenes(folder: Path, n: int, h: int, w: int, seed: int = 0):
         img, fg = synthetic_scene(rng, h, w)
         path = folder / f"img_{i:04d}.jpg"
         cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
-        from lcseg_steps.images import read_rgb
+        from lcseg_steps.data.images import read_rgb
 
         out.append((path, read_rgb(path), score_grid(fg)))
     return out
@@ -91,9 +91,10 @@ def bare_crf(image: np.ndarray, prob_fg: np.ndarray, p) -> np.ndarray:
 
 
 def run(ctx: Context) -> list[Result]:
-    from lcseg_steps.data.index import ImageRecord
-    from lcseg_steps.refine import run_refine, upsample_score
-    from lcseg_steps.store import offsets_from_sizes, open_store, pixel_map, write_store
+    from lcseg_steps.data.image_table import ImageRecord
+    from lcseg_steps.perimage.crf import upsample_score
+    from lcseg_steps.stages.refine import run_refine
+    from lcseg_steps.stores.layout import offsets_from_sizes, open_store, pixel_map, write_store
 
     n = ctx.pick(8, 4, 2)
     h, w = ctx.pick((360, 480), (360, 480), (96, 128))
@@ -178,9 +179,9 @@ def run(ctx: Context) -> list[Result]:
 def pool_child(items: list, repeats: int) -> dict:
     """2 processes against 1 on ``items`` ``[(path, score grid as lists)]``, in this (fresh)
     interpreter, as the refine script runs them: warm-up, then ``repeats`` interleaved."""
-    from lcseg_steps.refine import refine_images
+    from lcseg_steps.stages.refine import refine_images
 
-    limit_threads(1)  # as lcseg_steps.refine.run
+    limit_threads(1)  # as lcseg_steps.stages.refine.run
     work = [(path, np.asarray(grid, dtype=np.float32)) for path, grid in items]
 
     def pool(processes: int):

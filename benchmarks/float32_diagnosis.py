@@ -76,7 +76,7 @@ def compare_features(a, b) -> dict:
 def level_agreement(a, b, feature: str = "k", seed: int = 0) -> dict:
     """Equal-label fractions of the image level and the dataset level, each side's labels
     computed from its own stored ``feature`` rows with the same initial centroids."""
-    from lcseg_steps.kmeans import kmeans, kmeans_plusplus
+    from lcseg_steps.clustering.kmeans import kmeans, kmeans_plusplus
 
     off = a["offsets"][:]
     xa, xb = a[feature][:], b[feature][:]
@@ -105,10 +105,10 @@ def level_agreement(a, b, feature: str = "k", seed: int = 0) -> dict:
 def diagnose(device: str, n_images: int = 8, long_side: int = 64, tmp: Path | None = None) -> dict:
     import cv2
 
-    from lcseg_steps.backbone import load_backbone
     from lcseg_steps.data.demo import generate_demo, list_demo
-    from lcseg_steps.extract import extract_shard
-    from lcseg_steps.store import open_store
+    from lcseg_steps.perimage.backbone import load_backbone
+    from lcseg_steps.stages.extract import extract_shard
+    from lcseg_steps.stores.layout import open_store
 
     t0 = time.perf_counter()
     tmp = Path(tmp or tempfile.mkdtemp(prefix="float32_diagnosis_"))

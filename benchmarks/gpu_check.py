@@ -212,9 +212,9 @@ def extract_speed(c: Check) -> dict:
 
     from benchmarks.bench_extract import _decode_all
     from benchmarks.bench_refine import write_scenes
-    from lcseg_steps.backbone import load_backbone
     from lcseg_steps.data.records import ImageRecord
-    from lcseg_steps.extract import extract_shard
+    from lcseg_steps.perimage.backbone import load_backbone
+    from lcseg_steps.stages.extract import extract_shard
 
     n, batch = size("extract_images", c.scale), size("extract_batch", c.scale)
     long_side = size("extract_long_side", c.scale)
@@ -287,7 +287,7 @@ def kmeans_image(c: Check) -> dict:
     from sklearn.cluster import KMeans
     from threadpoolctl import threadpool_limits
 
-    from lcseg_steps.kmeans import kmeans
+    from lcseg_steps.clustering.kmeans import kmeans
 
     rng = np.random.default_rng(0)
     P, D = size("image_problems", c.scale), size("dim", c.scale)
@@ -326,7 +326,7 @@ def kmeans_image(c: Check) -> dict:
 
 
 def kmeans_dataset(c: Check) -> dict:
-    from lcseg_steps.kmeans import kmeans_stream
+    from lcseg_steps.clustering.kmeans import kmeans_stream
 
     n, block, D = (size(k, c.scale) for k in ("dataset_rows", "dataset_block", "dim"))
     n = n // block * block

@@ -100,10 +100,10 @@ def schema_defaults(section: str) -> dict[str, Any]:
 
 
 def default_crf_params():
-    """The schema's default ``lcseg_steps.refine.CRFParams``."""
+    """The schema's default ``lcseg_steps.stages.refine.CRFParams``."""
     from dataclasses import fields
 
-    from lcseg_steps.crf import CRFParams
+    from lcseg_steps.perimage.crf import CRFParams
 
     refine = schema_defaults("refine")
     return CRFParams(**{f.name: refine[f.name] for f in fields(CRFParams)})

@@ -198,7 +198,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     except ImportError:
         pass
-    from lcseg_steps import kmeans as km
+    from lcseg_steps.clustering import kmeans as km
 
     print(f"threads: {args.threads} (threadpoolctl limits + torch), pid {os.getpid()}")
     with threadpool_limits(args.threads):

@@ -16,10 +16,10 @@ own failure mode (the levels make *partly independent* errors):
   pseudo-category (hurts the category level);
 - isotropic noise on every patch (hurts all).
 
-Each level is run with the pure functions of ``lcseg_steps.levels`` and the k-means drivers
-of ``lcseg_steps.kmeans`` (k = 2 at every level, attention fg rule, fg_vote = 0.5: the
-pipeline defaults), then merged by vote (2 of 3), intersect and union. The score is the
-foreground IoU over all patches of the dataset.
+Each level is run with the pure functions of ``lcseg_steps.clustering.levels`` and the
+k-means drivers of ``lcseg_steps.clustering.kmeans`` (k = 2 at every level, attention fg
+rule, fg_vote = 0.5: the pipeline defaults), then merged by vote (2 of 3), intersect and
+union. The score is the foreground IoU over all patches of the dataset.
 
     python -m benchmarks.planted            # 200 images of ~30x40 patches, 6 noise levels
     python -m benchmarks.planted --quick    # 60 images of ~15x20 patches
@@ -39,9 +39,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from lcseg_steps import levels as lv  # noqa: E402
-from lcseg_steps.fit_category import pseudo_categories  # noqa: E402
-from lcseg_steps.kmeans import kmeans_stream, l2_normalize, nearest_centroid  # noqa: E402
+from lcseg_steps.clustering import levels as lv  # noqa: E402
+from lcseg_steps.clustering.kmeans import kmeans_stream, l2_normalize, nearest_centroid  # noqa: E402
+from lcseg_steps.stages.fit_category import pseudo_categories  # noqa: E402
 
 K = 2  # clusters per image, over the dataset and per pseudo-category (pipeline defaults)
 FG_VOTE = 0.5

@@ -8,7 +8,7 @@ import sys
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from lcseg_steps import inspect_store
+    from lcseg_steps.stores import inspect as inspect_store
 
     if args.image is None:
         print(inspect_store.describe(args.path))
@@ -27,10 +27,10 @@ def _segment(args: argparse.Namespace) -> int:
     and in ``<out>/skipped.tsv``); model and usage errors exit 2 in ``main``."""
     from pathlib import Path
 
-    from lcseg_steps import segment_paths
-    from lcseg_steps.apply_config import first_seed, locate_model
+    from lcseg_steps.apply import segment_paths
+    from lcseg_steps.apply.config import first_seed, locate_model
+    from lcseg_steps.apply.model_zarr import load_model
     from lcseg_steps.data.voc import write_label_png
-    from lcseg_steps.model import load_model
 
     items, skipped = segment_paths.plan(args.images)
     for path, reason in skipped:
@@ -64,7 +64,7 @@ def _segment(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from lcseg_steps.store_checks import verify
+    from lcseg_steps.stores.checks import verify
 
     findings = verify(args.path)
     if not findings:

@@ -1,7 +1,7 @@
 """The pipeline, declared once.
 
 Each :class:`Stage` says everything the workflow needs to know about one stage: its name
-(the rule's, the module's under ``lcseg_steps``, and the config block's where it has one),
+(the rule's, the module's under ``lcseg_steps.stages``, and the config block's where it has one),
 the config keys it reads (dotted, as the schema names them), the stages whose outputs it
 reads, its output templates, its conda env, threads and resources. The Snakefile generates
 the default run's rules (``workflow/rules/pipeline.smk``) and the analysis grid's rules
@@ -23,8 +23,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lcseg_steps import resources as res
-from lcseg_steps.settings import is_auto
+from lcseg_steps.runner import resources as res
+from lcseg_steps.runner.settings import is_auto
 
 KINDS = frozenset({"method", "baseline"})
 # ``snakemake apply``: a fitted model.zarr segments new images; the stages it runs carry
@@ -53,7 +53,7 @@ class Stage:
     ``stands_for``: the stage whose place it takes for its readers in those variants.
     ``when``: whether a variant's config runs it (a level switched off does not).
     ``env``: conda env file (relative to ``workflow/rules/``) or a function of the config.
-    ``resources``: a function of :class:`lcseg_steps.resources.Sizing` giving Snakemake
+    ``resources``: a function of :class:`lcseg_steps.runner.resources.Sizing` giving Snakemake
     resources; a ``mem_mb`` that is a float grows with the attempt (``--retries``).
     ``folder``: the analysis folder of outputs that sit at the top of the run folder.
     ``report``: output name -> (caption file, category) for ``snakemake --report``.
@@ -75,7 +75,6 @@ class Stage:
     env: str | Callable[[Mapping], str] = "../../envs/base.yaml"
     threads: int = 1
     resources: Callable[[res.Sizing], dict] = field(default=lambda s: {})
-    module: str | None = None
     folder: str | None = None
     report: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     sources: Callable[[Mapping], dict] | None = None
@@ -87,11 +86,6 @@ class Stage:
         return self.target is True or (self.target == "run" and not analysis)
 
     @property
-    def module_name(self) -> str:
-        """The module under ``lcseg_steps`` that runs it (``lcseg_steps.<module>.run``)."""
-        return self.module or self.name
-
-    @property
     def first_output(self) -> str:
         return next(iter(self.outputs))
 
@@ -100,8 +94,8 @@ def _index_settings(config: Mapping) -> dict:
     """The dataset, and what decides which images extract can take: the resize policy's
     long side and the backbone's patch size (the backbone itself only when its name does
     not tell the patch size)."""
-    from lcseg_steps.backbone import patch_size_of
     from lcseg_steps.data.demo import demo_params
+    from lcseg_steps.perimage.backbone import patch_size_of
 
     bb = config["backbone"]
     ds = dict(config["dataset"])
@@ -296,7 +290,6 @@ STAGES: tuple[Stage, ...] = (
         inputs=("extract",),
         kinds=frozenset({"baseline"}),
         stands_for="merge",
-        module="analysis.baselines",
         resources=lambda s: s.shard(512, 64, 2, 0.01),
     ),
     Stage(
@@ -361,7 +354,7 @@ STAGES: tuple[Stage, ...] = (
         resources=lambda s: s.shard(512, 256, 2, 0.1),
     ),
     # the fitted state of a seed as one artifact, to segment new images with
-    # (lcseg_steps.model); the stage module is export_model, model is the library
+    # (lcseg_steps.apply.model_zarr)
     Stage(
         "model",
         outputs={"model": "model.zarr/"},
@@ -370,7 +363,6 @@ STAGES: tuple[Stage, ...] = (
         per_shard=False,
         seeded=True,
         kinds=frozenset({"method"}),
-        module="export_model",
         resources=lambda s: s.whole(1024, 2, 5, 0.01),
         # not in the analysis: its variants compare scores and need no model each
         target="run",
@@ -427,7 +419,7 @@ def stage_settings(stage: str, config: Mapping, seed: int | None = None) -> dict
     """``stage``'s settings under ``config``: the keys it reads, each under its schema
     name, plus ``seed`` for a seeded stage. A rule passes them as ``params.settings``, so
     a change of one key reruns the stages that read it and nothing else, and every store
-    records the settings it was made with (``lcseg_steps.stage``)."""
+    records the settings it was made with (``lcseg_steps.runner.adapter``)."""
     s = get_stage(stage)
     if callable(s.reads):
         out = s.reads(config)

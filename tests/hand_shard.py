@@ -8,11 +8,11 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from lcseg_steps.data.index import ImageRecord
+from lcseg_steps.data.image_table import ImageRecord
 from lcseg_steps.data.voc import write_label_png
-from lcseg_steps.objects import run_objects
-from lcseg_steps.refine import run_refine
-from lcseg_steps.store import pixel_layout, write_store
+from lcseg_steps.stages.objects import run_objects
+from lcseg_steps.stages.refine import run_refine
+from lcseg_steps.stores.layout import pixel_layout, write_store
 from tests.schema_defaults import crf_settings
 
 PATCH = 8

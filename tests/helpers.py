@@ -67,8 +67,8 @@ def scheduled(result) -> dict[str, int]:
 
 
 def stage_job(inputs: dict, output, settings: dict) -> SimpleNamespace:
-    """A stand-in for ``lcseg_steps.stage.Job`` with what a stage's ``run`` reads."""
-    from lcseg_steps.settings import settings_attrs
+    """A stand-in for ``lcseg_steps.runner.adapter.Job`` with what a stage's ``run`` reads."""
+    from lcseg_steps.runner.settings import settings_attrs
 
     return SimpleNamespace(
         input=SimpleNamespace(**inputs),

@@ -4,11 +4,11 @@ merge); conftest.py's ``pipeline`` fixture builds it once per session."""
 
 import numpy as np
 
-from lcseg_steps.fit_category import run_fit_category
-from lcseg_steps.fit_dataset import run_fit_dataset
-from lcseg_steps.image_level import run_image_level
-from lcseg_steps.merge import run_merge
-from lcseg_steps.store import read_ids, write_store
+from lcseg_steps.stages.fit_category import run_fit_category
+from lcseg_steps.stages.fit_dataset import run_fit_dataset
+from lcseg_steps.stages.image_level import run_image_level
+from lcseg_steps.stages.merge import run_merge
+from lcseg_steps.stores.layout import read_ids, write_store
 
 D = 32
 COMMON = {"max_iter": 30, "tol": 1e-4, "seed": 0, "device": "cpu", "attrs": {"test": True}}

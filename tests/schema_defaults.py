@@ -39,7 +39,7 @@ def default_config() -> dict:
 
 def crf_params(**changes):
     """The schema's default ``CRFParams`` (``refine`` block), with ``changes``."""
-    from lcseg_steps.refine import CRFParams
+    from lcseg_steps.perimage.crf import CRFParams
 
     refine = {**schema_defaults("refine"), **changes}
     return CRFParams(**{f.name: refine[f.name] for f in dataclasses.fields(CRFParams)})

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lcseg_steps.store import open_store
+from lcseg_steps.stores.layout import open_store
 from tests.helpers import snakemake
 
 TIMING_KEY = re.compile(r"(^|_)(time|times|seconds|elapsed|duration|timestamp|date)($|_)")

@@ -6,8 +6,10 @@ import cv2
 import numpy as np
 import pytest
 
-from lcseg_steps.analysis import baselines
-from lcseg_steps.analysis.baselines import (
+from lcseg_steps.data.image_table import ImageRecord
+from lcseg_steps.runner.settings import settings_attrs
+from lcseg_steps.stages import baselines
+from lcseg_steps.stages.baselines import (
     BASELINES,
     all_background,
     baseline_masks,
@@ -16,10 +18,8 @@ from lcseg_steps.analysis.baselines import (
     cls_attention_mask,
     top_mass_mask,
 )
-from lcseg_steps.data.index import ImageRecord
-from lcseg_steps.refine import run_refine
-from lcseg_steps.settings import settings_attrs
-from lcseg_steps.store import open_store, patch_layout, pixel_map, read_ids, write_store
+from lcseg_steps.stages.refine import run_refine
+from lcseg_steps.stores.layout import open_store, patch_layout, pixel_map, read_ids, write_store
 from tests.helpers import stage_job
 from tests.schema_defaults import crf_settings
 

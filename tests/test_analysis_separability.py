@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from lcseg_steps.analysis import separability as separability_mod
-from lcseg_steps.analysis.separability import (
+from lcseg_steps.clustering.kmeans import kmeans
+from lcseg_steps.data.image_table import ImageRecord, read_index, write_index
+from lcseg_steps.data.voc import write_label_png
+from lcseg_steps.stages import separability as separability_mod
+from lcseg_steps.stages.separability import (
     IOU_BINS,
     SCORE_BINS,
     SUMMARY_KEYS,
@@ -26,10 +29,7 @@ from lcseg_steps.analysis.separability import (
     separability,
     store_separability,
 )
-from lcseg_steps.data.index import ImageRecord, read_index, write_index
-from lcseg_steps.data.voc import write_label_png
-from lcseg_steps.kmeans import kmeans
-from lcseg_steps.store import open_store, write_store
+from lcseg_steps.stores.layout import open_store, write_store
 from tests.helpers import stage_job
 
 

@@ -9,8 +9,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from lcseg_steps.analysis import table
-from lcseg_steps.analysis.table import (
+from lcseg_steps.analysis.table_format import write_csv
+from lcseg_steps.stages import table
+from lcseg_steps.stages.table import (
     markdown,
     plot_miou,
     plot_separability,
@@ -18,7 +19,6 @@ from lcseg_steps.analysis.table import (
     short_value,
     table_rows,
 )
-from lcseg_steps.analysis.table_format import write_csv
 
 PNG = b"\x89PNG\r\n\x1a\n"
 VARYING = ["clustering.levels", "labels.n_classes", "refine.crf"]
@@ -189,7 +189,7 @@ def test_run(variants, tmp_path):
 
 
 def test_separability_histograms_plot(tmp_path):
-    from lcseg_steps.analysis.table import plot_separability_histograms
+    from lcseg_steps.stages.table import plot_separability_histograms
 
     bins = np.linspace(-2, 2, 41)
     hist = {

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 from lcseg_steps import pipeline
-from lcseg_steps.apply_config import apply_config, apply_run, locate_model, model_path
-from lcseg_steps.data.index import read_index
+from lcseg_steps.apply.config import apply_config, apply_run, locate_model, model_path
+from lcseg_steps.apply.model_zarr import load_model
+from lcseg_steps.data.image_table import read_index
+from lcseg_steps.data.images import read_rgb
 from lcseg_steps.data.voc import read_label_png, write_label_png
-from lcseg_steps.images import read_rgb
-from lcseg_steps.model import load_model
-from lcseg_steps.protocols import PROTOCOLS
-from lcseg_steps.store import image_rows, open_store, read_ids
+from lcseg_steps.evaluation.protocols import PROTOCOLS
+from lcseg_steps.stores.layout import image_rows, open_store, read_ids
 from tests.fixtures_data import write_exif_jpeg
 from tests.helpers import SCHEMA, TINY, scheduled, snakemake
 
@@ -119,7 +119,7 @@ def test_a_portrait_photo_is_segmented_as_viewers_show_it(applied, model, tiny_r
     """EXIF orientation 6: indexed at its turned size, and its prediction is the model's
     segmentation of the stored pixels turned by hand (np.rot90), which here is the demo
     image itself; its mask, stored in raw pixels, is turned to match."""
-    from lcseg_steps.data.index import load_ground_truth
+    from lcseg_steps.data.image_table import load_ground_truth
 
     wd, _ = applied
     res = wd / "results" / "apply_new"

@@ -1,34 +1,26 @@
-"""Tests of lcseg_steps.class_clustering (the stage assign's clustering): recovery of
+"""Tests of lcseg_steps.clustering.class_clustering (the stage assign's clustering): recovery of
 separated clusters, errors, determinism."""
 
 from __future__ import annotations
 
-import importlib.util
 import warnings
 
 import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from lcseg_steps.assign import run_assign
-from lcseg_steps.class_clustering import (
+from lcseg_steps.clustering.class_clustering import (
     assign_classes,
     class_prototypes,
     cosine_knn_affinity,
     fit_classes,
 )
-from lcseg_steps.kmeans import nearest_centroid
-from lcseg_steps.store import open_store, read_ids, write_store
+from lcseg_steps.clustering.kmeans import nearest_centroid
+from lcseg_steps.stages.assign import run_assign
+from lcseg_steps.stores.layout import open_store, read_ids, write_store
 from tests.hand_shard import ATTRS, _quiet
 
-HAVE_KMEANS = importlib.util.find_spec("lcseg_steps.kmeans") is not None
-METHODS = [
-    "spectral",
-    pytest.param(
-        "kmeans", marks=pytest.mark.skipif(not HAVE_KMEANS, reason="lcseg_steps.kmeans missing")
-    ),
-    "agglomerative",
-]
+METHODS = ["spectral", "kmeans", "agglomerative"]
 
 
 def _sphere_blobs(n_clusters=4, per=40, dim=16, noise=0.05, seed=0):
@@ -73,9 +65,8 @@ def test_same_seed_same_labels(method):
     np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.skipif(not HAVE_KMEANS, reason="lcseg_steps.kmeans missing")
 def test_kmeans_restarts_keep_best_objective():
-    from lcseg_steps.kmeans import kmeans
+    from lcseg_steps.clustering.kmeans import kmeans
 
     x, _ = _sphere_blobs(noise=0.6, seed=4)
     runs = [kmeans(x, 5, seed=10 + i) for i in range(4)]
@@ -203,7 +194,6 @@ def test_sample_then_nearest_prototype(method):
     assert not np.array_equal(other.fitted, fit.fitted)  # the seed draws the sample
 
 
-@pytest.mark.skipif(not HAVE_KMEANS, reason="lcseg_steps.kmeans missing")
 def test_kmeans_ignores_fit_sample():
     x, _ = _sphere_blobs(noise=0.6, seed=5)
     fit = fit_classes(x, 5, method="kmeans", seed=2, fit_sample=20)
@@ -362,7 +352,7 @@ def test_assign_empty_ok_gives_every_region_its_own_class(tmp_path, n_regions):
     np.testing.assert_array_equal(open_store(a)["labels"][:], open_store(b)["labels"][:])
 
 
-# labels.n_classes: auto (the count by the eigengap, lcseg_steps.class_count)
+# labels.n_classes: auto (the count by the eigengap, lcseg_steps.clustering.class_count)
 
 
 def test_assign_auto_chooses_the_planted_count_and_stores_the_curve(tmp_path):

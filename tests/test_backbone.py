@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lcseg_steps.backbone import (
+from lcseg_steps.perimage.backbone import (
     BACKBONES,
     embed_dim_of,
     load_backbone,

@@ -22,9 +22,7 @@ import yaml
 from PIL import Image
 from snakemake.utils import validate
 
-from lcseg_steps.assign import run_assign
-from lcseg_steps.backbone import load_backbone
-from lcseg_steps.data.index import (
+from lcseg_steps.data.image_table import (
     ImageRecord,
     build_index,
     index_dataset,
@@ -32,16 +30,18 @@ from lcseg_steps.data.index import (
     read_skipped,
     write_skipped,
 )
+from lcseg_steps.data.images import ImageError, read_rgb
 from lcseg_steps.data.voc import write_label_png
-from lcseg_steps.evaluate import run_evaluate
-from lcseg_steps.extract import extract_shard
-from lcseg_steps.fit_dataset import run_fit_dataset
-from lcseg_steps.image_level import run_image_level
-from lcseg_steps.images import ImageError, read_rgb
-from lcseg_steps.merge import run_merge
-from lcseg_steps.objects import run_objects
-from lcseg_steps.refine import run_refine
-from lcseg_steps.store import (
+from lcseg_steps.perimage.backbone import load_backbone
+from lcseg_steps.stages.assign import run_assign
+from lcseg_steps.stages.evaluate import run_evaluate
+from lcseg_steps.stages.extract import extract_shard
+from lcseg_steps.stages.fit_dataset import run_fit_dataset
+from lcseg_steps.stages.image_level import run_image_level
+from lcseg_steps.stages.merge import run_merge
+from lcseg_steps.stages.objects import run_objects
+from lcseg_steps.stages.refine import run_refine
+from lcseg_steps.stores.layout import (
     image_rows,
     open_store,
     pixel_layout,
@@ -803,7 +803,7 @@ CONTRADICTIONS = {
 
 @pytest.mark.parametrize("case", list(CONTRADICTIONS))
 def test_contradicting_keys_are_named_before_any_job(case):
-    from lcseg_steps.settings import check_config, config_problems
+    from lcseg_steps.runner.settings import check_config, config_problems
 
     change, message = CONTRADICTIONS[case]
     with open(CONFIG) as fh:

@@ -1,5 +1,5 @@
-"""Tests of lcseg_steps.class_count (``n_classes: auto``, ``n_categories: auto``): planted
-counts are found, the choice and eigenvalues equal a brute-force eigengap, the sparse
+"""Tests of lcseg_steps.clustering.class_count (``n_classes: auto``, ``n_categories: auto``):
+planted counts are found, the choice and eigenvalues equal a brute-force eigengap, the sparse
 (ARPACK) path equals the dense one, and where the criterion fails (overlapping classes)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lcseg_steps.class_count import check_range, eigengap_count, laplacian_eigenvalues
+from lcseg_steps.clustering.class_count import check_range, eigengap_count, laplacian_eigenvalues
 
 
 def _planted(n_classes, per=30, dim=32, noise=0.05, seed=0):

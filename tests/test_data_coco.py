@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from lcseg_steps import listing_cache
 from lcseg_steps.data import coco as coco_mod
+from lcseg_steps.data import listing_cache
 from lcseg_steps.data.coco import (
     coco_category_map,
     list_coco,
     read_coco_header,
     render_coco_gt,
 )
-from lcseg_steps.data.index import ImageRecord, class_names, list_images, load_ground_truth
-from lcseg_steps.listing_cache import count_images
+from lcseg_steps.data.image_table import ImageRecord, class_names, list_images, load_ground_truth
+from lcseg_steps.data.listing_cache import count_images
 
 # pycocotools 2.0.x with numpy 2 warns on every decode; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -286,7 +286,7 @@ def test_coco_class_names(tmp_path):
     assert names == ["background", "person", "car", "dog", "toothbrush"]
 
 
-# --- the DAG-time image count and its cache (lcseg_steps/listing_cache.py)
+# --- the DAG-time image count and its cache (lcseg_steps/data/listing_cache.py)
 
 
 def _coco_cfg(root, split="val2017"):
@@ -410,8 +410,8 @@ def test_unwritable_cache_still_counts(cached_coco):
 def test_coco_keeps_stored_pixels_whatever_the_exif_tag(tmp_path):
     """COCO's sizes and annotations are in stored pixels: an image with EXIF orientation
     6 is indexed as stored (orientation 1, the json's size) and read so."""
-    from lcseg_steps.data.index import build_index
-    from lcseg_steps.images import read_record, read_rgb
+    from lcseg_steps.data.image_table import build_index
+    from lcseg_steps.data.images import read_record, read_rgb
     from tests.fixtures_data import asymmetric_rgb, write_exif_jpeg
 
     root = tmp_path / "coco"

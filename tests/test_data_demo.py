@@ -11,8 +11,8 @@ from lcseg_steps.data.demo import (
     render_demo_image,
     void_band,
 )
+from lcseg_steps.data.images import read_rgb
 from lcseg_steps.data.voc import read_label_png
-from lcseg_steps.images import read_rgb
 
 SMALL = {"min_size": 60, "max_size": 110}
 

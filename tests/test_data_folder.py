@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lcseg_steps.data.folder import folder_class_names, folder_inputs, image_ids
-from lcseg_steps.data.index import build_index, class_names, list_images, load_ground_truth
+from lcseg_steps.data.image_table import build_index, class_names, list_images, load_ground_truth
 from lcseg_steps.data.registry import get_dataset
 from lcseg_steps.data.voc import write_label_png
 
@@ -119,7 +119,7 @@ def test_every_file_not_used_is_listed_with_its_reason(tmp_path):
     file that is not an image, hidden, a GIF, or an animation, each with its reason, and
     the still images (a one-frame WebP among them) are used."""
     from lcseg_steps.data.folder import scan_folder
-    from lcseg_steps.data.index import index_dataset
+    from lcseg_steps.data.image_table import index_dataset
 
     root = tmp_path / "photos"
     _img(root / "a.jpg")
@@ -175,8 +175,8 @@ def test_exif_orientation_is_indexed_and_turns_masks(tmp_path):
     """A portrait phone shot (EXIF orientation 6) is indexed as viewers show it: its
     turned size and the tag in images.tsv; its mask is in that convention, and a mask of
     the stored pixels' size (the only other size that fits) is turned by the tag."""
-    from lcseg_steps.data.index import read_index, write_index
-    from lcseg_steps.images import read_record, read_rgb
+    from lcseg_steps.data.image_table import read_index, write_index
+    from lcseg_steps.data.images import read_record, read_rgb
     from tests.fixtures_data import asymmetric_rgb, write_exif_jpeg
 
     root, masks = tmp_path / "photos", tmp_path / "masks"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lcseg_steps.data.index import class_names, list_images
+from lcseg_steps.data.image_table import class_names, list_images
 from lcseg_steps.data.records import Dataset, ImageRecord
 from lcseg_steps.data.registry import DATASETS, dataset_for_gt, get_dataset
 from tests.helpers import REPO
@@ -68,10 +68,12 @@ def test_data_modules_import_graph_is_acyclic():
     with pytest.raises(AssertionError, match="import cycle"):
         _find_cycle(
             {
-                "lcseg_steps.data.index": _imports(
+                "lcseg_steps.data.image_table": _imports(
                     "def f():\n    from lcseg_steps.data.voc import x"
                 ),
-                "lcseg_steps.data.voc": _imports("from lcseg_steps.data.index import ImageRecord"),
+                "lcseg_steps.data.voc": _imports(
+                    "from lcseg_steps.data.image_table import ImageRecord"
+                ),
             }
         )
     # the shared types stay a leaf

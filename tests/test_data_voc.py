@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lcseg_steps.data.index import list_images
+from lcseg_steps.data.image_table import list_images
 from lcseg_steps.data.voc import (
     VOC_CLASSES,
     list_voc,
@@ -97,8 +97,8 @@ def test_list_images_unknown_dataset_name(tmp_path):
 def test_voc_keeps_stored_pixels_whatever_the_exif_tag(tmp_path):
     """VOC's annotations are in stored pixels: a JPEG with an EXIF orientation under a VOC
     layout is indexed and read as stored (orientation 1), and its label map fits it."""
-    from lcseg_steps.data.index import build_index, load_ground_truth
-    from lcseg_steps.images import read_record, read_rgb
+    from lcseg_steps.data.image_table import build_index, load_ground_truth
+    from lcseg_steps.data.images import read_record, read_rgb
     from tests.fixtures_data import asymmetric_rgb, write_exif_jpeg
 
     root = make_voc(tmp_path / "VOC2012")

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from lcseg_steps.backbone import load_backbone
-from lcseg_steps.descriptors import crop_cls_descriptors
-from lcseg_steps.images import normalize, resize_for_backbone
+from lcseg_steps.data.images import normalize, resize_for_backbone
+from lcseg_steps.perimage.backbone import load_backbone
+from lcseg_steps.perimage.descriptors import crop_cls_descriptors
 
 torch.set_num_threads(1)
 
@@ -81,7 +81,7 @@ def test_shrunk_crops_give_the_same_descriptors_byte_for_byte(tiny, long_side):
     """shrink_crop (what objects and model.segment hold in place of a photo's crops) is
     the crop at its input size: the same descriptors, and small, for large crops, slivers
     and crops already smaller than the input."""
-    from lcseg_steps.descriptors import shrink_crop
+    from lcseg_steps.perimage.descriptors import shrink_crop
 
     model, info = tiny
     rng = np.random.default_rng(1)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lcseg_steps.store import open_store, write_store
+from lcseg_steps.stores.layout import open_store, write_store
 from tests.helpers import TINY, scheduled, snakemake
 from tests.store_hashes import differences, reference_run, snapshot, store_kinds
 

@@ -1,4 +1,4 @@
-"""Tests of lcseg_steps.evaluate against sklearn, brute force and direct pixel counting."""
+"""Tests of lcseg_steps.stages.evaluate against sklearn, brute force and direct pixel counting."""
 
 from __future__ import annotations
 
@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import confusion_matrix
 
-from lcseg_steps.data.index import ImageRecord
+from lcseg_steps.data.image_table import ImageRecord
 from lcseg_steps.data.voc import write_label_png
-from lcseg_steps.evaluate import plot_confusion, plot_per_class_iou, run_evaluate
-from lcseg_steps.protocols import PROTOCOLS
-from lcseg_steps.scoring import (
+from lcseg_steps.evaluation.protocols import PROTOCOLS
+from lcseg_steps.evaluation.scoring import (
     ConfusionAccumulator,
     confusion,
     hungarian_match,
@@ -25,7 +24,8 @@ from lcseg_steps.scoring import (
     majority_match,
     scores,
 )
-from lcseg_steps.store import pixel_layout, write_store
+from lcseg_steps.stages.evaluate import plot_confusion, plot_per_class_iou, run_evaluate
+from lcseg_steps.stores.layout import pixel_layout, write_store
 from tests.hand_shard import _quiet
 
 
@@ -397,8 +397,8 @@ def test_evaluate_per_image_miou_uses_the_headline_mapping(eval_data):
 
 def test_chosen_n_classes_comes_from_the_classes_store(tmp_path):
     """labels.n_classes auto: evaluate counts the ids assign chose (classes.zarr's attrs)."""
-    from lcseg_steps.evaluate import chosen_n_classes
-    from lcseg_steps.store import write_store
+    from lcseg_steps.stages.evaluate import chosen_n_classes
+    from lcseg_steps.stores.layout import write_store
 
     auto = write_store(
         tmp_path / "c.zarr", {"labels": np.zeros(2, dtype=np.int64)}, {"n_classes": 7}

@@ -7,18 +7,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import lcseg_steps.extract as extract_mod
-from lcseg_steps.backbone import load_backbone
-from lcseg_steps.data.index import ImageRecord
-from lcseg_steps.extract import FEATURES, extract_shard, plan_windows, qkv_features
-from lcseg_steps.images import (
+import lcseg_steps.stages.extract as extract_mod
+from lcseg_steps.data.image_table import ImageRecord
+from lcseg_steps.data.images import (
     ImageError,
     normalize,
     patch_grid_size,
     read_rgb,
     resize_for_backbone,
 )
-from lcseg_steps.store import image_grid_array, image_rows, open_store
+from lcseg_steps.perimage.backbone import load_backbone
+from lcseg_steps.perimage.qkv import FEATURES, qkv_features
+from lcseg_steps.stages.extract import extract_shard, plan_windows
+from lcseg_steps.stores.layout import image_grid_array, image_rows, open_store
 
 torch.set_num_threads(1)
 

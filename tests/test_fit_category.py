@@ -4,7 +4,7 @@
 import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
-from lcseg_steps.store import open_store
+from lcseg_steps.stores.layout import open_store
 
 
 def test_category_assignment_recovers_planted_categories(pipeline):
@@ -14,7 +14,7 @@ def test_category_assignment_recovers_planted_categories(pipeline):
 
 
 def test_n_categories_auto_finds_the_planted_two_and_stores_the_curve(pipeline, tmp_path):
-    from lcseg_steps.fit_category import run_fit_category
+    from lcseg_steps.stages.fit_category import run_fit_category
 
     logs = []
     out = run_fit_category(

@@ -3,7 +3,7 @@
 
 import numpy as np
 
-from lcseg_steps.store import open_store, read_ids
+from lcseg_steps.stores.layout import open_store, read_ids
 from tests.planted_shards import D
 
 

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from lcseg_steps.gpus import claim_device, device_for_slot, visible_devices
+from lcseg_steps.runner.gpus import claim_device, device_for_slot, visible_devices
 
 
 def test_visible_devices_from_env_or_count():
@@ -31,7 +31,7 @@ def test_claim_gives_concurrent_jobs_distinct_devices(tmp_path):
     assert claim_device(env=dict(env), lock_dir=tmp_path) == "0"
     assert claim_device(env=dict(env), lock_dir=tmp_path) == "1"
     code = (
-        "from lcseg_steps.gpus import claim_device;"
+        "from lcseg_steps.runner.gpus import claim_device;"
         f"print(claim_device(env={{'CUDA_VISIBLE_DEVICES': '0,1,2'}}, lock_dir={str(tmp_path)!r}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

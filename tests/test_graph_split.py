@@ -6,7 +6,7 @@ import pytest
 import scipy.linalg
 from sklearn.metrics import adjusted_rand_score
 
-from lcseg_steps.graph_split import (
+from lcseg_steps.clustering.graph_split import (
     NCUT_EPS,
     NCUT_TAU,
     bipartition,

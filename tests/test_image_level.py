@@ -4,9 +4,9 @@
 import numpy as np
 import pytest
 
-from lcseg_steps.fit_dataset import run_fit_dataset
-from lcseg_steps.image_level import run_image_level
-from lcseg_steps.store import open_store, write_store
+from lcseg_steps.stages.fit_dataset import run_fit_dataset
+from lcseg_steps.stages.image_level import run_image_level
+from lcseg_steps.stores.layout import open_store, write_store
 from tests.planted_shards import COMMON, _check_ragged, _dirs, _iou, _make_shard
 
 

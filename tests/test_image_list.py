@@ -8,7 +8,7 @@ import re
 import pytest
 
 from lcseg_steps.data.image_list import filter_by_image_list, read_image_list
-from lcseg_steps.data.index import build_index, list_images
+from lcseg_steps.data.image_table import build_index, list_images
 from tests.fixtures_data import VOC_EXTRA, VOC_VAL, make_voc
 
 

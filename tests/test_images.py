@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from lcseg_steps.images import (
+from lcseg_steps.data.images import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ImageError,
@@ -95,7 +95,7 @@ BY_HAND = {
 def test_exif_orientation_turns_as_viewers_show(tmp_path, orientation):
     from PIL import Image, ImageOps
 
-    from lcseg_steps.images import exif_orientation, oriented_size
+    from lcseg_steps.data.images import exif_orientation, oriented_size
     from tests.fixtures_data import asymmetric_rgb, write_exif_jpeg
 
     path = write_exif_jpeg(tmp_path / "p.jpg", asymmetric_rgb(24, 40), orientation)
@@ -114,7 +114,7 @@ def test_exif_orientation_turns_as_viewers_show(tmp_path, orientation):
 
 
 def test_exif_orientation_missing_or_odd_is_1(tmp_path):
-    from lcseg_steps.images import exif_orientation, orient
+    from lcseg_steps.data.images import exif_orientation, orient
     from tests.fixtures_data import asymmetric_rgb, write_exif_jpeg
 
     img = asymmetric_rgb(8, 12)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lcseg_steps.data import index as index_mod
+from lcseg_steps.data import image_table as index_mod
 from lcseg_steps.data.demo import generate_demo
-from lcseg_steps.data.index import (
+from lcseg_steps.data.image_table import (
     ImageRecord,
     assign_shards,
     build_index,
@@ -19,8 +19,8 @@ from lcseg_steps.data.index import (
     shard_names,
     write_index,
 )
+from lcseg_steps.data.images import ImageError, read_rgb
 from lcseg_steps.data.voc import read_label_png, write_label_png
-from lcseg_steps.images import ImageError, read_rgb
 from tests.fixtures_data import VOC_IMAGES, VOC_VAL, make_voc
 
 

@@ -12,7 +12,7 @@ import pytest
 from sklearn.cluster import KMeans
 from sklearn.metrics import pairwise_distances_argmin
 
-from lcseg_steps.kmeans import (
+from lcseg_steps.clustering.kmeans import (
     KMeansResult,
     _init_sample,
     array_namespace,
@@ -354,7 +354,7 @@ def test_host_rows_move_to_the_device_namespace(monkeypatch):
     as on a GPU; array_api_strict stands in for CuPy and refuses NumPy's device."""
     import array_api_strict
 
-    import lcseg_steps.kmeans as km
+    import lcseg_steps.clustering.kmeans as km
 
     real = km.array_namespace
     strict = array_api_compat.array_namespace(array_api_strict.asarray([0.0]))
@@ -457,7 +457,7 @@ def test_one_cluster_is_the_normalised_mean_in_every_source(ns):
 
 
 def test_without_numba_numpy_runs_fail_naming_it(monkeypatch):
-    import lcseg_steps.kmeans as km
+    import lcseg_steps.clustering.kmeans as km
 
     monkeypatch.setitem(sys.modules, "numba", None)  # import numba raises ImportError
     km._kernels.cache_clear()
@@ -575,7 +575,7 @@ def test_offsets_kmeanspp_uses_a_stream_per_problem(ns):
 
 def test_offsets_with_streams_zero_solve_each_problem_as_if_alone():
     """streams= (apply's image level): all 0 gives each problem the k-means of its rows
-    alone (stream 0), as lcseg_steps.model clusters one image."""
+    alone (stream 0), as lcseg_steps.apply.model_zarr clusters one image."""
     rng = np.random.default_rng(14)
     X, off = ragged(rng, [20, 5, 40, 13], D=6, dtype=np.float32)
     out = kmeans(X, 3, offsets=off, seed=5, streams=np.zeros(4, np.int64), **CPU)
@@ -663,7 +663,7 @@ def test_worker_threads_give_the_same_result(threads):
 def _counted_blocks(arr, rows: int):
     """Lazy blocks of ``rows`` rows of a Zarr array that count their reads: returns the
     per-block read counts (a list, updated in place) and the ``blocks()`` callable."""
-    from lcseg_steps.store import RowBlock, iter_row_blocks
+    from lcseg_steps.stores.layout import RowBlock, iter_row_blocks
 
     reads = [0] * -(-arr.shape[0] // rows)
 
@@ -681,7 +681,7 @@ def _counted_blocks(arr, rows: int):
 def test_lazy_blocks_are_read_only_when_not_cached(tmp_path):
     """store.RowBlock blocks give the result of eager blocks; a block whose float32 rows
     are cached is read once (first pass), the others once per pass."""
-    from lcseg_steps.store import open_store, write_store
+    from lcseg_steps.stores.layout import open_store, write_store
 
     rng = np.random.default_rng(23)
     X = rng.standard_normal((1000, 16)).astype(np.float16)
@@ -709,8 +709,8 @@ def test_stream_cache_is_sized_from_device_memory(monkeypatch, tmp_path):
     STREAM_CACHE_BYTES; NumPy keeps STREAM_CACHE_BYTES; an explicit ``cache_bytes`` wins."""
     import array_api_strict
 
-    import lcseg_steps.kmeans as km
-    from lcseg_steps.store import open_store, write_store
+    import lcseg_steps.clustering.kmeans as km
+    from lcseg_steps.stores.layout import open_store, write_store
 
     real = km.array_namespace
     strict = array_api_compat.array_namespace(array_api_strict.asarray([0.0]))

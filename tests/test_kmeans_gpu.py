@@ -4,7 +4,7 @@ data and init, labels equal on >= 99.9% of rows, objective within 1e-5 relative.
 import numpy as np
 import pytest
 
-from lcseg_steps.kmeans import kmeans, kmeans_plusplus, kmeans_stream
+from lcseg_steps.clustering.kmeans import kmeans, kmeans_plusplus, kmeans_stream
 
 cupy = pytest.importorskip("cupy")
 pytestmark = pytest.mark.gpu

@@ -2,7 +2,7 @@
 modules import library modules and never each other, and no import circle.
 
 A stage module is one a Snakemake rule runs: it defines a top-level ``run`` function
-(``lcseg_steps.stage`` calls ``<module>.run(job)``). Everything else is library. Imports
+(``lcseg_steps.runner.adapter`` calls ``<module>.run(job)``). Everything else is library. Imports
 are read with ``ast`` (top-level, function-local and ``TYPE_CHECKING`` ones alike), so the
 test needs no import of the package.
 """
@@ -16,24 +16,24 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lcseg_steps"
 
 # The stage modules, written out so that a module gaining or losing ``run`` fails here.
 STAGES = {
-    "lcseg_steps.index",
-    "lcseg_steps.demo_data",
-    "lcseg_steps.extract",
-    "lcseg_steps.image_level",
-    "lcseg_steps.fit_dataset",
-    "lcseg_steps.fit_category",
-    "lcseg_steps.merge",
-    "lcseg_steps.refine",
-    "lcseg_steps.objects",
-    "lcseg_steps.assign",
-    "lcseg_steps.segment",
-    "lcseg_steps.export_model",
-    "lcseg_steps.evaluate",
-    "lcseg_steps.summary",
-    "lcseg_steps.report",
-    "lcseg_steps.analysis.baselines",
-    "lcseg_steps.analysis.separability",
-    "lcseg_steps.analysis.table",
+    "lcseg_steps.stages.index",
+    "lcseg_steps.stages.demo_data",
+    "lcseg_steps.stages.extract",
+    "lcseg_steps.stages.image_level",
+    "lcseg_steps.stages.fit_dataset",
+    "lcseg_steps.stages.fit_category",
+    "lcseg_steps.stages.merge",
+    "lcseg_steps.stages.refine",
+    "lcseg_steps.stages.objects",
+    "lcseg_steps.stages.assign",
+    "lcseg_steps.stages.segment",
+    "lcseg_steps.stages.model",
+    "lcseg_steps.stages.evaluate",
+    "lcseg_steps.stages.summary",
+    "lcseg_steps.stages.report",
+    "lcseg_steps.stages.baselines",
+    "lcseg_steps.stages.separability",
+    "lcseg_steps.stages.table",
 }
 
 
@@ -80,9 +80,9 @@ def _imports(module: str, tree: ast.Module, modules: set[str]) -> set[str]:
 
 
 def import_graph() -> dict[str, set[str]]:
-    """Module -> the package modules it imports (``from lcseg_steps import levels`` is an
-    edge to ``lcseg_steps.levels``, ``from lcseg_steps import __version__`` to the package
-    ``lcseg_steps`` itself)."""
+    """Module -> the package modules it imports (``from lcseg_steps.clustering import
+    levels`` is an edge to ``lcseg_steps.clustering.levels``, ``from lcseg_steps import
+    __version__`` to the package ``lcseg_steps`` itself)."""
     trees = _trees()
     modules = set(trees)
     return {m: _imports(m, t, modules) for m, t in trees.items()}
@@ -123,11 +123,44 @@ def test_stage_modules_are_the_ones_defining_run():
     assert stage_modules() == STAGES
 
 
+def test_stage_modules_are_the_stages_folder():
+    """The layers show in the folders: every module of ``lcseg_steps/stages/`` is a stage,
+    and no stage sits anywhere else."""
+    in_folder = {m for m in _trees() if m.startswith("lcseg_steps.stages.")}
+    assert in_folder == STAGES
+
+
+def _unused_imports(tree: ast.Module) -> set[str]:
+    """Names a module imports and never uses itself (what it could only re-export)."""
+    imported = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lcseg_steps"):
+            for a in node.names:
+                imported[a.asname or a.name] = node.module
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    return {name for name in imported if name not in used and name != "__version__"}
+
+
+def test_stage_modules_re_export_nothing():
+    """A test or a library imports a library name from its library module, not through a
+    stage: a stage imports only what it uses."""
+    trees = _trees()
+    bad = {m: sorted(_unused_imports(trees[m])) for m in STAGES if _unused_imports(trees[m])}
+    assert not bad, f"stage modules importing names they do not use: {bad}"
+
+
+def test_unused_import_check_sees_a_re_export():
+    tree = ast.parse("from lcseg_steps.perimage.qkv import qkv_features, FEATURES\nx = FEATURES\n")
+    assert _unused_imports(tree) == {"qkv_features"}
+
+
 def test_the_graph_sees_function_local_and_relative_imports():
     graph = import_graph()
-    assert "lcseg_steps.store" in graph["lcseg_steps.merge"]  # top-level
-    assert "lcseg_steps.backbone" in graph["lcseg_steps.index"]  # function-local
-    assert "lcseg_steps.levels" in graph["lcseg_steps.merge"]  # from lcseg_steps import levels
+    assert "lcseg_steps.stores.layout" in graph["lcseg_steps.stages.merge"]  # top-level
+    assert "lcseg_steps.perimage.backbone" in graph["lcseg_steps.stages.index"]  # function-local
+    assert (
+        "lcseg_steps.clustering.levels" in graph["lcseg_steps.stages.merge"]
+    )  # from ... import levels
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
 

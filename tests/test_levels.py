@@ -4,15 +4,15 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from lcseg_steps.graph_split import bipartition
-from lcseg_steps.kmeans import (
+from lcseg_steps.clustering.graph_split import bipartition
+from lcseg_steps.clustering.kmeans import (
     NonFiniteError,
     kmeans,
     kmeans_plusplus,
     l2_normalize,
     nearest_centroid,
 )
-from lcseg_steps.levels import (
+from lcseg_steps.clustering.levels import (
     border_sides,
     check_levels,
     fit_groups,

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-import lcseg_steps.extract as extract_mod
-from lcseg_steps.backbone import load_backbone
-from lcseg_steps.data.index import ImageRecord
+import lcseg_steps.stages.extract as extract_mod
+from lcseg_steps.data.image_table import ImageRecord
+from lcseg_steps.perimage.backbone import load_backbone
 from tests.helpers import REPO
 
 # A streamed fit in a fresh interpreter (its own peak RSS), over n_blocks float16 blocks of
@@ -22,7 +22,7 @@ from tests.helpers import REPO
 FIT = r"""
 import json, sys
 import numpy as np
-from lcseg_steps.kmeans import kmeans_stream
+from lcseg_steps.clustering.kmeans import kmeans_stream
 
 def vmhwm_mb():
     with open("/proc/self/status") as fh:

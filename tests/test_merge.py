@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from lcseg_steps.merge import run_merge
-from lcseg_steps.store import open_store
+from lcseg_steps.stages.merge import run_merge
+from lcseg_steps.stores.layout import open_store
 from tests.planted_shards import _check_ragged, _iou
 from tests.schema_defaults import default_config
 
@@ -49,7 +49,7 @@ def test_merge_image_level_only_union_is_the_image_mask(pipeline, tmp_path):
 
 def test_merge_min_levels_beyond_enabled_levels_is_a_config_error():
     # checked once, on the config before any job (not again in merge)
-    from lcseg_steps.settings import check_config
+    from lcseg_steps.runner.settings import check_config
 
     cfg = default_config()
     cfg["clustering"].update(levels=["dataset", "image"], consistency="vote", min_levels=3)

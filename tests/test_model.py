@@ -8,18 +8,18 @@ import shutil
 import numpy as np
 import pytest
 
-from lcseg_steps.cli import main as lcseg
-from lcseg_steps.data.index import read_index
-from lcseg_steps.data.voc import read_label_png
-from lcseg_steps.images import read_rgb
-from lcseg_steps.inspect_store import describe
-from lcseg_steps.model import (
+from lcseg_steps.apply.model_zarr import (
     FORMAT_VERSION,
     ModelError,
     ModelMismatchError,
     load_model,
 )
-from lcseg_steps.store import image_rows, open_store, read_ids
+from lcseg_steps.cli import main as lcseg
+from lcseg_steps.data.image_table import read_index
+from lcseg_steps.data.images import read_rgb
+from lcseg_steps.data.voc import read_label_png
+from lcseg_steps.stores.inspect import describe
+from lcseg_steps.stores.layout import image_rows, open_store, read_ids
 
 pytestmark = pytest.mark.integration
 
@@ -126,8 +126,8 @@ def test_a_photo_is_segmented_as_viewers_show_it(tiny_run, model_path, tmp_path)
 def test_the_working_resolution_comes_from_the_model(tiny_run, model_copy):
     """segment refines at the model's refine.max_side; a model written before the key
     refines at full resolution, as it did then."""
-    from lcseg_steps.crf import CRFParams, refine_mask
-    from lcseg_steps.model import refine_max_side
+    from lcseg_steps.apply.model_zarr import refine_max_side
+    from lcseg_steps.perimage.crf import CRFParams, refine_mask
 
     image = read_rgb(tiny_run / "results" / "tiny" / "demo" / "JPEGImages" / "demo_0001.jpg")
     refine = dict(load_model(model_copy).attrs["refine"])
@@ -151,7 +151,7 @@ def test_the_working_resolution_comes_from_the_model(tiny_run, model_copy):
 def test_split_regions_come_from_the_model(tiny_run, model_copy, descriptor):
     """A model with regions split cuts the foreground as ``object_regions(...,
     mode="split")`` on the image's feature grid, with the model's split settings."""
-    from lcseg_steps.regions import object_regions
+    from lcseg_steps.perimage.regions import object_regions
 
     image = read_rgb(tiny_run / "results" / "tiny" / "demo" / "JPEGImages" / "demo_0001.jpg")
     split = {"max_parts": 3, "min_silhouette": -1.0, "min_share": 0.0, "coherence": 0.0, "seed": 0}
@@ -220,7 +220,7 @@ def test_a_truncated_model_stops_naming_the_file(model_copy, damage):
         meta.write_text(meta.read_text()[:100])
     with pytest.raises(ModelError, match=str(model_copy)) as e:
         load_model(model_copy)
-    if damage != "metadata":  # the store's own check names the chunk (store_checks)
+    if damage != "metadata":  # the store's own check names the chunk (stores.checks)
         assert "'dataset_centroids', chunk c/0/0" in str(e.value), e.value
         assert "snakemake --forcerun model" in str(e.value), e.value
     assert lcseg(["segment", "--model", str(model_copy), "x.jpg", "-o", "out"]) == 2

@@ -1,12 +1,12 @@
-"""The one nearest-centroid rule (``lcseg_steps.kmeans.nearest_centroid``) against a
+"""The one nearest-centroid rule (``lcseg_steps.clustering.kmeans.nearest_centroid``) against a
 brute-force loop, on random rows with planted exact ties, and the Lloyd loop's own
 scorings (generic, k = 2 sign, compiled sweep) against it."""
 
 import numpy as np
 import pytest
 
-from lcseg_steps.class_clustering import class_prototypes, fit_classes
-from lcseg_steps.kmeans import _assign, _prepare, kmeans, l2_normalize, nearest_centroid
+from lcseg_steps.clustering.class_clustering import class_prototypes, fit_classes
+from lcseg_steps.clustering.kmeans import _assign, _prepare, kmeans, l2_normalize, nearest_centroid
 
 
 def brute(X, C):

@@ -3,16 +3,16 @@ import pytest
 import torch
 from scipy import ndimage
 
-from lcseg_steps.assign import run_assign
-from lcseg_steps.images import read_rgb
-from lcseg_steps.objects import (
+from lcseg_steps.data.images import read_rgb
+from lcseg_steps.perimage.regions import (
     masked_key_descriptor,
     object_regions,
     region_box,
     region_crop,
-    run_objects,
 )
-from lcseg_steps.store import open_store, pixel_layout, pixel_map, read_ids, write_store
+from lcseg_steps.stages.assign import run_assign
+from lcseg_steps.stages.objects import run_objects
+from lcseg_steps.stores.layout import open_store, pixel_layout, pixel_map, read_ids, write_store
 from tests.hand_shard import ATTRS, OBJ_KW, SHARD, SIZES, TINY_VIT, D, _quiet
 
 
@@ -253,9 +253,9 @@ def test_objects_cls_descriptor_with_tiny_random_backbone(shard, tmp_path):
 def test_objects_cls_uses_the_weights_and_precision_of_the_features(shard, tmp_path, monkeypatch):
     """The crops are described by the backbone the features store names (here random with
     seed 5, while the config says auto/seed 0) under its precision, without a hub probe."""
-    import lcseg_steps.backbone as bb
-    from lcseg_steps.descriptors import crop_cls_descriptors
-    from lcseg_steps.objects import object_regions, region_crop
+    import lcseg_steps.perimage.backbone as bb
+    from lcseg_steps.perimage.descriptors import crop_cls_descriptors
+    from lcseg_steps.perimage.regions import object_regions, region_crop
 
     def no_probe(_url):
         raise AssertionError("objects must not probe the hub")

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from lcseg_steps.store import open_store
+from lcseg_steps.stores.layout import open_store
 from tests.helpers import TINY, snakemake
 
 pytestmark = [pytest.mark.gpu, pytest.mark.integration]

@@ -1,6 +1,7 @@
-"""Tests of lcseg_steps.protocols: each peer's protocol against a brute-force implementation
-of the peer's rule (plain loops over pixels, every permutation, exact fractions), the peers'
-label transforms against torchvision's own, and the issue's two hand-worked confusions."""
+"""Tests of lcseg_steps.evaluation.protocols: each peer's protocol against a brute-force
+implementation of the peer's rule (plain loops over pixels, every permutation, exact fractions),
+the peers' label transforms against torchvision's own, and the issue's two hand-worked
+confusions."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms as T
 
-from lcseg_steps.protocols import (
+from lcseg_steps.evaluation.protocols import (
     PROTOCOLS,
     ProtocolAccumulator,
     cause_protocol,
@@ -28,7 +29,7 @@ from lcseg_steps.protocols import (
     resample,
     resize_nearest,
 )
-from lcseg_steps.scoring import hungarian_match, majority_match, scores
+from lcseg_steps.evaluation.scoring import hungarian_match, majority_match, scores
 
 N_GT = 4  # background 0 and three classes
 VOID = 255

@@ -5,15 +5,11 @@ import cv2
 import numpy as np
 import pytest
 
-from lcseg_steps.data.index import ImageRecord
-from lcseg_steps.images import ImageError
-from lcseg_steps.refine import (
-    crf_refine,
-    refine_images,
-    refine_mask,
-    upsample_score,
-)
-from lcseg_steps.store import open_store, pack_masks, pixel_map, read_ids, unpack_mask
+from lcseg_steps.data.image_table import ImageRecord
+from lcseg_steps.data.images import ImageError
+from lcseg_steps.perimage.crf import crf_refine, refine_mask, upsample_score
+from lcseg_steps.stages.refine import refine_images
+from lcseg_steps.stores.layout import open_store, pack_masks, pixel_map, read_ids, unpack_mask
 from tests.hand_shard import SIZES, _refine
 from tests.schema_defaults import crf_params
 
@@ -207,7 +203,7 @@ def test_refine_errors_name_the_problem(shard, tmp_path):
 
 
 def test_working_size():
-    from lcseg_steps.crf import working_size
+    from lcseg_steps.perimage.crf import working_size
 
     assert working_size(500, 375, 1024) == (500, 375)  # VOC, COCO: their own size
     assert working_size(1024, 700, 1024) == (1024, 700)
@@ -241,7 +237,7 @@ def test_refine_mask_at_a_working_resolution():
 def test_refine_images_turn_by_the_orientation(tmp_path):
     """refine reads each image turned by its index orientation: the mask of an EXIF-6
     file equals the mask of its stored pixels turned by hand."""
-    from lcseg_steps.images import read_rgb
+    from lcseg_steps.data.images import read_rgb
     from tests.fixtures_data import write_exif_jpeg
 
     img, disk, cover, _ = _disk_scene()

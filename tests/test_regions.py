@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lcseg_steps.regions import object_regions, patch_index, split_region
+from lcseg_steps.perimage.regions import object_regions, patch_index, split_region
 from tests.schema_defaults import default_config
 
 PATCH = 8

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from lcseg_steps.report import (
+from lcseg_steps.stages.report import (
     build_report,
     job_analysis,
     label_legend,
@@ -20,8 +20,8 @@ from lcseg_steps.report import (
     read_analysis,
     run_report,
 )
-from lcseg_steps.segment import run_segment
-from lcseg_steps.summary import summarize_seeds
+from lcseg_steps.stages.segment import run_segment
+from lcseg_steps.stages.summary import summarize_seeds
 from tests.hand_shard import ATTRS, SHARD, SIZES, _classes_store, _quiet, _refine
 
 
@@ -263,7 +263,7 @@ def test_protocols_table_one_row_each_with_peers(tmp_path):
     "dataset,weights", [("voc12", "random"), ("coco", "timm"), ("demo", "timm")]
 )
 def test_published_numbers_beside_ours_for_the_runs_dataset(tmp_path, dataset, weights):
-    from lcseg_steps.protocols import published_results
+    from lcseg_steps.evaluation.protocols import published_results
 
     protocols = {
         "dsm": {"miou": 0.2},
@@ -450,7 +450,7 @@ def test_analysis_table_without_required_columns_is_named(tmp_path):
 
 
 def test_analysis_note_says_when_the_weights_were_random(tmp_path):
-    from lcseg_steps.report import weights_note
+    from lcseg_steps.stages.report import weights_note
 
     path = tmp_path / "metrics.json"
     path.write_text(json.dumps({"weights": "random:seed=0"}))
@@ -584,7 +584,7 @@ def test_report_gallery_legends_and_matched_palette(shard, objects_store, tmp_pa
 
 @pytest.mark.parametrize("n", [1, 3, 4, 12])
 def test_gallery_ranking_spans_best_to_worst(n):
-    from lcseg_steps.report import gallery_ranking
+    from lcseg_steps.stages.report import gallery_ranking
 
     rng = np.random.default_rng(n)
     scores = {f"im{i:02d}": float(v) for i, v in enumerate(rng.random(9))}
@@ -606,8 +606,8 @@ def test_gallery_ranking_spans_best_to_worst(n):
 
 
 def test_eigengap_curve_shown_when_a_count_was_auto(tmp_path):
-    from lcseg_steps.report import eigengap_plots
-    from lcseg_steps.store import write_store
+    from lcseg_steps.stages.report import eigengap_plots
+    from lcseg_steps.stores.layout import write_store
 
     lam = np.array([0.0, 0.0, 0.0, 0.5, 0.52, 0.6])
     auto = write_store(
@@ -638,9 +638,9 @@ def test_split_regions_outlined_in_the_gallery_and_named_in_the_facts(
     """An objects store made with regions split: each gallery image gets a regions panel
     with the outlines of its regions, and the run facts name the mode; a components store
     adds no panel."""
-    from lcseg_steps.objects import run_objects
-    from lcseg_steps.report import region_outlines
-    from lcseg_steps.store import open_store, write_store
+    from lcseg_steps.stages.objects import run_objects
+    from lcseg_steps.stages.report import region_outlines
+    from lcseg_steps.stores.layout import open_store, write_store
     from tests.hand_shard import OBJ_KW
 
     split = {"max_parts": 2, "min_silhouette": -1.0, "min_share": 0.0, "coherence": 0.0, "seed": 0}

@@ -78,7 +78,10 @@ def _patch_evaluate(mod):
     mod.plot_per_class_iou = held_plot
 
 
-PATCHES = {"lcseg_steps.store": _patch_store, "lcseg_steps.evaluate": _patch_evaluate}
+PATCHES = {
+    "lcseg_steps.stores.layout": _patch_store,
+    "lcseg_steps.stages.evaluate": _patch_evaluate,
+}
 
 
 class _PatchAfterImport:

@@ -49,8 +49,8 @@ STAGES = {
     ),
     "assign": ("assign", "run_assign", {"objects", "shards", "out", "empty_ok", "attrs", "log"}),
     "model": (
-        "export_model",
-        "run_export_model",
+        "model",
+        "run_model",
         {"features", "dataset_level", "category_level", "classes", "out", "attrs", "log"},
     ),
     "evaluate": (
@@ -71,7 +71,7 @@ STAGES = {
 
 
 def _params(module: str, function: str) -> dict[str, inspect.Parameter]:
-    fn = getattr(importlib.import_module(f"lcseg_steps.{module}"), function)
+    fn = getattr(importlib.import_module(f"lcseg_steps.stages.{module}"), function)
     params = inspect.signature(fn).parameters
     assert not any(p.kind is p.VAR_KEYWORD for p in params.values()), f"{function} takes **kwargs"
     return dict(params)
@@ -123,7 +123,7 @@ def test_baselines_take_their_settings_by_name():
 
     variant = next(v for v in grid.variants(default_config()) if v.kind == "baseline")
     settings = grid.node_settings("baselines", variant)
-    params = _params("analysis.baselines", "run_baseline")
+    params = _params("baselines", "run_baseline")
     taken = set(params) - {"features", "out", "attrs", "log"}
     assert set(settings) == taken
     assert all(params[n].default is inspect.Parameter.empty for n in settings)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lcseg_steps.assign import run_assign
 from lcseg_steps.data.voc import read_label_png
-from lcseg_steps.evaluate import run_evaluate
-from lcseg_steps.objects import run_objects
-from lcseg_steps.segment import run_segment
-from lcseg_steps.store import open_store, pixel_layout, pixel_map, read_ids, write_store
+from lcseg_steps.stages.assign import run_assign
+from lcseg_steps.stages.evaluate import run_evaluate
+from lcseg_steps.stages.objects import run_objects
+from lcseg_steps.stages.segment import run_segment
+from lcseg_steps.stores.layout import open_store, pixel_layout, pixel_map, read_ids, write_store
 from tests.hand_shard import ATTRS, OBJ_KW, SHARD, SIZES, D, _classes_store, _quiet
 
 

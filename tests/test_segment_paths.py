@@ -9,11 +9,11 @@ import cv2
 import numpy as np
 import pytest
 
+from lcseg_steps.apply.model_zarr import load_model
+from lcseg_steps.apply.segment_paths import plan
 from lcseg_steps.cli import main as lcseg
+from lcseg_steps.data.images import read_rgb
 from lcseg_steps.data.voc import read_label_png
-from lcseg_steps.images import read_rgb
-from lcseg_steps.model import load_model
-from lcseg_steps.segment_paths import plan
 
 
 def _touch(path, data=b"x"):

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from lcseg_steps.store import (
+from lcseg_steps.stores.layout import (
     StoreWriter,
     balanced_chunk_rows,
     image_grid_array,

@@ -14,7 +14,8 @@ import zarr
 
 from lcseg_steps.cli import main
 from lcseg_steps.pipeline import STAGES
-from lcseg_steps.store import (
+from lcseg_steps.stores.checks import STAGE_OF_STORE, is_checksummed, stage_of, verify
+from lcseg_steps.stores.layout import (
     StoreDamagedError,
     StoreWriter,
     image_rows,
@@ -22,7 +23,6 @@ from lcseg_steps.store import (
     offsets_from_sizes,
     open_store,
 )
-from lcseg_steps.store_checks import STAGE_OF_STORE, is_checksummed, stage_of, verify
 
 ROWS, DIM = 100, 8
 
@@ -134,7 +134,7 @@ def test_a_stage_reading_a_damaged_store_names_it_not_a_reshape(store):
 
 
 def test_the_image_level_stage_fails_with_the_store_and_chunk(tmp_path):
-    from lcseg_steps.image_level import run_image_level
+    from lcseg_steps.stages.image_level import run_image_level
 
     path = _features(tmp_path / "features" / "shard000.zarr")
     f = _chunk(path, "k", "c/1/0")

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from lcseg_steps.summary import summarize_seeds
+from lcseg_steps.stages.summary import summarize_seeds
 
 RUNS = [
     {"miou": 0.41, "pixel_accuracy": 0.80},

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from lcseg_steps.data.demo import DEMO_CLASSES
-from lcseg_steps.data.index import read_index
+from lcseg_steps.data.image_table import read_index
+from lcseg_steps.data.images import patch_grid_size
 from lcseg_steps.data.voc import read_label_png
-from lcseg_steps.images import patch_grid_size
-from lcseg_steps.protocols import PROTOCOLS
-from lcseg_steps.settings import settings_digest
-from lcseg_steps.store import open_store
+from lcseg_steps.evaluation.protocols import PROTOCOLS
+from lcseg_steps.runner.settings import settings_digest
+from lcseg_steps.stores.layout import open_store
 from tests.helpers import BIN, TINY, scheduled, snakemake
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from lcseg_steps.data.demo import generate_demo
-from lcseg_steps.data.index import read_index, read_skipped
+from lcseg_steps.data.image_table import read_index, read_skipped
 from tests.helpers import TINY, scheduled, snakemake
 
 pytestmark = pytest.mark.integration

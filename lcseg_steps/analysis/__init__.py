@@ -1,5 +1,5 @@
 """Building blocks of the paper's analyses: pure functions over the ragged feature-store
-layout (``lcseg_steps.store``) that a later Snakemake grid combines.
+layout (``lcseg_steps.stores.layout``) that a later Snakemake grid combines.
 
 - ``baselines``: per-image binary patch masks without clustering (all background, a
   centre prior, the CLS-attention mask).
@@ -8,5 +8,5 @@ layout (``lcseg_steps.store``) that a later Snakemake grid combines.
 - ``table``: the grid's variants (methods and baselines) with mIoU over seeds, and the
   separability of each backbone layer, as CSV, Markdown and plots.
 
-Each module has the ``run(job)`` of its Snakemake rule (``lcseg_steps.stage``).
+Each module has the ``run(job)`` of its Snakemake rule (``lcseg_steps.runner.adapter``).
 """

@@ -23,7 +23,7 @@ from typing import Any
 
 from lcseg_steps import pipeline
 from lcseg_steps.pipeline import dotted_get
-from lcseg_steps.settings import check_config, settings_digest
+from lcseg_steps.runner.settings import check_config, settings_digest
 
 # keys an axis or a variant may not change: they define the images and the run itself
 FIXED = ("run", "dataset", "shard_size", "seeds", "analysis", "report")

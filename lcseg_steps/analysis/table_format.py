@@ -1,5 +1,5 @@
 """The layout of the analysis table's CSV (``table.csv``): written by the stage
-``lcseg_steps.analysis.table``, read back by the stage ``lcseg_steps.report``.
+``lcseg_steps.stages.table``, read back by the stage ``lcseg_steps.stages.report``.
 
 One row per variant: ``variant``, ``kind`` (one of :data:`KINDS`), one column per varying
 config key (dotted name, a short string; ``""`` when the variant has no such key), the
@@ -17,7 +17,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from lcseg_steps.atomic_write import write_text_atomic
+from lcseg_steps.stores.atomic_write import write_text_atomic
 
 KINDS = ("method", "baseline")
 METRIC_COLUMNS = ("miou_mean", "miou_std", "n_seeds", "pixel_accuracy_mean")

@@ -44,7 +44,7 @@ rule analysis_separability:
         ),
     params:
         settings=separability_settings,
-        stage="analysis.separability",
+        stage="separability",
     script:
         "../scripts/stage.py"
 
@@ -66,7 +66,7 @@ rule analysis_table:
         varying=lambda w: analysis_table_params()["varying"],
         variants=lambda w: analysis_table_params()["variants"],
         separability=lambda w: analysis_table_params()["separability"],
-        stage="analysis.table",
+        stage="table",
     script:
         "../scripts/stage.py"
 

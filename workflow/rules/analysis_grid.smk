@@ -87,7 +87,7 @@ def analysis_settings(stage):
 
 
 def analysis_params(stage):
-    out = {"stage": pipeline.get_stage(stage).module_name}
+    out = {"stage": stage}
     if pipeline.get_stage(stage).reads:
         out["settings"] = analysis_settings(stage)
     return out

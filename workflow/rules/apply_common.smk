@@ -1,11 +1,11 @@
 # `snakemake apply` (workflow/rules/apply.smk): the applied run's config, shards, paths and
 # inputs. A fitted model.zarr (apply.model) segments the images of a folder (apply.images,
 # optional apply.masks) without refitting; every setting the model fixes is the model's
-# (lcseg_steps/apply_config.py). Outputs: results/apply_<name>/ (seed<s>/: the model's).
+# (lcseg_steps/apply/config.py). Outputs: results/apply_<name>/ (seed<s>/: the model's).
 
 import os
 
-from lcseg_steps.apply_config import apply_config, model_path
+from lcseg_steps.apply.config import apply_config, model_path
 
 APPLY_CONFIG = None
 APPLY_ERROR = (
@@ -64,7 +64,7 @@ def apply_params(stage):
     """The stage's settings under the applied config (seeded ones with the model's seed),
     the module to run, and what only an applied run sets."""
     s = pipeline.get_stage(stage)
-    out = {"stage": s.module_name}
+    out = {"stage": stage}
     if s.reads:
         seed = APPLY_SEED if s.seeded else None
         out["settings"] = pipeline.stage_settings(stage, APPLY_CONFIG, seed)

@@ -2,11 +2,11 @@ from snakemake.utils import validate
 
 # Snakemake puts the Snakefile's folder (the repository root) on sys.path while parsing.
 from lcseg_steps import pipeline
-from lcseg_steps.data.index import list_images, shard_names
+from lcseg_steps.data.image_table import list_images, shard_names
 from lcseg_steps.data.registry import get_dataset
-from lcseg_steps.listing_cache import count_images
-from lcseg_steps.resources import Sizing
-from lcseg_steps.settings import check_config, is_auto
+from lcseg_steps.data.listing_cache import count_images
+from lcseg_steps.runner.resources import Sizing
+from lcseg_steps.runner.settings import check_config, is_auto
 
 validate(config, schema="../schemas/config.schema.yaml")
 check_config(config)  # keys that contradict each other, before any job runs
@@ -23,7 +23,7 @@ if DATASET.generated and not config["dataset"]["root"]:
 # Image ids are known when the DAG is built (split file or annotation JSON), so the
 # shard list is fixed here and no checkpoint is needed. The DAG needs only their number;
 # for COCO it is cached next to the results, keyed on the instances JSON's path, size,
-# mtime, ctime and inode (lcseg_steps/listing_cache.py).
+# mtime, ctime and inode (lcseg_steps/data/listing_cache.py).
 N_IMAGES = count_images(config["dataset"], f"{RESULTS}/.listing-cache.json")
 if not N_IMAGES:
     raise ValueError(f"dataset {config['dataset']['name']!r} lists no images")
@@ -119,7 +119,7 @@ def stage_env(stage, cfg=None):
 
 def run_params(stage):
     """``params.settings`` (the keys it reads, named as in the schema; a function of the
-    job's seed for a seeded stage) and ``params.stage`` when the module is not the rule.
+    job's seed for a seeded stage).
     """
     s = pipeline.get_stage(stage)
     out = {}
@@ -130,8 +130,6 @@ def run_params(stage):
             )
         else:
             out["settings"] = pipeline.stage_settings(stage, config)
-    if s.module:
-        out["stage"] = s.module_name
     return out
 
 

@@ -1,0 +1,145 @@
+"""Stage ``model``: a run's fitted state as one versioned artifact, every
+``features/{shard}.zarr`` (the extraction facts and CLS tokens), ``dataset_level.zarr``,
+``category_level.zarr`` and ``classes.zarr`` -> ``model.zarr``. The format and its use
+(``load_model(path).segment(image)``) live in ``lcseg_steps.apply.model_zarr``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from lcseg_steps.apply.model_zarr import write_model
+from lcseg_steps.clustering.class_clustering import class_prototypes
+from lcseg_steps.clustering.kmeans import l2_normalize
+from lcseg_steps.stores.layout import open_store, read_ids
+
+if TYPE_CHECKING:
+    from lcseg_steps.runner.adapter import Job
+
+# the extraction facts of the features stores that a model records (and checks)
+EXTRACTION = ("weights", "weights_warning", "layer", "patch_size", "long_side", "precision")
+
+
+def run_model(
+    features: Sequence[str | Path],
+    dataset_level: str | Path | None,
+    category_level: str | Path | None,
+    classes: str | Path,
+    out: str | Path,
+    *,
+    run: str,
+    backbone: Mapping,
+    extract: Mapping,
+    clustering: Mapping,
+    refine: Mapping,
+    objects: Mapping,
+    n_classes: int | str,
+    seed: int,
+    attrs: dict,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """The fitted levels, prototypes and per-image settings of one seed -> ``model.zarr``.
+
+    ``dataset_level``/``category_level`` are None where ``clustering.levels`` leaves that
+    level out. The backbone facts come from the features stores (what extraction really
+    used: the resolved weights and precision), not from the config.
+    """
+    stores = [open_store(p) for p in features]
+    facts = [
+        {k: dict(s.attrs).get(k) for k in (*EXTRACTION, "backbone", "qkv_dim")} for s in stores
+    ]
+    if any(f != facts[0] for f in facts[1:]):
+        raise ValueError(
+            f"features stores were extracted differently ({facts[0]} vs another shard); "
+            "rerun extract"
+        )
+    fact = facts[0]
+    arrays: dict[str, np.ndarray] = {}
+    digests = {}
+    levels = list(clustering["levels"])
+    if "dataset" in levels:
+        ds = open_store(dataset_level)
+        arrays["dataset_centroids"] = np.asarray(ds["centroids"][:], dtype=np.float32)
+        arrays["dataset_fg"] = np.asarray(ds["fg_clusters"][:], dtype=bool)
+        digests["dataset_level"] = ds.attrs.get("settings_digest")
+    if "category" in levels:
+        cs = open_store(category_level)
+        cat_of = dict(zip(read_ids(cs), np.asarray(cs["category"][:]), strict=True))
+        ids = np.concatenate([read_ids(s) for s in stores])
+        cls = np.concatenate([np.asarray(s["cls"][:], dtype=np.float32) for s in stores])
+        cats = np.array([cat_of[str(i)] for i in ids], dtype=np.int64)
+        C = np.asarray(cs["centroids"][:], dtype=np.float32)
+        arrays["category_centroids"] = C
+        arrays["category_fg"] = np.asarray(cs["fg_clusters"][:], dtype=bool)
+        # what a new image's pseudo-category is decided by: the unit mean CLS token of each
+        # category's images (nearest by cosine)
+        arrays["category_prototypes"] = class_prototypes(
+            l2_normalize(cls), cats, C.shape[0]
+        ).astype(np.float32)
+        digests["category_level"] = cs.attrs.get("settings_digest")
+    cl = open_store(classes)
+    arrays["class_prototypes"] = np.asarray(cl["prototypes"][:], dtype=np.float32)
+    digests["classes"] = cl.attrs.get("settings_digest")
+    # labels.n_classes may be auto: the count assign chose is its prototypes' rows
+    n_classes = int(arrays["class_prototypes"].shape[0])
+    n_images = sum(int(s["image_ids"].shape[0]) for s in stores)
+    model_attrs = {
+        **attrs,
+        "stage": "model",
+        "run": run,
+        "seed": seed,
+        "n_images": n_images,
+        "backbone": {
+            "name": fact["backbone"],
+            "weights": fact["weights"],
+            "seed": backbone["seed"],
+            "overrides": dict(backbone["overrides"] or {}),
+        },
+        **{k: fact[k] for k in EXTRACTION if k != "weights"},
+        "qkv_dim": fact["qkv_dim"],
+        "feature": clustering["feature"],
+        "device": extract["device"],
+        "image_level": {
+            "image_clusterer": clustering["image_clusterer"],
+            "k_image": clustering["k_image"],
+            "fg_rule": clustering["fg_rule"],
+            "max_iter": clustering["max_iter"],
+            "tol": clustering["tol"],
+            "device": clustering["device"],
+            "seed": seed,
+        },
+        "merge": {
+            "levels": levels,
+            "consistency": clustering["consistency"],
+            "min_levels": clustering["min_levels"],
+        },
+        "refine": dict(refine),
+        "objects": dict(objects),
+        "n_classes": n_classes,
+        # clusters are unnamed until evaluate matches them to ground truth
+        "class_names": None,
+        "fitted_digests": digests,
+    }
+    log(
+        f"model: {fact['backbone']} layer {fact['layer']} feature {clustering['feature']}, "
+        f"levels {levels}, {n_classes} classes, fitted on {n_images} images"
+    )
+    return write_model(out, arrays, model_attrs)
+
+
+def run(job: Job) -> Path:
+    """The rule ``model`` (settings: the blocks a new image is segmented with, and the
+    seed); its inputs are every shard's features and the fitted stores."""
+    return run_model(
+        job.input.features,
+        job.input.get("dataset_level"),
+        job.input.get("category_level"),
+        job.input.classes,
+        job.output[0],
+        **job.settings,
+        attrs=job.attrs,
+        log=job.log,
+    )
