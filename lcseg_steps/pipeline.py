@@ -61,6 +61,10 @@ class Stage:
     (the dataset's files).
     ``target``: its outputs are final targets of a run and of every analysis variant
     (``True``), or of the default run only (``"run"``).
+    ``in_baseline``: settings it takes in an analysis baseline variant, a function of the
+    baseline's name (what only a baseline is: its name, or that no region is no error).
+    ``applied``: params it takes in ``snakemake apply`` only (``"config"``: the applied
+    run's config as ``job.config``).
     """
 
     name: str
@@ -79,6 +83,8 @@ class Stage:
     report: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     sources: Callable[[Mapping], dict] | None = None
     target: bool | str = False
+    in_baseline: Callable[[str], dict] | None = None
+    applied: Mapping[str, Any] = field(default_factory=dict)
 
     def is_target(self, analysis: bool) -> bool:
         """Whether its outputs are final targets of the default run (``analysis`` False)
@@ -218,6 +224,8 @@ STAGES: tuple[Stage, ...] = (
         inputs=("extract",),
         seeded=True,
         kinds=frozenset({"method", APPLY}),
+        # each image's k-means start as Model.segment draws it
+        applied={"alone": True},
         env=_cluster_env,
         # one thread: on CPU each image's k-means is a few small calls a pass, and a second
         # worker thread mostly waits for the GIL (slower than one); shards run side by side
@@ -290,6 +298,7 @@ STAGES: tuple[Stage, ...] = (
         inputs=("extract",),
         kinds=frozenset({"baseline"}),
         stands_for="merge",
+        in_baseline=lambda name: {"baseline": name},
         resources=lambda s: s.shard(512, 64, 2, 0.01),
     ),
     Stage(
@@ -345,6 +354,8 @@ STAGES: tuple[Stage, ...] = (
         env="../../envs/cluster.yaml",
         threads=2,
         resources=res.assign_resources,
+        # all background leaves no object region: an empty class set, not an error
+        in_baseline=lambda name: {"empty_ok": True},
     ),
     Stage(
         "segment",
@@ -378,6 +389,8 @@ STAGES: tuple[Stage, ...] = (
         reads=("evaluate.matching", "labels.n_classes"),
         inputs=("index", "index.skipped", "segment", "assign"),
         kinds=APPLIED,
+        # the applied run's name, dataset and classes
+        applied={"config": True},
         per_shard=False,
         folder="scores",
         resources=lambda s: s.whole(1024, 8, 5, 0.05),

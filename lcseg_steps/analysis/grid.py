@@ -169,11 +169,9 @@ def node_settings(stage: str, variant: Variant) -> dict:
     baseline's also name the baseline."""
     settings = pipeline.stage_settings(stage, variant.config, seed=0)
     settings.pop("seed", None)
-    if stage == "baselines":
-        settings = {"baseline": variant.name.split(":", 1)[1], **settings}
-    if stage == "assign" and variant.kind == "baseline":
-        # all background leaves no object region: an empty class set, not an error
-        settings["empty_ok"] = True
+    in_baseline = pipeline.get_stage(stage).in_baseline
+    if in_baseline is not None and variant.kind == "baseline":
+        settings = {**in_baseline(variant.name.split(":", 1)[1]), **settings}
     return settings
 
 

@@ -68,10 +68,8 @@ def apply_params(stage):
     if s.reads:
         seed = APPLY_SEED if s.seeded else None
         out["settings"] = pipeline.stage_settings(stage, APPLY_CONFIG, seed)
-    if stage == "image_level":
-        out["alone"] = True  # each image's k-means start as Model.segment draws it
-    if stage == "evaluate":
-        out["config"] = APPLY_CONFIG  # the applied run's name, dataset and classes
+    for name, value in s.applied.items():
+        out[name] = APPLY_CONFIG if name == "config" else value
     return out
 
 
