@@ -29,6 +29,7 @@
 #                               interpreter), the pipeline as a Snakemake dry run
 #   SESSION_SECTIONS="..."      the sections to run, in this order (default: all)
 #   SESSION_BUDGET=350          seconds for the whole session
+#   SESSION_STALL=<section>     that section sleeps until its limit (tests the timeout path)
 #   T_<SECTION>=<seconds>       one section's limit (T_TESTS=120, T_KMEANS_IMAGE=40, ...)
 #   SESSION_PYTHON=python3      the interpreter (on the GPU machine: the one with torch)
 #   SESSION_WHEELHOUSE=wheelhouse  the wheels to install (carry it: run's carry=["wheelhouse"])
@@ -133,6 +134,9 @@ section_pipeline() {
 }
 
 if [[ ${1:-} == --section ]]; then # a section, in its own process (run by the loop below)
+    if [[ ${SESSION_STALL:-} == "$2" ]]; then # the timeout path, on purpose (its test)
+        sleep 3600
+    fi
     "section_$2"
     exit
 fi

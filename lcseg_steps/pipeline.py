@@ -61,8 +61,9 @@ class Stage:
     (the dataset's files).
     ``target``: its outputs are final targets of a run and of every analysis variant
     (``True``), or of the default run only (``"run"``).
-    ``in_baseline``: settings it takes in an analysis baseline variant, a function of the
-    baseline's name (what only a baseline is: its name, or that no region is no error).
+    ``in_baseline``: its settings in an analysis baseline variant, a function of the
+    baseline's name and the settings (what only a baseline is: its name, or that no
+    region is no error).
     ``applied``: params it takes in ``snakemake apply`` only (``"config"``: the applied
     run's config as ``job.config``).
     """
@@ -83,7 +84,7 @@ class Stage:
     report: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     sources: Callable[[Mapping], dict] | None = None
     target: bool | str = False
-    in_baseline: Callable[[str], dict] | None = None
+    in_baseline: Callable[[str, dict], dict] | None = None
     applied: Mapping[str, Any] = field(default_factory=dict)
 
     def is_target(self, analysis: bool) -> bool:
@@ -298,7 +299,7 @@ STAGES: tuple[Stage, ...] = (
         inputs=("extract",),
         kinds=frozenset({"baseline"}),
         stands_for="merge",
-        in_baseline=lambda name: {"baseline": name},
+        in_baseline=lambda name, settings: {"baseline": name, **settings},
         resources=lambda s: s.shard(512, 64, 2, 0.01),
     ),
     Stage(
@@ -355,7 +356,7 @@ STAGES: tuple[Stage, ...] = (
         threads=2,
         resources=res.assign_resources,
         # all background leaves no object region: an empty class set, not an error
-        in_baseline=lambda name: {"empty_ok": True},
+        in_baseline=lambda name, settings: {**settings, "empty_ok": True},
     ),
     Stage(
         "segment",

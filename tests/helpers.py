@@ -83,3 +83,67 @@ def cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+# Across thread counts, batch sizes and CPUs a forward pass may round differently (float32
+# sums split another way), so two forward passes of one image are promised close, not
+# equal: every row within this cosine of the other's and every element within this
+# fraction of the array's largest magnitude.
+FORWARD_MIN_COS = 0.9999
+FORWARD_MAX_ABS = 1e-3
+
+
+def assert_forward_close(x, y, what: str = "") -> None:
+    """Two forward-pass outputs of the same inputs, within the tolerance above."""
+    import numpy as np
+
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    assert x.shape == y.shape, (what, x.shape, y.shape)
+    scale = max(float(np.abs(x).max()), 1e-12)
+    worst = float(np.abs(x - y).max()) / scale
+    assert worst <= FORWARD_MAX_ABS, f"{what}: off by {worst:.2e} of its largest value"
+    if x.ndim == 2:
+        norms = np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)
+        cos = np.sum(x * y, 1) / np.maximum(norms, 1e-30)
+        nonzero = np.linalg.norm(x, axis=1) > 0
+        assert cos[nonzero].min() >= FORWARD_MIN_COS, f"{what}: cos {cos.min():.6f}"
+
+
+def stored_features(store, feature: str, i: int) -> dict:
+    """Image ``i`` of a feature store as ``Model.segment(image, features=...)`` takes it:
+    what the extract job computed, so that a comparison of later steps does not depend on
+    two forward passes rounding alike."""
+    from lcseg_steps.stores.layout import image_rows
+
+    return {
+        "X": image_rows(store, feature, i),
+        "cls": store["cls"][i],
+        "cls_attn": image_rows(store, "cls_attn", i),
+        "grid": tuple(int(g) for g in store["grid"][i]),
+    }
+
+
+def reference_hungarian(pairs, n_gt: int, n_pred: int) -> tuple[float, float]:
+    """lcseg's headline (``dataset_hungarian``) recomputed apart from the package: one
+    confusion over ``pairs`` of ``(gt, pred)`` label arrays (gt 255 ignored), predicted ids
+    matched one-to-one to classes by scipy's assignment maximising matched pixels, surplus
+    ids counted wrong, classes absent from both left out. Returns ``(miou, accuracy)``."""
+    import numpy as np
+    from scipy.optimize import linear_sum_assignment
+
+    gt = np.concatenate([np.asarray(g).ravel() for g, _ in pairs]).astype(np.int64)
+    pred = np.concatenate([np.asarray(p).ravel() for _, p in pairs]).astype(np.int64)
+    keep = gt != 255
+    gt, pred = gt[keep], pred[keep]
+    conf = np.zeros((n_gt, n_pred), dtype=np.int64)
+    np.add.at(conf, (gt, pred), 1)
+    rows, cols = linear_sum_assignment(conf, maximize=True)
+    mapped = np.full(n_pred, -1)
+    mapped[cols] = rows
+    hit = mapped[pred]
+    ious = []
+    for c in range(n_gt):
+        union = int(((hit == c) | (gt == c)).sum())
+        if union:
+            ious.append(int(((hit == c) & (gt == c)).sum()) / union)
+    return float(np.mean(ious)), float((hit == gt).mean())

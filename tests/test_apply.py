@@ -21,7 +21,15 @@ from lcseg_steps.data.voc import read_label_png, write_label_png
 from lcseg_steps.evaluation.protocols import PROTOCOLS
 from lcseg_steps.stores.layout import image_rows, open_store, read_ids
 from tests.fixtures_data import write_exif_jpeg
-from tests.helpers import SCHEMA, TINY, scheduled, snakemake
+from tests.helpers import (
+    SCHEMA,
+    TINY,
+    assert_forward_close,
+    reference_hungarian,
+    scheduled,
+    snakemake,
+    stored_features,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -94,20 +102,23 @@ def test_apply_writes_predictions_a_report_and_skips_a_bad_image(applied):
 
 
 def test_applied_predictions_equal_the_models_segment(applied, model):
-    """Per image: the same features, level masks, merged mask, refined mask and classes
-    as ``load_model(model).segment(image)`` (the image level starts each image's k-means
-    as if alone, as segment does; the shard holds three)."""
+    """Per image: the same features (within the forward-pass tolerance: the job ran
+    batched on two threads), and from those features the same level masks, merged mask,
+    refined mask and classes as ``load_model(model).segment(image)`` (the image level
+    starts each image's k-means as if alone, as segment does; the shard holds three)."""
     wd, _ = applied
     res = wd / "results" / "apply_new"
     m = load_model(model)
     for r in read_index(res / "images.tsv"):
-        seg = m.segment(wd / r.path)
         fs = open_store(res / "features" / f"{r.shard}.zarr")
         pm = open_store(res / "seed0" / "patch_masks" / f"{r.shard}.zarr")
         i = list(read_ids(fs)).index(r.image_id)
-        np.testing.assert_array_equal(
-            image_rows(fs, "k", i), m.features(read_rgb(wd / r.path, r.orientation))["X"]
+        assert_forward_close(
+            image_rows(fs, "k", i),
+            m.features(read_rgb(wd / r.path, r.orientation))["X"],
+            r.image_id,
         )
+        seg = m.segment(wd / r.path, features=stored_features(fs, "k", i))
         for level, mask in seg.level_masks.items():
             np.testing.assert_array_equal(image_rows(pm, f"mask_{level}", i), mask, level)
         np.testing.assert_array_equal(image_rows(pm, "merged", i), seg.merged)
@@ -128,19 +139,36 @@ def test_a_portrait_photo_is_segmented_as_viewers_show_it(applied, model, tiny_r
     assert (r.orientation, r.height, r.width) == (6, *by_hand.shape[:2])
     assert by_hand.shape[0] != by_hand.shape[1]
     png = read_label_png(res / "seed0" / "pred" / r.shard / "portrait.png")
-    np.testing.assert_array_equal(png, load_model(model).segment(by_hand).classes)
+    fs = open_store(res / "features" / f"{r.shard}.zarr")
+    f = stored_features(fs, "k", list(read_ids(fs)).index("portrait"))
+    np.testing.assert_array_equal(png, load_model(model).segment(by_hand, features=f).classes)
     gt = load_ground_truth(dataclasses.replace(r, path=str(wd / r.path), gt=str(wd / r.gt)))
     demo = tiny_run / "results" / "tiny" / "demo" / "SegmentationClass"
     np.testing.assert_array_equal(gt, read_label_png(demo / f"{PORTRAIT}.png"))
 
 
 def test_apply_with_masks_scores_every_protocol(applied):
+    """The headline scores equal a recomputation from the written PNGs and the masks
+    (``reference_hungarian``: one confusion, scipy's assignment)."""
+    from lcseg_steps.data.image_table import load_ground_truth
+
     wd, _ = applied
-    metrics = json.loads((wd / "results" / "apply_new" / "seed0" / "metrics.json").read_text())
+    res = wd / "results" / "apply_new"
+    metrics = json.loads((res / "seed0" / "metrics.json").read_text())
     assert metrics["run"] == "apply_new" and metrics["n_images_scored"] == 4
-    assert metrics["headline_protocol"] in metrics["protocols"]
+    assert metrics["headline_protocol"] == "dataset_hungarian"
     assert set(metrics["protocols"]) >= set(PROTOCOLS) - {"cause_voc", "cause_coco"}
-    assert (wd / "results" / "apply_new" / "metrics_summary.json").exists()
+    assert (res / "metrics_summary.json").exists()
+
+    pairs = []
+    for r in read_index(res / "images.tsv"):
+        gt = load_ground_truth(dataclasses.replace(r, path=str(wd / r.path), gt=str(wd / r.gt)))
+        pred = read_label_png(res / "seed0" / "pred" / r.shard / f"{r.image_id}.png")
+        pairs.append((gt, pred))
+    n_pred = int(metrics["n_classes"]) + 1
+    miou, accuracy = reference_hungarian(pairs, len(metrics["per_class_iou"]), n_pred)
+    assert metrics["miou"] == pytest.approx(miou, abs=1e-12)
+    assert metrics["pixel_accuracy"] == pytest.approx(accuracy, abs=1e-12)
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from lcseg_steps.stores.layout import open_store, write_store
-from tests.helpers import TINY, scheduled, snakemake
+from tests.helpers import TINY, assert_forward_close, scheduled, snakemake
 from tests.store_hashes import differences, reference_run, snapshot, store_kinds
 
 # the copied stores hold Snakemake's .snakemake_timestamp, which is no Zarr member
@@ -60,13 +60,6 @@ def test_two_runs_are_byte_identical(first, second):
     assert a.files["tiny/seed0/metrics.json"] == b.files["tiny/seed0/metrics.json"]
 
 
-# Across thread counts a forward pass may round differently (float32 sums split another
-# way), so its outputs are promised close, not equal: every row within this cosine of the
-# other run's and every element within this fraction of the array's largest magnitude.
-FORWARD_MIN_COS = 0.9999
-FORWARD_MAX_ABS = 1e-3
-
-
 def assert_forward_pass_close(a: Path, b: Path) -> int:
     """Every array of store ``a`` against store ``b``: integer and string arrays equal,
     float arrays within the forward-pass tolerance. Returns how many float arrays."""
@@ -80,16 +73,7 @@ def assert_forward_pass_close(a: Path, b: Path) -> int:
             assert np.array_equal(x, y), (a, name)
             continue
         n_float += 1
-        x, y = x.astype(np.float64), y.astype(np.float64)
-        scale = max(float(np.abs(x).max()), 1e-12)
-        worst = float(np.abs(x - y).max()) / scale
-        assert worst <= FORWARD_MAX_ABS, f"{a}::{name}: off by {worst:.2e} of its largest value"
-        if x.ndim == 2:
-            cos = np.sum(x * y, 1) / np.maximum(
-                np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1), 1e-30
-            )
-            nonzero = np.linalg.norm(x, axis=1) > 0
-            assert cos[nonzero].min() >= FORWARD_MIN_COS, f"{a}::{name}: cos {cos.min():.6f}"
+        assert_forward_close(x, y, f"{a}::{name}")
     return n_float
 
 

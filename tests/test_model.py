@@ -20,6 +20,7 @@ from lcseg_steps.data.images import read_rgb
 from lcseg_steps.data.voc import read_label_png
 from lcseg_steps.stores.inspect import describe
 from lcseg_steps.stores.layout import image_rows, open_store, read_ids
+from tests.helpers import assert_forward_close, stored_features
 
 pytestmark = pytest.mark.integration
 
@@ -44,9 +45,11 @@ def _set_attr(path, **attrs):
 
 
 def test_the_model_gives_the_runs_own_dataset_and_category_masks(tiny_run, model_path):
-    """Applied to the run's own images, the model extracts the stored features and labels
-    them with the nearest dataset and category centroids: exactly the run's level masks
-    (the fits label by nearest centroid too) and each image's pseudo-category."""
+    """Applied to the run's own images, the model extracts the stored features (within the
+    forward-pass tolerance: the job ran batched on two threads) and labels them with the
+    nearest dataset and category centroids: from the stored features exactly the run's
+    level masks (the fits label by nearest centroid too) and each image's
+    pseudo-category."""
     res = tiny_run / "results" / "tiny"
     model = load_model(model_path)
     path_of = {r.image_id: tiny_run / r.path for r in read_index(res / "images.tsv")}
@@ -55,9 +58,9 @@ def test_the_model_gives_the_runs_own_dataset_and_category_masks(tiny_run, model
         pm = open_store(res / "seed0" / "patch_masks" / f"{shard}.zarr")
         for i, image_id in enumerate(read_ids(fs)):
             image = read_rgb(path_of[image_id])
-            seg = model.segment(image)
+            assert_forward_close(model.features(image)["X"], image_rows(fs, "k", i), image_id)
+            seg = model.segment(image, features=stored_features(fs, "k", i))
             assert seg.grid == tuple(int(x) for x in fs["grid"][i])
-            np.testing.assert_array_equal(model.features(image)["X"], image_rows(fs, "k", i))
             for level in ("dataset", "category"):
                 np.testing.assert_array_equal(
                     seg.level_masks[level], image_rows(pm, f"mask_{level}", i), err_msg=image_id
@@ -94,13 +97,17 @@ def test_the_model_records_how_it_was_fitted(model_path):
 
 
 def test_lcseg_segment_writes_a_png_per_image(tiny_run, model_path, tmp_path, capsys):
+    """Each PNG holds the classes ``segment()`` gives its image in this process (the same
+    forward passes, batched as lcseg segment batches them)."""
     folder = tiny_run / "results" / "tiny" / "demo" / "JPEGImages"
     images = [folder / "demo_0001.jpg", folder / "demo_0004.jpg"]
     out = tmp_path / "pred"
     assert lcseg(["segment", "--model", str(model_path), *map(str, images), "-o", str(out)]) == 0
-    for img in images:
+    model = load_model(model_path)
+    feats = model.features_batch([read_rgb(img) for img in images])
+    for img, f in zip(images, feats, strict=True):
         png = read_label_png(out / f"{img.name}.png")
-        assert png.shape == read_rgb(img).shape[:2]
+        np.testing.assert_array_equal(png, model.segment(read_rgb(img), features=f).classes)
     assert "foreground" in capsys.readouterr().out
 
 

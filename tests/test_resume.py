@@ -51,8 +51,12 @@ HOLD = os.environ.get("LCSEG_TEST_HOLD")
 
 
 def _hold(path):
-    with open(os.environ["LCSEG_TEST_HELD"], "w") as fh:
+    # written whole, then renamed: the test polls for the marker and must never read it
+    # empty (it did, under load, when the marker was written in place)
+    marker = os.environ["LCSEG_TEST_HELD"]
+    with open(marker + ".part", "w") as fh:
         fh.write(str(path))
+    os.replace(marker + ".part", marker)
     time.sleep(300)
 
 

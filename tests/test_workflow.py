@@ -10,6 +10,7 @@ import subprocess
 import numpy as np
 import pytest
 
+from lcseg_steps.cli import main as lcseg_main
 from lcseg_steps.data.demo import DEMO_CLASSES
 from lcseg_steps.data.image_table import read_index
 from lcseg_steps.data.images import patch_grid_size
@@ -58,24 +59,18 @@ def test_heavy_jobs_record_their_time_and_memory(tiny_run):
         assert float(values["s"]) > 0 and float(values["max_rss"]) >= 0, (tsv, values)
 
 
-def test_inspect_cli_on_a_store(tiny_run):
+def test_inspect_cli_on_a_store(tiny_run, capsys):
     store = tiny_run / "results" / "tiny" / "features" / "s0001.zarr"
     lcseg = os.path.join(BIN, "lcseg")
     r = subprocess.run([lcseg, "inspect", str(store)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "cls_attn" in r.stdout and "per-patch" in r.stdout and "random" in r.stdout
     png = tiny_run / "view.png"
-    r = subprocess.run(
-        [lcseg, "inspect", str(store), "--image", "demo_0005", "--png", str(png)],
-        capture_output=True,
-        text=True,
-    )
-    assert r.returncode == 0, r.stderr
-    assert png.stat().st_size > 1000 and "patch grid" in r.stdout
-    r = subprocess.run(
-        [lcseg, "inspect", str(store), "--image", "nope"], capture_output=True, text=True
-    )
-    assert r.returncode == 2 and "nope" in r.stderr
+    # the console script ran once above; the rest in this process (no start-up each)
+    assert lcseg_main(["inspect", str(store), "--image", "demo_0005", "--png", str(png)]) == 0
+    assert png.stat().st_size > 1000 and "patch grid" in capsys.readouterr().out
+    assert lcseg_main(["inspect", str(store), "--image", "nope"]) == 2
+    assert "nope" in capsys.readouterr().err
 
 
 def test_nothing_to_do_after_a_run(tiny_run):
@@ -215,26 +210,20 @@ def test_missing_dataset_root_names_the_path(tmp_path):
     assert r.returncode != 0 and "VOCmissing" in out and "dataset.root" in out
 
 
-def test_inspect_handles_every_store(tiny_run):
+def test_inspect_handles_every_store(tiny_run, capsys):
     res = tiny_run / "results" / "tiny"
     stores = sorted(res.rglob("*.zarr"))
     kinds = {p.parent.name if p.parent.name != "seed0" else p.stem for p in stores}
     assert {"features", "image_level", "patch_masks", "pixel_masks", "objects", "semantic"} <= kinds
     assert {"dataset_level", "category_level", "classes"} <= kinds
-    lcseg = os.path.join(BIN, "lcseg")
     for store in stores:
-        r = subprocess.run([lcseg, "inspect", str(store)], capture_output=True, text=True)
-        assert r.returncode == 0, (store, r.stderr)
-        assert "attrs:" in r.stdout and "lcseg_version" in r.stdout
+        assert lcseg_main(["inspect", str(store)]) == 0, store
+        out = capsys.readouterr().out
+        assert "attrs:" in out and "lcseg_version" in out, store
     pm = res / "seed0" / "patch_masks" / "s0000.zarr"
     png = tiny_run / "masks.png"
-    r = subprocess.run(
-        [lcseg, "inspect", str(pm), "--image", "demo_0001", "--png", str(png)],
-        capture_output=True,
-        text=True,
-    )
-    assert r.returncode == 0, r.stderr
-    assert "mask_dataset" in r.stdout and png.stat().st_size > 1000
+    assert lcseg_main(["inspect", str(pm), "--image", "demo_0001", "--png", str(png)]) == 0
+    assert "mask_dataset" in capsys.readouterr().out and png.stat().st_size > 1000
 
 
 def test_snakemake_report(tiny_run):
@@ -264,8 +253,13 @@ def test_n_classes_auto_reruns_assign_and_after_only(tiny_run, tmp_path):
     res = wd / "results" / "tiny"
     cl = open_store(res / "seed0" / "classes.zarr")
     n, n_regions = cl.attrs["n_classes"], cl["labels"].shape[0]
-    assert cl.attrs["n_classes_auto"]["chosen"] == n and 2 <= n <= min(6, n_regions - 1)
-    assert cl["eigenvalues"].shape == (min(6, n_regions - 1) + 1,)
+    kmax = min(6, n_regions - 1)
+    assert cl.attrs["n_classes_auto"]["chosen"] == n and 2 <= n <= kmax
+    lam = np.asarray(cl["eigenvalues"][...], dtype=np.float64)  # λ_1 .. λ_{kmax+1}
+    assert lam.shape == (kmax + 1,) and (np.diff(lam) >= -1e-9).all()
+    # the count is the largest gap of the stored curve, λ_{n+1} - λ_n (first of equals)
+    gaps = {c: lam[c] - lam[c - 1] for c in range(2, kmax + 1)}
+    assert n == max(gaps, key=lambda c: (gaps[c], -c))
     metrics = json.loads((res / "seed0" / "metrics.json").read_text())
     assert metrics["n_classes"] == n and len(metrics["mapping"]) == n + 1
     page = (res / "report.html").read_text()

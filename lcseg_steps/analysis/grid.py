@@ -171,7 +171,7 @@ def node_settings(stage: str, variant: Variant) -> dict:
     settings.pop("seed", None)
     in_baseline = pipeline.get_stage(stage).in_baseline
     if in_baseline is not None and variant.kind == "baseline":
-        settings = {**in_baseline(variant.name.split(":", 1)[1]), **settings}
+        settings = in_baseline(variant.name.split(":", 1)[1], settings)
     return settings
 
 
