@@ -40,10 +40,11 @@ def run_assign(
     """All region descriptors -> one class per region (spectral clustering by default).
 
     Writes ``labels``, ``region_offsets``, ``shards``, the class ``prototypes`` and the
-    ``fitted`` rows (see :class:`ClassFit`), and the count in the attrs (``n_classes``).
-    Fewer regions than ``n_classes`` is an error, unless ``empty_ok`` (not a config key:
-    the analysis baselines pass it, whose masks may leave few or no regions): then every
-    region is its own class (:func:`class_per_region`).
+    ``fitted`` rows (see :class:`lcseg_steps.clustering.class_clustering.ClassFit`), and
+    the count in the attrs (``n_classes``). Fewer regions than ``n_classes`` is an error,
+    unless ``empty_ok`` (not a config key: the analysis baselines pass it, whose masks may
+    leave few or no regions): then every region is its own class
+    (:func:`lcseg_steps.clustering.region_classes.fit_region_classes`).
 
     ``n_classes: "auto"`` chooses the count in ``auto_range`` (``[min, max]``) by the
     eigengap (:func:`choose_n_classes`); the store then also holds ``eigenvalues``
