@@ -40,8 +40,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from lcseg_steps.clustering import levels as lv  # noqa: E402
+from lcseg_steps.clustering.categories import pseudo_categories  # noqa: E402
 from lcseg_steps.clustering.kmeans import kmeans_stream, l2_normalize, nearest_centroid  # noqa: E402
-from lcseg_steps.stages.fit_category import pseudo_categories  # noqa: E402
 
 K = 2  # clusters per image, over the dataset and per pseudo-category (pipeline defaults)
 FG_VOTE = 0.5

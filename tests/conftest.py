@@ -64,3 +64,16 @@ def pytest_collection_modifyitems(config, items):
         skip = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)")
         for item in gpu:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def plot_png(tmp_path):
+    """A 300 x 400 PNG plot, its left half blue (RGB), for the report page tests."""
+    import cv2
+    import numpy as np
+
+    path = tmp_path / "plot.png"
+    img = np.zeros((300, 400, 3), np.uint8)
+    img[:, :200] = (0, 0, 255)
+    cv2.imwrite(str(path), img)
+    return path

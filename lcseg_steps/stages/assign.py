@@ -1,6 +1,6 @@
 """Stage ``assign``: cluster the descriptors of all object regions into classes,
-``objects/{shard}.zarr`` (every shard) -> ``classes.zarr``. The clustering lives in
-``lcseg_steps.clustering.class_clustering``.
+``objects/{shard}.zarr`` (every shard) -> ``classes.zarr``. The count and the clustering
+live in ``lcseg_steps.clustering.region_classes``.
 
 Each cluster is one predicted class; ``evaluate`` later matches clusters to gt classes.
 """
@@ -13,45 +13,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lcseg_steps.clustering.class_clustering import class_per_region, fit_classes
-from lcseg_steps.clustering.class_count import auto_record, check_range, eigengap_count
+from lcseg_steps.clustering.class_count import auto_record
+from lcseg_steps.clustering.region_classes import choose_n_classes, fit_region_classes
 from lcseg_steps.runner.settings import is_auto
 from lcseg_steps.stores.layout import open_store, write_store
 
 if TYPE_CHECKING:
     from lcseg_steps.runner.adapter import Job
-
-
-def choose_n_classes(
-    X: np.ndarray,
-    auto_range: Sequence[int],
-    n_neighbors: int,
-    fit_sample: int | None,
-    seed: int,
-    empty_ok: bool,
-    log: Callable[[str], None],
-) -> tuple[int, np.ndarray]:
-    """``labels.n_classes: auto``: the count by the eigengap of the regions' cosine kNN
-    graph (:func:`lcseg_steps.clustering.class_count.eigengap_count`, on the seeded ``fit_sample``
-    rows the spectral fit clusters) -> ``(count, eigenvalues)``. Too few regions is an
-    error, unless ``empty_ok``: then the range's min, with no eigenvalues."""
-    kmin, kmax = check_range(auto_range, "labels.auto_range")
-    if len(X) <= kmin:
-        if empty_ok:
-            log(f"assign: only {len(X)} region(s): n_classes auto takes auto_range's min {kmin}")
-            return kmin, np.zeros(0)
-        raise ValueError(
-            f"labels.n_classes is auto but the masks gave only {len(X)} object regions: the "
-            f"eigengap needs more than labels.auto_range's min {kmin}; lower it, set "
-            "labels.n_classes, lower objects.min_region_area or add images"
-        )
-    k, lam = eigengap_count(X, n_neighbors, (kmin, kmax), seed, sample=fit_sample)
-    gaps = np.diff(lam)
-    log(
-        f"assign: n_classes auto -> {k} (eigengap {gaps[k - 1]:.4f}, in [{kmin}, "
-        f"{len(lam) - 1}]; eigenvalues {np.round(lam, 4).tolist()})"
-    )
-    return k, lam
 
 
 def run_assign(
@@ -72,10 +40,11 @@ def run_assign(
     """All region descriptors -> one class per region (spectral clustering by default).
 
     Writes ``labels``, ``region_offsets``, ``shards``, the class ``prototypes`` and the
-    ``fitted`` rows (see :class:`ClassFit`), and the count in the attrs (``n_classes``).
-    Fewer regions than ``n_classes`` is an error, unless ``empty_ok`` (not a config key:
-    the analysis baselines pass it, whose masks may leave few or no regions): then every
-    region is its own class (:func:`class_per_region`).
+    ``fitted`` rows (see :class:`lcseg_steps.clustering.class_clustering.ClassFit`), and
+    the count in the attrs (``n_classes``). Fewer regions than ``n_classes`` is an error,
+    unless ``empty_ok`` (not a config key: the analysis baselines pass it, whose masks may
+    leave few or no regions): then every region is its own class
+    (:func:`lcseg_steps.clustering.region_classes.fit_region_classes`).
 
     ``n_classes: "auto"`` chooses the count in ``auto_range`` (``[min, max]``) by the
     eigengap (:func:`choose_n_classes`); the store then also holds ``eigenvalues``
@@ -101,29 +70,17 @@ def run_assign(
         f"assign: {len(X)} regions from {len(objects)} shard(s) -> {n_classes} classes "
         f"({class_clusterer})"
     )
-    if len(X) < n_classes and not empty_ok:
-        raise ValueError(
-            f"labels.n_classes={n_classes} but the masks gave only {len(X)} object regions; "
-            "lower labels.n_classes, lower objects.min_region_area or add images"
-        )
-    if len(X) < n_classes:
-        log(f"assign: only {len(X)} region(s) for {n_classes} classes: one class per region")
-        fit = class_per_region(X, n_classes)
-    else:
-        fit = fit_classes(
-            X,
-            n_classes,
-            method=class_clusterer,
-            n_neighbors=n_neighbors,
-            seed=seed,
-            fit_sample=fit_sample,
-        )
+    fit = fit_region_classes(
+        X,
+        n_classes,
+        method=class_clusterer,
+        n_neighbors=n_neighbors,
+        fit_sample=fit_sample,
+        seed=seed,
+        empty_ok=empty_ok,
+        log=log,
+    )
     del X
-    if len(fit.fitted) < len(fit.labels):
-        log(
-            f"assign: fitted a seeded sample of {len(fit.fitted)} regions, the other "
-            f"{len(fit.labels) - len(fit.fitted)} went to the nearest class prototype"
-        )
     log(f"assign: class sizes {np.bincount(fit.labels, minlength=n_classes).tolist()}")
     return write_store(
         out,

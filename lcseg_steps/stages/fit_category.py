@@ -1,7 +1,7 @@
 """Stage ``fit_category``: pseudo-categories from the images' CLS tokens, then cosine
 k-means per category and the clusters voted foreground, every ``features/{shard}.zarr``
 and ``image_level/{shard}.zarr`` -> ``category_level.zarr``. The algorithm lives in
-``lcseg_steps.clustering.levels`` and ``lcseg_steps.clustering.kmeans``."""
+``lcseg_steps.clustering.categories``."""
 
 from __future__ import annotations
 
@@ -11,10 +11,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lcseg_steps.clustering import levels as lv
-from lcseg_steps.clustering.class_clustering import assign_classes
-from lcseg_steps.clustering.class_count import auto_record, check_range, eigengap_count
-from lcseg_steps.clustering.kmeans import import_torch_cast_if_worth, l2_normalize, nearest_centroid
+from lcseg_steps.clustering.categories import (
+    choose_n_categories,
+    fit_category_level,
+    pseudo_categories,
+    row_categories,
+)
+from lcseg_steps.clustering.class_count import auto_record
 from lcseg_steps.runner.settings import is_auto
 from lcseg_steps.stores.layout import feature_shards, patch_layout, read_fg, write_store
 
@@ -22,55 +25,6 @@ if TYPE_CHECKING:
     from lcseg_steps.runner.adapter import Job
 
 Log = Callable[[str], None]
-
-# the images' cosine kNN graph: its degree (spectral pseudo-categories and the eigengap of
-# n_categories auto) and the most images the eigengap's graph holds (a seeded sample)
-CATEGORY_NEIGHBORS = 10
-CATEGORY_AUTO_SAMPLE = 20000
-
-
-def pseudo_categories(cls: np.ndarray, n_categories: int, method: str, seed: int) -> np.ndarray:
-    """Images -> pseudo-category by clustering their CLS tokens ``(n, D)`` -> ``(n,)`` int64."""
-    if n_categories > len(cls):
-        raise ValueError(
-            f"clustering.n_categories={n_categories} but the run has only {len(cls)} images"
-        )
-    if n_categories == 1:
-        return np.zeros(len(cls), dtype=np.int64)
-    return assign_classes(
-        np.asarray(cls, dtype=np.float32),
-        n_categories,
-        method=method,
-        seed=seed,
-        n_neighbors=CATEGORY_NEIGHBORS,
-    )
-
-
-def choose_n_categories(
-    cls: np.ndarray, auto_range: Sequence[int], seed: int, log: Log
-) -> tuple[int, np.ndarray]:
-    """``clustering.n_categories: auto``: the count by the eigengap of the images' cosine
-    kNN graph of CLS tokens ``(n, D)`` (:func:`lcseg_steps.clustering.class_count.eigengap_count`,
-    ``CATEGORY_NEIGHBORS`` neighbours, at most ``CATEGORY_AUTO_SAMPLE`` images) ->
-    ``(count, eigenvalues)``."""
-    kmin, kmax = check_range(auto_range, "clustering.auto_range")
-    if len(cls) <= kmin:
-        raise ValueError(
-            f"clustering.n_categories is auto but the run has only {len(cls)} images: the "
-            f"eigengap needs more than clustering.auto_range's min {kmin}"
-        )
-    k, lam = eigengap_count(
-        np.asarray(cls, dtype=np.float32),
-        CATEGORY_NEIGHBORS,
-        (kmin, kmax),
-        seed,
-        sample=CATEGORY_AUTO_SAMPLE,
-    )
-    log(
-        f"fit_category: n_categories auto -> {k} (eigengap {lam[k] - lam[k - 1]:.4f}, in "
-        f"[{kmin}, {len(lam) - 1}]; eigenvalues {np.round(lam, 4).tolist()})"
-    )
-    return k, lam
 
 
 def run_fit_category(
@@ -114,51 +68,34 @@ def run_fit_category(
         f"fit_category: {len(cls)} images -> {n_categories} pseudo-categories "
         f"(sizes {np.bincount(cats, minlength=n_categories).tolist()})"
     )
-    row_cats, start = [], 0
-    for _, s, _ in shards:
-        sizes = np.diff(np.asarray(s["offsets"][:]))
-        row_cats.append(np.repeat(cats[start : start + len(sizes)], sizes))
-        start += len(sizes)
-    group_sizes = np.bincount(np.concatenate(row_cats), minlength=n_categories)
-    X, g = lv.sample_rows_by_group(
-        (
-            (lambda a=arr: np.asarray(a[:]), rc)
-            for (_, _, arr), rc in zip(shards, row_cats, strict=True)
-        ),
-        group_sizes,
-        category_fit_sample,
-        seed,
-    )
-    log(f"fit_category: fitting k={k_category} per category on {len(X)} sampled patches")
-    import_torch_cast_if_worth(X.size)
-    C, fit = lv.fit_groups(
-        X,
-        g,
+    row_cats = row_categories(cats, [s["offsets"][:] for _, s, _ in shards])
+    level = fit_category_level(
+        [lambda a=arr: np.asarray(a[:]) for _, _, arr in shards],
+        row_cats,
+        [lambda il=il: read_fg(il) for il in image_levels],
         n_categories,
         k_category,
+        fg_vote=fg_vote,
+        fit_sample=category_fit_sample,
         max_iter=max_iter,
         tol=tol,
         seed=seed,
         device=device,
         threads=threads,
+        log=log,
     )
-    counts = np.zeros((n_categories * k_category, 2), dtype=np.int64)
-    for (_, _, arr), rc, il in zip(shards, row_cats, image_levels, strict=True):
-        lab = nearest_centroid(l2_normalize(arr[:]), C, groups=rc)
-        counts += lv.vote_counts(rc * k_category + lab, read_fg(il), n_categories * k_category)
-    counts = counts.reshape(n_categories, k_category, 2)
-    fg, frac = lv.foreground_clusters(counts, fg_vote)
+    fg = level.fg_clusters
     log(f"fit_category: fg clusters per category {[np.flatnonzero(f).tolist() for f in fg]}")
     return write_store(
         out,
         {
             "image_ids": image_ids,
             "category": cats,
-            "centroids": C,
-            "fg_clusters": fg,
-            "fg_fraction": frac,
-            "counts": counts,
-            "objective": fit.objective,
+            "centroids": level.centroids,
+            "fg_clusters": level.fg_clusters,
+            "fg_fraction": level.fg_fraction,
+            "counts": level.counts,
+            "objective": level.fit.objective,
             **extra,
         },
         {
