@@ -181,11 +181,39 @@ def _cluster_env(config: Mapping) -> str:
     return "../../envs/cluster.yaml"
 
 
+def scope_of(config: Mapping) -> str:
+    """``labels.scope``: ``objects`` (the paper's, the default) or ``scene`` (every pixel
+    a class, no background; docs/method.md, scene mode)."""
+    return (config.get("labels") or {}).get("scope", "objects")
+
+
+def _objects_scope(config: Mapping) -> bool:
+    return scope_of(config) == "objects"
+
+
+def _scene_scope(config: Mapping) -> bool:
+    return scope_of(config) == "scene"
+
+
 def _has_level(level: str) -> Callable[[Mapping], bool]:
     def when(config: Mapping) -> bool:
-        return level in config["clustering"]["levels"]
+        return _objects_scope(config) and level in config["clustering"]["levels"]
 
     return when
+
+
+def _scene_levels_settings(config: Mapping) -> dict:
+    """The ``scene`` keys and the image level's k-means keys; ``k_image`` only when the
+    image level runs (``segment_weight`` above 0), so the k-means baseline (weight 0)
+    does not rerun when it changes."""
+    sc = config["scene"]
+    out = {"feature": config["clustering"]["feature"]}
+    if sc["segment_weight"] > 0:
+        out["k_image"] = sc["k_image"]
+    out["segment_weight"] = sc["segment_weight"]
+    out["temperature"] = sc["temperature"]
+    out.update({d.rsplit(".", 1)[-1]: dotted_get(config, d) for d in _KMEANS_KEYS})
+    return out
 
 
 _KMEANS_KEYS = ("clustering.max_iter", "clustering.tol", "clustering.device")
@@ -225,6 +253,7 @@ STAGES: tuple[Stage, ...] = (
         inputs=("extract",),
         seeded=True,
         kinds=frozenset({"method", APPLY}),
+        when=_objects_scope,
         # each image's k-means start as Model.segment draws it
         applied={"alone": True},
         env=_cluster_env,
@@ -288,6 +317,7 @@ STAGES: tuple[Stage, ...] = (
         ),
         inputs=("extract", "image_level", "fit_dataset", "fit_category"),
         kinds=frozenset({"method", APPLY}),
+        when=_objects_scope,
         env="../../envs/cluster.yaml",
         resources=lambda s: s.shard(512, 64, 2, 0.01),
     ),
@@ -322,6 +352,7 @@ STAGES: tuple[Stage, ...] = (
         ),
         inputs=("index", "merge"),
         kinds=APPLIED,
+        when=_objects_scope,
         env="../../envs/crf.yaml",
         threads=2,
         resources=lambda s: s.shard(1024, 256, 2, 1.0),
@@ -332,6 +363,7 @@ STAGES: tuple[Stage, ...] = (
         reads=_objects_settings,
         inputs=("index", "refine", "extract"),
         kinds=APPLIED,
+        when=_objects_scope,
         env="../../envs/torch.yaml",
         threads=2,
         resources=res.objects_resources,
@@ -352,6 +384,7 @@ STAGES: tuple[Stage, ...] = (
         inputs=("objects",),
         per_shard=False,
         seeded=True,
+        when=_objects_scope,
         env="../../envs/cluster.yaml",
         threads=2,
         resources=res.assign_resources,
@@ -363,7 +396,66 @@ STAGES: tuple[Stage, ...] = (
         outputs={"semantic": "semantic/{shard}.zarr/", "pred": "pred/{shard}/"},
         inputs=("objects", "assign"),
         kinds=APPLIED,
+        when=_objects_scope,
         resources=lambda s: s.shard(512, 256, 2, 0.1),
+    ),
+    # scene mode (labels.scope: scene, docs/method.md): every pixel a class, no
+    # background; the dataset level into labels.n_classes classes, the image level into
+    # segments, their consistent class scores, a multi-label dense CRF
+    Stage(
+        "scene_dataset",
+        outputs={"scene_dataset": "scene_dataset.zarr/"},
+        reads=(
+            "clustering.feature",
+            "labels.n_classes",
+            "clustering.init_sample",
+            *_KMEANS_KEYS,
+        ),
+        inputs=("extract",),
+        per_shard=False,
+        seeded=True,
+        kinds=frozenset({"method"}),
+        when=_scene_scope,
+        env=_cluster_env,
+        threads=2,
+        resources=lambda s: s.fit("dataset"),
+    ),
+    Stage(
+        "scene_levels",
+        outputs={"scene_levels": "scene_levels/{shard}.zarr/"},
+        reads=_scene_levels_settings,
+        inputs=("extract", "scene_dataset"),
+        seeded=True,
+        kinds=frozenset({"method"}),
+        when=_scene_scope,
+        env=_cluster_env,
+        resources=lambda s: s.shard(1024, 2 * s.feature_kb_per_image(), 2, 0.2),
+    ),
+    # the semantic maps and PNGs where segment writes them, for evaluate and the report
+    Stage(
+        "scene_refine",
+        outputs={"semantic": "semantic/{shard}.zarr/", "pred": "pred/{shard}/"},
+        reads=tuple(
+            f"refine.{key}"
+            for key in (
+                "crf",
+                "iterations",
+                "gauss_sxy",
+                "gauss_compat",
+                "bilateral_sxy",
+                "bilateral_srgb",
+                "bilateral_compat",
+                "clip",
+                "max_side",
+            )
+        ),
+        inputs=("index", "scene_levels"),
+        kinds=frozenset({"method"}),
+        stands_for="segment",
+        when=_scene_scope,
+        env="../../envs/crf.yaml",
+        threads=2,
+        resources=lambda s: s.shard(1024, 256, 2, 1.0),
     ),
     # the fitted state of a seed as one artifact, to segment new images with
     # (lcseg_steps.apply.model_zarr)
@@ -375,6 +467,8 @@ STAGES: tuple[Stage, ...] = (
         per_shard=False,
         seeded=True,
         kinds=frozenset({"method"}),
+        # no model of scene mode yet (labels.scope: scene)
+        when=_objects_scope,
         resources=lambda s: s.whole(1024, 2, 5, 0.01),
         # not in the analysis: its variants compare scores and need no model each
         target="run",
@@ -478,6 +572,16 @@ def graph(
                 reads["model"] = "model.model"
         runs[s.name] = reads
     return runs
+
+
+def provider(config: Mapping, stage: str, kind: str = "method") -> str:
+    """The stage that writes ``stage``'s outputs in a run of ``kind`` under ``config``:
+    ``stage`` itself, or the stage that ``stands_for`` it there (scene mode's
+    ``scene_refine`` for ``segment``)."""
+    for s in STAGES:
+        if s.stands_for == stage and kind in s.kinds and s.when(config):
+            return s.name
+    return stage
 
 
 def seed_dependent(

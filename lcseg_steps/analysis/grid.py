@@ -100,6 +100,12 @@ def value_label(value: Any) -> str:
 
 def _check_changes(changes: Mapping[str, Any], base: Mapping, where: str) -> None:
     for dotted in changes:
+        if dotted == "labels.scope":
+            raise ValueError(
+                f"{where}: labels.scope cannot vary in an analysis (objects on a background "
+                "and a class for every pixel are scored against different classes); run a "
+                "second config instead"
+            )
         if dotted.split(".")[0] in FIXED:
             raise ValueError(
                 f"{where}: {dotted!r} cannot vary in an analysis (it changes the images or "
@@ -147,6 +153,14 @@ def variants(config: Mapping, validate: Callable[[dict], Any] = lambda c: None) 
     for i, item in enumerate(spec["variants"]):
         where = f"analysis.variants[{i}] ({item['name']})"
         out.append(_variant(item["name"], "method", flatten(item["set"]), base, validate, where))
+    if spec["baselines"] and pipeline.scope_of(base) == "scene":
+        raise ValueError(
+            f"analysis.baselines {list(spec['baselines'])} are foreground masks, which "
+            "labels.scope scene has none of: set analysis.baselines to [] (scene mode's "
+            "baseline, k-means of the patches into the classes with no levels and no CRF, "
+            "is the variant {scene: {segment_weight: 0}, refine: {crf: false}}; "
+            "workflow/configs/demo_scene.yaml)"
+        )
     for name in spec["baselines"]:
         out.append(Variant(f"baseline:{name}", "baseline", {}, base))
     seen: dict[str, str] = {}

@@ -55,6 +55,14 @@ def gallery_ranking(
     return [(scored[i][0], scored[i][1], i + 1) for i in picks]
 
 
+# a scene run's levels store (lcseg_steps.clustering.scene): array, caption, legend word
+SCENE_PANELS = (
+    ("dataset_label", "level: dataset (nearest class centroid)", "cluster"),
+    ("segment", "level: image (segments)", "segment"),
+    ("label", "consistent patch classes", "cluster"),
+)
+
+
 def gallery_panels(
     record: ImageRecord,
     patch_masks,
@@ -101,12 +109,23 @@ def gallery_panels(
             grid = image_grid_array(patch_masks, name, i_patch).astype(np.float32)
             legend = list(SCORE_LEGEND if name == "score" else MASK_LEGEND)
             panels.append((name.replace("mask_", "level: "), patch_mask_image(img, grid), legend))
-    refined = pixel_map(pixel_masks, "mask", i_pix)
-    # foreground in the level masks' red (VOC's dark red for 1 hides on dark objects)
-    fg_palette = palette.copy()
-    fg_palette[1] = MASK_RGB
-    legend = label_legend(refined, fg_palette, lambda i: "foreground" if i == 1 else f"mask {i}")
-    panels.append(("refined (CRF)", overlay(img, shown(refined), fg_palette), legend))
+    # scene mode (labels.scope scene): the levels' patch labels in place of masks
+    for name, caption, what in SCENE_PANELS:
+        if name in patch_masks:
+            grid = image_grid_array(patch_masks, name, i_patch).astype(np.uint8)
+            up = cv2.resize(grid, (w, h), interpolation=cv2.INTER_NEAREST)
+            legend = label_legend(up, palette, lambda i, what=what: f"{what} {i}")
+            panels.append((caption, overlay(img, up, palette), legend))
+    # a scene run's pixel_masks are its semantic maps (no binary mask): shown below
+    if "mask" in pixel_masks:
+        refined = pixel_map(pixel_masks, "mask", i_pix)
+        # foreground in the level masks' red (VOC's dark red for 1 hides on dark objects)
+        fg_palette = palette.copy()
+        fg_palette[1] = MASK_RGB
+        legend = label_legend(
+            refined, fg_palette, lambda i: "foreground" if i == 1 else f"mask {i}"
+        )
+        panels.append(("refined (CRF)", overlay(img, shown(refined), fg_palette), legend))
     if objects is not None and region_mode(objects) == "split":
         regions = pixel_map(objects, "region_map", i_obj)
         n = int(regions.max())

@@ -54,7 +54,25 @@ def config_problems(config: Mapping) -> list[str]:
             f"clustering.k_image must be 2, got {c['k_image']}"
         )
     out += _auto_problems(config)
+    out += _scene_problems(config)
     return out
+
+
+def _scene_problems(config: Mapping) -> list[str]:
+    """Scene mode (``labels.scope: scene``) labels every pixel with one of a fixed
+    number of classes, 8-bit ids ``0..n_classes-1``."""
+    labels = config["labels"]
+    if labels.get("scope", "objects") != "scene":
+        return []
+    n = labels["n_classes"]
+    if is_auto(n):
+        return [
+            "labels.scope scene needs a fixed labels.n_classes (auto chooses a count of "
+            "object classes from region descriptors, which scene mode has none of)"
+        ]
+    if not 2 <= n <= 255:
+        return [f"labels.scope scene: labels.n_classes must be in 2..255, got {n}"]
+    return []
 
 
 def _auto_problems(config: Mapping) -> list[str]:

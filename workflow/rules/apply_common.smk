@@ -15,6 +15,11 @@ try:
     APPLY_MODEL = model_path(config)  # None: apply.model not set
 except ValueError as err:  # a path that is no run nor model: said when apply is asked
     APPLY_MODEL, APPLY_ERROR = None, f"apply.model: {err}"
+if pipeline.scope_of(config) == "scene":
+    APPLY_MODEL, APPLY_ERROR = None, (
+        "labels.scope scene: a scene run writes no model.zarr yet, so snakemake apply "
+        "cannot segment new images with it (docs/method.md, scene mode)"
+    )
 if APPLY_MODEL and not os.path.exists(APPLY_MODEL):
     APPLY_ERROR = (
         f"apply.model: {APPLY_MODEL} does not exist (run the pipeline on that run's "

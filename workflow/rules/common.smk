@@ -168,15 +168,27 @@ def scored_report_inputs(path_of, seed, shards, results, has_gt):
     def first_seed(stage, output):
         return expand(path_of(stage, output), seed=seed, shard=shards)
 
-    inputs = {
-        "index": path_of("index", "index"),
-        "skipped": path_of("index", "skipped"),
-        "patch_masks": first_seed("merge", "patch_masks"),
-        "pixel_masks": first_seed("refine", "pixel_masks"),
-        "semantic": first_seed("segment", "semantic"),
-        # the region mode (run facts) and, for split, the gallery's region outlines
-        "objects": first_seed("objects", "objects"),
-    }
+    if pipeline.scope_of(config) == "scene":
+        # scene mode: the levels' store in place of the patch masks, no pixel masks
+        # (the semantic maps are the refined result) and no regions
+        semantic = first_seed("scene_refine", "semantic")
+        inputs = {
+            "index": path_of("index", "index"),
+            "skipped": path_of("index", "skipped"),
+            "patch_masks": first_seed("scene_levels", "scene_levels"),
+            "pixel_masks": semantic,
+            "semantic": semantic,
+        }
+    else:
+        inputs = {
+            "index": path_of("index", "index"),
+            "skipped": path_of("index", "skipped"),
+            "patch_masks": first_seed("merge", "patch_masks"),
+            "pixel_masks": first_seed("refine", "pixel_masks"),
+            "semantic": first_seed("segment", "semantic"),
+            # the region mode (run facts) and, for split, the gallery's region outlines
+            "objects": first_seed("objects", "objects"),
+        }
     if has_gt:
         inputs["summary"] = f"{results}/metrics_summary.json"
         for name in ("metrics", "iou", "confusion"):
@@ -206,5 +218,7 @@ def final_targets():
     targets = stage_targets(RUN_GRAPH, run_path, SEEDS)
     if HAS_GT:
         return [f"{RESULTS}/metrics_summary.json", f"{RESULTS}/report.html", *targets]
-    pred = expand(run_path("segment", "pred"), seed=SEEDS, shard=SHARDS)
+    pred = expand(
+        run_path(pipeline.provider(config, "segment"), "pred"), seed=SEEDS, shard=SHARDS
+    )
     return [f"{RESULTS}/report.html", *pred, *targets]
