@@ -53,6 +53,21 @@ STAGES = {
         "run_model",
         {"features", "dataset_level", "category_level", "classes", "out", "attrs", "log"},
     ),
+    "scene_dataset": (
+        "scene_dataset",
+        "run_scene_dataset",
+        {"features", "out", "attrs", "log", "threads"},
+    ),
+    "scene_levels": (
+        "scene_levels",
+        "run_scene_levels",
+        {"features", "scene_dataset", "out", "attrs", "log", "threads"},
+    ),
+    "scene_refine": (
+        "scene_refine",
+        "run_scene_refine",
+        {"scene_levels", "records", "out", "pred_dir", "processes", "attrs", "log"},
+    ),
     "evaluate": (
         "evaluate",
         "run_evaluate",
@@ -147,3 +162,13 @@ def test_a_count_auto_brings_its_range(stage, block, count):
     settings = stage_settings(stage, cfg, seed=0)
     assert settings[count] == "auto" and settings["auto_range"] == cfg[block]["auto_range"]
     _check(stage, settings)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5])
+def test_scene_levels_takes_k_image_only_with_the_image_level(weight):
+    cfg = default_config()
+    cfg["labels"]["scope"] = "scene"
+    cfg["scene"]["segment_weight"] = weight
+    settings = stage_settings("scene_levels", cfg, seed=0)
+    assert ("k_image" in settings) == (weight > 0)
+    _check("scene_levels", settings)
