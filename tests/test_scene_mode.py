@@ -1,0 +1,127 @@
+"""Scene mode end to end (labels.scope: scene) on a few generated scenes
+(lcseg_steps/data/scene_tree.py, folder layout): `snakemake` writes predictions of many
+classes where every pixel has one, scored from the PNGs as the reference Hungarian scores
+them; `snakemake analysis` scores the k-means baseline beside the method; the config
+refuses what scene mode has no meaning for."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lcseg_steps.analysis import grid
+from lcseg_steps.data.scene_tree import SCENE_CLASSES, write_scene_tree
+from lcseg_steps.runner.settings import config_problems
+from tests.helpers import TINY, reference_hungarian, scheduled, snakemake
+from tests.schema_defaults import default_config
+
+BASELINE = "baseline: k-means"
+
+
+def scene_config(data) -> dict:
+    """TINY's backbone and sizes on the generated scenes, in scene mode."""
+    return {
+        **TINY,
+        "run": "tinyscene",
+        "dataset": {
+            "name": "folder",
+            "root": str(data / "images"),
+            "masks": str(data / "masks"),
+            "n_classes": len(SCENE_CLASSES) - 1,
+            "class_names": list(SCENE_CLASSES),
+        },
+        "labels": {"scope": "scene", "n_classes": len(SCENE_CLASSES)},
+        "scene": {"k_image": 3},
+        "analysis": {
+            "seeds": [0],
+            "axes": {},
+            "variants": [
+                {
+                    "name": BASELINE,
+                    "set": {"scene": {"segment_weight": 0}, "refine": {"crf": False}},
+                }
+            ],
+            "baselines": [],
+            "separability": False,
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def scene_run(tmp_path_factory):
+    wd = tmp_path_factory.mktemp("scene")
+    write_scene_tree(wd / "data", n_images=6, seed=3, min_size=64, max_size=100)
+    cfg = scene_config(wd / "data")
+    r = snakemake(wd, cfg)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return wd, cfg
+
+
+@pytest.mark.integration
+def test_a_scene_run_labels_every_pixel_with_many_classes_and_is_scored(scene_run):
+    wd, _ = scene_run
+    res = wd / "results" / "tinyscene"
+    pairs, used = [], set()
+    for png in sorted((res / "seed0" / "pred" / "s0000").glob("*.png")) + sorted(
+        (res / "seed0" / "pred" / "s0001").glob("*.png")
+    ):
+        pred = np.asarray(Image.open(png))
+        gt = np.asarray(Image.open(wd / "data" / "masks" / png.name))
+        assert pred.shape == gt.shape
+        used |= set(np.unique(pred).tolist())
+        pairs.append((gt, pred))
+    assert len(pairs) == 6
+    assert used <= set(range(len(SCENE_CLASSES)))  # ids 0..C-1: no background id
+    assert len(used) > 2
+    m = json.loads((res / "seed0" / "metrics.json").read_text())
+    miou, acc = reference_hungarian(pairs, len(SCENE_CLASSES), len(SCENE_CLASSES) + 1)
+    assert m["miou"] == pytest.approx(miou)
+    assert m["pixel_accuracy"] == pytest.approx(acc)
+    assert m["n_classes"] == len(SCENE_CLASSES)
+    assert (res / "report.html").exists()
+    assert not (res / "seed0" / "model.zarr").exists()  # no model in scene mode
+
+
+@pytest.mark.integration
+def test_the_analysis_scores_the_kmeans_baseline_beside_the_method(scene_run, tmp_path):
+    wd, cfg = scene_run
+    shutil.copytree(wd, tmp_path / "wd", symlinks=True)
+    r = snakemake(tmp_path / "wd", cfg, "analysis")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    table = tmp_path / "wd" / "results" / "tinyscene" / "analysis" / "table.csv"
+    with open(table) as fh:
+        rows = {row["variant"]: row for row in csv.DictReader(fh)}
+    assert list(rows) == ["base", BASELINE]
+    # the baseline is the dataset level's nearest class, upsampled: no levels, no CRF
+    for row in rows.values():
+        assert 0.0 <= float(row["miou_mean"]) <= 1.0
+
+
+@pytest.mark.integration
+def test_the_scene_dry_run_runs_the_scene_stages_only(tmp_path):
+    write_scene_tree(tmp_path / "data", n_images=5, seed=0, min_size=64, max_size=80)
+    r = snakemake(tmp_path, scene_config(tmp_path / "data"), "-n")
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = scheduled(r)
+    assert {"scene_dataset", "scene_levels", "scene_refine", "evaluate"} <= set(jobs)
+    for objects_stage in ("image_level", "merge", "refine", "objects", "assign", "segment"):
+        assert objects_stage not in jobs
+    assert "model" not in jobs
+
+
+def test_scene_mode_refuses_an_auto_count_baselines_and_a_scope_axis():
+    cfg = default_config()
+    cfg["labels"]["scope"] = "scene"
+    cfg["labels"]["n_classes"] = "auto"
+    assert any("fixed labels.n_classes" in p for p in config_problems(cfg))
+    cfg["labels"]["n_classes"] = 6
+    assert config_problems(cfg) == []
+    with pytest.raises(ValueError, match="analysis.baselines"):
+        grid.variants(cfg)
+    cfg["analysis"]["baselines"] = []
+    cfg["analysis"]["axes"] = {"labels.scope": ["objects"]}
+    with pytest.raises(ValueError, match="labels.scope cannot vary"):
+        grid.variants(cfg)
