@@ -125,3 +125,13 @@ def test_scene_mode_refuses_an_auto_count_baselines_and_a_scope_axis():
     cfg["analysis"]["axes"] = {"labels.scope": ["objects"]}
     with pytest.raises(ValueError, match="labels.scope cannot vary"):
         grid.variants(cfg)
+
+
+@pytest.mark.integration
+def test_snakemake_apply_refuses_scene_mode_saying_why(tmp_path):
+    write_scene_tree(tmp_path / "data", n_images=2, seed=0, min_size=64, max_size=80)
+    cfg = scene_config(tmp_path / "data")
+    cfg["apply"] = {"model": "tinyscene", "images": str(tmp_path / "data" / "images")}
+    r = snakemake(tmp_path, cfg, "-n", "apply")
+    assert r.returncode != 0
+    assert "labels.scope scene: a scene run writes no model.zarr yet" in r.stdout + r.stderr
