@@ -77,10 +77,12 @@ def test_a_scene_run_labels_every_pixel_with_many_classes_and_is_scored(scene_ru
     assert used <= set(range(len(SCENE_CLASSES)))  # ids 0..C-1: no background id
     assert len(used) > 2
     m = json.loads((res / "seed0" / "metrics.json").read_text())
-    miou, acc = reference_hungarian(pairs, len(SCENE_CLASSES), len(SCENE_CLASSES) + 1)
+    miou, acc = reference_hungarian(pairs, len(SCENE_CLASSES), len(SCENE_CLASSES))
     assert m["miou"] == pytest.approx(miou)
     assert m["pixel_accuracy"] == pytest.approx(acc)
     assert m["n_classes"] == len(SCENE_CLASSES)
+    # one predicted id per class, none for a background: the confusion is square
+    assert len(m["mapping"]) == len(SCENE_CLASSES)
     assert (res / "report.html").exists()
     assert not (res / "seed0" / "model.zarr").exists()  # no model in scene mode
 

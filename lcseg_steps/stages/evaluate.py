@@ -29,6 +29,7 @@ from lcseg_steps.data.image_table import class_names as dataset_class_names
 from lcseg_steps.evaluation.protocols import HEADLINE, ProtocolAccumulator, protocol_metrics
 from lcseg_steps.evaluation.scoring import json_ready, scores
 from lcseg_steps.figures.plots import figure
+from lcseg_steps.pipeline import scope_of
 from lcseg_steps.runner.settings import is_auto, settings_digest
 from lcseg_steps.stores.layout import extraction_facts, open_store, pixel_map, records_in_order
 
@@ -122,6 +123,7 @@ def run_evaluate(
     n_classes: int,
     matching: str,
     facts: dict,
+    n_pred: int | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Confusion over all labelled images, the headline matching and every peer's
@@ -135,11 +137,13 @@ def run_evaluate(
     the headline protocol's (``headline_protocol``: ``dataset_hungarian`` with ``matching:
     hungarian``, ``majority`` with ``matching: majority``); ``protocols`` holds every
     protocol of ``protocols.PROTOCOLS``. CAUSE's variant follows ``facts["dataset"]``
-    and ``facts["backbone"]`` (``protocols.cause_protocol``).
+    and ``facts["backbone"]`` (``protocols.cause_protocol``). ``n_pred``: the predicted
+    ids scored, ``0..n_pred-1`` (None: ``n_classes`` classes and background; scene mode
+    passes ``n_classes``, it has no background).
     """
     acc = ProtocolAccumulator(
         len(class_names),
-        n_classes + 1,
+        n_classes + 1 if n_pred is None else n_pred,
         dataset=str(facts.get("dataset") or ""),
         backbone=facts.get("backbone"),
     )
@@ -239,5 +243,7 @@ def run(job: Job) -> dict:
         class_names=dataset_class_names(job.config["dataset"]),
         **settings,
         facts=facts,
+        # scene mode (labels.scope: scene): ids 0..n_classes-1, no background id
+        n_pred=settings["n_classes"] if scope_of(job.config) == "scene" else None,
         log=job.log,
     )
