@@ -137,3 +137,30 @@ def test_snakemake_apply_refuses_scene_mode_saying_why(tmp_path):
     r = snakemake(tmp_path, cfg, "-n", "apply")
     assert r.returncode != 0
     assert "labels.scope scene: a scene run writes no model.zarr yet" in r.stdout + r.stderr
+
+
+def test_the_scene_graph_stands_in_for_segment_and_leaves_objects_runs_alone():
+    from lcseg_steps import pipeline
+
+    objects = default_config()
+    scene = default_config()
+    scene["labels"].update(scope="scene", n_classes=6)
+    g = pipeline.graph(scene)
+    assert list(g) == [
+        "index",
+        "extract",
+        "scene_dataset",
+        "scene_levels",
+        "scene_refine",
+        "evaluate",
+    ]
+    assert g["evaluate"]["semantic"] == "scene_refine.semantic"
+    assert "classes" not in g["evaluate"]
+    assert pipeline.provider(scene, "segment") == "scene_refine"
+    g = pipeline.graph(objects)
+    assert not any(stage.startswith("scene_") for stage in g)
+    assert g["evaluate"]["semantic"] == "segment.semantic"
+    assert pipeline.provider(objects, "segment") == "segment"
+    # every mode of apply and of the analysis baselines runs no scene stage
+    for kind in ("baseline", pipeline.APPLY):
+        assert not any(s.startswith("scene_") for s in pipeline.graph(objects, kind))
