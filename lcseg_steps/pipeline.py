@@ -31,7 +31,7 @@ KINDS = frozenset({"method", "baseline"})
 # this kind, and what they read from the fitting stages (FITTED) comes from the model
 APPLY = "apply"
 APPLIED = KINDS | {APPLY}
-FITTED = ("fit_dataset", "fit_category", "assign")
+FITTED = ("fit_dataset", "fit_category", "assign", "scene_dataset")
 
 
 def _always(config: Mapping) -> bool:
@@ -200,6 +200,28 @@ def _has_level(level: str) -> Callable[[Mapping], bool]:
         return _objects_scope(config) and level in config["clustering"]["levels"]
 
     return when
+
+
+def _scene_block(config: Mapping) -> dict:
+    """The ``scene`` block as scene mode reads it: ``k_image`` only when the image level
+    runs (``segment_weight`` above 0)."""
+    sc = dict(config["scene"])
+    if sc["segment_weight"] == 0:
+        sc.pop("k_image")
+    return sc
+
+
+def _scene_model_settings(config: Mapping) -> dict:
+    """What a new image is segmented with in scene mode: the run, backbone, extraction,
+    the clustered feature and k-means keys, ``refine``, ``scene`` and the class count."""
+    out = {d.rsplit(".", 1)[-1]: dotted_get(config, d) for d in ("run", "backbone", "extract")}
+    out["clustering"] = {
+        d.rsplit(".", 1)[-1]: dotted_get(config, d) for d in ("clustering.feature", *_KMEANS_KEYS)
+    }
+    out["refine"] = dict(config["refine"])
+    out["scene"] = _scene_block(config)
+    out["n_classes"] = config["labels"]["n_classes"]
+    return out
 
 
 def _scene_levels_settings(config: Mapping) -> dict:
@@ -426,8 +448,10 @@ STAGES: tuple[Stage, ...] = (
         reads=_scene_levels_settings,
         inputs=("extract", "scene_dataset"),
         seeded=True,
-        kinds=frozenset({"method"}),
+        kinds=frozenset({"method", APPLY}),
         when=_scene_scope,
+        # each image's k-means start as SceneModel.segment draws it
+        applied={"alone": True},
         env=_cluster_env,
         resources=lambda s: s.shard(1024, 2 * s.feature_kb_per_image(), 2, 0.2),
     ),
@@ -450,12 +474,26 @@ STAGES: tuple[Stage, ...] = (
             )
         ),
         inputs=("index", "scene_levels"),
-        kinds=frozenset({"method"}),
+        kinds=frozenset({"method", APPLY}),
         stands_for="segment",
         when=_scene_scope,
         env="../../envs/crf.yaml",
         threads=2,
         resources=lambda s: s.shard(1024, 256, 2, 1.0),
+    ),
+    # scene mode's fitted state (the class centroids and per-image settings) in the
+    # model.zarr format (lcseg_steps.apply.scene_model)
+    Stage(
+        "scene_model",
+        outputs={"model": "model.zarr/"},
+        reads=_scene_model_settings,
+        inputs=("extract", "scene_dataset"),
+        per_shard=False,
+        seeded=True,
+        kinds=frozenset({"method"}),
+        when=_scene_scope,
+        resources=lambda s: s.whole(1024, 2, 5, 0.01),
+        target="run",
     ),
     # the fitted state of a seed as one artifact, to segment new images with
     # (lcseg_steps.apply.model_zarr)

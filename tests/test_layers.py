@@ -30,6 +30,7 @@ STAGES = {
     "lcseg_steps.stages.scene_dataset",
     "lcseg_steps.stages.scene_levels",
     "lcseg_steps.stages.scene_refine",
+    "lcseg_steps.stages.scene_model",
     "lcseg_steps.stages.model",
     "lcseg_steps.stages.evaluate",
     "lcseg_steps.stages.summary",

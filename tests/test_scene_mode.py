@@ -13,9 +13,11 @@ import pytest
 from PIL import Image
 
 from lcseg_steps.analysis import grid
+from lcseg_steps.apply.model_zarr import SceneModel, load_model
 from lcseg_steps.data.scene_tree import SCENE_CLASSES, write_scene_tree
 from lcseg_steps.runner.settings import config_problems
-from tests.helpers import TINY, reference_hungarian, scheduled, snakemake
+from lcseg_steps.stores.layout import open_store, read_ids
+from tests.helpers import TINY, reference_hungarian, scheduled, snakemake, stored_features
 from tests.schema_defaults import default_config
 
 BASELINE = "baseline: k-means"
@@ -84,7 +86,7 @@ def test_a_scene_run_labels_every_pixel_with_many_classes_and_is_scored(scene_ru
     # one predicted id per class, none for a background: the confusion is square
     assert len(m["mapping"]) == len(SCENE_CLASSES)
     assert (res / "report.html").exists()
-    assert not (res / "seed0" / "model.zarr").exists()  # no model in scene mode
+    assert (res / "seed0" / "model.zarr").exists()  # the scene model, for apply
 
 
 @pytest.mark.integration
@@ -111,7 +113,7 @@ def test_the_scene_dry_run_runs_the_scene_stages_only(tmp_path):
     assert {"scene_dataset", "scene_levels", "scene_refine", "evaluate"} <= set(jobs)
     for objects_stage in ("image_level", "merge", "refine", "objects", "assign", "segment"):
         assert objects_stage not in jobs
-    assert "model" not in jobs
+    assert "model" not in jobs and jobs["scene_model"] == 1
 
 
 def test_scene_mode_refuses_an_auto_count_baselines_and_a_scope_axis():
@@ -130,13 +132,40 @@ def test_scene_mode_refuses_an_auto_count_baselines_and_a_scope_axis():
 
 
 @pytest.mark.integration
-def test_snakemake_apply_refuses_scene_mode_saying_why(tmp_path):
-    write_scene_tree(tmp_path / "data", n_images=2, seed=0, min_size=64, max_size=80)
-    cfg = scene_config(tmp_path / "data")
-    cfg["apply"] = {"model": "tinyscene", "images": str(tmp_path / "data" / "images")}
-    r = snakemake(tmp_path, cfg, "-n", "apply")
-    assert r.returncode != 0
-    assert "labels.scope scene: a scene run writes no model.zarr yet" in r.stdout + r.stderr
+def test_snakemake_apply_segments_with_the_scene_model_as_its_segment_does(scene_run, tmp_path):
+    """The scene run's model.zarr loads as a SceneModel; `snakemake apply` with it on
+    new scenes writes, for each image, the classes that ``segment(image)`` gives from the
+    applied run's own features, and scores them against the masks."""
+    wd, cfg = scene_run
+    model_path = wd / "results" / "tinyscene" / "seed0" / "model.zarr"
+    model = load_model(model_path, device="cpu")
+    assert isinstance(model, SceneModel) and model.n_classes == len(SCENE_CLASSES)
+    assert "scene mode" in model.summary()
+    new = tmp_path / "new"
+    write_scene_tree(new, n_images=3, seed=11, min_size=64, max_size=90)
+    run_dir = tmp_path / "wd"
+    shutil.copytree(wd, run_dir, symlinks=True)
+    applied = {
+        **cfg,
+        "apply": {"model": "tinyscene", "images": str(new / "images"), "masks": str(new / "masks")},
+    }
+    r = snakemake(run_dir, applied, "apply")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    res = run_dir / "results" / "apply_images"
+    fs = open_store(res / "features" / "s0000.zarr")
+    ids = [str(i) for i in read_ids(fs)]
+    assert len(ids) == 3
+    model = load_model(run_dir / "results" / "tinyscene" / "seed0" / "model.zarr", device="cpu")
+    for i, image_id in enumerate(ids):
+        seg = model.segment(
+            new / "images" / f"{image_id}.png", features=stored_features(fs, "k", i)
+        )
+        png = np.asarray(Image.open(res / "seed0" / "pred" / "s0000" / f"{image_id}.png"))
+        assert np.array_equal(png, seg.classes), image_id
+        assert seg.classes.max() < len(SCENE_CLASSES) and seg.foreground.all()
+    m = json.loads((res / "seed0" / "metrics.json").read_text())
+    assert len(m["mapping"]) == len(SCENE_CLASSES)
+    assert (res / "report.html").exists()
 
 
 def test_the_scene_graph_stands_in_for_segment_and_leaves_objects_runs_alone():
@@ -152,6 +181,7 @@ def test_the_scene_graph_stands_in_for_segment_and_leaves_objects_runs_alone():
         "scene_dataset",
         "scene_levels",
         "scene_refine",
+        "scene_model",
         "evaluate",
     ]
     assert g["evaluate"]["semantic"] == "scene_refine.semantic"
@@ -164,3 +194,7 @@ def test_the_scene_graph_stands_in_for_segment_and_leaves_objects_runs_alone():
     # every mode of apply and of the analysis baselines runs no scene stage
     for kind in ("baseline", pipeline.APPLY):
         assert not any(s.startswith("scene_") for s in pipeline.graph(objects, kind))
+    # apply in scene mode: the image level and the pixels, the classes from the model
+    g = pipeline.graph(scene, pipeline.APPLY)
+    assert list(g) == ["index", "extract", "scene_levels", "scene_refine", "evaluate"]
+    assert g["scene_levels"] == {"features": "extract.features", "model": "model.model"}

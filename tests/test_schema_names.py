@@ -61,7 +61,12 @@ STAGES = {
     "scene_levels": (
         "scene_levels",
         "run_scene_levels",
-        {"features", "scene_dataset", "out", "attrs", "log", "threads"},
+        {"features", "scene_dataset", "out", "attrs", "log", "threads", "model", "alone"},
+    ),
+    "scene_model": (
+        "scene_model",
+        "run_scene_model",
+        {"features", "scene_dataset", "out", "attrs", "log"},
     ),
     "scene_refine": (
         "scene_refine",

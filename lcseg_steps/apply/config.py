@@ -108,6 +108,7 @@ def apply_config(config: Mapping, path: str) -> dict:
     for a model that cannot be read.
     """
     from lcseg_steps.apply.model_zarr import load_model
+    from lcseg_steps.apply.scene_model import is_scene, scene_applied_blocks
     from lcseg_steps.perimage.backbone import patch_size_of, weights_of_source
 
     ap = config["apply"]
@@ -126,7 +127,11 @@ def apply_config(config: Mapping, path: str) -> dict:
     cfg = copy.deepcopy(dict(config))
     cfg["run"] = apply_run(config)
     cfg["seeds"] = [int(a["seed"])]
-    n_classes = int(model.arrays["class_prototypes"].shape[0])
+    scene = is_scene(a)  # labels.scope scene: classes 0..n_classes-1, no background
+    if scene:
+        n_classes = model.n_classes
+    else:
+        n_classes = int(model.arrays["class_prototypes"].shape[0])
     ds = config["dataset"]
     gt_names = _gt_class_names(ds) if ap.get("masks") else None
     cfg["dataset"] = {
@@ -134,7 +139,7 @@ def apply_config(config: Mapping, path: str) -> dict:
         "name": "folder",
         "root": ap["images"],
         "masks": ap.get("masks"),
-        "n_classes": len(gt_names) - 1 if gt_names else n_classes,
+        "n_classes": len(gt_names) - 1 if gt_names else n_classes - (1 if scene else 0),
         "class_names": gt_names,
         "image_list": None,
         "extra_lists": [],
@@ -154,6 +159,9 @@ def apply_config(config: Mapping, path: str) -> dict:
         "long_side": a["long_side"],
         "precision": a["precision"],
     }
+    if scene:
+        cfg.update(scene_applied_blocks(config, model))
+        return cfg
     il, mg = a["image_level"], a["merge"]
     cfg["clustering"] = {
         **cl,

@@ -425,6 +425,28 @@ class Model:
         return "\n".join(lines)
 
 
+class SceneModel(Model):
+    """A loaded scene model (``labels.scope: scene``, attrs ``scope: scene``): the class
+    centroids and per-image settings of ``lcseg_steps.apply.scene_model``, whose
+    ``segment(image)`` labels every pixel (``scene_model.SceneSegmentation``)."""
+
+    @property
+    def n_classes(self) -> int:
+        from lcseg_steps.apply.scene_model import n_classes
+
+        return n_classes(self)
+
+    def segment(self, image, features: Mapping | None = None):
+        from lcseg_steps.apply.scene_model import scene_segment
+
+        return scene_segment(self, image, features)
+
+    def summary(self) -> str:
+        from lcseg_steps.apply.scene_model import scene_summary
+
+        return scene_summary(self)
+
+
 def refine_max_side(refine: Mapping) -> int | None:
     """The working resolution (``refine.max_side``) of a model's refine block. A model
     written before the key existed refines at full resolution (None), as it did then."""
@@ -510,7 +532,9 @@ def load_model(
         from lcseg_steps.perimage.backbone import resolve_device
 
         device = resolve_device(attrs.get("device") or "cpu")
-    model = Model(p, attrs, arrays, device=device)
+    # labels.scope scene: a SceneModel (lcseg_steps.apply.scene_model)
+    cls = SceneModel if attrs.get("scope") == "scene" else Model
+    model = cls(p, attrs, arrays, device=device)
     if expect:
         model.check(**expect)
     return model

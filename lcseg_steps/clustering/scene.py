@@ -115,6 +115,7 @@ def scene_levels(
     seed: int,
     device: str,
     threads: int = 1,
+    alone: bool = False,
 ) -> dict[str, np.ndarray]:
     """One shard's scene levels.
 
@@ -124,7 +125,9 @@ def scene_levels(
     with ``segment_weight`` 0, when the image level is not computed, and in an image of
     fewer than ``k_image`` patches), ``segment_class`` ``(N,)`` int16 (the majority class
     of the patch's segment), ``scores`` ``(N, C)`` float32 (:func:`scene_scores`) and
-    ``label`` ``(N,)`` int16 (their argmax, ties to the lowest class).
+    ``label`` ``(N,)`` int16 (their argmax, ties to the lowest class). ``alone``: each
+    image's k-means start as if it were clustered alone (``levels.per_image_kmeans``; a
+    scene model's ``segment`` and ``snakemake apply``).
     """
     offsets = np.asarray(offsets, dtype=np.int64)
     C = int(np.asarray(centroids).shape[0])
@@ -140,6 +143,7 @@ def scene_levels(
             seed=seed,
             device=device,
             threads=threads,
+            alone=alone,
         )
     else:
         segment = np.zeros(len(labels), dtype=np.int16)

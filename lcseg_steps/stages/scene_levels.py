@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 def run_scene_levels(
     features: str | Path,
-    scene_dataset: str | Path,
+    scene_dataset: str | Path | None,
     out: str | Path,
     *,
     feature: str,
@@ -39,17 +39,30 @@ def run_scene_levels(
     k_image: int | None = None,
     log: Callable[[str], None] = print,
     threads: int = 1,
+    model: str | Path | None = None,
+    alone: bool | None = None,
 ) -> Path:
     """``features/{shard}.zarr`` + the class centroids -> ``scene_levels/{shard}.zarr``:
     ``dataset_label``, ``segment``, ``segment_class``, ``label`` ``(N,)`` int16 and
     ``scores`` ``(N, n_classes)`` float32 (``clustering.scene.scene_levels``), with the
     features' layout. ``k_image`` is only set when the image level runs
     (``segment_weight`` above 0). The store carries the features store's
-    ``extraction`` facts on to the semantic maps (and from there to the scores)."""
+    ``extraction`` facts on to the semantic maps (and from there to the scores).
+
+    ``model`` (``snakemake apply``): a scene ``model.zarr`` in place of ``scene_dataset``
+    (the features checked to be extracted as the model's); ``alone``: each image's
+    k-means start as ``SceneModel.segment`` draws it."""
     fs = open_store(features)
     X = np.asarray(feature_array(fs, features, feature)[:])
     layout = patch_layout(fs)
-    centroids = np.asarray(open_store(scene_dataset)["centroids"][:])
+    if model is not None:
+        from lcseg_steps.apply.model_zarr import load_model
+
+        m = load_model(model, device="cpu")
+        m.check_features(dict(fs.attrs), feature)
+        centroids = np.asarray(m.arrays["scene_centroids"])
+    else:
+        centroids = np.asarray(open_store(scene_dataset)["centroids"][:])
     log(
         f"scene_levels: {len(layout['image_ids'])} images, {X.shape[0]} patches, "
         f"{len(centroids)} classes, segment_weight {segment_weight}"
@@ -67,6 +80,7 @@ def run_scene_levels(
         seed=seed,
         device=device,
         threads=threads,
+        alone=bool(alone),
     )
     if len(X):
         agree = float((res["label"] == res["dataset_label"]).mean())
@@ -79,10 +93,12 @@ def run(job: Job) -> Path:
     seed)."""
     return run_scene_levels(
         job.input.features,
-        job.input.scene_dataset,
+        job.input.get("scene_dataset"),
         job.output[0],
         **job.settings,
         attrs=job.attrs,
         log=job.log,
         threads=job.threads,
+        model=job.input.get("model"),
+        alone=job.params.get("alone"),
     )

@@ -15,11 +15,6 @@ try:
     APPLY_MODEL = model_path(config)  # None: apply.model not set
 except ValueError as err:  # a path that is no run nor model: said when apply is asked
     APPLY_MODEL, APPLY_ERROR = None, f"apply.model: {err}"
-if pipeline.scope_of(config) == "scene":
-    APPLY_MODEL, APPLY_ERROR = None, (
-        "labels.scope scene: a scene run writes no model.zarr yet, so snakemake apply "
-        "cannot segment new images with it (docs/method.md, scene mode)"
-    )
 if APPLY_MODEL and not os.path.exists(APPLY_MODEL):
     APPLY_ERROR = (
         f"apply.model: {APPLY_MODEL} does not exist (run the pipeline on that run's "
@@ -84,7 +79,7 @@ def apply_first(stage, output):
 
 def apply_report_inputs(wildcards):
     return scored_report_inputs(
-        apply_path, APPLY_SEED, APPLY_SHARDS, APPLY_RESULTS, APPLY_HAS_GT
+        apply_path, APPLY_SEED, APPLY_SHARDS, APPLY_RESULTS, APPLY_HAS_GT, APPLY_CONFIG
     )
 
 
@@ -92,7 +87,8 @@ def apply_targets(wildcards):
     """The predictions, the report and, with masks, the scores of the applied run."""
     if not APPLY_CONFIG:
         raise ValueError(f"snakemake apply: {APPLY_ERROR}")
-    out = [f"{APPLY_RESULTS}/report.html", *apply_first("segment", "pred")]
+    pred = pipeline.provider(APPLY_CONFIG, "segment", pipeline.APPLY)
+    out = [f"{APPLY_RESULTS}/report.html", *apply_first(pred, "pred")]
     if APPLY_HAS_GT:
         out.append(f"{APPLY_RESULTS}/metrics_summary.json")
     return out

@@ -160,15 +160,15 @@ def stage_targets(graph, path_of, seeds, analysis=False):
     return out
 
 
-def scored_report_inputs(path_of, seed, shards, results, has_gt):
-    """A report's inputs, of a run or an applied run (``path_of``: its path function): the
-    index, the skipped images, the masks and predictions of ``seed``, and the scores when
-    there is ground truth."""
+def scored_report_inputs(path_of, seed, shards, results, has_gt, cfg=None):
+    """A report's inputs, of a run or an applied run (``path_of``: its path function;
+    ``cfg``: its config, default the run's): the index, the skipped images, the masks
+    and predictions of ``seed``, and the scores when there is ground truth."""
 
     def first_seed(stage, output):
         return expand(path_of(stage, output), seed=seed, shard=shards)
 
-    if pipeline.scope_of(config) == "scene":
+    if pipeline.scope_of(config if cfg is None else cfg) == "scene":
         # scene mode: the levels' store in place of the patch masks, no pixel masks
         # (the semantic maps are the refined result) and no regions
         semantic = first_seed("scene_refine", "semantic")
