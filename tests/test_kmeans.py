@@ -12,16 +12,18 @@ import pytest
 from sklearn.cluster import KMeans
 from sklearn.metrics import pairwise_distances_argmin
 
+from lcseg_steps.clustering.backend import array_namespace
 from lcseg_steps.clustering.kmeans import (
-    KMeansResult,
+    GroupedKMeansResult,
     _init_sample,
-    array_namespace,
     kmeans,
+    kmeans_groups,
     kmeans_plusplus,
+    kmeans_ranges,
     kmeans_stream,
     l2_normalize,
-    seeded_uniforms,
 )
+from lcseg_steps.clustering.lloyd import seeded_uniforms
 
 CPU = {"device": "cpu"}
 
@@ -240,7 +242,9 @@ def test_offsets_two_clusters_with_an_empty_one_match_pure_python_loop(zero_row,
     far = np.array([X[0], [-1.0, 0, 0, 0]], dtype=np.float32)  # nothing is near -e1
     Xb = np.concatenate([X, X[::-1]])
     off = np.array([0, 20, 40])
-    r = kmeans(NAMESPACES[ns](Xb), 2, offsets=off, init=np.stack([far, far]), tol=0.0, max_iter=10)
+    r = kmeans_ranges(
+        NAMESPACES[ns](Xb), 2, offsets=off, init=np.stack([far, far]), tol=0.0, max_iter=10
+    )
     for i, rows in enumerate((X, X[::-1])):
         labels, C_ref, J_ref, n_ref = py_kmeans(rows.tolist(), far, max_iter=10, tol=0.0)
         assert np.bincount(labels, minlength=2).min() > 0
@@ -255,14 +259,14 @@ def test_empty_clusters_end_non_empty_in_every_source():
     C0 = np.array([X[0], [-1.0, 0, 0, 0, 0], [0, 0, 0, 0, -1.0]], dtype=np.float32)
     r = kmeans(X, 3, init=C0, max_iter=10, **CPU)
     assert np.all(np.bincount(r.labels, minlength=3) > 0)
-    s = kmeans_stream(blocks_of(X, 7), 3, init=C0, max_iter=10, return_labels=True, **CPU)
+    s = kmeans_stream(blocks_of(X, 7), 3, init=C0, max_iter=10, **CPU)
     assert np.all(np.bincount(s.labels, minlength=3) > 0)
     off = np.array([0, 30, 60])
     for ns in NAMESPACES.values():
-        L = kmeans(ns(X), 3, offsets=off, init=np.stack([C0, C0]), max_iter=10).labels
+        L = kmeans_ranges(ns(X), 3, offsets=off, init=np.stack([C0, C0]), max_iter=10).labels
         for i in range(2):
             assert np.all(np.bincount(L[off[i] : off[i + 1]], minlength=3) > 0)
-    g = kmeans(X, 3, groups=np.repeat([4, 9], 30), init={4: C0, 9: C0}, max_iter=10, **CPU)
+    g = kmeans_groups(X, 3, groups=np.repeat([4, 9], 30), init={4: C0, 9: C0}, max_iter=10, **CPU)
     for lab in (g.labels[:30], g.labels[30:]):
         assert np.all(np.bincount(lab, minlength=3) > 0)
 
@@ -280,7 +284,7 @@ def test_zero_rows_give_no_nan_and_count_in_the_objective():
     s = kmeans_stream(blocks_of(X, 16), 3, **CPU)
     assert np.isfinite(s.centroids).all()
     for ns in NAMESPACES.values():
-        b = kmeans(ns(X), 3, offsets=np.array([0, 40, 80]))
+        b = kmeans_ranges(ns(X), 3, offsets=np.array([0, 40, 80]))
         assert np.isfinite(b.centroids).all() and np.isfinite(b.objective).all()
         assert np.all(b.labels[[0, 17, 79]] == 0)
 
@@ -335,16 +339,20 @@ def test_every_source_gives_numpy_labels_in_every_namespace(ns):
     off = np.array([0, 90, 91 + 90, 300, 400])
     groups = rng.integers(0, 3, 400) * 7
     to = NAMESPACES[ns]
-    for kw in ({}, {"offsets": off}, {"groups": groups}):
-        ref = kmeans(X, 3, seed=4, max_iter=30, **kw)
-        got = kmeans(to(X), 3, seed=4, max_iter=30, **kw)
+    for fit, kw in (
+        (kmeans, {}),
+        (kmeans_ranges, {"offsets": off}),
+        (kmeans_groups, {"groups": groups}),
+    ):
+        ref = fit(X, 3, seed=4, max_iter=30, **kw)
+        got = fit(to(X), 3, seed=4, max_iter=30, **kw)
         np.testing.assert_array_equal(got.labels, ref.labels)
         np.testing.assert_allclose(got.centroids, ref.centroids, atol=1e-5)
         np.testing.assert_array_equal(got.n_iter, ref.n_iter)
         np.testing.assert_allclose(got.objective, ref.objective, rtol=1e-6)
     Xs = to(X)
-    ref = kmeans_stream(blocks_of(X, 64), 3, seed=4, return_labels=True, init_sample=200)
-    got = kmeans_stream(blocks_of(Xs, 64), 3, seed=4, return_labels=True, init_sample=200)
+    ref = kmeans_stream(blocks_of(X, 64), 3, seed=4, init_sample=200)
+    got = kmeans_stream(blocks_of(Xs, 64), 3, seed=4, init_sample=200)
     np.testing.assert_array_equal(got.labels, ref.labels)
     np.testing.assert_allclose(got.centroids, ref.centroids, atol=1e-5)
 
@@ -354,7 +362,7 @@ def test_host_rows_move_to_the_device_namespace(monkeypatch):
     as on a GPU; array_api_strict stands in for CuPy and refuses NumPy's device."""
     import array_api_strict
 
-    import lcseg_steps.clustering.kmeans as km
+    import lcseg_steps.clustering.backend as km
 
     real = km.array_namespace
     strict = array_api_compat.array_namespace(array_api_strict.asarray([0.0]))
@@ -363,12 +371,16 @@ def test_host_rows_move_to_the_device_namespace(monkeypatch):
     X = rng.standard_normal((300, 8)).astype(np.float32)  # strict has no float16
     off = np.array([0, 100, 300])
     groups = rng.integers(0, 2, 300)
-    for kw in ({}, {"offsets": off}, {"groups": groups}):
-        ref = kmeans(X, 3, seed=5, max_iter=20, device="cpu", **kw)
-        got = kmeans(X, 3, seed=5, max_iter=20, device="cuda", **kw)
+    for fit, kw in (
+        (kmeans, {}),
+        (kmeans_ranges, {"offsets": off}),
+        (kmeans_groups, {"groups": groups}),
+    ):
+        ref = fit(X, 3, seed=5, max_iter=20, device="cpu", **kw)
+        got = fit(X, 3, seed=5, max_iter=20, device="cuda", **kw)
         np.testing.assert_array_equal(got.labels, ref.labels)
-    ref = kmeans_stream(blocks_of(X, 64), 3, seed=5, return_labels=True, device="cpu")
-    got = kmeans_stream(blocks_of(X, 64), 3, seed=5, return_labels=True, device="cuda")
+    ref = kmeans_stream(blocks_of(X, 64), 3, seed=5, device="cpu")
+    got = kmeans_stream(blocks_of(X, 64), 3, seed=5, device="cuda")
     np.testing.assert_array_equal(got.labels, ref.labels)
 
 
@@ -388,7 +400,6 @@ def test_streaming_equals_in_memory(dtype, block, cache_bytes):
             blocks_of(X, block),
             5,
             max_iter=30,
-            return_labels=True,
             log=lines.append,
             cache_bytes=cache_bytes,
             **kw,
@@ -398,7 +409,7 @@ def test_streaming_equals_in_memory(dtype, block, cache_bytes):
         np.testing.assert_allclose(s.centroids, ref.centroids, atol=1e-5)
         assert s.n_iter == ref.n_iter and len(lines) == s.n_iter + 1
         assert abs(s.objective - ref.objective) < 1e-6
-    assert kmeans_stream(blocks_of(X, block), 5, max_iter=2, **CPU).labels is None
+    assert kmeans_stream(blocks_of(X, block), 5, max_iter=2, **CPU).labels.shape == (300,)
 
 
 @pytest.mark.parametrize("cache_bytes", [0, 1 << 30])
@@ -414,7 +425,6 @@ def test_streamed_rows_of_other_dtypes_are_read_as_their_values(dtype, cache_byt
         3,
         init=X[:3].astype(np.float64) + 1,
         max_iter=20,
-        return_labels=True,
         cache_bytes=cache_bytes,
         **CPU,
     )
@@ -430,8 +440,8 @@ def test_a_cluster_whose_members_cancel_keeps_its_centroid(ns):
     X = np.array([[1, 0], [-1, 0], [0, 1], [0, 1]], dtype=np.float32)
     C0 = np.array([[0, -1], [0, 1]], dtype=np.float32)
     r = kmeans(NAMESPACES[ns](X), 2, init=C0, max_iter=5)
-    b = kmeans(NAMESPACES[ns](np.concatenate([X, X])), 2, offsets=[0, 4, 8], init=[C0, C0])
-    s = kmeans_stream(blocks_of(NAMESPACES[ns](X), 3), 2, init=C0, return_labels=True)
+    b = kmeans_ranges(NAMESPACES[ns](np.concatenate([X, X])), 2, offsets=[0, 4, 8], init=[C0, C0])
+    s = kmeans_stream(blocks_of(NAMESPACES[ns](X), 3), 2, init=C0)
     for got, C in ((r, r.centroids), (s, s.centroids), (b, b.centroids[1])):
         np.testing.assert_array_equal(got.labels[:4], [0, 0, 1, 1])
         np.testing.assert_array_equal(C, C0)
@@ -446,8 +456,8 @@ def test_one_cluster_is_the_normalised_mean_in_every_source(ns):
     mean = unit(Xn.sum(axis=0))
     want_J = float((Xn @ mean).mean())
     r = kmeans(NAMESPACES[ns](X), 1, max_iter=5)
-    s = kmeans_stream(blocks_of(NAMESPACES[ns](X), 30), 1, return_labels=True)
-    b = kmeans(NAMESPACES[ns](np.concatenate([X, X])), 1, offsets=[0, 200, 400], max_iter=5)
+    s = kmeans_stream(blocks_of(NAMESPACES[ns](X), 30), 1)
+    b = kmeans_ranges(NAMESPACES[ns](np.concatenate([X, X])), 1, offsets=[0, 200, 400], max_iter=5)
     for got, C, J in ((r, r.centroids, r.objective), (s, s.centroids, s.objective)):
         assert not np.any(got.labels)
         np.testing.assert_allclose(C[0], mean, atol=1e-6)
@@ -457,7 +467,7 @@ def test_one_cluster_is_the_normalised_mean_in_every_source(ns):
 
 
 def test_without_numba_numpy_runs_fail_naming_it(monkeypatch):
-    import lcseg_steps.clustering.kmeans as km
+    import lcseg_steps.clustering.backend as km
 
     monkeypatch.setitem(sys.modules, "numba", None)  # import numba raises ImportError
     km._kernels.cache_clear()
@@ -493,9 +503,7 @@ def test_every_source_equals_full_recompute(k):
     ref_lab, ref_C, ref_J, ref_it = full_lloyd(unit(X), C0, 25, 0.0)
     assert ref_it > 3
     r = kmeans(X, k, init=C0, max_iter=25, tol=0.0, **CPU)
-    s = kmeans_stream(
-        blocks_of(X, 90), k, init=C0, max_iter=25, tol=0.0, return_labels=True, cache_bytes=0
-    )
+    s = kmeans_stream(blocks_of(X, 90), k, init=C0, max_iter=25, tol=0.0, cache_bytes=0)
     for got in (r, s):
         np.testing.assert_array_equal(got.labels, ref_lab)
         np.testing.assert_allclose(got.centroids, ref_C, atol=1e-5)
@@ -508,7 +516,7 @@ def test_every_source_equals_full_recompute(k):
     off = np.array([0, len(easy), len(easy) + len(X), len(Xb)])
     e_lab, e_C, e_J, e_it = full_lloyd(unit(easy), E0, 25, 0.0)
     for ns in NAMESPACES.values():
-        b = kmeans(ns(Xb), k, offsets=off, init=np.stack([E0, C0, E0]), max_iter=25, tol=0.0)
+        b = kmeans_ranges(ns(Xb), k, offsets=off, init=np.stack([E0, C0, E0]), max_iter=25, tol=0.0)
         np.testing.assert_array_equal(b.labels[off[1] : off[2]], ref_lab)
         assert b.n_iter[1] == ref_it
         for i in (0, 2):
@@ -528,8 +536,8 @@ def test_streaming_sample_is_uniform_and_independent_of_blocking():
     assert rows == sorted(np.argsort(keys)[:50].tolist())
     assert not np.array_equal(s7, _init_sample(blocks_of(X, 7), 50, 2, "t"))
     np.testing.assert_array_equal(_init_sample(blocks_of(X, 7), 10**6, 1, "t"), X)
-    a = kmeans_stream(blocks_of(X, 7), 4, init_sample=50, return_labels=True, **CPU)
-    b = kmeans_stream(blocks_of(X, 64), 4, init_sample=50, return_labels=True, **CPU)
+    a = kmeans_stream(blocks_of(X, 7), 4, init_sample=50, **CPU)
+    b = kmeans_stream(blocks_of(X, 64), 4, init_sample=50, **CPU)
     np.testing.assert_array_equal(a.labels, b.labels)
     np.testing.assert_allclose(a.centroids, b.centroids, atol=1e-5)
     d = kmeans_stream(blocks_of(X, 7), 4, init_sample=50, max_iter=0, seed=1, **CPU)
@@ -547,10 +555,10 @@ def test_offsets_equal_the_per_problem_loop(ns):
     X, off = ragged(rng, [12, 30, 7, 25, 9, 30, 4, 18], D=10)
     X[off[1] + 3] = 0  # a zero row inside a padded problem
     init = rng.standard_normal((8, 3, 10)).astype(np.float32)
-    r = kmeans(NAMESPACES[ns](X.astype(np.float32)), 3, offsets=off, init=init, max_iter=10)
+    r = kmeans_ranges(NAMESPACES[ns](X.astype(np.float32)), 3, offsets=off, init=init, max_iter=10)
     assert r.labels.dtype == np.int64 and r.centroids.shape == (8, 3, 10)
     assert r.centroids.dtype == np.float32 and r.objective.shape == r.n_iter.shape == (8,)
-    assert r.group_values is None
+    assert r.group_values.tolist() == list(range(8))
     for i in range(8):
         ref = kmeans(X[off[i] : off[i + 1]], 3, init=init[i], max_iter=10, **CPU)
         np.testing.assert_array_equal(r.labels[off[i] : off[i + 1]], ref.labels)
@@ -562,14 +570,14 @@ def test_offsets_equal_the_per_problem_loop(ns):
 def test_offsets_kmeanspp_uses_a_stream_per_problem(ns):
     rng = np.random.default_rng(12)
     X, off = ragged(rng, [20, 5, 40, 13, 40, 8], D=6, dtype=np.float32)
-    r0 = kmeans(NAMESPACES[ns](X), 4, offsets=off, max_iter=0, seed=5)
+    r0 = kmeans_ranges(NAMESPACES[ns](X), 4, offsets=off, max_iter=0, seed=5)
     assert np.all(r0.n_iter == 0)
     for i in range(6):
         ref = kmeans_plusplus(X[off[i] : off[i + 1]], 4, seed=5, stream=i)
         np.testing.assert_allclose(r0.centroids[i], ref, atol=1e-6)
     # problem i's result does not depend on the other problems around it
     alone = kmeans(X[off[2] : off[3]], 4, init=kmeans_plusplus(X[off[2] : off[3]], 4, 5, 2))
-    full = kmeans(NAMESPACES[ns](X), 4, offsets=off, seed=5)
+    full = kmeans_ranges(NAMESPACES[ns](X), 4, offsets=off, seed=5)
     np.testing.assert_array_equal(full.labels[off[2] : off[3]], alone.labels)
 
 
@@ -578,22 +586,22 @@ def test_offsets_with_streams_zero_solve_each_problem_as_if_alone():
     alone (stream 0), as lcseg_steps.apply.model_zarr clusters one image."""
     rng = np.random.default_rng(14)
     X, off = ragged(rng, [20, 5, 40, 13], D=6, dtype=np.float32)
-    out = kmeans(X, 3, offsets=off, seed=5, streams=np.zeros(4, np.int64), **CPU)
+    out = kmeans_ranges(X, 3, offsets=off, seed=5, streams=np.zeros(4, np.int64), **CPU)
     for i in range(4):
         ref = kmeans(X[off[i] : off[i + 1]], 3, seed=5, **CPU)
         np.testing.assert_array_equal(out.labels[off[i] : off[i + 1]], ref.labels)
-    default = kmeans(X, 3, offsets=off, seed=5, **CPU)
+    default = kmeans_ranges(X, 3, offsets=off, seed=5, **CPU)
     assert not np.array_equal(default.centroids[1:], out.centroids[1:])
     with pytest.raises(ValueError, match="streams must have shape"):
-        kmeans(X, 3, offsets=off, streams=[0, 0])
+        kmeans_ranges(X, 3, offsets=off, streams=[0, 0])
 
 
 def test_groups_equal_per_group_fits_with_a_stream_per_group():
     rng = np.random.default_rng(13)
     X = rng.standard_normal((120, 5)).astype(np.float32)
     groups = rng.integers(0, 3, 120) * 10
-    out = kmeans(X, 2, groups=groups, seed=1, **CPU)
-    assert isinstance(out, KMeansResult) and out.group_values.tolist() == [0, 10, 20]
+    out = kmeans_groups(X, 2, groups=groups, seed=1, **CPU)
+    assert isinstance(out, GroupedKMeansResult) and out.group_values.tolist() == [0, 10, 20]
     assert out.centroids.shape == (3, 2, 5) and out.labels.shape == (120,)
     for i, g in enumerate(out.group_values):
         init = kmeans_plusplus(X[groups == g], 2, seed=1, stream=-1 - int(g))
@@ -602,7 +610,7 @@ def test_groups_equal_per_group_fits_with_a_stream_per_group():
         np.testing.assert_allclose(out.centroids[i], ref.centroids, atol=1e-6)
         assert out.n_iter[i] == ref.n_iter
     inits = {g: rng.standard_normal((2, 5)) for g in (0, 10, 20)}
-    out = kmeans(X, 2, groups=groups, init=inits, max_iter=0, **CPU)
+    out = kmeans_groups(X, 2, groups=groups, init=inits, max_iter=0, **CPU)
     ref = kmeans(X[groups == 10], 2, init=inits[10], max_iter=0, **CPU)
     np.testing.assert_array_equal(out.labels[groups == 10], ref.labels)
 
@@ -612,9 +620,9 @@ def test_each_group_gets_its_own_stream():
     group value), and a group's start does not depend on the other groups."""
     rng = np.random.default_rng(14)
     X = rng.standard_normal((50, 6)).astype(np.float32)
-    two = kmeans(np.concatenate([X, X]), 3, groups=np.repeat([3, 8], 50), max_iter=0, seed=2)
+    two = kmeans_groups(np.concatenate([X, X]), 3, groups=np.repeat([3, 8], 50), max_iter=0, seed=2)
     assert not np.allclose(two.centroids[0], two.centroids[1])
-    one = kmeans(X, 3, groups=np.full(50, 8), max_iter=0, seed=2)
+    one = kmeans_groups(X, 3, groups=np.full(50, 8), max_iter=0, seed=2)
     np.testing.assert_array_equal(one.centroids[0], two.centroids[1])
 
 
@@ -638,7 +646,6 @@ def test_worker_threads_give_the_same_result(threads):
             seed=2,
             max_iter=40,
             tol=0.0,
-            return_labels=True,
             cache_bytes=97 * 24 * 4 * 6,
             threads=t,
             **CPU,
@@ -652,9 +659,12 @@ def test_worker_threads_give_the_same_result(threads):
     off = np.concatenate([[0], np.cumsum(rng.integers(30, 90, 25))])
     Xb = rng.standard_normal((off[-1], 24)).astype(np.float16)
     groups = rng.integers(0, 5, X.shape[0])
-    for data, kw in ((Xb, {"offsets": off}), (X, {"groups": groups})):
-        r1 = kmeans(data, 2, seed=3, **kw, **CPU)
-        rn = kmeans(data, 2, seed=3, threads=threads, **kw, **CPU)
+    for fit, data, kw in (
+        (kmeans_ranges, Xb, {"offsets": off}),
+        (kmeans_groups, X, {"groups": groups}),
+    ):
+        r1 = fit(data, 2, seed=3, **kw, **CPU)
+        rn = fit(data, 2, seed=3, threads=threads, **kw, **CPU)
         for f in ("labels", "centroids", "objective", "n_iter"):
             np.testing.assert_array_equal(getattr(r1, f), getattr(rn, f))
     assert (torch.get_num_threads(), [p["num_threads"] for p in threadpool_info()]) == before
@@ -688,7 +698,7 @@ def test_lazy_blocks_are_read_only_when_not_cached(tmp_path):
     arr = open_store(write_store(tmp_path / "x.zarr", {"k": X}, chunk_rows=100))["k"]
     reads, lazy = _counted_blocks(arr, 100)
 
-    kw = {"seed": 1, "max_iter": 30, "tol": 0.0, "return_labels": True, **CPU}
+    kw = {"seed": 1, "max_iter": 30, "tol": 0.0, **CPU}
     cache = 3 * 100 * 16 * 4  # the first three blocks' float32 rows
     eager = kmeans_stream(blocks_of(X, 100), 4, cache_bytes=cache, **kw)
     for threads in (1, 2):
@@ -709,7 +719,7 @@ def test_stream_cache_is_sized_from_device_memory(monkeypatch, tmp_path):
     STREAM_CACHE_BYTES; NumPy keeps STREAM_CACHE_BYTES; an explicit ``cache_bytes`` wins."""
     import array_api_strict
 
-    import lcseg_steps.clustering.kmeans as km
+    import lcseg_steps.clustering.backend as km
     from lcseg_steps.stores.layout import open_store, write_store
 
     real = km.array_namespace
@@ -751,7 +761,7 @@ def test_a_failing_block_in_a_worker_thread_names_the_block():
         with pytest.raises(ValueError, match="threads must be a positive integer"):
             kmeans_stream(blocks_of(X, 100), 2, threads=bad, **CPU)
         with pytest.raises(ValueError, match="threads must be a positive integer"):
-            kmeans(X, 2, offsets=np.array([0, 500]), threads=bad, **CPU)
+            kmeans_ranges(X, 2, offsets=np.array([0, 500]), threads=bad, **CPU)
 
 
 # ---------------------------------------------------------------------------------------
@@ -796,21 +806,19 @@ def test_offsets_and_groups_bad_input_names_the_problem():
     rng = np.random.default_rng(15)
     X, off = ragged(rng, [5, 4, 2, 6], D=3)
     with pytest.raises(ValueError, match="problem 2: k=3 clusters but only 2 points"):
-        kmeans(X, 3, offsets=off, **CPU)
+        kmeans_ranges(X, 3, offsets=off, **CPU)
     X[off[1] : off[1] + 3] = 0
     for ns in NAMESPACES.values():
         with pytest.raises(ValueError, match="problem 1: k=2 clusters but only 1 non-zero rows"):
-            kmeans(ns(X.astype(np.float32)), 2, offsets=off)
+            kmeans_ranges(ns(X.astype(np.float32)), 2, offsets=off)
     with pytest.raises(ValueError, match="end at len"):
-        kmeans(X, 2, offsets=off[:-1], **CPU)
+        kmeans_ranges(X, 2, offsets=off[:-1], **CPU)
     with pytest.raises(ValueError, match=r"\(n_problems, k, D\)"):
-        kmeans(X, 2, offsets=off, init=np.ones((4, 3, 3)), **CPU)
+        kmeans_ranges(X, 2, offsets=off, init=np.ones((4, 3, 3)), **CPU)
     with pytest.raises(ValueError, match="group 20"):
-        kmeans(X, 2, groups=np.array([0] * 16 + [20]), **CPU)
+        kmeans_groups(X, 2, groups=np.array([0] * 16 + [20]), **CPU)
     with pytest.raises(ValueError, match="no centroids for groups"):
-        kmeans(X, 2, groups=np.array([0] * 16 + [20]), init={0: np.ones((2, 3))}, **CPU)
-    with pytest.raises(ValueError, match="not both"):
-        kmeans(X, 2, offsets=off, groups=np.zeros(17, int), **CPU)
+        kmeans_groups(X, 2, groups=np.array([0] * 16 + [20]), init={0: np.ones((2, 3))}, **CPU)
     X[5, 1] = np.inf
     with pytest.raises(ValueError, match="problem 1: non-finite values"):
-        kmeans(X, 1, offsets=off, **CPU)
+        kmeans_ranges(X, 1, offsets=off, **CPU)

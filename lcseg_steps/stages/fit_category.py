@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lcseg_steps.clustering import levels as lv
+from lcseg_steps.clustering.backend import import_torch_cast_if_worth
 from lcseg_steps.clustering.class_clustering import assign_classes
 from lcseg_steps.clustering.class_count import auto_record, check_range, eigengap_count
-from lcseg_steps.clustering.kmeans import import_torch_cast_if_worth, l2_normalize, nearest_centroid
+from lcseg_steps.clustering.kmeans import l2_normalize, nearest_centroid
 from lcseg_steps.runner.settings import is_auto
 from lcseg_steps.stores.layout import feature_shards, patch_layout, read_fg, write_store
 
