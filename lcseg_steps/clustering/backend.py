@@ -107,8 +107,8 @@ def _device_free_bytes(xp) -> int | None:
 
 
 def _cache_budget(xp, requested: int | None) -> int:
-    """Bytes of streamed rows :func:`kmeans_stream` keeps: ``requested`` when given; on NumPy
-    ``STREAM_CACHE_BYTES``; on a device half its free memory, at least that."""
+    """Bytes of streamed rows ``kmeans.kmeans_stream`` keeps: ``requested`` when given; on
+    NumPy ``STREAM_CACHE_BYTES``; on a device half its free memory, at least that."""
     if requested is not None:
         return requested
     free = None if _is_np(xp) else _device_free_bytes(xp)

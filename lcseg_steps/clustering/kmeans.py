@@ -480,8 +480,8 @@ def kmeans_stream(
     ``shape`` and ``dtype`` that ``np.asarray`` reads, e.g. ``store.RowBlock``), in the same
     order every call. The first blocks are kept (on NumPy as read, elsewhere as float32
     copies) while their size as float32 stays within ``cache_bytes`` (None:
-    :func:`_cache_budget`); the others are read again every pass, so memory is bounded by
-    the cache, ``2 * threads`` blocks and the ``(n,)`` labels (the loop keeps them anyway).
+    ``backend._cache_budget``); the others are read again every pass, so memory is bounded
+    by the cache, ``2 * threads`` blocks and the ``(n,)`` labels (the loop keeps them anyway).
     k-means++ runs on a seeded uniform sample of at most ``init_sample`` rows (None: all;
     the default is the schema's ``clustering.init_sample``).
     Same result as :func:`kmeans` on the concatenated rows, up to float rounding of
