@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from lcseg_steps.clustering.class_clustering import class_prototypes, fit_classes
-from lcseg_steps.clustering.kmeans import _assign, _prepare, kmeans, l2_normalize, nearest_centroid
+from lcseg_steps.clustering.kmeans import kmeans, l2_normalize, nearest_centroid
+from lcseg_steps.clustering.lloyd import _assign, _prepare
 
 
 def brute(X, C):

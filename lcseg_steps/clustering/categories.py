@@ -14,14 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from lcseg_steps.clustering import levels as lv
+from lcseg_steps.clustering.backend import import_torch_cast_if_worth
 from lcseg_steps.clustering.class_clustering import assign_classes
 from lcseg_steps.clustering.class_count import check_range, eigengap_count
-from lcseg_steps.clustering.kmeans import (
-    KMeansResult,
-    import_torch_cast_if_worth,
-    l2_normalize,
-    nearest_centroid,
-)
+from lcseg_steps.clustering.kmeans import GroupedKMeansResult, l2_normalize, nearest_centroid
 
 Log = Callable[[str], None]
 
@@ -98,7 +94,7 @@ class CategoryLevel:
     fg_clusters: np.ndarray
     fg_fraction: np.ndarray
     counts: np.ndarray
-    fit: KMeansResult
+    fit: GroupedKMeansResult
 
 
 def fit_category_level(

@@ -113,7 +113,8 @@ def _cluster(
 
     if method == "kmeans":
         x32 = x.astype(np.float32)
-        runs = (kmeans(x32, n_classes, seed=seed + i) for i in range(n_init))
+        # 50 passes: fixed here (the schema's clustering.max_iter is the levels' setting)
+        runs = (kmeans(x32, n_classes, max_iter=50, seed=seed + i) for i in range(n_init))
         # max() keeps the first of equal objectives, so the result is seed-deterministic.
         return max(runs, key=lambda r: r.objective).labels  # NumPy int64
 

@@ -15,13 +15,14 @@ import numpy as np
 from lcseg_steps.clustering.graph_split import METHODS as GRAPH_METHODS
 from lcseg_steps.clustering.graph_split import bipartition_images
 from lcseg_steps.clustering.kmeans import (
-    KMeansResult,
+    GroupedKMeansResult,
     NonFiniteError,
-    kmeans,
+    kmeans_groups,
+    kmeans_ranges,
     l2_normalize,
     nearest_centroid,
-    seeded_uniforms,
 )
+from lcseg_steps.clustering.lloyd import seeded_uniforms
 
 _CATEGORY_SAMPLE_DOMAIN = 2  # random domain of the category fit sample (kmeans uses 0, 1)
 
@@ -96,7 +97,7 @@ def per_image_kmeans(
     if len(solvable):
         rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in solvable])
         sub_off = np.concatenate([[0], np.cumsum(sizes[solvable])])
-        fit = kmeans(
+        fit = kmeans_ranges(
             X[rows],
             k,
             offsets=sub_off,
@@ -231,14 +232,14 @@ def sample_rows_by_group(
 
 def fit_groups(
     X: np.ndarray, groups: np.ndarray, n_groups: int, k: int, **kw
-) -> tuple[np.ndarray, KMeansResult]:
+) -> tuple[np.ndarray, GroupedKMeansResult]:
     """``k`` cosine centroids per group -> ``(n_groups, k, D)`` float32 and the fit
-    (``kmeans(groups=...)``: ``objective`` ``(n_groups,)``, labels in row order).
+    (``kmeans_groups``: ``objective`` ``(n_groups,)``, labels in row order).
 
     A group with fewer than ``k`` sampled rows is a clear error (lower ``k_category`` or
     ``n_categories``).
     """
-    fit = kmeans(X, k, groups=groups.astype(np.int64), **kw)
+    fit = kmeans_groups(X, k, groups=groups.astype(np.int64), **kw)
     missing = sorted(set(range(n_groups)) - set(fit.group_values.tolist()))
     if missing:
         raise ValueError(f"pseudo-categories {missing} have no patches")

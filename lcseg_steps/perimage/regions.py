@@ -161,7 +161,7 @@ def split_region(
         idx = np.flatnonzero(part == p)
         ok = False
         if len(idx) >= 4:
-            lab = kmeans(F[idx], 2, seed=seed).labels
+            lab = kmeans(F[idx], 2, max_iter=50, seed=seed).labels  # fixed, not clustering.max_iter
             sides = [idx[lab == s] for s in (0, 1)]
             side_px = [counts[s].sum() for s in sides]
             ok = (

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lcseg_steps.clustering import levels as lv
-from lcseg_steps.clustering.kmeans import NonFiniteError, import_torch_cast_if_worth
+from lcseg_steps.clustering.backend import import_torch_cast_if_worth
+from lcseg_steps.clustering.kmeans import NonFiniteError
 from lcseg_steps.stores.layout import (
     check_finite,
     feature_array,
