@@ -31,7 +31,7 @@ from lcseg_steps.data.image_table import (
     write_skipped,
 )
 from lcseg_steps.data.images import ImageError, read_rgb
-from lcseg_steps.data.voc import write_label_png
+from lcseg_steps.data.palette import write_label_png
 from lcseg_steps.perimage.backbone import load_backbone
 from lcseg_steps.stages.assign import run_assign
 from lcseg_steps.stages.evaluate import run_evaluate

@@ -14,7 +14,7 @@ import pytest
 from sklearn.metrics import confusion_matrix
 
 from lcseg_steps.data.image_table import ImageRecord
-from lcseg_steps.data.voc import write_label_png
+from lcseg_steps.data.palette import write_label_png
 from lcseg_steps.evaluation.matching import hungarian_match, majority_match
 from lcseg_steps.evaluation.protocols import PROTOCOLS
 from lcseg_steps.evaluation.scoring import ConfusionAccumulator, confusion, json_ready, scores

@@ -17,7 +17,7 @@ from lcseg_steps.apply.model_zarr import (
 from lcseg_steps.cli import main as lcseg
 from lcseg_steps.data.image_table import read_index
 from lcseg_steps.data.images import read_rgb
-from lcseg_steps.data.voc import read_label_png
+from lcseg_steps.data.palette import read_label_png
 from lcseg_steps.stores.inspect import describe
 from lcseg_steps.stores.layout import image_rows, open_store, read_ids
 
