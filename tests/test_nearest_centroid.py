@@ -106,7 +106,9 @@ def test_kmeans_labels_are_the_nearest_returned_centroid():
 
 def test_class_clustering_assigns_the_unfitted_regions_by_the_rule():
     X, C, _, _ = planted(seed=5, n=200)
-    fit = fit_classes(X.astype(np.float64), 4, method="agglomerative", seed=0, fit_sample=50)
+    fit = fit_classes(
+        X.astype(np.float64), 4, class_clusterer="agglomerative", seed=0, fit_sample=50
+    )
     rest = np.setdiff1d(np.arange(len(X)), fit.fitted)
     xn = X.astype(np.float64) / np.linalg.norm(X.astype(np.float64), axis=1, keepdims=True)
     # the fit's own float64 prototypes (the store keeps them as float32)

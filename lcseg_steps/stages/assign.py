@@ -113,7 +113,7 @@ def run_assign(
         fit = fit_classes(
             X,
             n_classes,
-            method=class_clusterer,
+            class_clusterer=class_clusterer,
             n_neighbors=n_neighbors,
             seed=seed,
             fit_sample=fit_sample,

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lcseg_steps.clustering import levels as lv
-from lcseg_steps.clustering.class_clustering import assign_classes
+from lcseg_steps.clustering.class_clustering import cluster_classes
 from lcseg_steps.clustering.class_count import auto_record, check_range, eigengap_count
 from lcseg_steps.clustering.kmeans import import_torch_cast_if_worth, l2_normalize, nearest_centroid
 from lcseg_steps.runner.settings import is_auto
@@ -37,10 +37,10 @@ def pseudo_categories(cls: np.ndarray, n_categories: int, method: str, seed: int
         )
     if n_categories == 1:
         return np.zeros(len(cls), dtype=np.int64)
-    return assign_classes(
+    return cluster_classes(
         np.asarray(cls, dtype=np.float32),
         n_categories,
-        method=method,
+        class_clusterer=method,
         seed=seed,
         n_neighbors=CATEGORY_NEIGHBORS,
     )
