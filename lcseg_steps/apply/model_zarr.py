@@ -303,13 +303,13 @@ class Model:
                 np.array([0, n]),
                 np.array([grid]),
                 f["cls_attn"],
-                k=il["k_image"],
+                k_image=il["k_image"],
                 fg_rule=il["fg_rule"],
                 max_iter=il["max_iter"],
                 tol=il["tol"],
                 seed=il["seed"],
                 device=il["device"],
-                clusterer=il["image_clusterer"],
+                image_clusterer=il["image_clusterer"],
             )
             labels["image"], masks["image"] = res["labels"], res["fg"]
         m = a["merge"]
