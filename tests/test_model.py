@@ -150,7 +150,7 @@ def test_the_working_resolution_comes_from_the_model(tiny_run, model_copy):
 @pytest.mark.parametrize("descriptor", ["masked_keys", "cls"])
 def test_split_regions_come_from_the_model(tiny_run, model_copy, descriptor):
     """A model with regions split cuts the foreground as ``object_regions(...,
-    mode="split")`` on the image's feature grid, with the model's split settings."""
+    regions="split")`` on the image's feature grid, with the model's split settings."""
     from lcseg_steps.perimage.regions import object_regions
 
     image = read_rgb(tiny_run / "results" / "tiny" / "demo" / "JPEGImages" / "demo_0001.jpg")
@@ -166,8 +166,8 @@ def test_split_regions_come_from_the_model(tiny_run, model_copy, descriptor):
     X = model.features(image)["X"].astype(np.float32).reshape(*seg.grid, -1)
     regs = object_regions(
         seg.foreground,
-        mode="split",
-        min_area=objects["min_region_area"],
+        regions="split",
+        min_region_area=objects["min_region_area"],
         features_grid=X,
         split=split,
     )

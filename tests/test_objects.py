@@ -28,7 +28,7 @@ def _three_blobs() -> np.ndarray:
 
 def test_components_match_scipy_label():
     mask = _three_blobs()
-    regions = object_regions(mask, mode="components", min_area=0.01)
+    regions = object_regions(mask, regions="components", min_region_area=0.01)
     labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
     ref = [labels == k for k in range(1, n + 1)]
     ref = sorted((r for r in ref if r.sum() >= 100), key=lambda r: -r.sum())
@@ -48,7 +48,7 @@ def test_components_beyond_16_bit_labels_match_scipy_label():
     mask[100:300, 100:300] = 1  # one 200x200 block swallowing some of them
     mask[140:160, 140:160] = 0  # a hole ...
     mask[145:155, 145:155] = 1  # ... with an island whose box lies inside the block's
-    regions = object_regions(mask, min_area=0.0002)  # >= 72 px: the block, the island
+    regions = object_regions(mask, min_region_area=0.0002)  # >= 72 px: the block, the island
     labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
     sizes = ndimage.sum(mask > 0, labels, range(1, n + 1))
     keep = [k + 1 for k in np.argsort(-sizes, kind="stable") if sizes[k] >= 72]
@@ -56,24 +56,24 @@ def test_components_beyond_16_bit_labels_match_scipy_label():
     for got, k in zip(regions, keep, strict=True):
         np.testing.assert_array_equal(got, labels == k)
     for dtype in (bool, np.uint8):
-        again = object_regions(mask.astype(dtype), min_area=0.0002)
+        again = object_regions(mask.astype(dtype), min_region_area=0.0002)
         for got, want in zip(again, regions, strict=True):
             np.testing.assert_array_equal(got, want)
 
 
 def test_min_area_zero_keeps_everything():
-    regions = object_regions(_three_blobs(), min_area=0.0)
+    regions = object_regions(_three_blobs(), min_region_area=0.0)
     assert [int(r.sum()) for r in regions] == [400, 152, 9]
 
 
 def test_whole_and_empty():
     mask = _three_blobs()
-    (whole,) = object_regions(mask, mode="whole")
+    (whole,) = object_regions(mask, regions="whole")
     np.testing.assert_array_equal(whole, mask.astype(bool))
     empty = np.zeros((10, 10), np.uint8)
-    assert object_regions(empty) == [] and object_regions(empty, mode="whole") == []
+    assert object_regions(empty) == [] and object_regions(empty, regions="whole") == []
     with pytest.raises(ValueError, match="mode"):
-        object_regions(mask, mode="blobs")
+        object_regions(mask, regions="blobs")
 
 
 def test_region_box_margin_and_clipping():
@@ -288,7 +288,9 @@ def test_objects_cls_uses_the_weights_and_precision_of_the_features(shard, tmp_p
     crops = []
     for image_id in ("a0", "a1"):
         img = read_rgb(shard["records"][image_id].path)
-        for reg in object_regions(shard["masks"][image_id], min_area=OBJ_KW["min_region_area"]):
+        for reg in object_regions(
+            shard["masks"][image_id], min_region_area=OBJ_KW["min_region_area"]
+        ):
             crops.append(region_crop(img, reg, OBJ_KW["margin"]))
     assert len(crops) == got.shape[0] == 3
     kw = {"long_side": OBJ_KW["long_side"], "batch_size": 2}
@@ -330,7 +332,7 @@ def test_objects_more_than_255_regions_keep_their_ids(shard, tmp_path):
 @pytest.mark.parametrize("descriptor", ["masked_keys", "cls"])
 def test_objects_split_regions_are_the_library_s_for_either_descriptor(shard, tmp_path, descriptor):
     """regions split in the stage: each image's regions are ``object_regions(...,
-    mode="split")`` of its mask and feature grid. Permissive settings, so that the hand
+    regions="split")`` of its mask and feature grid. Permissive settings, so that the hand
     shard's components are really cut."""
     torch.set_num_threads(1)
     split = {"max_parts": 2, "min_silhouette": -1.0, "min_share": 0.0, "coherence": 0.0, "seed": 0}
@@ -351,7 +353,9 @@ def test_objects_split_regions_are_the_library_s_for_either_descriptor(shard, tm
     for i, image_id in enumerate(SIZES):
         grid = shard["k"][image_id].astype(np.float32)
         mask = shard["masks"][image_id]
-        regs = object_regions(mask, mode="split", min_area=0.01, features_grid=grid, split=split)
+        regs = object_regions(
+            mask, regions="split", min_region_area=0.01, features_grid=grid, split=split
+        )
         want = np.zeros(mask.shape, np.int64)
         for j, reg in enumerate(regs):
             want[reg] = j + 1

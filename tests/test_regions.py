@@ -48,9 +48,9 @@ def _planted(seed: int, texture: str | None = None):
 def test_split_returns_the_two_planted_blobs_exactly(seed):
     a, b, feats = _planted(seed)
     fg = a | b
-    (whole,) = object_regions(fg, mode="components")
+    (whole,) = object_regions(fg, regions="components")
     assert np.array_equal(whole, fg)
-    parts = object_regions(fg, mode="split", features_grid=feats, split=SPLIT)
+    parts = object_regions(fg, regions="split", features_grid=feats, split=SPLIT)
     assert len(parts) == 2
     assert {parts[0].tobytes(), parts[1].tobytes()} == {a.tobytes(), b.tobytes()}
 
@@ -58,7 +58,7 @@ def test_split_returns_the_two_planted_blobs_exactly(seed):
 @pytest.mark.parametrize("texture", ["stripes", "checker", "noise"])
 def test_one_object_with_internal_texture_is_not_split(texture):
     a, b, feats = _planted(3, texture)
-    (part,) = object_regions(a | b, mode="split", features_grid=feats, split=SPLIT)
+    (part,) = object_regions(a | b, regions="split", features_grid=feats, split=SPLIT)
     assert np.array_equal(part, a | b)
 
 
@@ -86,5 +86,5 @@ def test_split_stops_at_max_parts_and_a_too_small_side():
 def test_split_needs_features_and_settings():
     a, b, feats = _planted(0)
     with pytest.raises(ValueError, match="features_grid"):
-        object_regions(a | b, mode="split")
-    assert object_regions(np.zeros_like(a), mode="split", features_grid=feats, split=SPLIT) == []
+        object_regions(a | b, regions="split")
+    assert object_regions(np.zeros_like(a), regions="split", features_grid=feats, split=SPLIT) == []

@@ -351,8 +351,8 @@ class Model:
         split = o["regions"] == "split"
         regs = object_regions(
             fg,
-            mode=o["regions"],
-            min_area=o["min_region_area"],
+            regions=o["regions"],
+            min_region_area=o["min_region_area"],
             features_grid=feature_grid.astype(np.float32) if split else None,
             split=o.get("split"),
         )
