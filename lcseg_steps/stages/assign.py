@@ -45,7 +45,7 @@ def choose_n_classes(
             f"eigengap needs more than labels.auto_range's min {kmin}; lower it, set "
             "labels.n_classes, lower objects.min_region_area or add images"
         )
-    k, lam = eigengap_count(X, n_neighbors, (kmin, kmax), seed, sample=fit_sample)
+    k, lam = eigengap_count(X, n_neighbors, (kmin, kmax), seed, fit_sample=fit_sample)
     gaps = np.diff(lam)
     log(
         f"assign: n_classes auto -> {k} (eigengap {gaps[k - 1]:.4f}, in [{kmin}, "

@@ -64,7 +64,7 @@ def choose_n_categories(
         CATEGORY_NEIGHBORS,
         (kmin, kmax),
         seed,
-        sample=CATEGORY_AUTO_SAMPLE,
+        fit_sample=CATEGORY_AUTO_SAMPLE,
     )
     log(
         f"fit_category: n_categories auto -> {k} (eigengap {lam[k] - lam[k - 1]:.4f}, in "
