@@ -75,7 +75,13 @@ def _quiet(_msg: str) -> None:
 
 def _extract(records, out, vit, **kw):
     model, info = vit
-    opts = {"long_side": None, "batch_size": 4, "precision": "float32", "log": _quiet}
+    opts = {
+        "long_side": None,
+        "batch_size": 4,
+        "num_workers": 0,
+        "precision": "float32",
+        "log": _quiet,
+    }
     return extract_shard(records, model, info, out, **{**opts, **kw})
 
 
