@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from lcseg_steps.clustering.class_clustering import class_prototypes, fit_classes
-from lcseg_steps.clustering.kmeans import _assign, _prepare, kmeans, l2_normalize, nearest_centroid
+from lcseg_steps.clustering.kmeans import (
+    _label_and_sum,
+    _prepare,
+    kmeans,
+    l2_normalize,
+    nearest_centroid,
+)
 
 
 def brute(X, C):
@@ -75,7 +81,7 @@ def test_groups_label_among_the_own_groups_centroids():
 @pytest.mark.parametrize("k", [1, 2, 3, 6])
 @pytest.mark.parametrize("sweep", [False, True])
 def test_the_lloyd_loop_scores_by_the_same_rule(k, sweep):
-    """``_assign`` (argmax of (X @ C.T) * inv; for k = 2 the sign of x . (c1 - c0)) and the
+    """``_label_and_sum`` (argmax of (X @ C.T) * inv; for k = 2 the sign of x . (c1 - c0)) and the
     compiled sweep label as nearest_centroid does, exact ties included."""
     Xu, C, tie, _ = planted(seed=3)
     C = C[:k]  # basis vectors (k = 2: rows weighing both equally are exact ties), then 4 = 1
@@ -90,7 +96,7 @@ def test_the_lloyd_loop_scores_by_the_same_rule(k, sweep):
         counts = np.zeros((1, k), dtype=np.int64)
         counts[0, 0] = int((inv[0] > 0).sum())
         prev = (lab0, sums, counts)
-    lab, _, _ = _assign(X, inv, C[None], np, prev, np.ones(1, dtype=bool))
+    lab, _, _ = _label_and_sum(X, inv, C[None], np, prev, np.ones(1, dtype=bool))
     want = nearest_centroid(l2_normalize(raw), C)
     np.testing.assert_array_equal(lab[0], want)
     assert lab[0][5] == 0
