@@ -10,7 +10,7 @@ from sklearn.metrics import roc_auc_score
 
 from lcseg_steps.clustering.kmeans import kmeans_ranges
 from lcseg_steps.data.image_table import ImageRecord, read_index, write_index
-from lcseg_steps.data.voc import write_label_png
+from lcseg_steps.data.palette import write_label_png
 from lcseg_steps.stages import separability as separability_mod
 from lcseg_steps.stages.separability import (
     IOU_BINS,

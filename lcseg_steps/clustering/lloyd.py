@@ -123,7 +123,7 @@ def _kmeanspp(X, inv, u, xp):
     return xp.stack(C, axis=1)
 
 
-def _assign(X, inv, C, xp, prev=None, live=None):
+def _label_and_sum(X, inv, C, xp, prev=None, live=None):
     """One chunk of a pass: ``X`` ``(B, m, D)`` raw rows (float32; on NumPy float16 too),
     ``inv`` ``(B, m)``, ``C`` ``(B, k, D)`` -> labels ``(B, m)`` int64, member sums ``(B, k, D)``
     float64 and counts ``(B, k)`` int64 (zero rows: label 0, weight 0, not counted). ``prev``
@@ -170,7 +170,7 @@ def _product(X, M, xp, live=None):
 
 
 def _sweep_np(X, inv, S, k, prev, live):
-    """NumPy labels, member sums and counts (as :func:`_assign`) from ``prev``, the last
+    """NumPy labels, member sums and counts (as :func:`_label_and_sum`) from ``prev``, the last
     pass's, in one compiled sweep that moves only the rows that changed cluster (they are
     still in cache, so a pass costs about one product). ``prev`` is updated in place."""
     lab, sums, counts = prev
@@ -239,7 +239,7 @@ def _lloyd(chunks, C, n, max_iter: int, tol: float, xp, where, threads=1, on_pas
     for t in range(max_iter + 1):
 
         def one(chunk, C=C, mask=live.copy()):  # noqa: B008
-            return chunk[0], _assign(*chunk[1], C, xp, state.get(chunk[0]), mask)
+            return chunk[0], _label_and_sum(*chunk[1], C, xp, state.get(chunk[0]), mask)
 
         sums = counts = None
         for i, out in _ordered_map(one, chunks(), threads):

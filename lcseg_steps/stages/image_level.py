@@ -65,14 +65,14 @@ def run_image_level(
             layout["offsets"],
             layout["grid"],
             np.asarray(fs["cls_attn"][:]),
-            k=k_image,
+            k_image=k_image,
             fg_rule=fg_rule,
             max_iter=max_iter,
             tol=tol,
             seed=seed,
             device=device,
             threads=threads,
-            clusterer=image_clusterer,
+            image_clusterer=image_clusterer,
             alone=bool(alone),
         )
     except NonFiniteError:
