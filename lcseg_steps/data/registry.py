@@ -41,6 +41,12 @@ def get_dataset(name: str) -> Dataset:
     return ds
 
 
+def has_background(name: str) -> bool:
+    """Whether class 0 of the dataset ``name`` is a background class (``Dataset.background``;
+    True for a name not registered)."""
+    return name not in DATASETS or get_dataset(name).background
+
+
 def dataset_for_gt(gt: str) -> Dataset:
     """The first registered dataset whose ``owns_gt`` accepts the reference ``gt``
     (those of ``GT_FIRST`` asked first)."""
