@@ -198,3 +198,65 @@ def test_the_registry_says_which_datasets_have_a_background():
     assert not has_background("cocostuff27") and not has_background("cityscapes27")
     assert has_background("voc12") and has_background("demo") and has_background("unknown")
     assert type(protocol_accumulator(2, 3, background=True)) is ProtocolAccumulator
+
+
+@pytest.mark.parametrize(
+    "dataset, want",
+    [
+        (
+            "cocostuff27",
+            {
+                ("STEGO", "stego", "28.2"),
+                ("PriMaPs-EM + STEGO", "stego", "29.7"),
+                ("U2Seg", "stego", "30.2"),
+                ("CAUSE-TR", "cause_coco", "41.9"),
+                ("CAUSE-TR", "cause_coco", "45.3"),
+                ("DiffCut", "diffcut", "49.1"),
+            },
+        ),
+        (
+            "cityscapes27",
+            {
+                ("STEGO", "stego", "21.0"),
+                ("PriMaPs-EM + STEGO", "stego", "21.6"),
+                ("CAUSE-TR", "cause_coco", "28.0"),
+                ("CAUSE-TR", "cause_coco", "29.9"),
+                ("DiffCut", "diffcut", "30.6"),
+            },
+        ),
+    ],
+)
+def test_where_we_stand_shows_the_scene_datasets_published_numbers(tmp_path, dataset, want):
+    import re
+
+    from lcseg_steps.evaluation.protocols import published_results
+    from lcseg_steps.stages.report import build_report
+
+    rows = [r for r in published_results() if r["dataset"] == dataset]
+    assert {(r["method"], r["protocol"], f"{r['miou']:.1f}") for r in rows} == want
+    metrics = {
+        "miou": 0.2,
+        "pixel_accuracy": 0.5,
+        "per_class_iou": {},
+        "matching": "hungarian",
+        "dataset": dataset,
+        "weights": "timm",
+        "protocols": {"stego": {"miou": 0.25}, "cause_coco": {"miou": 0.26}},
+    }
+    text = build_report(
+        tmp_path / "r.html",
+        title="t",
+        metrics=metrics,
+        plots=[],
+        gallery=[],
+        published=published_results(),
+    ).read_text(encoding="utf-8")
+    part = text[text.index("Where we stand") :]
+    cells = [
+        re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", r)
+        for r in re.findall(r"<tr>(.*?)</tr>", part[: part.index("</table>")])
+    ][1:]
+    shown = {(c[0], c[4].removeprefix("<code>").removesuffix("</code>"), c[5]) for c in cells}
+    assert shown == want
+    ours = {c[4]: c[6] for c in cells}
+    assert ours["<code>stego</code>"] == "25.0" and ours["<code>diffcut</code>"] == "n/a"
