@@ -63,7 +63,8 @@ class Dataset:
       ``(H, W)`` uint8 class ids, 255 = void; a missing file raises
       ``FileNotFoundError`` naming it.
     - ``generated``: the workflow makes the data itself (rule ``demo_data``) under
-      ``results/<run>/<name>`` when ``dataset.root`` is empty.
+      ``results/<run>/<name>`` when ``dataset.root`` is empty, with ``generate(root,
+      log=..., **dataset.demo)``.
     - ``orient``: images are turned by their EXIF orientation, as photo viewers show them
       (folder); False keeps the stored pixels, the convention of VOC's and COCO's
       annotations. The index records each image's turn (``ImageRecord.orientation``).
@@ -89,3 +90,4 @@ class Dataset:
     left_out: Callable[[dict], list[tuple[str, str]]] | None = None
     orient: bool = False
     background: bool = True
+    generate: Callable[..., list[str]] | None = None

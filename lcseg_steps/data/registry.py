@@ -23,6 +23,7 @@ DATASETS: dict[str, str] = {
     "folder": "lcseg_steps.data.folder",
     "cocostuff27": "lcseg_steps.data.cocostuff27",
     "cityscapes27": "lcseg_steps.data.cityscapes27",
+    "demo_scene": "lcseg_steps.data.demo_scene",
 }
 # asked first by dataset_for_gt: their references ("<png>#<name>") would otherwise be
 # claimed by an older reader (coco takes any "#", demo and voc12 any other path)
