@@ -58,7 +58,8 @@ def missing_curated_message(path: Path) -> str:
         f"{path}: the curated COCO-Stuff image list is missing. It is IIC's list of the "
         f"images STEGO, PiCIE and CAUSE score COCO-Stuff-27 on ({CURATED_FILE}); it is not "
         "part of COCO or COCO-Stuff but comes in IIC's COCOStuff164kCurated.tar.gz "
-        "(curated/<split>/ inside it). Put it at "
+        "(curated/<split>/ inside it); a copy of the val2017 list (2,175 ids) is in the "
+        "repository PaulCouairon/DiffCut at dataloader/coco/val2017/. Put it at "
         f"<dataset.root>/curated/<split>/{CURATED_FILE} or set dataset.curated_list to its "
         "path."
     )
