@@ -18,7 +18,7 @@ def _jpg(path: Path, h: int, w: int, rng) -> None:
 
 def _png(path: Path, labels: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(labels.astype(np.uint8), mode="L").save(path)
+    Image.fromarray(labels.astype(np.uint8)).save(path)
 
 
 def cocostuff_tree(root: Path, curated: bool = True, seed: int = 0) -> dict[str, np.ndarray]:

@@ -3,10 +3,12 @@ here by hand from STEGO's src/data.py, independently of the shipped CSVs), their
 invariants, the listing of generated trees in the usual layouts, ground-truth reading and
 the messages when data are missing."""
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from lcseg_steps.data.image_table import class_names, list_images, load_ground_truth
 from lcseg_steps.data.label_maps import IGNORE, label_map, read_mapped_png
@@ -171,18 +173,14 @@ def test_cityscapes_missing_folders_are_named(tmp_path, missing):
     root = tmp_path / "city"
     if missing:
         cityscapes_tree(root)
-        import shutil
-
         shutil.rmtree(root / missing)
     with pytest.raises(FileNotFoundError, match=str(root / missing).rstrip("/")):
         list_images({"name": "cityscapes27", "root": str(root), "split": "val"})
 
 
 def test_a_value_outside_the_table_is_an_error(tmp_path):
-    from PIL import Image
-
     p = Path(tmp_path) / "x.png"
-    Image.fromarray(np.full((2, 3), 200, np.uint8), mode="L").save(p)
+    Image.fromarray(np.full((2, 3), 200, np.uint8)).save(p)
     with pytest.raises(ValueError, match="value 200 is not a label of cocostuff27"):
         read_mapped_png(p, label_map("cocostuff27"))
     assert (read_mapped_png(p, label_map("cityscapes27")) == IGNORE).all()
