@@ -75,6 +75,22 @@ def test_registered_without_background_and_read_back(tmp_path):
         assert gt.shape == read_rgb(r.path).shape[:2] and gt.max() < len(SCENE_CLASSES)
 
 
+def test_the_stage_still_writes_the_object_demo_as_before(tmp_path):
+    from lcseg_steps.data.demo import generate_demo
+    from lcseg_steps.stages.demo_data import run
+
+    params = {"n_images": 2, "seed": 1, **SMALL}
+    job = SimpleNamespace(
+        config={"dataset": {"name": "demo"}},
+        output=[str(tmp_path / "stage")],
+        params=SimpleNamespace(demo=params),
+        log=lambda _m: None,
+    )
+    run(job)
+    generate_demo(tmp_path / "direct", log=lambda _m: None, **params)
+    assert _files(tmp_path / "stage") == _files(tmp_path / "direct")
+
+
 @pytest.mark.integration
 def test_workflow_dry_run_on_the_scene_demo(tmp_path):
     cfg = {
