@@ -292,4 +292,5 @@ DATASET = Dataset(
     owns_gt=owns_label_png,
     read_gt=read_gt_png,
     generated=True,
+    generate=generate_demo,
 )

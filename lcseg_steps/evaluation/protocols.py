@@ -109,7 +109,9 @@ PROTOCOLS: dict[str, dict[str, str]] = {
         "rule": "per image: Hungarian (pixels) of the foreground classes, unmatched clusters "
         "merged into one background id, background and void scored as background, then a "
         "second Hungarian with background; matched counts summed over the dataset; mean "
-        "over classes present",
+        "over classes present. On a dataset without background (COCO-Stuff-27, "
+        "Cityscapes-27) DiffCut's own branch for them: one Hungarian per image over all "
+        "classes, void dropped (protocols_scene)",
         "resolution": "centre square crop (shorter side - 1), labels resized to 1024 "
         "(nearest-exact) then to 128x128 (nearest)",
         "reproduces": "PaulCouairon/DiffCut eval_diffcut.py (Benchmark_Segmentation."
