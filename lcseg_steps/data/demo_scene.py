@@ -32,8 +32,8 @@ from lcseg_steps.data.demo import (
     demo_ids,
     list_demo,
 )
+from lcseg_steps.data.palette import owns_label_png, read_gt_png, write_label_png
 from lcseg_steps.data.records import Dataset
-from lcseg_steps.data.voc import owns_label_png, read_gt_png, write_label_png
 
 STUFF_CLASSES = ["sky", "grass", "road", "water"]
 SCENE_CLASSES = [*STUFF_CLASSES, *DEMO_CLASSES]
