@@ -100,9 +100,9 @@ def child(
             model = KMeans(n_clusters=n_classes, n_init=10, max_iter=50, random_state=0)
             labels = model.fit_predict(Xn)
         else:
-            from lcseg_steps.clustering.class_clustering import assign_classes
+            from lcseg_steps.clustering.class_clustering import cluster_classes
 
-            labels = assign_classes(X, n_classes, method=clusterer, seed=0)
+            labels = cluster_classes(X, n_classes, class_clusterer=clusterer, seed=0)
         fitted = len(labels)
     fit_s = time.perf_counter() - t0
     np.save(labels_out, labels)

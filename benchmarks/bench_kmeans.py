@@ -1,6 +1,6 @@
 """Cosine k-means drivers against scikit-learn's Lloyd k-means from the same initial centroids.
 
-- ``kmeans_image``: ``lcseg_steps.clustering.kmeans.kmeans(offsets=...)`` on many ~900 x 384 float16
+- ``kmeans_image``: ``lcseg_steps.clustering.kmeans.kmeans_ranges`` on many ~900 x 384 float16
   problems (one per image) against a loop of ``sklearn.cluster.KMeans`` fits, one per image,
   on the L2-normalised float32 rows (normalised outside the timing: the reference is not
   charged for it, ours is, since kmeans takes the stored float16).
@@ -110,7 +110,7 @@ def image_child(data: str, lo: int, hi: int, max_iter: int, start_at: float) -> 
     children run side by side. Returns the fit's wall-clock start and end."""
     import torch  # noqa: F401  (the stage imports it for the float16 cast at this size)
 
-    from lcseg_steps.clustering.kmeans import kmeans
+    from lcseg_steps.clustering.kmeans import kmeans_ranges
 
     d = np.load(f"{data}.npz")
     off = d["offsets"][lo : hi + 1]
@@ -118,7 +118,7 @@ def image_child(data: str, lo: int, hi: int, max_iter: int, start_at: float) -> 
     init = d["init"][lo:hi]
     time.sleep(max(0.0, start_at - time.time()))
     t0 = time.time()
-    kmeans(X, 2, offsets=off - off[0], init=init, max_iter=max_iter, tol=0.0, device="cpu")
+    kmeans_ranges(X, 2, offsets=off - off[0], init=init, max_iter=max_iter, tol=0.0, device="cpu")
     return {"start": t0, "end": time.time()}
 
 
@@ -153,7 +153,7 @@ def side_by_side(ctx: Context, X, offsets, init, max_iter: int, jobs: int) -> fl
 
 
 def run_image(ctx: Context) -> list[Result]:
-    from lcseg_steps.clustering.kmeans import kmeans, kmeans_plusplus
+    from lcseg_steps.clustering.kmeans import kmeans_plusplus, kmeans_ranges
 
     n_prob = ctx.pick(1449, 150, 12)
     dim = 384
@@ -173,7 +173,7 @@ def run_image(ctx: Context) -> list[Result]:
     ctx.log(f"kmeans_image: {n_prob} problems of {n_lo}-{n_hi} x {dim}, k={k}")
 
     def ours(threads: int = 1):
-        return kmeans(
+        return kmeans_ranges(
             X,
             k,
             offsets=offsets,
@@ -243,7 +243,11 @@ def _image_bound(X16: np.ndarray, C: np.ndarray, reps: int = 200) -> dict:
     """Per-problem costs that bound any float32 CPU implementation (microseconds, one
     thread): the float16 -> float32 cast of a problem not in cache, and one
     matrix-vector product over its float32 rows, cache-warm (every Lloyd pass needs one)."""
-    from lcseg_steps.clustering.kmeans import _as_float32, _single_threaded_kernels, array_namespace
+    from lcseg_steps.clustering.backend import (
+        _as_float32,
+        _single_threaded_kernels,
+        array_namespace,
+    )
 
     xp = array_namespace("cpu")
 

@@ -154,7 +154,9 @@ def essential(wd: Path, cfg: dict, threads: int) -> dict[str, float]:
             n_crf += 1
         for i, image_id in enumerate(read_ids(px)):
             mask = pixel_map(px, "mask", i)
-            regions = object_regions(mask, min_area=cfg["objects"].get("min_region_area", 0.01))
+            regions = object_regions(
+                mask, min_region_area=cfg["objects"].get("min_region_area", 0.01)
+            )
             if regions:
                 img = read_rgb(by_id[image_id].path)
                 crops += [region_crop(img, reg, 0.1) for reg in regions]

@@ -76,7 +76,7 @@ def compare_features(a, b) -> dict:
 def level_agreement(a, b, feature: str = "k", seed: int = 0) -> dict:
     """Equal-label fractions of the image level and the dataset level, each side's labels
     computed from its own stored ``feature`` rows with the same initial centroids."""
-    from lcseg_steps.clustering.kmeans import kmeans, kmeans_plusplus
+    from lcseg_steps.clustering.kmeans import kmeans, kmeans_plusplus, kmeans_ranges
 
     off = a["offsets"][:]
     xa, xb = a[feature][:], b[feature][:]
@@ -84,7 +84,7 @@ def level_agreement(a, b, feature: str = "k", seed: int = 0) -> dict:
         [kmeans_plusplus(xa[off[i] : off[i + 1]], 2, seed, stream=i) for i in range(len(off) - 1)]
     )
     kw = {"offsets": off, "init": init, "max_iter": 50, "tol": 0.0, "device": "cpu"}
-    ia, ib = kmeans(xa, 2, **kw), kmeans(xb, 2, **kw)
+    ia, ib = kmeans_ranges(xa, 2, **kw), kmeans_ranges(xb, 2, **kw)
     c0 = kmeans_plusplus(xa, 4, seed)
     da = kmeans(xa, 4, init=c0, max_iter=50, tol=0.0, device="cpu")
     db = kmeans(xb, 4, init=c0, max_iter=50, tol=0.0, device="cpu")

@@ -287,15 +287,15 @@ def kmeans_image(c: Check) -> dict:
     from sklearn.cluster import KMeans
     from threadpoolctl import threadpool_limits
 
-    from lcseg_steps.clustering.kmeans import kmeans
+    from lcseg_steps.clustering.kmeans import kmeans_ranges
 
     rng = np.random.default_rng(0)
     P, D = size("image_problems", c.scale), size("dim", c.scale)
     X, off, init = _image_problems(rng, P, size("image_rows", c.scale), D)
     kw = {"offsets": off, "init": init, "max_iter": 10, "tol": 0.0}
-    t_dev, dev = best_time(lambda: kmeans(X, 2, device=c.device, **kw), c.device)
+    t_dev, dev = best_time(lambda: kmeans_ranges(X, 2, device=c.device, **kw), c.device)
     t_cpu, cpu = best_time(
-        lambda: kmeans(X, 2, device="cpu", threads=c.threads, **kw), "cpu", repeats=1
+        lambda: kmeans_ranges(X, 2, device="cpu", threads=c.threads, **kw), "cpu", repeats=1
     )
 
     def sklearn_loop():

@@ -5,7 +5,7 @@ sides (threadpoolctl for OpenBLAS / OpenMP, ``torch.set_num_threads`` for the fl
 conversion):
 
 - batched: ``P`` problems of ~900 x 384 float16 rows, k=2, ``max_iter`` 10, ours
-  (``kmeans(offsets=...)``, float16 in, conversion and normalisation included) vs a loop of
+  (``kmeans_ranges``, float16 in, conversion and normalisation included) vs a loop of
   sklearn ``KMeans(n_clusters=2, n_init=1, max_iter=10, algorithm="lloyd", init=C0)`` on
   pre-normalised float32 rows (normalisation not timed), from the same initial centroids;
 - streaming: ``N`` x 384 float16 rows, k=2, 20 iterations, ``kmeans_stream`` over row
@@ -83,7 +83,7 @@ def bench_batched(args, km):
     print(f"batched: {P} problems, {X.shape[0]} rows x {D} float16, k=2, max_iter=10")
 
     def ours(init):
-        return km.kmeans(
+        return km.kmeans_ranges(
             X, 2, offsets=off, init=init, max_iter=10, tol=args.tol, seed=0, device="cpu"
         )
 
@@ -144,9 +144,7 @@ def bench_streaming(args, km):
         return (X[i : i + block] for i in range(0, N, block))
 
     def ours():
-        return km.kmeans_stream(
-            blocks, 2, init=C0, max_iter=20, tol=args.tol, device="cpu", return_labels=True
-        )
+        return km.kmeans_stream(blocks, 2, init=C0, max_iter=20, tol=args.tol, device="cpu")
 
     t_ours, ts, r = median_time(ours, args.repeats)
     print(

@@ -149,8 +149,8 @@ def run_levels(
     them (all in memory: the benchmark is one shard), and the pseudo-category ``(n,)`` of
     each image."""
     img = lv.image_level(
-        p.X, p.offsets, p.grids, p.attn, k=K, fg_rule="attention", max_iter=MAX_ITER,
-        tol=1e-4, seed=seed, device="cpu", clusterer="kmeans",
+        p.X, p.offsets, p.grids, p.attn, k_image=K, fg_rule="attention", max_iter=MAX_ITER,
+        tol=1e-4, seed=seed, device="cpu", image_clusterer="kmeans",
     )  # fmt: skip
     image_fg = img["fg"]
 

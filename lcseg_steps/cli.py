@@ -30,7 +30,7 @@ def _segment(args: argparse.Namespace) -> int:
     from lcseg_steps.apply import segment_paths
     from lcseg_steps.apply.config import first_seed, locate_model
     from lcseg_steps.apply.model_zarr import load_model
-    from lcseg_steps.data.voc import write_label_png
+    from lcseg_steps.data.palette import write_label_png
 
     items, skipped = segment_paths.plan(args.images)
     for path, reason in skipped:

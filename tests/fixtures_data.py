@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from lcseg_steps.data.voc import write_label_png
+from lcseg_steps.data.palette import write_label_png
 
 # id -> (height, width, grayscale)
 VOC_IMAGES = {

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from lcseg_steps.data.image_table import ImageRecord
-from lcseg_steps.data.voc import write_label_png
+from lcseg_steps.data.palette import write_label_png
 from lcseg_steps.stages.objects import run_objects
 from lcseg_steps.stages.refine import run_refine
 from lcseg_steps.stores.layout import pixel_layout, write_store

@@ -24,7 +24,7 @@ from tests.helpers import stage_job
 from tests.schema_defaults import crf_settings
 
 # the schema's analysis.centre_fraction and analysis.attention_mass, the centre prior's shape
-PRIORS = {"fraction": 0.5, "shape": "ellipse", "mass": 0.6}
+PRIORS = {"centre_fraction": 0.5, "shape": "ellipse", "attention_mass": 0.6}
 
 
 def grid_of(rows, cols, gh, gw):
@@ -122,9 +122,9 @@ def test_baseline_masks_from_a_store(tmp_path):
     att = baseline_masks(path, "cls_attention", **PRIORS)["fg"]
     # image b: 9 equal values, mass before the j-th is j/9 < 0.6 for j <= 5 -> the first 6
     np.testing.assert_array_equal(att, [0, 1, 0, 1] + [1] * 6 + [0] * 3)
-    box = baseline_masks(path, "centre_prior", **{**PRIORS, "fraction": 1 / 9, "shape": "box"})[
-        "fg"
-    ]
+    box = baseline_masks(
+        path, "centre_prior", **{**PRIORS, "centre_fraction": 1 / 9, "shape": "box"}
+    )["fg"]
     np.testing.assert_array_equal(box[4:], grid_of([1], [1], 3, 3))
     assert list(baseline_masks(path, "centre_prior", **PRIORS)["image_ids"]) == ["a", "b"]
     with pytest.raises(ValueError, match="baseline"):

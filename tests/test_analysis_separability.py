@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from lcseg_steps.clustering.kmeans import kmeans
+from lcseg_steps.clustering.kmeans import kmeans_ranges
 from lcseg_steps.data.image_table import ImageRecord, read_index, write_index
-from lcseg_steps.data.voc import write_label_png
+from lcseg_steps.data.palette import write_label_png
 from lcseg_steps.stages import separability as separability_mod
 from lcseg_steps.stages.separability import (
     IOU_BINS,
@@ -146,7 +146,7 @@ def test_best_split_iou_against_brute_force():
     g[offsets[5] : offsets[6]] = 0  # no fg: NaN
     labels, iou = best_split_iou(X, offsets, g, seed=4)
     assert labels.dtype == np.int16 and iou.shape == (6,)
-    ref = kmeans(
+    ref = kmeans_ranges(
         X[np.r_[0:25, 26 : len(X)]], 2, offsets=np.array([0, 25, 37, 77, 86]), max_iter=30, seed=4
     )
     np.testing.assert_array_equal(labels[np.r_[0:25, 26 : len(X)]], ref.labels)

@@ -17,7 +17,7 @@ from lcseg_steps.apply.config import apply_config, apply_run, locate_model, mode
 from lcseg_steps.apply.model_zarr import load_model
 from lcseg_steps.data.image_table import read_index
 from lcseg_steps.data.images import read_rgb
-from lcseg_steps.data.voc import read_label_png, write_label_png
+from lcseg_steps.data.palette import read_label_png, write_label_png
 from lcseg_steps.evaluation.protocols import PROTOCOLS
 from lcseg_steps.stores.layout import image_rows, open_store, read_ids
 from tests.fixtures_data import write_exif_jpeg

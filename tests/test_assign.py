@@ -10,8 +10,8 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from lcseg_steps.clustering.class_clustering import (
-    assign_classes,
     class_prototypes,
+    cluster_classes,
     cosine_knn_affinity,
     fit_classes,
 )
@@ -51,7 +51,7 @@ def _quiet_disconnected_graph():
 @pytest.mark.parametrize("method", METHODS)
 def test_recovers_separated_clusters(method, data_seed):
     x, truth = _sphere_blobs(seed=data_seed)
-    labels = assign_classes(x, 4, method=method, seed=0)
+    labels = cluster_classes(x, 4, class_clusterer=method, seed=0)
     assert labels.shape == truth.shape and labels.dtype == np.int64
     assert labels.min() >= 0 and labels.max() < 4
     assert adjusted_rand_score(truth, labels) == 1.0
@@ -60,8 +60,8 @@ def test_recovers_separated_clusters(method, data_seed):
 @pytest.mark.parametrize("method", METHODS)
 def test_same_seed_same_labels(method):
     x, _ = _sphere_blobs(noise=0.6, seed=1)  # overlapping, so the result is not forced
-    a = assign_classes(x, 5, method=method, seed=3)
-    b = assign_classes(x, 5, method=method, seed=3)
+    a = cluster_classes(x, 5, class_clusterer=method, seed=3)
+    b = cluster_classes(x, 5, class_clusterer=method, seed=3)
     np.testing.assert_array_equal(a, b)
 
 
@@ -71,45 +71,45 @@ def test_kmeans_restarts_keep_best_objective():
     x, _ = _sphere_blobs(noise=0.6, seed=4)
     runs = [kmeans(x, 5, seed=10 + i) for i in range(4)]
     best = max(runs, key=lambda r: r.objective)
-    labels = assign_classes(x, 5, method="kmeans", seed=10, n_init=4)
+    labels = cluster_classes(x, 5, class_clusterer="kmeans", seed=10, n_init=4)
     np.testing.assert_array_equal(labels, best.labels)
 
 
 def test_spectral_kmeans_label_assignment_also_works():
     x, truth = _sphere_blobs(seed=2)
-    labels = assign_classes(x, 4, assign_labels="kmeans", seed=0)
+    labels = cluster_classes(x, 4, spectral_labelling="kmeans", seed=0)
     assert adjusted_rand_score(truth, labels) == 1.0
 
 
 def test_fewer_regions_than_classes():
     x, _ = _sphere_blobs(per=1)
     with pytest.raises(ValueError, match=r"only 4 object regions.*5 classes.*lower n_classes"):
-        assign_classes(x, 5)
+        cluster_classes(x, 5)
 
 
 def test_neighbours_clipped_and_tiny_inputs():
     x, truth = _sphere_blobs(n_clusters=3, per=2, noise=0.01)
-    labels = assign_classes(x, 3, n_neighbors=50)  # 6 regions: degree clipped to 5
+    labels = cluster_classes(x, 3, n_neighbors=50)  # 6 regions: degree clipped to 5
     assert adjusted_rand_score(truth, labels) == 1.0
-    np.testing.assert_array_equal(assign_classes(x[:1], 1), [0])
+    np.testing.assert_array_equal(cluster_classes(x[:1], 1), [0])
 
 
 def test_bad_inputs():
     x, _ = _sphere_blobs()
-    with pytest.raises(ValueError, match="unknown class assignment method"):
-        assign_classes(x, 4, method="dbscan")
+    with pytest.raises(ValueError, match="unknown class clusterer"):
+        cluster_classes(x, 4, class_clusterer="dbscan")
     with pytest.raises(ValueError, match="shape"):
-        assign_classes(x[0], 4)
+        cluster_classes(x[0], 4)
     bad = x.copy()
     bad[7] = np.nan
     with pytest.raises(ValueError, match="row 7"):
-        assign_classes(bad, 4)
+        cluster_classes(bad, 4)
     bad = x.copy()
     bad[9] = 0
     with pytest.raises(ValueError, match="all-zero.*row 9"):
-        assign_classes(bad, 4)
+        cluster_classes(bad, 4)
     with pytest.raises(ValueError, match="floating"):
-        assign_classes(x.astype(np.int64), 4)
+        cluster_classes(x.astype(np.int64), 4)
 
 
 def test_affinity_is_symmetric_knn_by_cosine():
@@ -139,12 +139,14 @@ def test_as_many_regions_as_classes_or_barely_more(method, n_classes, extra):
     n = n_classes + extra
     rng = np.random.default_rng(n_classes * 10 + extra)
     x = rng.normal(size=(n, 32)).astype(np.float32)
-    labels = assign_classes(x, n_classes, method=method, seed=0)
+    labels = cluster_classes(x, n_classes, class_clusterer=method, seed=0)
     assert labels.shape == (n,) and labels.dtype == np.int64
     assert labels.min() >= 0 and labels.max() < n_classes
     if extra == 0:  # the only partition into n_classes classes: one region each
         assert sorted(labels.tolist()) == list(range(n_classes))
-    np.testing.assert_array_equal(labels, assign_classes(x, n_classes, method=method, seed=0))
+    np.testing.assert_array_equal(
+        labels, cluster_classes(x, n_classes, class_clusterer=method, seed=0)
+    )
 
 
 @pytest.mark.parametrize("n", [1, 2])
@@ -152,10 +154,10 @@ def test_as_many_regions_as_classes_or_barely_more(method, n_classes, extra):
 def test_one_or_two_regions(method, n):
     x = np.random.default_rng(n).normal(size=(n, 8))
     for k in range(1, n + 1):
-        labels = assign_classes(x, k, method=method)
+        labels = cluster_classes(x, k, class_clusterer=method)
         assert sorted(set(labels.tolist())) == list(range(k))
     with pytest.raises(ValueError, match=rf"only {n} object regions.*{n + 1} classes"):
-        assign_classes(x, n + 1, method=method)
+        cluster_classes(x, n + 1, class_clusterer=method)
 
 
 # ---------------------------------------------------------------------------------------
@@ -165,9 +167,9 @@ def test_one_or_two_regions(method, n):
 @pytest.mark.parametrize("method", METHODS)
 def test_at_most_fit_sample_regions_equals_a_fit_of_all(method):
     x, _ = _sphere_blobs(noise=0.6, seed=5)  # 160 overlapping regions
-    full = assign_classes(x, 5, method=method, seed=2)
+    full = cluster_classes(x, 5, class_clusterer=method, seed=2)
     for fit_sample in (160, 1000):
-        fit = fit_classes(x, 5, method=method, seed=2, fit_sample=fit_sample)
+        fit = fit_classes(x, 5, class_clusterer=method, seed=2, fit_sample=fit_sample)
         np.testing.assert_array_equal(fit.labels, full)
         np.testing.assert_array_equal(fit.fitted, np.arange(160))
 
@@ -175,7 +177,7 @@ def test_at_most_fit_sample_regions_equals_a_fit_of_all(method):
 @pytest.mark.parametrize("method", ["spectral", "agglomerative"])
 def test_sample_then_nearest_prototype(method):
     x, truth = _sphere_blobs(n_clusters=4, per=100, seed=8)
-    fit = fit_classes(x, 4, method=method, seed=1, fit_sample=60)
+    fit = fit_classes(x, 4, class_clusterer=method, seed=1, fit_sample=60)
     assert fit.fitted.shape == (60,) and np.all(np.diff(fit.fitted) > 0)
     assert adjusted_rand_score(truth, fit.labels) == 1.0
     # the prototypes are the normalised class means of the sample ...
@@ -187,17 +189,19 @@ def test_sample_then_nearest_prototype(method):
     # ... and every other region took the nearest one
     rest = np.setdiff1d(np.arange(len(x)), fit.fitted)
     np.testing.assert_array_equal(fit.labels[rest], nearest_centroid(xn[rest], proto))
-    again = fit_classes(x, 4, method=method, seed=1, fit_sample=60)
+    again = fit_classes(x, 4, class_clusterer=method, seed=1, fit_sample=60)
     np.testing.assert_array_equal(again.labels, fit.labels)
     np.testing.assert_array_equal(again.fitted, fit.fitted)
-    other = fit_classes(x, 4, method=method, seed=2, fit_sample=60)
+    other = fit_classes(x, 4, class_clusterer=method, seed=2, fit_sample=60)
     assert not np.array_equal(other.fitted, fit.fitted)  # the seed draws the sample
 
 
 def test_kmeans_ignores_fit_sample():
     x, _ = _sphere_blobs(noise=0.6, seed=5)
-    fit = fit_classes(x, 5, method="kmeans", seed=2, fit_sample=20)
-    np.testing.assert_array_equal(fit.labels, assign_classes(x, 5, method="kmeans", seed=2))
+    fit = fit_classes(x, 5, class_clusterer="kmeans", seed=2, fit_sample=20)
+    np.testing.assert_array_equal(
+        fit.labels, cluster_classes(x, 5, class_clusterer="kmeans", seed=2)
+    )
     assert len(fit.fitted) == len(x)
 
 

@@ -31,7 +31,7 @@ from lcseg_steps.data.image_table import (
     write_skipped,
 )
 from lcseg_steps.data.images import ImageError, read_rgb
-from lcseg_steps.data.voc import write_label_png
+from lcseg_steps.data.palette import write_label_png
 from lcseg_steps.perimage.backbone import load_backbone
 from lcseg_steps.stages.assign import run_assign
 from lcseg_steps.stages.evaluate import run_evaluate
@@ -75,7 +75,13 @@ def _quiet(_msg: str) -> None:
 
 def _extract(records, out, vit, **kw):
     model, info = vit
-    opts = {"long_side": None, "batch_size": 4, "precision": "float32", "log": _quiet}
+    opts = {
+        "long_side": None,
+        "batch_size": 4,
+        "num_workers": 0,
+        "precision": "float32",
+        "log": _quiet,
+    }
     return extract_shard(records, model, info, out, **{**opts, **kw})
 
 

@@ -13,7 +13,7 @@ from lcseg_steps.clustering.categories import (
     pseudo_categories,
     row_categories,
 )
-from lcseg_steps.clustering.class_clustering import assign_classes
+from lcseg_steps.clustering.class_clustering import cluster_classes
 
 
 def _cls(n_categories, per, dim=24, noise=0.05, seed=0):
@@ -28,8 +28,8 @@ def test_pseudo_categories_recover_planted_ones(method):
     cls, truth = _cls(3, 15)
     cats = pseudo_categories(cls, 3, method, 0)
     assert cats.dtype == np.int64 and adjusted_rand_score(truth, cats) == 1.0
-    ref = assign_classes(
-        cls.astype(np.float32), 3, method=method, seed=0, n_neighbors=CATEGORY_NEIGHBORS
+    ref = cluster_classes(
+        cls.astype(np.float32), 3, class_clusterer=method, seed=0, n_neighbors=CATEGORY_NEIGHBORS
     )
     np.testing.assert_array_equal(cats, ref)
 
@@ -81,7 +81,7 @@ def test_fit_category_level_votes_as_brute_force():
         2,
         2,
         fg_vote=0.5,
-        fit_sample=None,
+        category_fit_sample=None,
         max_iter=30,
         tol=1e-4,
         seed=0,

@@ -90,12 +90,12 @@ def test_sample_is_the_seeded_fit_sample_and_range_is_clipped():
     x = _planted(3, per=40, seed=5)
     rng = np.random.default_rng(7)
     rows = np.sort(rng.choice(len(x), size=50, replace=False))
-    k, lam = eigengap_count(x, 10, (2, 80), seed=7, sample=50)
+    k, lam = eigengap_count(x, 10, (2, 80), seed=7, fit_sample=50)
     k_ref, lam_ref = eigengap_count(x[rows], 10, (2, 80), seed=7)
     assert k == k_ref == 3
     assert lam.shape == (50,)  # kmax clipped to 49 = rows - 1
     np.testing.assert_array_equal(lam, lam_ref)
-    k_all, _ = eigengap_count(x, 10, (2, 80), seed=7, sample=len(x))
+    k_all, _ = eigengap_count(x, 10, (2, 80), seed=7, fit_sample=len(x))
     assert k_all == 3
 
 

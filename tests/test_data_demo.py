@@ -12,7 +12,7 @@ from lcseg_steps.data.demo import (
     void_band,
 )
 from lcseg_steps.data.images import read_rgb
-from lcseg_steps.data.voc import read_label_png
+from lcseg_steps.data.palette import read_label_png
 
 SMALL = {"min_size": 60, "max_size": 110}
 

@@ -9,8 +9,8 @@ import pytest
 
 from lcseg_steps.data.folder import folder_class_names, folder_inputs, image_ids
 from lcseg_steps.data.image_table import build_index, class_names, list_images, load_ground_truth
+from lcseg_steps.data.palette import write_label_png
 from lcseg_steps.data.registry import get_dataset
-from lcseg_steps.data.voc import write_label_png
 
 
 def _img(path, h=20, w=30):

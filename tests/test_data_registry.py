@@ -110,7 +110,8 @@ def test_inputs_of_each_dataset(tmp_path):
     assert voc == [f"{root}/ImageSets/Segmentation/train.txt", f"{root}/a.txt", "/abs/b.txt"]
     coco = get_dataset("coco").inputs({"root": root, "split": "val2017"})
     assert coco == [f"{root}/annotations/instances_val2017.json"]
-    assert [n for n in DATASETS if get_dataset(n).generated] == ["demo"]
+    assert [n for n in DATASETS if get_dataset(n).generated] == ["demo", "demo_scene"]
+    assert all(get_dataset(n).generate for n in DATASETS if get_dataset(n).generated)
 
 
 def test_ground_truth_references_go_to_their_reader():

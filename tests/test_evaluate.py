@@ -14,16 +14,10 @@ import pytest
 from sklearn.metrics import confusion_matrix
 
 from lcseg_steps.data.image_table import ImageRecord
-from lcseg_steps.data.voc import write_label_png
+from lcseg_steps.data.palette import write_label_png
+from lcseg_steps.evaluation.matching import hungarian_match, majority_match
 from lcseg_steps.evaluation.protocols import PROTOCOLS
-from lcseg_steps.evaluation.scoring import (
-    ConfusionAccumulator,
-    confusion,
-    hungarian_match,
-    json_ready,
-    majority_match,
-    scores,
-)
+from lcseg_steps.evaluation.scoring import ConfusionAccumulator, confusion, json_ready, scores
 from lcseg_steps.stages.evaluate import plot_confusion, plot_per_class_iou, run_evaluate
 from lcseg_steps.stores.layout import pixel_layout, write_store
 from tests.hand_shard import _quiet
@@ -105,44 +99,6 @@ def test_accumulator_errors_name_image():
         acc.add(gt, np.full((2, 2), 5), image_id="2008_000123")
     with pytest.raises(ValueError, match="cannot merge"):
         acc.merge(ConfusionAccumulator(3, 4))
-
-
-def _brute_force_best(conf):
-    """Best total agreement over all injective maps between predicted ids and gt classes."""
-    n_gt, n_pred = conf.shape
-    best = -1
-    if n_pred <= n_gt:
-        for rows in itertools.permutations(range(n_gt), n_pred):
-            best = max(best, sum(conf[r, c] for c, r in enumerate(rows)))
-    else:
-        for cols in itertools.permutations(range(n_pred), n_gt):
-            best = max(best, sum(conf[r, c] for r, c in enumerate(cols)))
-    return best
-
-
-@pytest.mark.parametrize("shape", [(4, 4), (3, 5), (5, 3)])
-def test_hungarian_equals_brute_force(shape):
-    rng = np.random.default_rng(3)
-    for _ in range(20):
-        conf = rng.integers(0, 100, size=shape)
-        mapping = hungarian_match(conf)
-        assert mapping.shape == (shape[1],) and mapping.dtype == np.int64
-        matched = mapping[mapping >= 0]
-        assert len(set(matched.tolist())) == len(matched)  # one-to-one
-        assert len(matched) == min(shape)
-        total = sum(conf[mapping[c], c] for c in range(shape[1]) if mapping[c] >= 0)
-        assert total == _brute_force_best(conf)
-
-
-def test_majority_match_known_case():
-    conf = np.array(
-        [
-            [10, 0, 5, 0],
-            [2, 8, 9, 0],
-            [0, 1, 1, 0],
-        ]
-    )
-    np.testing.assert_array_equal(majority_match(conf), [0, 1, 1, -1])
 
 
 def _direct_iou(gt, pred, mapping, n_gt, void=255):

@@ -215,13 +215,16 @@ def test_extract_shard_store_features_subset(tmp_path, vit8):
             tmp_path / "k.zarr",
             long_side=64,
             store_features=("k",),
+            num_workers=0,
             log=lambda _m: None,
         )
     )
     assert "k" in store and "q" not in store and "v" not in store
     assert store.attrs["store_features"] == ["k"]
     with pytest.raises(ValueError, match="store_features"):
-        extract_shard(records, model, info, tmp_path / "bad.zarr", store_features=("x",))
+        extract_shard(
+            records, model, info, tmp_path / "bad.zarr", store_features=("x",), num_workers=0
+        )
 
 
 def test_extract_shard_size_mismatch_names_file(tmp_path, vit8):
@@ -230,7 +233,15 @@ def test_extract_shard_size_mismatch_names_file(tmp_path, vit8):
     bad = records[1]
     records[1] = ImageRecord(bad.image_id, bad.path, "", bad.height + 1, bad.width, "s0")
     with pytest.raises(ImageError, match=r"img1\.png.*50x33.*51x33"):
-        extract_shard(records, model, info, tmp_path / "s.zarr", long_side=64, log=lambda _m: None)
+        extract_shard(
+            records,
+            model,
+            info,
+            tmp_path / "s.zarr",
+            long_side=64,
+            num_workers=0,
+            log=lambda _m: None,
+        )
     assert not (tmp_path / "s.zarr").exists()
     assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
 

@@ -20,7 +20,7 @@ from lcseg_steps.data.image_table import (
     write_index,
 )
 from lcseg_steps.data.images import ImageError, read_rgb
-from lcseg_steps.data.voc import read_label_png, write_label_png
+from lcseg_steps.data.palette import read_label_png, write_label_png
 from tests.fixtures_data import VOC_IMAGES, VOC_VAL, make_voc
 
 

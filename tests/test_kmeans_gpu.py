@@ -4,7 +4,13 @@ data and init, labels equal on >= 99.9% of rows, objective within 1e-5 relative.
 import numpy as np
 import pytest
 
-from lcseg_steps.clustering.kmeans import kmeans, kmeans_plusplus, kmeans_stream
+from lcseg_steps.clustering.kmeans import (
+    kmeans,
+    kmeans_groups,
+    kmeans_plusplus,
+    kmeans_ranges,
+    kmeans_stream,
+)
 
 cupy = pytest.importorskip("cupy")
 pytestmark = pytest.mark.gpu
@@ -56,20 +62,20 @@ def test_offsets(k):
     off = np.concatenate([[0], np.cumsum(sizes)])
     X = np.concatenate([blobs(rng, int(s), 48, k) for s in sizes])
     init = np.stack([kmeans_plusplus(X[off[i] : off[i + 1]], k, 0, stream=i) for i in range(300)])
-    ref = kmeans(X, k, offsets=off, init=init, max_iter=10, device="cpu")
-    got = kmeans(X, k, offsets=off, init=init, max_iter=10, device="cuda")
+    ref = kmeans_ranges(X, k, offsets=off, init=init, max_iter=10, device="cpu")
+    got = kmeans_ranges(X, k, offsets=off, init=init, max_iter=10, device="cuda")
     agree(got.labels, ref.labels)
     close(got.objective, ref.objective)
-    pp = kmeans(X, k, offsets=off, max_iter=10, seed=3, device="cpu")  # k-means++ inside
-    agree(kmeans(X, k, offsets=off, max_iter=10, seed=3, device="cuda").labels, pp.labels)
+    pp = kmeans_ranges(X, k, offsets=off, max_iter=10, seed=3, device="cpu")  # k-means++ inside
+    agree(kmeans_ranges(X, k, offsets=off, max_iter=10, seed=3, device="cuda").labels, pp.labels)
 
 
 def test_groups():
     rng = np.random.default_rng(2)
     X = blobs(rng, 30000, 32, 4)
     groups = rng.integers(0, 5, len(X)) * 3
-    ref = kmeans(X, 4, groups=groups, max_iter=15, seed=2, device="cpu")
-    got = kmeans(X, 4, groups=groups, max_iter=15, seed=2, device="cuda")
+    ref = kmeans_groups(X, 4, groups=groups, max_iter=15, seed=2, device="cpu")
+    got = kmeans_groups(X, 4, groups=groups, max_iter=15, seed=2, device="cuda")
     np.testing.assert_array_equal(got.group_values, ref.group_values)
     agree(got.labels, ref.labels)
     close(got.objective, ref.objective)
@@ -81,7 +87,7 @@ def test_stream():
     def blocks():
         return (X[i : i + 4096] for i in range(0, len(X), 4096))
 
-    kw = {"init_sample": 5000, "max_iter": 15, "seed": 4, "return_labels": True}
+    kw = {"init_sample": 5000, "max_iter": 15, "seed": 4}
     ref = kmeans_stream(blocks, 3, device="cpu", cache_bytes=8 * 4096 * 64 * 4, **kw)
     got = kmeans_stream(blocks, 3, device="cuda", cache_bytes=8 * 4096 * 64 * 4, **kw)
     agree(got.labels, ref.labels)

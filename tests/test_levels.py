@@ -26,7 +26,13 @@ from lcseg_steps.clustering.levels import (
 
 CPU = {"device": "cpu"}
 # levels.image_level's former defaults, now passed: what these tests always ran with
-IMAGE = {"fg_rule": "attention", "max_iter": 20, "tol": 1e-4, "seed": 0, "clusterer": "kmeans"}
+IMAGE = {
+    "fg_rule": "attention",
+    "max_iter": 20,
+    "tol": 1e-4,
+    "seed": 0,
+    "image_clusterer": "kmeans",
+}
 
 
 # ---------------------------------------------------------------------------------------
@@ -195,7 +201,12 @@ def test_image_level_per_image_consistency(rule):
     grids = [(4, 5), (1, 1), (6, 3), (5, 5), (3, 7), (1, 2)]
     X, offsets, g, attn, truth = _planted_images(rng, grids)
     res = image_level(
-        X, offsets, g, attn, **{**IMAGE, "k": 2, "fg_rule": rule, "max_iter": 30, "seed": 3}, **CPU
+        X,
+        offsets,
+        g,
+        attn,
+        **{**IMAGE, "k_image": 2, "fg_rule": rule, "max_iter": 30, "seed": 3},
+        **CPU,
     )
     assert set(res) == {"labels", "fg", "fg_cluster", "objective"}
     assert res["labels"].dtype == np.int16 and res["labels"].shape == (len(X),)
@@ -226,7 +237,7 @@ def test_image_level_k3_images_smaller_than_k_are_background():
     rng = np.random.default_rng(2)
     grids = [(1, 2), (3, 3), (2, 1), (4, 4)]
     X, offsets, g, attn, _ = _planted_images(rng, grids)
-    res = image_level(X, offsets, g, attn, k=3, **IMAGE, **CPU)
+    res = image_level(X, offsets, g, attn, k_image=3, **IMAGE, **CPU)
     np.testing.assert_array_equal(res["fg_cluster"][[0, 2]], [-1, -1])
     assert (res["fg_cluster"][[1, 3]] >= 0).all()
     for i in (0, 2):
@@ -247,7 +258,13 @@ def test_image_level_graph_clusterers(clusterer, rule):
     # in the background
     X, offsets, g, attn, truth = _planted_images(rng, grids, noise=0.05, orthogonal=True)
     res = image_level(
-        X, offsets, g, attn, k=2, **{**IMAGE, "fg_rule": rule, "clusterer": clusterer}, **CPU
+        X,
+        offsets,
+        g,
+        attn,
+        k_image=2,
+        **{**IMAGE, "fg_rule": rule, "image_clusterer": clusterer},
+        **CPU,
     )
     assert set(res) == {"labels", "fg", "fg_cluster", "objective"}
     assert res["labels"].dtype == np.int16 and res["fg"].dtype == np.uint8
@@ -274,10 +291,12 @@ def test_image_level_graph_clusterer_needs_known_name_and_finite_rows():
     rng = np.random.default_rng(0)
     X, offsets, g, attn, _ = _planted_images(rng, [(3, 3)])
     with pytest.raises(ValueError, match="image_clusterer"):
-        image_level(X, offsets, g, attn, k=2, **{**IMAGE, "clusterer": "dbscan"}, **CPU)
+        image_level(X, offsets, g, attn, k_image=2, **{**IMAGE, "image_clusterer": "dbscan"}, **CPU)
     X[4, 0] = np.nan
     with pytest.raises(NonFiniteError):
-        image_level(X, offsets, g, attn, k=2, **{**IMAGE, "clusterer": "spectral"}, **CPU)
+        image_level(
+            X, offsets, g, attn, k_image=2, **{**IMAGE, "image_clusterer": "spectral"}, **CPU
+        )
 
 
 # ---------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ base = np.random.default_rng(0).standard_normal((16384, 384)).astype(np.float16)
 blocks = lambda: (np.roll(base, i, axis=1) for i in range(n_blocks))
 before = vmhwm_mb()
 fit = kmeans_stream(blocks, 8, init_sample=100_000, max_iter=2, tol=0.0, device="cpu",
-                       threads=2, return_labels=True)
+                       threads=2)
 print(json.dumps({"rows": len(fit.labels), "before_mb": before, "peak_mb": vmhwm_mb()}))
 """
 

@@ -17,7 +17,7 @@ from lcseg_steps.apply.model_zarr import (
 from lcseg_steps.cli import main as lcseg
 from lcseg_steps.data.image_table import read_index
 from lcseg_steps.data.images import read_rgb
-from lcseg_steps.data.voc import read_label_png
+from lcseg_steps.data.palette import read_label_png
 from lcseg_steps.stores.inspect import describe
 from lcseg_steps.stores.layout import image_rows, open_store, read_ids
 from tests.helpers import assert_forward_close, stored_features
@@ -157,7 +157,7 @@ def test_the_working_resolution_comes_from_the_model(tiny_run, model_copy):
 @pytest.mark.parametrize("descriptor", ["masked_keys", "cls"])
 def test_split_regions_come_from_the_model(tiny_run, model_copy, descriptor):
     """A model with regions split cuts the foreground as ``object_regions(...,
-    mode="split")`` on the image's feature grid, with the model's split settings."""
+    regions="split")`` on the image's feature grid, with the model's split settings."""
     from lcseg_steps.perimage.regions import object_regions
 
     image = read_rgb(tiny_run / "results" / "tiny" / "demo" / "JPEGImages" / "demo_0001.jpg")
@@ -173,8 +173,8 @@ def test_split_regions_come_from_the_model(tiny_run, model_copy, descriptor):
     X = model.features(image)["X"].astype(np.float32).reshape(*seg.grid, -1)
     regs = object_regions(
         seg.foreground,
-        mode="split",
-        min_area=objects["min_region_area"],
+        regions="split",
+        min_region_area=objects["min_region_area"],
         features_grid=X,
         split=split,
     )

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from lcseg_steps.clustering.class_clustering import class_prototypes, fit_classes
-from lcseg_steps.clustering.kmeans import _assign, _prepare, kmeans, l2_normalize, nearest_centroid
+from lcseg_steps.clustering.kmeans import kmeans, l2_normalize, nearest_centroid
+from lcseg_steps.clustering.lloyd import _label_and_sum, _prepare
 
 
 def brute(X, C):
@@ -75,7 +76,7 @@ def test_groups_label_among_the_own_groups_centroids():
 @pytest.mark.parametrize("k", [1, 2, 3, 6])
 @pytest.mark.parametrize("sweep", [False, True])
 def test_the_lloyd_loop_scores_by_the_same_rule(k, sweep):
-    """``_assign`` (argmax of (X @ C.T) * inv; for k = 2 the sign of x . (c1 - c0)) and the
+    """``_label_and_sum`` (argmax of (X @ C.T) * inv; for k = 2 the sign of x . (c1 - c0)) and the
     compiled sweep label as nearest_centroid does, exact ties included."""
     Xu, C, tie, _ = planted(seed=3)
     C = C[:k]  # basis vectors (k = 2: rows weighing both equally are exact ties), then 4 = 1
@@ -90,7 +91,7 @@ def test_the_lloyd_loop_scores_by_the_same_rule(k, sweep):
         counts = np.zeros((1, k), dtype=np.int64)
         counts[0, 0] = int((inv[0] > 0).sum())
         prev = (lab0, sums, counts)
-    lab, _, _ = _assign(X, inv, C[None], np, prev, np.ones(1, dtype=bool))
+    lab, _, _ = _label_and_sum(X, inv, C[None], np, prev, np.ones(1, dtype=bool))
     want = nearest_centroid(l2_normalize(raw), C)
     np.testing.assert_array_equal(lab[0], want)
     assert lab[0][5] == 0
@@ -106,7 +107,9 @@ def test_kmeans_labels_are_the_nearest_returned_centroid():
 
 def test_class_clustering_assigns_the_unfitted_regions_by_the_rule():
     X, C, _, _ = planted(seed=5, n=200)
-    fit = fit_classes(X.astype(np.float64), 4, method="agglomerative", seed=0, fit_sample=50)
+    fit = fit_classes(
+        X.astype(np.float64), 4, class_clusterer="agglomerative", seed=0, fit_sample=50
+    )
     rest = np.setdiff1d(np.arange(len(X)), fit.fitted)
     xn = X.astype(np.float64) / np.linalg.norm(X.astype(np.float64), axis=1, keepdims=True)
     # the fit's own float64 prototypes (the store keeps them as float32)

@@ -157,7 +157,9 @@ def test_objects_cls_uses_the_weights_and_precision_of_the_features(shard, tmp_p
     crops = []
     for image_id in ("a0", "a1"):
         img = read_rgb(shard["records"][image_id].path)
-        for reg in object_regions(shard["masks"][image_id], min_area=OBJ_KW["min_region_area"]):
+        for reg in object_regions(
+            shard["masks"][image_id], min_region_area=OBJ_KW["min_region_area"]
+        ):
             crops.append(region_crop(img, reg, OBJ_KW["margin"]))
     assert len(crops) == got.shape[0] == 3
     kw = {"long_side": OBJ_KW["long_side"], "batch_size": 2}
@@ -220,7 +222,9 @@ def test_objects_split_regions_are_the_library_s_for_either_descriptor(shard, tm
     for i, image_id in enumerate(SIZES):
         grid = shard["k"][image_id].astype(np.float32)
         mask = shard["masks"][image_id]
-        regs = object_regions(mask, mode="split", min_area=0.01, features_grid=grid, split=split)
+        regs = object_regions(
+            mask, regions="split", min_region_area=0.01, features_grid=grid, split=split
+        )
         want = np.zeros(mask.shape, np.int64)
         for j, reg in enumerate(regs):
             want[reg] = j + 1

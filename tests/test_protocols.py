@@ -16,20 +16,24 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms as T
 
+from lcseg_steps.evaluation.matching import (
+    hungarian_match,
+    iou_hungarian_match,
+    iou_majority_match,
+    majority_match,
+)
 from lcseg_steps.evaluation.protocols import (
     PROTOCOLS,
     ProtocolAccumulator,
     cause_protocol,
     diffcut_image_counts,
     dsm_scores,
-    iou_hungarian_match,
-    iou_majority_match,
     protocol_metrics,
     published_results,
     resample,
     resize_nearest,
 )
-from lcseg_steps.evaluation.scoring import hungarian_match, majority_match, scores
+from lcseg_steps.evaluation.scoring import scores
 
 N_GT = 4  # background 0 and three classes
 VOID = 255

@@ -25,7 +25,7 @@ def test_choose_n_classes_is_the_eigengap_count_of_the_regions():
     x, _ = _blobs(4, 25)
     logs = []
     k, lam = choose_n_classes(x, [2, 9], 10, None, 0, False, logs.append)
-    ref_k, ref_lam = eigengap_count(x, 10, (2, 9), 0, sample=None)
+    ref_k, ref_lam = eigengap_count(x, 10, (2, 9), 0, fit_sample=None)
     assert k == ref_k == 4
     np.testing.assert_array_equal(lam, ref_lam)
     assert len(logs) == 1 and logs[0].startswith("assign: n_classes auto -> 4 (eigengap ")
@@ -45,7 +45,7 @@ def test_choose_n_classes_with_too_few_regions():
 @pytest.mark.parametrize("method", ["spectral", "kmeans", "agglomerative"])
 def test_enough_regions_is_fit_classes(method):
     x, truth = _blobs(3, 20, seed=1)
-    kw = dict(method=method, n_neighbors=8, seed=0, fit_sample=None)
+    kw = dict(class_clusterer=method, n_neighbors=8, seed=0, fit_sample=None)
     got = fit_region_classes(x, 3, **kw, log=print)
     ref = fit_classes(x, 3, **kw)
     np.testing.assert_array_equal(got.labels, ref.labels)
@@ -57,7 +57,7 @@ def test_a_fitted_sample_is_logged():
     x, _ = _blobs(3, 20, seed=2)
     logs = []
     fit = fit_region_classes(
-        x, 3, method="spectral", n_neighbors=8, fit_sample=30, seed=0, log=logs.append
+        x, 3, class_clusterer="spectral", n_neighbors=8, fit_sample=30, seed=0, log=logs.append
     )
     assert len(fit.fitted) == 30 and len(fit.labels) == 60
     assert logs == [
@@ -69,7 +69,7 @@ def test_a_fitted_sample_is_logged():
 @pytest.mark.parametrize("n", [0, 2])
 def test_fewer_regions_than_classes(n):
     x = np.random.default_rng(3).standard_normal((n, 8))
-    kw = dict(method="spectral", n_neighbors=5, fit_sample=None, seed=0)
+    kw = dict(class_clusterer="spectral", n_neighbors=5, fit_sample=None, seed=0)
     with pytest.raises(ValueError, match=rf"labels\.n_classes=4 but .* only {n} object regions"):
         fit_region_classes(x, 4, **kw)
     logs = []

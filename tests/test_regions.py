@@ -58,9 +58,9 @@ def _planted(seed: int, texture: str | None = None):
 def test_split_returns_the_two_planted_blobs_exactly(seed):
     a, b, feats = _planted(seed)
     fg = a | b
-    (whole,) = object_regions(fg, mode="components")
+    (whole,) = object_regions(fg, regions="components")
     assert np.array_equal(whole, fg)
-    parts = object_regions(fg, mode="split", features_grid=feats, split=SPLIT)
+    parts = object_regions(fg, regions="split", features_grid=feats, split=SPLIT)
     assert len(parts) == 2
     assert {parts[0].tobytes(), parts[1].tobytes()} == {a.tobytes(), b.tobytes()}
 
@@ -68,7 +68,7 @@ def test_split_returns_the_two_planted_blobs_exactly(seed):
 @pytest.mark.parametrize("texture", ["stripes", "checker", "noise"])
 def test_one_object_with_internal_texture_is_not_split(texture):
     a, b, feats = _planted(3, texture)
-    (part,) = object_regions(a | b, mode="split", features_grid=feats, split=SPLIT)
+    (part,) = object_regions(a | b, regions="split", features_grid=feats, split=SPLIT)
     assert np.array_equal(part, a | b)
 
 
@@ -96,8 +96,8 @@ def test_split_stops_at_max_parts_and_a_too_small_side():
 def test_split_needs_features_and_settings():
     a, b, feats = _planted(0)
     with pytest.raises(ValueError, match="features_grid"):
-        object_regions(a | b, mode="split")
-    assert object_regions(np.zeros_like(a), mode="split", features_grid=feats, split=SPLIT) == []
+        object_regions(a | b, regions="split")
+    assert object_regions(np.zeros_like(a), regions="split", features_grid=feats, split=SPLIT) == []
 
 
 # ---------------------------------------------------------------------------------------
@@ -116,7 +116,7 @@ def _three_blobs() -> np.ndarray:
 
 def test_components_match_scipy_label():
     mask = _three_blobs()
-    regions = object_regions(mask, mode="components", min_area=0.01)
+    regions = object_regions(mask, regions="components", min_region_area=0.01)
     labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
     ref = [labels == k for k in range(1, n + 1)]
     ref = sorted((r for r in ref if r.sum() >= 100), key=lambda r: -r.sum())
@@ -136,7 +136,7 @@ def test_components_beyond_16_bit_labels_match_scipy_label():
     mask[100:300, 100:300] = 1  # one 200x200 block swallowing some of them
     mask[140:160, 140:160] = 0  # a hole ...
     mask[145:155, 145:155] = 1  # ... with an island whose box lies inside the block's
-    regions = object_regions(mask, min_area=0.0002)  # >= 72 px: the block, the island
+    regions = object_regions(mask, min_region_area=0.0002)  # >= 72 px: the block, the island
     labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
     sizes = ndimage.sum(mask > 0, labels, range(1, n + 1))
     keep = [k + 1 for k in np.argsort(-sizes, kind="stable") if sizes[k] >= 72]
@@ -144,24 +144,24 @@ def test_components_beyond_16_bit_labels_match_scipy_label():
     for got, k in zip(regions, keep, strict=True):
         np.testing.assert_array_equal(got, labels == k)
     for dtype in (bool, np.uint8):
-        again = object_regions(mask.astype(dtype), min_area=0.0002)
+        again = object_regions(mask.astype(dtype), min_region_area=0.0002)
         for got, want in zip(again, regions, strict=True):
             np.testing.assert_array_equal(got, want)
 
 
 def test_min_area_zero_keeps_everything():
-    regions = object_regions(_three_blobs(), min_area=0.0)
+    regions = object_regions(_three_blobs(), min_region_area=0.0)
     assert [int(r.sum()) for r in regions] == [400, 152, 9]
 
 
 def test_whole_and_empty():
     mask = _three_blobs()
-    (whole,) = object_regions(mask, mode="whole")
+    (whole,) = object_regions(mask, regions="whole")
     np.testing.assert_array_equal(whole, mask.astype(bool))
     empty = np.zeros((10, 10), np.uint8)
-    assert object_regions(empty) == [] and object_regions(empty, mode="whole") == []
+    assert object_regions(empty) == [] and object_regions(empty, regions="whole") == []
     with pytest.raises(ValueError, match="mode"):
-        object_regions(mask, mode="blobs")
+        object_regions(mask, regions="blobs")
 
 
 def test_region_box_margin_and_clipping():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lcseg_steps.data.voc import read_label_png
+from lcseg_steps.data.palette import read_label_png
 from lcseg_steps.stages.assign import run_assign
 from lcseg_steps.stages.evaluate import run_evaluate
 from lcseg_steps.stages.objects import run_objects

@@ -13,7 +13,7 @@ from lcseg_steps.apply.model_zarr import load_model
 from lcseg_steps.apply.segment_paths import plan
 from lcseg_steps.cli import main as lcseg
 from lcseg_steps.data.images import read_rgb
-from lcseg_steps.data.voc import read_label_png
+from lcseg_steps.data.palette import read_label_png
 
 
 def _touch(path, data=b"x"):

@@ -14,7 +14,7 @@ from lcseg_steps.cli import main as lcseg_main
 from lcseg_steps.data.demo import DEMO_CLASSES
 from lcseg_steps.data.image_table import read_index
 from lcseg_steps.data.images import patch_grid_size
-from lcseg_steps.data.voc import read_label_png
+from lcseg_steps.data.palette import read_label_png
 from lcseg_steps.evaluation.protocols import PROTOCOLS
 from lcseg_steps.runner.settings import settings_digest
 from lcseg_steps.stores.layout import open_store

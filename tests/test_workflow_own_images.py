@@ -13,7 +13,7 @@ from PIL import Image
 
 from lcseg_steps.data.demo import generate_demo
 from lcseg_steps.data.image_table import read_index, read_skipped
-from lcseg_steps.data.voc import read_label_png
+from lcseg_steps.data.palette import read_label_png
 from tests.helpers import TINY, reference_hungarian, scheduled, snakemake
 
 pytestmark = pytest.mark.integration

@@ -303,13 +303,13 @@ class Model:
                 np.array([0, n]),
                 np.array([grid]),
                 f["cls_attn"],
-                k=il["k_image"],
+                k_image=il["k_image"],
                 fg_rule=il["fg_rule"],
                 max_iter=il["max_iter"],
                 tol=il["tol"],
                 seed=il["seed"],
                 device=il["device"],
-                clusterer=il["image_clusterer"],
+                image_clusterer=il["image_clusterer"],
             )
             labels["image"], masks["image"] = res["labels"], res["fg"]
         m = a["merge"]
@@ -351,8 +351,8 @@ class Model:
         split = o["regions"] == "split"
         regs = object_regions(
             fg,
-            mode=o["regions"],
-            min_area=o["min_region_area"],
+            regions=o["regions"],
+            min_region_area=o["min_region_area"],
             features_grid=feature_grid.astype(np.float32) if split else None,
             split=o.get("split"),
         )

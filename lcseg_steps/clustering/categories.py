@@ -14,14 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from lcseg_steps.clustering import levels as lv
-from lcseg_steps.clustering.class_clustering import assign_classes
+from lcseg_steps.clustering.backend import import_torch_cast_if_worth
+from lcseg_steps.clustering.class_clustering import cluster_classes
 from lcseg_steps.clustering.class_count import check_range, eigengap_count
-from lcseg_steps.clustering.kmeans import (
-    KMeansResult,
-    import_torch_cast_if_worth,
-    l2_normalize,
-    nearest_centroid,
-)
+from lcseg_steps.clustering.kmeans import GroupedKMeansResult, l2_normalize, nearest_centroid
 
 Log = Callable[[str], None]
 
@@ -31,7 +27,9 @@ CATEGORY_NEIGHBORS = 10
 CATEGORY_AUTO_SAMPLE = 20000
 
 
-def pseudo_categories(cls: np.ndarray, n_categories: int, method: str, seed: int) -> np.ndarray:
+def pseudo_categories(
+    cls: np.ndarray, n_categories: int, category_clusterer: str, seed: int
+) -> np.ndarray:
     """Images -> pseudo-category by clustering their CLS tokens ``(n, D)`` -> ``(n,)`` int64."""
     if n_categories > len(cls):
         raise ValueError(
@@ -39,10 +37,10 @@ def pseudo_categories(cls: np.ndarray, n_categories: int, method: str, seed: int
         )
     if n_categories == 1:
         return np.zeros(len(cls), dtype=np.int64)
-    return assign_classes(
+    return cluster_classes(
         np.asarray(cls, dtype=np.float32),
         n_categories,
-        method=method,
+        class_clusterer=category_clusterer,
         seed=seed,
         n_neighbors=CATEGORY_NEIGHBORS,
     )
@@ -66,7 +64,7 @@ def choose_n_categories(
         CATEGORY_NEIGHBORS,
         (kmin, kmax),
         seed,
-        sample=CATEGORY_AUTO_SAMPLE,
+        fit_sample=CATEGORY_AUTO_SAMPLE,
     )
     log(
         f"fit_category: n_categories auto -> {k} (eigengap {lam[k] - lam[k - 1]:.4f}, in "
@@ -98,7 +96,7 @@ class CategoryLevel:
     fg_clusters: np.ndarray
     fg_fraction: np.ndarray
     counts: np.ndarray
-    fit: KMeansResult
+    fit: GroupedKMeansResult
 
 
 def fit_category_level(
@@ -109,7 +107,7 @@ def fit_category_level(
     k: int,
     *,
     fg_vote: float,
-    fit_sample: int | None,
+    category_fit_sample: int | None,
     max_iter: int,
     tol: float,
     seed: int,
@@ -122,13 +120,15 @@ def fit_category_level(
 
     Per shard: ``rows()`` loads its ``(n, D)`` patch rows, ``row_cats`` ``(n,)`` their
     category (:func:`row_categories`), ``image_fg()`` loads the image level's ``(n,)``
-    foreground. The fit sees a seeded sample of about ``fit_sample`` rows per category
+    foreground. The fit sees a seeded sample of about ``category_fit_sample`` rows per category
     (:func:`lcseg_steps.clustering.levels.sample_rows_by_group`); every row then votes
     for its nearest centroid of its category, and a cluster whose share of foreground
     votes exceeds ``fg_vote`` is foreground.
     """
     group_sizes = np.bincount(np.concatenate(row_cats), minlength=n_categories)
-    X, g = lv.sample_rows_by_group(zip(rows, row_cats, strict=True), group_sizes, fit_sample, seed)
+    X, g = lv.sample_rows_by_group(
+        zip(rows, row_cats, strict=True), group_sizes, category_fit_sample, seed
+    )
     log(f"fit_category: fitting k={k} per category on {len(X)} sampled patches")
     import_torch_cast_if_worth(X.size)
     C, fit = lv.fit_groups(

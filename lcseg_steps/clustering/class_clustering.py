@@ -99,7 +99,7 @@ def _cluster(
     method: str,
     n_neighbors: int,
     seed: int,
-    assign_labels: str,
+    spectral_labelling: str,
     n_init: int,
 ) -> np.ndarray:
     """Labels of unit rows ``x`` (``n >= n_classes >= 1``) by one clusterer, on all rows."""
@@ -113,7 +113,8 @@ def _cluster(
 
     if method == "kmeans":
         x32 = x.astype(np.float32)
-        runs = (kmeans(x32, n_classes, seed=seed + i) for i in range(n_init))
+        # 50 passes: fixed here (the schema's clustering.max_iter is the levels' setting)
+        runs = (kmeans(x32, n_classes, max_iter=50, seed=seed + i) for i in range(n_init))
         # max() keeps the first of equal objectives, so the result is seed-deterministic.
         return max(runs, key=lambda r: r.objective).labels  # NumPy int64
 
@@ -130,7 +131,7 @@ def _cluster(
     model = SpectralClustering(
         n_clusters=n_classes,
         affinity="precomputed",
-        assign_labels=assign_labels,
+        assign_labels=spectral_labelling,  # sklearn's name
         random_state=seed,
     )
     return model.fit_predict(affinity).astype(np.int64)
@@ -149,14 +150,14 @@ def fit_classes(
     descriptors: np.ndarray,
     n_classes: int,
     *,
-    method: str = "spectral",
+    class_clusterer: str = "spectral",
     n_neighbors: int = 10,
     seed: int = 0,
-    assign_labels: str = "cluster_qr",
+    spectral_labelling: str = "cluster_qr",
     n_init: int = 10,
     fit_sample: int | None = None,
 ) -> ClassFit:
-    """Cluster region descriptors into ``n_classes`` classes; see :func:`assign_classes`.
+    """Cluster region descriptors into ``n_classes`` classes; see :func:`cluster_classes`.
 
     With ``fit_sample`` set and more regions than that, ``spectral`` and
     ``agglomerative`` cluster a seeded random sample of ``fit_sample`` regions (rows drawn
@@ -165,11 +166,11 @@ def fit_classes(
     fits all regions (its cost is linear in their number). With at most ``fit_sample``
     regions every region is fitted and the labels equal a fit without a sample.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown class assignment method {method!r}; expected one of {METHODS}")
-    if method == "spectral" and n_neighbors < 1:
+    if class_clusterer not in METHODS:
+        raise ValueError(f"unknown class clusterer {class_clusterer!r}; expected one of {METHODS}")
+    if class_clusterer == "spectral" and n_neighbors < 1:
         raise ValueError(f"n_neighbors must be >= 1, got {n_neighbors}")
-    if method == "kmeans" and n_init < 1:
+    if class_clusterer == "kmeans" and n_init < 1:
         raise ValueError(f"n_init must be >= 1, got {n_init}")
     if fit_sample is not None and fit_sample < n_classes:
         raise ValueError(
@@ -178,12 +179,14 @@ def fit_classes(
         )
     x = _check_descriptors(descriptors, n_classes)
     n = x.shape[0]
-    if fit_sample is None or n <= fit_sample or method == "kmeans":
+    if fit_sample is None or n <= fit_sample or class_clusterer == "kmeans":
         fitted = np.arange(n, dtype=np.int64)
     else:
         fitted = sample_rows(n, fit_sample, seed)
     xs = x if len(fitted) == n else x[fitted]
-    fit_labels = _cluster(xs, n_classes, method, n_neighbors, seed, assign_labels, n_init)
+    fit_labels = _cluster(
+        xs, n_classes, class_clusterer, n_neighbors, seed, spectral_labelling, n_init
+    )
     prototypes = class_prototypes(xs, fit_labels, n_classes)
     if len(fitted) == n:
         labels = fit_labels
@@ -207,14 +210,14 @@ def class_per_region(descriptors: np.ndarray, n_classes: int) -> ClassFit:
     return ClassFit(labels, prototypes.astype(np.float32), labels.copy())
 
 
-def assign_classes(
+def cluster_classes(
     descriptors: np.ndarray,
     n_classes: int,
     *,
-    method: str = "spectral",
+    class_clusterer: str = "spectral",
     n_neighbors: int = 10,
     seed: int = 0,
-    assign_labels: str = "cluster_qr",
+    spectral_labelling: str = "cluster_qr",
     n_init: int = 10,
     fit_sample: int | None = None,
 ) -> np.ndarray:
@@ -224,15 +227,16 @@ def assign_classes(
         descriptors: ``(n_regions, D)`` float, one CLS token per object region; compared
             by cosine (rows are L2-normalised here).
         n_classes: number of classes (clusters) to form.
-        method: ``"spectral"`` (sklearn ``SpectralClustering`` on the cosine kNN graph of
+        class_clusterer: ``"spectral"`` (sklearn ``SpectralClustering`` on the cosine kNN graph of
             ``cosine_knn_affinity``, ``affinity="precomputed"``), ``"kmeans"``
             (``lcseg_steps.clustering.kmeans.kmeans``) or ``"agglomerative"`` (sklearn
             ``AgglomerativeClustering``, Ward linkage on the unit rows, i.e. by cosine).
             With as many regions as classes, each region is its own class.
         n_neighbors: kNN graph degree for spectral, clipped to ``n_regions - 1``.
         seed: random state; the same seed gives identical labels.
-        assign_labels: spectral-embedding labelling, ``"cluster_qr"`` (deterministic,
-            no extra parameters) or ``"kmeans"``.
+        spectral_labelling: how spectral clustering labels its embedding (sklearn's
+            ``assign_labels``): ``"cluster_qr"`` (deterministic, no extra parameters) or
+            ``"kmeans"``.
         n_init: kmeans restarts (seeds ``seed .. seed + n_init - 1``); the run with the
             highest objective (mean cosine to centroid) wins. One k-means++ run lands in
             a local optimum on a sizeable fraction of even well-separated data.
@@ -245,15 +249,15 @@ def assign_classes(
 
     Raises:
         ValueError: fewer regions than classes, bad shape/dtype, NaN or all-zero rows,
-        unknown method, ``fit_sample < n_classes``.
+        unknown clusterer, ``fit_sample < n_classes``.
     """
     return fit_classes(
         descriptors,
         n_classes,
-        method=method,
+        class_clusterer=class_clusterer,
         n_neighbors=n_neighbors,
         seed=seed,
-        assign_labels=assign_labels,
+        spectral_labelling=spectral_labelling,
         n_init=n_init,
         fit_sample=fit_sample,
     ).labels

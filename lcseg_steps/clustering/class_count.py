@@ -111,7 +111,7 @@ def eigengap_count(
     n_neighbors: int,
     k_range: Sequence[int],
     seed: int,
-    sample: int | None = None,
+    fit_sample: int | None = None,
     dense_max: int = DENSE_MAX,
 ) -> tuple[int, np.ndarray]:
     """The number of classes in ``descriptors`` by the eigengap of the cosine kNN graph.
@@ -123,11 +123,11 @@ def eigengap_count(
             for ``m`` rows in the graph.
         k_range: ``[kmin, kmax]``, ``1 <= kmin <= kmax``; ``kmax`` is clipped to ``m - 1``
             (``λ_{k+1}`` must exist).
-        seed: with more than ``sample`` rows, the seeded sample is the one
-            :func:`lcseg_steps.clustering.class_clustering.fit_classes` draws with the same seed
-            (``numpy.random.default_rng(seed)``, ``sample`` rows without replacement, in
-            their order); also ARPACK's start vector.
-        sample: at most this many rows make the graph; None: all.
+        seed: with more than ``fit_sample`` rows, the seeded sample is the one
+            :func:`lcseg_steps.clustering.class_clustering.fit_classes` draws with the same
+            seed and ``fit_sample`` (``numpy.random.default_rng(seed)``, ``fit_sample`` rows
+            without replacement, in their order); also ARPACK's start vector.
+        fit_sample: at most this many rows make the graph; None: all.
         dense_max: connected components up to this size are solved densely.
 
     Returns:
@@ -143,8 +143,8 @@ def eigengap_count(
         raise ValueError(f"n_neighbors must be >= 1, got {n_neighbors}")
     x = _check_descriptors(descriptors, 1)
     n = x.shape[0]
-    if sample is not None and n > sample:
-        x = x[sample_rows(n, sample, seed)]
+    if fit_sample is not None and n > fit_sample:
+        x = x[sample_rows(n, fit_sample, seed)]
     m = x.shape[0]
     if m <= kmin:
         raise ValueError(

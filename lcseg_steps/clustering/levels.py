@@ -15,13 +15,14 @@ import numpy as np
 from lcseg_steps.clustering.graph_split import METHODS as GRAPH_METHODS
 from lcseg_steps.clustering.graph_split import bipartition_images
 from lcseg_steps.clustering.kmeans import (
-    KMeansResult,
+    GroupedKMeansResult,
     NonFiniteError,
-    kmeans,
+    kmeans_groups,
+    kmeans_ranges,
     l2_normalize,
     nearest_centroid,
-    seeded_uniforms,
 )
+from lcseg_steps.clustering.lloyd import seeded_uniforms
 
 _CATEGORY_SAMPLE_DOMAIN = 2  # random domain of the category fit sample (kmeans uses 0, 1)
 
@@ -96,7 +97,7 @@ def per_image_kmeans(
     if len(solvable):
         rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in solvable])
         sub_off = np.concatenate([[0], np.cumsum(sizes[solvable])])
-        fit = kmeans(
+        fit = kmeans_ranges(
             X[rows],
             k,
             offsets=sub_off,
@@ -118,45 +119,48 @@ def image_level(
     grids: np.ndarray,
     cls_attn: np.ndarray,
     *,
-    k: int,
+    k_image: int,
     fg_rule: str,
     max_iter: int,
     tol: float,
     seed: int,
     device: str,
     threads: int = 1,
-    clusterer: str,
+    image_clusterer: str,
     alone: bool = False,
 ) -> dict[str, np.ndarray]:
     """Per-image clustering of one shard and each image's foreground cluster.
 
     ``X`` ``(N, D)`` float16/32 patch features, ``offsets`` ``(n + 1,)``, ``grids``
-    ``(n, 2)``, ``cls_attn`` ``(N,)``. ``clusterer``: ``kmeans`` (cosine k-means, batched)
-    or a bipartition of ``lcseg_steps.clustering.graph_split`` (``spectral``, ``ncut``;
-    ``k`` must be 2, as ``lcseg_steps.runner.settings.check_config`` checks before any job, and
-    ``fg_rule`` picks the foreground side, not the method's own rule). Returns
-    ``labels`` ``(N,)`` int16, ``fg`` ``(N,)`` uint8 image-level foreground mask,
-    ``fg_cluster`` ``(n,)`` int16 (-1 for an image with fewer patches than ``k``, which is
-    left all background), ``objective`` ``(n,)`` (k-means: the mean cosine to the
-    centroids; graph methods: the second-smallest Laplacian eigenvalue). ``alone``: each
-    image's k-means start as if it were clustered alone (:func:`per_image_kmeans`).
+    ``(n, 2)``, ``cls_attn`` ``(N,)``. ``image_clusterer``: ``kmeans`` (cosine k-means,
+    batched) or a bipartition of ``lcseg_steps.clustering.graph_split`` (``spectral``,
+    ``ncut``; ``k_image`` must be 2, as ``lcseg_steps.runner.settings.check_config``
+    checks before any job, and ``fg_rule`` picks the foreground side, not the method's own
+    rule). Returns ``labels`` ``(N,)`` int16, ``fg`` ``(N,)`` uint8 image-level foreground
+    mask, ``fg_cluster`` ``(n,)`` int16 (-1 for an image with fewer patches than
+    ``k_image``, which is left all background), ``objective`` ``(n,)`` (k-means: the mean
+    cosine to the centroids; graph methods: the second-smallest Laplacian eigenvalue).
+    ``alone``: each image's k-means start as if it were clustered alone
+    (:func:`per_image_kmeans`).
     """
-    if clusterer not in IMAGE_CLUSTERERS:
-        raise ValueError(f"image_clusterer must be one of {IMAGE_CLUSTERERS}, got {clusterer!r}")
+    if image_clusterer not in IMAGE_CLUSTERERS:
+        raise ValueError(
+            f"image_clusterer must be one of {IMAGE_CLUSTERERS}, got {image_clusterer!r}"
+        )
     offsets = np.asarray(offsets, dtype=np.int64)
     sizes = np.diff(offsets)
     n = len(sizes)
-    solvable = np.flatnonzero(sizes >= k)
-    if clusterer != "kmeans":
+    solvable = np.flatnonzero(sizes >= k_image)
+    if image_clusterer != "kmeans":
         if not np.isfinite(X).all():
-            raise NonFiniteError(f"image_level ({clusterer}): non-finite values")
-        split = bipartition_images(X, offsets, clusterer)
+            raise NonFiniteError(f"image_level ({image_clusterer}): non-finite values")
+        split = bipartition_images(X, offsets, image_clusterer)
         labels, objective = split["labels"], split["eigenvalue"]
     else:
         labels, objective = per_image_kmeans(
             X,
             offsets,
-            k,
+            k_image,
             max_iter=max_iter,
             tol=tol,
             seed=seed,
@@ -168,7 +172,7 @@ def image_level(
     fg = np.zeros(X.shape[0], dtype=np.uint8)
     for i in solvable:
         lo, hi = offsets[i], offsets[i + 1]
-        c = pick_image_foreground(labels[lo:hi], tuple(grids[i]), cls_attn[lo:hi], k, fg_rule)
+        c = pick_image_foreground(labels[lo:hi], tuple(grids[i]), cls_attn[lo:hi], k_image, fg_rule)
         fg_cluster[i] = c
         fg[lo:hi] = labels[lo:hi] == c
     return {"labels": labels, "fg": fg, "fg_cluster": fg_cluster, "objective": objective}
@@ -231,14 +235,14 @@ def sample_rows_by_group(
 
 def fit_groups(
     X: np.ndarray, groups: np.ndarray, n_groups: int, k: int, **kw
-) -> tuple[np.ndarray, KMeansResult]:
+) -> tuple[np.ndarray, GroupedKMeansResult]:
     """``k`` cosine centroids per group -> ``(n_groups, k, D)`` float32 and the fit
-    (``kmeans(groups=...)``: ``objective`` ``(n_groups,)``, labels in row order).
+    (``kmeans_groups``: ``objective`` ``(n_groups,)``, labels in row order).
 
     A group with fewer than ``k`` sampled rows is a clear error (lower ``k_category`` or
     ``n_categories``).
     """
-    fit = kmeans(X, k, groups=groups.astype(np.int64), **kw)
+    fit = kmeans_groups(X, k, groups=groups.astype(np.int64), **kw)
     missing = sorted(set(range(n_groups)) - set(fit.group_values.tolist()))
     if missing:
         raise ValueError(f"pseudo-categories {missing} have no patches")

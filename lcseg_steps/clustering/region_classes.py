@@ -43,7 +43,7 @@ def choose_n_classes(
             f"eigengap needs more than labels.auto_range's min {kmin}; lower it, set "
             "labels.n_classes, lower objects.min_region_area or add images"
         )
-    k, lam = eigengap_count(X, n_neighbors, (kmin, kmax), seed, sample=fit_sample)
+    k, lam = eigengap_count(X, n_neighbors, (kmin, kmax), seed, fit_sample=fit_sample)
     gaps = np.diff(lam)
     log(
         f"assign: n_classes auto -> {k} (eigengap {gaps[k - 1]:.4f}, in [{kmin}, "
@@ -56,14 +56,14 @@ def fit_region_classes(
     X: np.ndarray,
     n_classes: int,
     *,
-    method: str,
+    class_clusterer: str,
     n_neighbors: int,
     fit_sample: int | None,
     seed: int,
     empty_ok: bool = False,
     log: Log = print,
 ) -> ClassFit:
-    """All region descriptors ``X`` ``(n, D)`` -> one class per region (``method``:
+    """All region descriptors ``X`` ``(n, D)`` -> one class per region (``class_clusterer``:
     spectral, kmeans or agglomerative; :func:`lcseg_steps.clustering.class_clustering.fit_classes`).
 
     Fewer regions than ``n_classes`` is an error, unless ``empty_ok``: then every region
@@ -81,7 +81,7 @@ def fit_region_classes(
         fit = fit_classes(
             X,
             n_classes,
-            method=method,
+            class_clusterer=class_clusterer,
             n_neighbors=n_neighbors,
             seed=seed,
             fit_sample=fit_sample,

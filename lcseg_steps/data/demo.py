@@ -16,8 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from lcseg_steps.data.palette import owns_label_png, read_gt_png, write_label_png
 from lcseg_steps.data.records import Dataset, ImageRecord
-from lcseg_steps.data.voc import owns_label_png, read_gt_png, write_label_png
 
 DEMO_CLASSES = [
     "red_striped_ellipse",
@@ -292,4 +292,5 @@ DATASET = Dataset(
     owns_gt=owns_label_png,
     read_gt=read_gt_png,
     generated=True,
+    generate=generate_demo,
 )

@@ -41,8 +41,8 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass
 
+from lcseg_steps.data.palette import owns_label_png, read_gt_png
 from lcseg_steps.data.records import Dataset, ImageRecord
-from lcseg_steps.data.voc import owns_label_png, read_gt_png
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MASK_EXTENSION = ".png"

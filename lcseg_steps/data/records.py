@@ -55,14 +55,16 @@ class Dataset:
       annotation files), so that changing them rebuilds the index.
     - ``list_images(cfg)``: the image records in a deterministic order, read while
       Snakemake builds the DAG: listing files only, never pixels.
-    - ``class_names(cfg)``: ground-truth class names, index = class id (0 background).
+    - ``class_names(cfg)``: ground-truth class names, index = class id (0 background
+      unless ``background`` is False).
     - ``owns_gt(gt)``: whether a non-empty ``ImageRecord.gt`` reference is one this
       dataset's ``read_gt`` reads (the index TSV does not name the dataset).
     - ``read_gt(record)``: the ground truth of a record with a non-empty ``gt`` as
       ``(H, W)`` uint8 class ids, 255 = void; a missing file raises
       ``FileNotFoundError`` naming it.
     - ``generated``: the workflow makes the data itself (rule ``demo_data``) under
-      ``results/<run>/<name>`` when ``dataset.root`` is empty.
+      ``results/<run>/<name>`` when ``dataset.root`` is empty, with ``generate(root,
+      log=..., **dataset.demo)``.
     - ``orient``: images are turned by their EXIF orientation, as photo viewers show them
       (folder); False keeps the stored pixels, the convention of VOC's and COCO's
       annotations. The index records each image's turn (``ImageRecord.orientation``).
@@ -72,6 +74,9 @@ class Dataset:
     - ``left_out(cfg)``: ``(path, reason)`` of the files under the dataset's folder that
       are not images of it (a user's folder; None for datasets with an id list), listed
       in ``skipped.tsv`` so that nothing is left out silently.
+    - ``background``: class 0 is a background class (VOC, COCO, the demo, folder). False
+      for scene datasets where every pixel has a class (COCO-Stuff-27, Cityscapes-27):
+      protocols whose rule needs a background class are not computed there.
     """
 
     name: str
@@ -84,3 +89,5 @@ class Dataset:
     on_bad_image: str = "error"
     left_out: Callable[[dict], list[tuple[str, str]]] | None = None
     orient: bool = False
+    background: bool = True
+    generate: Callable[..., list[str]] | None = None

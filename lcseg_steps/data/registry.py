@@ -21,7 +21,13 @@ DATASETS: dict[str, str] = {
     "voc12": "lcseg_steps.data.voc",
     "coco": "lcseg_steps.data.coco",
     "folder": "lcseg_steps.data.folder",
+    "cocostuff27": "lcseg_steps.data.cocostuff27",
+    "cityscapes27": "lcseg_steps.data.cityscapes27",
+    "demo_scene": "lcseg_steps.data.demo_scene",
 }
+# asked first by dataset_for_gt: their references ("<png>#<name>") would otherwise be
+# claimed by an older reader (coco takes any "#", demo and voc12 any other path)
+GT_FIRST = ("cocostuff27", "cityscapes27")
 
 
 def get_dataset(name: str) -> Dataset:
@@ -36,9 +42,16 @@ def get_dataset(name: str) -> Dataset:
     return ds
 
 
+def has_background(name: str) -> bool:
+    """Whether class 0 of the dataset ``name`` is a background class (``Dataset.background``;
+    True for a name not registered)."""
+    return name not in DATASETS or get_dataset(name).background
+
+
 def dataset_for_gt(gt: str) -> Dataset:
-    """The first registered dataset whose ``owns_gt`` accepts the reference ``gt``."""
-    for name in DATASETS:
+    """The first registered dataset whose ``owns_gt`` accepts the reference ``gt``
+    (those of ``GT_FIRST`` asked first)."""
+    for name in [*GT_FIRST, *(n for n in DATASETS if n not in GT_FIRST)]:
         ds = get_dataset(name)
         if ds.owns_gt(gt):
             return ds

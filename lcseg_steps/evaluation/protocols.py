@@ -27,14 +27,14 @@ import numpy as np
 from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
-from lcseg_steps.evaluation.scoring import (
-    VOID,
-    ConfusionAccumulator,
-    check_confusion,
+from lcseg_steps.evaluation.matching import (
     hungarian_match,
+    iou_hungarian_match,
+    iou_majority_match,
     majority_match,
-    scores,
+    pixel_hungarian_rows,
 )
+from lcseg_steps.evaluation.scoring import VOID, ConfusionAccumulator, check_confusion, scores
 
 BACKGROUND = 0
 PEER_SIDE = 320  # CAUSE's and STEGO's default test resolution
@@ -109,7 +109,9 @@ PROTOCOLS: dict[str, dict[str, str]] = {
         "rule": "per image: Hungarian (pixels) of the foreground classes, unmatched clusters "
         "merged into one background id, background and void scored as background, then a "
         "second Hungarian with background; matched counts summed over the dataset; mean "
-        "over classes present",
+        "over classes present. On a dataset without background (COCO-Stuff-27, "
+        "Cityscapes-27) DiffCut's own branch for them: one Hungarian per image over all "
+        "classes, void dropped (protocols_scene)",
         "resolution": "centre square crop (shorter side - 1), labels resized to 1024 "
         "(nearest-exact) then to 128x128 (nearest)",
         "reproduces": "PaulCouairon/DiffCut eval_diffcut.py (Benchmark_Segmentation."
@@ -221,46 +223,7 @@ def cause_protocol(dataset: str, backbone: str | None) -> tuple[str, tuple[str, 
     return "cause_coco", ("crop", side)
 
 
-# ------------------------------------------------------------------------- matching
-
-
-def iou_matrix(conf: np.ndarray) -> np.ndarray:
-    """``(n_gt, n_pred)`` counts -> ``(n_pred, n_gt)`` float64 IoU of predicted id ``k``
-    and class ``g`` (0 where both are empty), rows by predicted id as DSM builds it."""
-    conf = check_confusion(conf).astype(np.int64)
-    inter = conf.T.astype(np.float64)
-    union = conf.sum(axis=0)[:, None] + conf.sum(axis=1)[None, :] - conf.T
-    return inter / np.maximum(union.astype(np.float64), 1e-8)
-
-
-def iou_hungarian_match(conf: np.ndarray) -> np.ndarray:
-    """DSM's one-to-one matching: square ``(n, n)`` counts -> ``(n,)`` mapping predicted
-    id -> class minimising ``N - IoU`` (N = scored pixels), i.e. maximising the IoU sum."""
-    conf = check_confusion(conf)
-    if conf.shape[0] != conf.shape[1]:
-        raise ValueError(f"DSM's Hungarian needs as many ids as classes, got {conf.shape}")
-    cost = conf.sum() - iou_matrix(conf)
-    rows, cols = linear_sum_assignment(cost)
-    mapping = np.zeros(conf.shape[1], dtype=np.int64)
-    mapping[rows] = cols
-    return mapping
-
-
-def iou_majority_match(conf: np.ndarray) -> np.ndarray:
-    """DSM's majority vote: each predicted id -> the class of highest IoU with it (ties to
-    the lower class), ``(n_gt, n_pred)`` -> ``(n_pred,)``."""
-    return iou_matrix(conf).argmax(axis=1).astype(np.int64)
-
-
-def pixel_hungarian_rows(conf: np.ndarray) -> np.ndarray:
-    """CAUSE's and STEGO's matching: square ``(n, n)`` counts -> ``(n,)`` mapping
-    predicted id -> class maximising matched pixels, solved on the ``(pred, gt)``
-    histogram as they build it."""
-    conf = check_confusion(conf)
-    rows, cols = linear_sum_assignment(conf.T, maximize=True)
-    mapping = np.zeros(conf.shape[1], dtype=np.int64)
-    mapping[rows] = cols
-    return mapping
+# ------------------------------------------------------------- scores after a matching
 
 
 def in_range_square(conf: np.ndarray) -> np.ndarray:

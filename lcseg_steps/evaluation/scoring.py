@@ -1,7 +1,8 @@
 """Scoring of label maps against ground truth: the pixel confusion of an image
-(``confusion``) and of many (``ConfusionAccumulator``), lcseg's matchings of predicted ids to
-classes (``hungarian_match``, ``majority_match``) and the IoU scores after a matching
-(``scores``). The peers' protocols built on these live in ``lcseg_steps.evaluation.protocols``.
+(``confusion``) and of many (``ConfusionAccumulator``) and the IoU scores after a matching
+(``scores``). The matchings of predicted ids to classes live in
+``lcseg_steps.evaluation.matching``, the peers' protocols built on both in
+``lcseg_steps.evaluation.protocols``.
 
 Unsupervised segmentation predicts cluster ids, not class ids, so a prediction is scored
 only after its ids have been matched to ground-truth classes. Matching is done over every
@@ -15,7 +16,6 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 VOID = 255
 
@@ -153,51 +153,6 @@ def check_confusion(conf: np.ndarray) -> np.ndarray:
     if (conf < 0).any():
         raise ValueError("confusion matrix has negative counts")
     return conf
-
-
-def hungarian_match(conf: np.ndarray) -> np.ndarray:
-    """One-to-one matching of predicted ids to gt classes maximising matched pixels.
-
-    The objective is the total number of pixels on which matched prediction and gt agree
-    (the trace of the remapped confusion), solved exactly by
-    ``scipy.optimize.linear_sum_assignment(conf, maximize=True)``. This is the matching
-    used by PiCIE and STEGO; it maximises pixel accuracy, not the IoU sum (the two usually
-    agree, but not always).
-
-    Every predicted id takes part, including the background id 0. With ``n_pred > n_gt``
-    the surplus ids stay unmatched (-1); with ``n_pred < n_gt`` some gt classes receive no
-    prediction and score IoU 0 if present.
-
-    Args:
-        conf: ``(n_gt, n_pred)`` non-negative counts.
-
-    Returns:
-        ``(n_pred,)`` int64 mapping predicted id -> gt class, or -1 if unmatched.
-    """
-    conf = check_confusion(conf)
-    rows, cols = linear_sum_assignment(conf.astype(np.float64), maximize=True)
-    mapping = np.full(conf.shape[1], -1, dtype=np.int64)
-    mapping[cols] = rows
-    return mapping
-
-
-def majority_match(conf: np.ndarray) -> np.ndarray:
-    """Many-to-one matching: each predicted id -> the gt class it overlaps most.
-
-    Several ids may map to the same class; this over-segmentation-friendly score is a
-    diagnostic, not the headline number. Ties go to the lower gt class; a predicted id
-    with no pixels at all is unmatched (-1).
-
-    Args:
-        conf: ``(n_gt, n_pred)`` non-negative counts.
-
-    Returns:
-        ``(n_pred,)`` int64 mapping predicted id -> gt class or -1.
-    """
-    conf = check_confusion(conf)
-    mapping = conf.argmax(axis=0).astype(np.int64)
-    mapping[conf.sum(axis=0) == 0] = -1
-    return mapping
 
 
 def scores(conf: np.ndarray, mapping: np.ndarray, class_names: Sequence[str] | None = None) -> dict:

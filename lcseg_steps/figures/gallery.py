@@ -83,7 +83,7 @@ def gallery_panels(
     id -> class id), the prediction in the ground truth's palette after that matching.
     ``objects`` (its objects store, image ``i_obj``) made with ``regions: split``: one
     more panel, the regions' outlines (:func:`region_outlines`)."""
-    from lcseg_steps.data.voc import voc_palette
+    from lcseg_steps.data.palette import voc_palette
 
     palette = voc_palette()
     img = read_record(record)

@@ -121,11 +121,11 @@ def thumbnail_size(height: int, width: int, max_side: int) -> tuple[int, int]:
     return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
 
 
-def png_data_uri(image: np.ndarray, max_side: int = PANEL_MAX_SIDE) -> str:
+def png_data_uri(image: np.ndarray, longest: int = PANEL_MAX_SIDE) -> str:
     """``(H, W, 3)`` uint8 RGB -> ``data:image/png;base64,...`` of the image downscaled
-    (``INTER_AREA``) to ``thumbnail_size(H, W, max_side)``."""
+    (``INTER_AREA``) to ``thumbnail_size(H, W, longest)``."""
     image = _check_image(image)
-    h, w = thumbnail_size(image.shape[0], image.shape[1], max_side)
+    h, w = thumbnail_size(image.shape[0], image.shape[1], longest)
     if (h, w) != image.shape[:2]:
         image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
     ok, buf = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))

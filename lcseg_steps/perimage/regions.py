@@ -21,15 +21,16 @@ def _check_2d(name: str, a: np.ndarray) -> None:
 def object_regions(
     mask: np.ndarray,
     *,
-    mode: str = "components",
-    min_area: float = 0.01,
+    regions: str = "components",
+    min_region_area: float = 0.01,
     features_grid: np.ndarray | None = None,
     split: dict | None = None,
 ) -> list[np.ndarray]:
     """Split a foreground mask into object regions.
 
     mask ``(H, W)`` {0, 1} (any integer/bool dtype) -> list of ``(H, W)`` bool masks.
-    ``"components"``: 8-connected components with area ``>= min_area * H * W`` pixels,
+    ``regions`` (``objects.regions``) ``"components"``: 8-connected components with area
+    ``>= min_region_area * H * W`` pixels,
     largest first (ties in label order). ``"whole"``: the whole foreground as one region.
     ``"split"``: each of those components cut into parts by :func:`split_region` on
     ``features_grid`` ``(gh, gw, D)`` (the image's patch features) with the settings
@@ -38,13 +39,13 @@ def object_regions(
     """
     mask = np.asarray(mask)
     _check_2d("mask", mask)
-    if mode not in REGION_MODES:
-        raise ValueError(f"unknown region mode {mode!r}; expected one of {REGION_MODES}")
-    if mode == "split":
-        comps = object_regions(mask, mode="components", min_area=min_area)
+    if regions not in REGION_MODES:
+        raise ValueError(f"unknown region mode {regions!r}; expected one of {REGION_MODES}")
+    if regions == "split":
+        comps = object_regions(mask, regions="components", min_region_area=min_region_area)
         if comps and (features_grid is None or split is None):
             raise ValueError("regions split needs the image's features_grid and split settings")
-        min_px = min_area * mask.shape[0] * mask.shape[1]
+        min_px = min_region_area * mask.shape[0] * mask.shape[1]
         s = {k: split[k] for k in SPLIT_KEYS}
         return [p for c in comps for p in split_region(c, features_grid, min_px=min_px, **s)]
     # no full-size copy of a uint8 mask (a refined one): work and memory per megapixel
@@ -52,7 +53,7 @@ def object_regions(
     src = mask if mask.dtype == np.uint8 else (mask != 0).view(np.uint8)
     if not cv2.countNonZero(src):
         return []
-    if mode == "whole":
+    if regions == "whole":
         return [src != 0]
     try:  # 16-bit labels: half the memory, faster; more than 65535 components need 32
         n, labels, stats, _ = cv2.connectedComponentsWithStats(
@@ -63,7 +64,7 @@ def object_regions(
             src, connectivity=8, ltype=cv2.CV_32S
         )
     areas = stats[1:, cv2.CC_STAT_AREA]  # label 0 is the background
-    keep = np.flatnonzero(areas >= min_area * mask.shape[0] * mask.shape[1])
+    keep = np.flatnonzero(areas >= min_region_area * mask.shape[0] * mask.shape[1])
     order = keep[np.argsort(-areas[keep], kind="stable")]
     out = []
     for k in order:  # each region compared within its bounding box only
@@ -161,7 +162,7 @@ def split_region(
         idx = np.flatnonzero(part == p)
         ok = False
         if len(idx) >= 4:
-            lab = kmeans(F[idx], 2, seed=seed).labels
+            lab = kmeans(F[idx], 2, max_iter=50, seed=seed).labels  # fixed, not clustering.max_iter
             sides = [idx[lab == s] for s in (0, 1)]
             side_px = [counts[s].sum() for s in sides]
             ok = (

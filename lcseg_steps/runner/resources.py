@@ -78,7 +78,7 @@ class Sizing:
         every patch when null), the streamed fit's block cache, ~17 bytes of per-row state
         per patch, and 1 GiB of interpreter and libraries; a few seconds per million
         patches and iteration."""
-        from lcseg_steps.clustering.kmeans import STREAM_CACHE_BYTES
+        from lcseg_steps.clustering.backend import STREAM_CACHE_BYTES
 
         c = self.config["clustering"]
         n_patches = self.n_images * self.patches_per_image()

@@ -73,7 +73,7 @@ def run_assign(
     fit = fit_region_classes(
         X,
         n_classes,
-        method=class_clusterer,
+        class_clusterer=class_clusterer,
         n_neighbors=n_neighbors,
         fit_sample=fit_sample,
         seed=seed,

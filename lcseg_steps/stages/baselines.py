@@ -114,21 +114,21 @@ def baseline_masks(
     features: str | os.PathLike,
     baseline: str,
     *,
-    fraction: float,
-    mass: float,
+    centre_fraction: float,
+    attention_mass: float,
     shape: str = "ellipse",
 ) -> dict[str, np.ndarray]:
     """A feature store -> ``{"fg": (N,) uint8, "offsets", "grid", "image_ids"}`` for one
-    baseline of :data:`BASELINES` (``fraction`` and ``shape``: the centre prior; ``mass``:
-    the CLS-attention mask)."""
+    baseline of :data:`BASELINES` (``centre_fraction`` and ``shape``: the centre prior;
+    ``attention_mass``: the CLS-attention mask)."""
     fs = open_store(features)
     layout = patch_layout(fs)
     if baseline == "all_background":
         fg = all_background(layout["offsets"])
     elif baseline == "centre_prior":
-        fg = centre_prior(layout["grid"], fraction, shape)
+        fg = centre_prior(layout["grid"], centre_fraction, shape)
     elif baseline == "cls_attention":
-        fg = cls_attention_mask(np.asarray(fs["cls_attn"][:]), layout["offsets"], mass)
+        fg = cls_attention_mask(np.asarray(fs["cls_attn"][:]), layout["offsets"], attention_mass)
     else:
         raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
     if len(fg) != int(layout["offsets"][-1]):
@@ -150,7 +150,9 @@ def run_baseline(
     (``merged`` ``(N,)`` uint8, ``score`` ``(N,)`` float32, ``offsets``, ``grid``,
     ``image_ids``), so refine and the later stages run on it unchanged. The score is the
     mask itself: refine thresholds (or CRF-refines) a hard 0/1 score."""
-    masks = baseline_masks(features, baseline, fraction=centre_fraction, mass=attention_mass)
+    masks = baseline_masks(
+        features, baseline, centre_fraction=centre_fraction, attention_mass=attention_mass
+    )
     fg = masks.pop("fg")
     sizes = np.diff(masks["offsets"])
     fg_per_image = np.add.reduceat(fg, masks["offsets"][:-1]) if len(fg) else sizes * 0

@@ -26,7 +26,9 @@ from lcseg_steps.data.image_table import (
     read_skipped,
 )
 from lcseg_steps.data.image_table import class_names as dataset_class_names
-from lcseg_steps.evaluation.protocols import HEADLINE, ProtocolAccumulator, protocol_metrics
+from lcseg_steps.data.registry import has_background
+from lcseg_steps.evaluation.protocols import HEADLINE, protocol_metrics
+from lcseg_steps.evaluation.protocols_scene import protocol_accumulator
 from lcseg_steps.evaluation.scoring import json_ready, scores
 from lcseg_steps.figures.plots import figure
 from lcseg_steps.pipeline import scope_of
@@ -137,15 +139,18 @@ def run_evaluate(
     the headline protocol's (``headline_protocol``: ``dataset_hungarian`` with ``matching:
     hungarian``, ``majority`` with ``matching: majority``); ``protocols`` holds every
     protocol of ``protocols.PROTOCOLS``. CAUSE's variant follows ``facts["dataset"]``
-    and ``facts["backbone"]`` (``protocols.cause_protocol``). ``n_pred``: the predicted
-    ids scored, ``0..n_pred-1`` (None: ``n_classes`` classes and background; scene mode
-    passes ``n_classes``, it has no background).
+    and ``facts["backbone"]`` (``protocols.cause_protocol``); on a dataset without
+    background DiffCut's is its scene branch (``protocols_scene``). ``n_pred``: the
+    predicted ids scored, ``0..n_pred-1`` (None: ``n_classes`` classes and background;
+    scene mode passes ``n_classes``, it has no background).
     """
-    acc = ProtocolAccumulator(
+    dataset = str(facts.get("dataset") or "")
+    acc = protocol_accumulator(
         len(class_names),
         n_classes + 1 if n_pred is None else n_pred,
-        dataset=str(facts.get("dataset") or ""),
+        dataset=dataset,
         backbone=facts.get("backbone"),
+        background=has_background(dataset),
     )
     skipped = 0
     per_image: dict[str, tuple[np.ndarray, ...]] = {}  # sparse: an image holds few classes

@@ -137,7 +137,7 @@ def extract_shard(
     long_side: int | None = 480,
     store_features: Sequence[str] = FEATURES,
     batch_size: int = 8,
-    num_workers: int = 0,
+    num_workers: int,
     device: str = "cpu",
     chunk_rows: int = 16384,
     precision: str = "auto",

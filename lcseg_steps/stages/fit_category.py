@@ -76,7 +76,7 @@ def run_fit_category(
         n_categories,
         k_category,
         fg_vote=fg_vote,
-        fit_sample=category_fit_sample,
+        category_fit_sample=category_fit_sample,
         max_iter=max_iter,
         tol=tol,
         seed=seed,

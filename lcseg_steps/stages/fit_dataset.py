@@ -12,11 +12,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lcseg_steps.clustering import levels as lv
-from lcseg_steps.clustering.kmeans import (
-    NonFiniteError,
-    import_torch_cast_if_worth,
-    kmeans_stream,
-)
+from lcseg_steps.clustering.backend import import_torch_cast_if_worth
+from lcseg_steps.clustering.kmeans import NonFiniteError, kmeans_stream
 from lcseg_steps.stores.layout import (
     check_finite,
     feature_shards,
@@ -69,8 +66,7 @@ def run_fit_dataset(
             seed=seed,
             device=device,
             log=log,
-            threads=threads,
-            return_labels=True,  # the fit's last pass labels every row: no second read
+            threads=threads,  # the fit's last pass labels every row: no second read
         )
     except NonFiniteError:
         # the fit checks every row but cannot say in which store; find it (error path only)

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lcseg_steps.clustering import levels as lv
-from lcseg_steps.clustering.kmeans import NonFiniteError, import_torch_cast_if_worth
+from lcseg_steps.clustering.backend import import_torch_cast_if_worth
+from lcseg_steps.clustering.kmeans import NonFiniteError
 from lcseg_steps.stores.layout import (
     check_finite,
     feature_array,
@@ -64,14 +65,14 @@ def run_image_level(
             layout["offsets"],
             layout["grid"],
             np.asarray(fs["cls_attn"][:]),
-            k=k_image,
+            k_image=k_image,
             fg_rule=fg_rule,
             max_iter=max_iter,
             tol=tol,
             seed=seed,
             device=device,
             threads=threads,
-            clusterer=image_clusterer,
+            image_clusterer=image_clusterer,
             alone=bool(alone),
         )
     except NonFiniteError:

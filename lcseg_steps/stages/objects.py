@@ -81,7 +81,11 @@ def run_objects(
             else None
         )
         regs = object_regions(
-            mask, mode=regions, min_area=min_region_area, features_grid=grid, split=split
+            mask,
+            regions=regions,
+            min_region_area=min_region_area,
+            features_grid=grid,
+            split=split,
         )
         img = read_record(r) if (regs and descriptor == "cls") else None
         fill = mean_colour(img) if img is not None else None

@@ -37,7 +37,7 @@ def run_segment(
     The store's attrs are ``attrs`` plus the objects store's ``extraction`` facts. With
     ``model`` (``classes`` None) each region's class is its nearest class prototype.
     """
-    from lcseg_steps.data.voc import write_label_png
+    from lcseg_steps.data.palette import write_label_png
 
     ob = open_store(objects)
     if model is not None:

@@ -19,7 +19,7 @@ Arrays follow the ragged layout of the feature stores (``lcseg_steps.stores.layo
 - :func:`roc_auc` of that score, pooled over the labelled patches of all images
   (threshold-free; the Mann-Whitney statistic with average ranks for ties).
 - Best 2-way split (:func:`best_split_iou`): per-image cosine k-means with k = 2
-  (``lcseg_steps.clustering.kmeans.kmeans(offsets=...)``), then the one cluster taken as foreground
+  (``lcseg_steps.clustering.kmeans.kmeans_ranges``), then the one cluster taken as foreground
   that maximises the patch IoU against ground truth (over the labelled patches; "both" and
   "neither" are not splits). NaN for an image with fewer than 2 patches or no labelled
   foreground patch. With ``k > 2`` (the analysis's ``k_image``) the best union of

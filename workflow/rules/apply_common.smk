@@ -57,7 +57,7 @@ def apply_path(stage, output):
 
 
 def apply_log(stage, suffix="log"):
-    return stage_log(stage, APPLY_LOGS, APPLY_SEEDED, suffix)
+    return log_path(stage, APPLY_LOGS, APPLY_SEEDED, suffix)
 
 
 def apply_params(stage):

@@ -133,7 +133,7 @@ def run_params(stage):
     return out
 
 
-def stage_log(stage, logs, seeded, suffix="log"):
+def log_path(stage, logs, seeded, suffix="log"):
     """A stage's log (or, ``suffix="tsv"``, benchmark) path under ``logs``; ``seeded``:
     the graph's seed-dependent stages (``pipeline.seed_dependent``)."""
     s = pipeline.get_stage(stage)
@@ -144,7 +144,7 @@ def stage_log(stage, logs, seeded, suffix="log"):
 
 
 def run_log(stage, suffix="log"):
-    return stage_log(stage, LOGS, RUN_SEEDED, suffix)
+    return log_path(stage, LOGS, RUN_SEEDED, suffix)
 
 
 def stage_targets(graph, path_of, seeds, analysis=False):
