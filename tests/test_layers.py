@@ -183,3 +183,25 @@ def test_library_modules_import_no_stage_module():
     graph = import_graph()
     bad = {m: sorted(graph[m] & STAGES) for m in graph if m not in STAGES and graph[m] & STAGES}
     assert not bad, f"library modules importing stage modules: {bad}"
+
+
+def test_every_import_of_the_package_resolves():
+    """Function-local imports too (an import run only on one path would fail only there):
+    every ``from lcseg_steps... import name`` names a module or a name it defines."""
+    import importlib
+
+    bad = []
+    for module, tree in _trees().items():
+        for node in ast.walk(tree):
+            if not (
+                isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lcseg_steps")
+            ):
+                continue
+            target = importlib.import_module(node.module)
+            for a in node.names:
+                if not hasattr(target, a.name):
+                    try:
+                        importlib.import_module(f"{node.module}.{a.name}")
+                    except ImportError:
+                        bad.append(f"{module}:{node.lineno}: {node.module}.{a.name}")
+    assert not bad, bad

@@ -14,7 +14,8 @@ from PIL import Image
 
 from lcseg_steps.analysis import grid
 from lcseg_steps.apply.model_zarr import SceneModel, load_model
-from lcseg_steps.data.scene_tree import SCENE_CLASSES, write_scene_tree
+from lcseg_steps.data.demo_scene import SCENE_CLASSES
+from lcseg_steps.data.scene_tree import write_scene_tree
 from lcseg_steps.runner.settings import config_problems
 from lcseg_steps.stores.layout import open_store, read_ids
 from tests.helpers import TINY, reference_hungarian, scheduled, snakemake, stored_features
@@ -121,7 +122,7 @@ def test_scene_mode_refuses_an_auto_count_baselines_and_a_scope_axis():
     cfg["labels"]["scope"] = "scene"
     cfg["labels"]["n_classes"] = "auto"
     assert any("fixed labels.n_classes" in p for p in config_problems(cfg))
-    cfg["labels"]["n_classes"] = 6
+    cfg["labels"]["n_classes"] = len(SCENE_CLASSES)
     assert config_problems(cfg) == []
     with pytest.raises(ValueError, match="analysis.baselines"):
         grid.variants(cfg)
@@ -173,7 +174,7 @@ def test_the_scene_graph_stands_in_for_segment_and_leaves_objects_runs_alone():
 
     objects = default_config()
     scene = default_config()
-    scene["labels"].update(scope="scene", n_classes=6)
+    scene["labels"].update(scope="scene", n_classes=len(SCENE_CLASSES))
     g = pipeline.graph(scene)
     assert list(g) == [
         "index",

@@ -12,11 +12,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lcseg_steps.clustering.kmeans import (
-    NonFiniteError,
-    import_torch_cast_if_worth,
-    kmeans_stream,
-)
+from lcseg_steps.clustering.backend import import_torch_cast_if_worth
+from lcseg_steps.clustering.kmeans import NonFiniteError, kmeans_stream
 from lcseg_steps.clustering.scene import check_n_classes
 from lcseg_steps.stores.layout import check_finite, feature_shards, iter_row_blocks, write_store
 
@@ -67,7 +64,6 @@ def run_scene_dataset(
             device=device,
             log=log,
             threads=threads,
-            return_labels=True,
         )
     except NonFiniteError:
         for path, store, _ in shards:

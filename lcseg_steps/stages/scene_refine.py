@@ -80,7 +80,7 @@ def run_scene_refine(
     ``semantic``) and palette PNGs, as ``segment`` writes them. The keyword settings are
     the ``refine`` block (the CRF's as ``CRFParams``, ``max_side`` the working
     resolution); ``processes`` images are refined at a time."""
-    from lcseg_steps.data.voc import write_label_png
+    from lcseg_steps.data.palette import write_label_png
 
     st = open_store(scene_levels)
     recs = records_in_order(st, records, scene_levels)
