@@ -166,7 +166,9 @@ def _normalise_table(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """The same by lookup in ``table``, ``images.normalize`` of every value of each channel
     (``(3 * 256,)`` float32 on ``x``'s device)."""
     offsets = (torch.arange(3, device=x.device) * 256).view(1, 3, 1, 1)
-    return table[x.permute(0, 3, 1, 2).long() + offsets]
+    return table[
+        x.permute(0, 3, 1, 2).to(torch.long, memory_format=torch.contiguous_format) + offsets
+    ]
 
 
 _NORMALISERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
