@@ -1,8 +1,8 @@
 """Extract stage against a bare timm forward pass of the same ViT on the same inputs.
 
-Ours is :func:`lcseg_steps.extract.extract_shard` (the stage's whole core: DataLoader with
-``num_workers=0``, the ``attn.qkv`` hook, the q/k/v split, CLS attention, float16
-conversion, the chunked Zarr writes) on JPEG files. The reference is
+Ours is :func:`lcseg_steps.extract.extract_shard` (the stage's whole core with
+``num_workers=0``: decoding, the ``attn.qkv`` hook, the q/k/v split, CLS attention, float16
+conversion, the chunked Zarr writes; a new store each call) on JPEG files. The reference is
 ``model.forward_features`` on the same images already decoded, resized and normalised,
 in the same batches, at the same precision: what ``precision: auto`` picks on this
 machine (bfloat16 autocast where the CPU has native bf16, else float32), given to ours

@@ -4,6 +4,24 @@ a frozen ViT, ``images.tsv`` (one shard's images) -> ``features/{shard}.zarr``.
 ``qkv_features`` runs one forward pass and reads q, k, v from a hook on the chosen
 block's ``attn.qkv`` projection. ``extract_shard`` does that for every image of a shard
 and writes a ragged feature store (layout in ``lcseg_steps.store``).
+
+The data path of ``extract_shard``, batch by batch:
+
+1. decoding: ``num_workers`` worker processes (a DataLoader that lives for the whole
+   shard), or a thread of this process when it is 0, decode, check and resize each image
+   (OpenCV, on uint8) and hand over ``(B, h, w, 3)`` uint8, a quarter of float32's bytes;
+2. where the forward runs (the device): the batch is normalised by torch
+   (:func:`normaliser`, byte for byte ``images.normalize``) and goes through the model;
+3. the features the store asks for (``store_features``, CLS, CLS attention) are packed
+   into one float16 buffer (:class:`_Packet`); on CUDA one asynchronous copy on a stream
+   of its own brings it to a reused pinned host buffer while the next batch's forward
+   runs; on the CPU the buffer is the host buffer;
+4. a writer thread takes the host buffers from a bounded queue (``N_BUFFERS``), waits for
+   each copy, scatters the rows into whole-chunk buffers and hands completed chunks to a
+   write thread, then releases the buffer for reuse.
+
+The stores hold the same bytes as when every image was decoded, resized and normalised
+on its own and its features cast by ``as_stored`` (tested).
 """
 
 from __future__ import annotations
@@ -381,7 +399,8 @@ def extract_shard(
 
     Grids follow from the indexed sizes, so the arrays are preallocated; a decoded image
     whose size differs from its record is an ``ImageError`` naming the file. Memory holds
-    about ``batch_size * WINDOW_BATCHES`` images' rows plus one chunk.
+    about ``batch_size * WINDOW_BATCHES`` images' rows plus one chunk, ``N_BUFFERS``
+    batches' packed features, and one decoded batch ahead per worker (two for the thread).
     """
     from lcseg_steps.backbone import resolve_device
 
