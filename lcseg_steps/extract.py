@@ -8,7 +8,7 @@ and writes a ragged feature store (layout in ``lcseg_steps.store``).
 The data path of ``extract_shard``, batch by batch:
 
 1. decoding: ``num_workers`` worker processes (a DataLoader that lives for the whole
-   shard), or a thread of this process when it is 0, decode, check and resize each image
+   shard), or this process itself when it is 0, decode, check and resize each image
    (OpenCV, on uint8) and hand over ``(B, h, w, 3)`` uint8, a quarter of float32's bytes;
 2. where the forward runs (the device): the batch is normalised by torch
    (:func:`normaliser`, byte for byte ``images.normalize``) and goes through the model;
@@ -103,62 +103,18 @@ def _collate(items: list[tuple[int, np.ndarray]]) -> tuple[list[int], torch.Tens
     return [i for i, _ in items], torch.from_numpy(np.stack([x for _, x in items]))
 
 
-class _End:
-    """The decoding thread's last item: ``exc`` is None when every batch was decoded."""
-
-    def __init__(self, exc: BaseException | None = None):
-        self.exc = exc
-
-
-def _decode_ahead(dataset, batches, pin: bool) -> Iterator[tuple[list[int], torch.Tensor]]:
-    """``num_workers=0``: the batches decoded by one thread of this process, one batch
-    ahead of the forward pass (OpenCV releases the GIL while it decodes and resizes).
-    Closing the generator stops the thread."""
-    ready: queue.Queue = queue.Queue(maxsize=1)
-    stop = threading.Event()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                ready.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                pass
-        return False
-
-    def produce() -> None:
-        try:
-            for b in batches:
-                idx, x = _collate([dataset[i] for i in b])
-                if not put((idx, x.pin_memory() if pin else x)):
-                    return
-            put(_End())
-        except BaseException as exc:  # handed to the consumer, raised there
-            put(_End(exc))
-
-    thread = threading.Thread(target=produce, name="lcseg-decode", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = ready.get()
-            if isinstance(item, _End):
-                if item.exc is not None:
-                    raise item.exc
-                return
-            yield item
-    finally:
-        stop.set()
-        thread.join()
-
-
 def _decoded_batches(
     dataset, batches, num_workers: int, pin: bool
 ) -> Iterator[tuple[list[int], torch.Tensor]]:
     """``(image indices, (B, h, w, 3) uint8)`` of each batch, in order: decoded by
     ``num_workers`` worker processes that live for the whole shard (each one batch
-    ahead), or by a thread of this process when ``num_workers`` is 0."""
+    ahead), or by this process, batch by batch, when ``num_workers`` is 0."""
     if not num_workers:
-        yield from _decode_ahead(dataset, batches, pin)
+        # inline: a decoding thread beside the forward's torch threads would take a core
+        # from them mid-operation (measured: the stand-in's tiny ops ran several times slower)
+        for b in batches:
+            idx, x = _collate([dataset[i] for i in b])
+            yield idx, x.pin_memory() if pin else x
         return
     yield from torch.utils.data.DataLoader(
         dataset,
@@ -400,7 +356,7 @@ def extract_shard(
     Grids follow from the indexed sizes, so the arrays are preallocated; a decoded image
     whose size differs from its record is an ``ImageError`` naming the file. Memory holds
     about ``batch_size * WINDOW_BATCHES`` images' rows plus one chunk, ``N_BUFFERS``
-    batches' packed features, and one decoded batch ahead per worker (two for the thread).
+    batches' packed features, and one decoded batch ahead per worker.
     """
     from lcseg_steps.backbone import resolve_device
 
