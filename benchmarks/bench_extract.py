@@ -1,8 +1,8 @@
 """Extract stage against a bare timm forward pass of the same ViT on the same inputs.
 
-Ours is :func:`lcseg_steps.stages.extract.extract_shard` (the stage's whole core: DataLoader with
-``num_workers=0``, the ``attn.qkv`` hook, the q/k/v split, CLS attention, float16
-conversion, the chunked Zarr writes) on JPEG files. The reference is
+Ours is :func:`lcseg_steps.stages.extract.extract_shard` (the stage's whole core with
+``num_workers=0``: decoding, the ``attn.qkv`` hook, the q/k/v split, CLS attention, float16
+conversion, the chunked Zarr writes; a new store each call) on JPEG files. The reference is
 ``model.forward_features`` on the same images already decoded, resized and normalised,
 in the same batches, at the same precision: what ``precision: auto`` picks on this
 machine (bfloat16 autocast where the CPU has native bf16, else float32), given to ours
@@ -58,6 +58,14 @@ def extract_on_cpu(records, model, info, out, *, long_side, batch, precision, la
     )
 
 
+def fresh_paths(folder, stem: str):
+    """A new store path for every call (``stem_1.zarr``, ``stem_2.zarr``, ...): the stage
+    never overwrites a store (Snakemake removes a job's outputs before it runs), so the
+    timed calls do not remove the previous call's store either."""
+    count = iter(range(1, 1 << 30))
+    return lambda: folder / f"{stem}_{next(count)}.zarr"
+
+
 def bf16_check(model, x: torch.Tensor) -> dict:
     """Cosine similarity of bf16-autocast q/k/v to float32 ones, and both times (1 run)."""
     from lcseg_steps.perimage.qkv import qkv_features
@@ -108,7 +116,8 @@ def run(ctx: Context) -> list[Result]:
     records = [ImageRecord(f"img_{i:04d}", str(p), "", h, w) for i, p in enumerate(paths)]
     inputs = _decode_all(paths, info.patch_size, long_side)
     batches = [torch.from_numpy(np.stack(inputs[i : i + batch])) for i in range(0, n, batch)]
-    out = ctx.tmp / "features.zarr"
+    store_path = fresh_paths(ctx.tmp, "features")
+    last = {}
     # what precision "auto" settles on here (the check as extract_shard runs it)
     cpu = torch.device("cpu")
     bf16_check_s, auto_cos = time_call(lambda: bf16_fidelity(model, batches[0][:1]))
@@ -120,8 +129,9 @@ def run(ctx: Context) -> list[Result]:
     )
 
     def ours():
+        last["out"] = store_path()
         return extract_on_cpu(
-            records, model, info, out, long_side=long_side, batch=batch, precision=precision
+            records, model, info, last["out"], long_side=long_side, batch=batch, precision=precision
         )
 
     def reference():
@@ -132,7 +142,7 @@ def run(ctx: Context) -> list[Result]:
     decode = statistics.median(
         time_call(lambda: _decode_all(paths, info.patch_size, long_side))[0] for _ in range(3)
     )
-    crc_s, crc_bytes = checksum_seconds(out)
+    crc_s, crc_bytes = checksum_seconds(last["out"])
     extra = {
         "checksum_s": crc_s,
         "checksum_mib": crc_bytes / 2**20,
@@ -196,12 +206,18 @@ def run_datapath(ctx: Context) -> list[Result]:
     scenes = write_scenes(ctx.tmp / "datapath_images", n, h, w, seed=2)
     paths = [p for p, _, _ in scenes]
     records = [ImageRecord(f"img_{i:04d}", str(p), "", h, w) for i, p in enumerate(paths)]
-    out = ctx.tmp / "datapath.zarr"
+    store_path = fresh_paths(ctx.tmp, "datapath")
     ctx.log(f"extract_datapath: {n} JPEGs {h}x{w}, long side {long_side}, stand-in ViT")
 
     def ours():
         return extract_on_cpu(
-            records, model, info, out, long_side=long_side, batch=batch, precision="float32"
+            records,
+            model,
+            info,
+            store_path(),
+            long_side=long_side,
+            batch=batch,
+            precision="float32",
         )
 
     def floor():

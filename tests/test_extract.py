@@ -326,6 +326,144 @@ def test_chunk_writer_writes_whole_chunks_in_the_background_and_reraises():
             bad.wait()
 
 
+def _old_path_store(records, model, info, *, long_side, batch_size, precision, feats):
+    """The stores' contents the straightforward way, as extraction computed them before
+    the data path was rebuilt: every image decoded, resized (OpenCV) and normalised
+    (NumPy) on its own, stacked in ``plan_windows``' batches, one forward pass a batch,
+    ``as_stored``, the rows put at their offsets."""
+    from lcseg_steps.perimage.qkv import as_stored, autocast
+
+    grids = [patch_grid_size(r.height, r.width, 8, long_side) for r in records]
+    rows = [h // 8 * (w // 8) for h, w in grids]
+    offsets = np.cumsum([0, *rows])
+    dim = model.blocks[-1].attn.qkv.out_features // 3
+    want = {f: np.zeros((offsets[-1], dim), np.float16) for f in feats}
+    want["cls_attn"] = np.zeros(offsets[-1], np.float32)
+    want["cls"] = np.zeros((len(records), info.embed_dim), np.float16)
+    for batch in (b for w in plan_windows(grids, batch_size) for b in w):
+        x = torch.from_numpy(
+            np.stack(
+                [
+                    normalize(resize_for_backbone(read_rgb(records[i].path), 8, long_side))
+                    for i in batch
+                ]
+            )
+        )
+        with autocast(torch.device("cpu"), precision == "bfloat16"):
+            out = as_stored(qkv_features(model, x), feats)
+        for j, i in enumerate(batch):
+            lo, hi = offsets[i], offsets[i + 1]
+            for f in (*feats, "cls_attn"):
+                want[f][lo:hi] = out[f][j]
+            want["cls"][i] = out["cls"][j]
+    return want
+
+
+@pytest.mark.parametrize(
+    "precision,feats,num_workers,batch_size",
+    [
+        ("float32", ("q", "k", "v"), 0, 2),
+        ("float32", ("k",), 1, 8),
+        ("bfloat16", ("v", "q"), 0, 3),
+        ("bfloat16", ("q", "k", "v"), 1, 2),
+    ],
+)
+def test_extract_shard_stores_the_old_paths_bytes(
+    tmp_path, vit8, precision, feats, num_workers, batch_size
+):
+    """The rebuilt data path (uint8 from the decoders, normalised in torch, packed into one
+    buffer, scattered by the writer thread) stores exactly the bytes of the straightforward
+    path, in both precisions, for subsets of q/k/v, with and without worker processes."""
+    model, info = vit8
+    # sizes shrunk, enlarged (INTER_CUBIC) and kept as they are, grids shared and not
+    records = _write_images(tmp_path, [*SIZES, (64, 48), (37, 53), (90, 120)])
+    store = open_store(
+        extract_shard(
+            records,
+            model,
+            info,
+            tmp_path / "s.zarr",
+            long_side=64,
+            store_features=feats,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            chunk_rows=40,
+            precision=precision,
+            log=lambda _m: None,
+        )
+    )
+    want = _old_path_store(
+        records, model, info, long_side=64, batch_size=batch_size, precision=precision, feats=feats
+    )
+    assert sorted(k for k, _ in store.arrays() if k in want) == sorted(want)
+    for name, arr in want.items():
+        got = store[name][:]
+        assert got.dtype == arr.dtype and got.shape == arr.shape, name
+        assert got.tobytes() == arr.tobytes(), name
+
+
+def test_normaliser_gives_normalize_bytes_for_every_value():
+    """Both ways of normalising on a device give ``images.normalize``'s bytes for every
+    uint8 value of each channel (so for every image), laid out (B, 3, h, w)."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (2, 24, 40, 3), dtype=np.uint8)
+    values = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1).reshape(1, 16, 16, 3)
+    table = torch.from_numpy(normalize(values.reshape(1, 256, 3)).reshape(-1).copy())
+    for probe in (x, values):
+        want = np.stack([normalize(img) for img in probe])
+        for f in (
+            extract_mod.normaliser(torch.device("cpu")),
+            extract_mod._normalise_arithmetic,
+            lambda t: extract_mod._normalise_table(t, table),
+        ):
+            got = f(torch.from_numpy(probe))
+            assert got.is_contiguous() and got.dtype == torch.float32
+            assert got.numpy().tobytes() == want.tobytes()
+
+
+def test_extract_shard_writer_failure_is_raised_and_leaves_no_store(tmp_path, vit8, monkeypatch):
+    """A chunk write that fails in the writer thread stops extraction with its error."""
+    model, info = vit8
+    records = _write_images(tmp_path)
+
+    def fail(self, lo, rows):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(extract_mod._ChunkWriter, "put", fail)
+    with pytest.raises(OSError, match="disk full"):
+        extract_shard(
+            records,
+            model,
+            info,
+            tmp_path / "s.zarr",
+            long_side=64,
+            batch_size=1,
+            num_workers=0,
+            log=lambda _m: None,
+        )
+    assert not (tmp_path / "s.zarr").exists()
+    assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_extract_shard_decoding_failure_is_raised(tmp_path, vit8, num_workers):
+    model, info = vit8
+    records = _write_images(tmp_path, SIZES * 3)
+    (tmp_path / "img3.png").write_bytes(b"not an image")
+    with pytest.raises(ImageError, match=r"img3\.png"):
+        extract_shard(
+            records,
+            model,
+            info,
+            tmp_path / "s.zarr",
+            long_side=64,
+            batch_size=2,
+            num_workers=num_workers,
+            log=lambda _m: None,
+        )
+    assert not (tmp_path / "s.zarr").exists()
+
+
 # ``extract`` on CUDA with bf16 autocast against the CPU in float32 (runs on a GPU only)
 @pytest.mark.gpu
 def test_cuda_bf16_features_match_cpu_float32(tmp_path):

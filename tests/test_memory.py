@@ -77,10 +77,10 @@ def test_extraction_holds_one_decoded_batch_per_worker(tmp_path, monkeypatch):
 
     qkv = extract_mod.qkv_features
 
-    def counting_qkv(model, x, layer=-1):
+    def counting_qkv(model, x, layer=-1, *args):
         seen["fed"] += x.shape[0]
         seen["worst"] = max(seen["worst"], decoded.value - seen["fed"] + x.shape[0])
-        return qkv(model, x, layer)
+        return qkv(model, x, layer, *args)
 
     monkeypatch.setattr(extract_mod._ImageDataset, "__getitem__", counting_getitem)
     monkeypatch.setattr(extract_mod, "qkv_features", counting_qkv)

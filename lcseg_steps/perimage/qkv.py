@@ -42,9 +42,12 @@ def qkv_dim(model: torch.nn.Module, layer: int = -1) -> int:
 
 
 def qkv_features(
-    model: torch.nn.Module, x: torch.Tensor, layer: int = -1
+    model: torch.nn.Module, x: torch.Tensor, layer: int = -1, feats=FEATURES
 ) -> dict[str, torch.Tensor]:
     """q, k, v of block ``layer``, the final CLS token and the CLS->patch attention.
+
+    Only the q/k/v named in ``feats`` are returned (and laid out: the others cost no
+    copy); CLS and CLS attention always are.
 
     ``x``: ``(B, 3, h, w)`` float, ImageNet-normalised, ``h``/``w`` multiples of the patch.
     Returns float32 tensors on ``x``'s device:
@@ -85,13 +88,13 @@ def qkv_features(
         scale = float(getattr(attn, "scale", head_dim**-0.5))
         logits = torch.einsum("bhd,bthd->bht", q[:, 0], k) * scale
         cls_attn = logits.softmax(dim=-1).mean(dim=1)[:, n_prefix:]
-        return {
-            "q": q[:, n_prefix:].reshape(b, t - n_prefix, heads * head_dim),
-            "k": k[:, n_prefix:].reshape(b, t - n_prefix, heads * head_dim),
-            "v": v[:, n_prefix:].reshape(b, t - n_prefix, heads * head_dim),
-            "cls": tokens[:, 0].float(),
-            "cls_attn": cls_attn,
+        parts = {"q": q, "k": k, "v": v}
+        out = {
+            f: parts[f][:, n_prefix:].reshape(b, t - n_prefix, heads * head_dim)
+            for f in FEATURES
+            if f in feats
         }
+        return {**out, "cls": tokens[:, 0].float(), "cls_attn": cls_attn}
 
 
 def native_bf16(device: torch.device) -> bool:

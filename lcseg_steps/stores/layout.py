@@ -103,12 +103,11 @@ class StoreWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = tmp_sibling(self.path)
         self.group = zarr.open_group(str(self.tmp), mode="w")
-        self.group.attrs.update({"lcseg_version": __version__})
-        if attrs:
-            self.update_attrs(attrs)
+        self.update_attrs({"lcseg_version": __version__, **dict(attrs or {})})
 
     def update_attrs(self, attrs: Mapping[str, Any]) -> None:
-        self.group.attrs.update(_jsonable(dict(attrs)))
+        # one metadata write for all of them (``attrs.update`` writes once per key)
+        self.group.update_attributes(_jsonable(dict(attrs)))
 
     def write(
         self, name: str, data: np.ndarray, chunk_rows: int = DEFAULT_CHUNK_ROWS, raw: bool = False
