@@ -108,6 +108,21 @@ class Segmentation:
 
 
 @dataclass
+class Scored:
+    """An image scored by :meth:`Model.score`, before its refinement: its patch features
+    ``X`` ``(gh * gw, D)`` on the ``grid``, the level masks and labels, the merged mask,
+    the patch score and the pseudo-category."""
+
+    X: np.ndarray
+    grid: tuple[int, int]
+    level_masks: dict[str, np.ndarray]
+    level_labels: dict[str, np.ndarray]
+    merged: np.ndarray
+    score: np.ndarray
+    category: int
+
+
+@dataclass
 class Model:
     """A loaded ``model.zarr`` (see :func:`load_model`)."""
 
@@ -265,19 +280,29 @@ class Model:
         A file is turned by its EXIF orientation first (``images.read_rgb(path,
         "exif")``), as photo viewers and the ``folder`` dataset show it: the result is
         that of the turned array. An array is taken as given. ``features``: the image's
-        :meth:`features` (or :meth:`features_batch` item) when already computed."""
-        from lcseg_steps import levels as lv
-        from lcseg_steps.crf import CRFParams, refine_mask
+        :meth:`features` (or :meth:`features_batch` item) when already computed.
+
+        The three parts, which ``lcseg segment`` also runs apart (the refinement of
+        several images in other processes, ``segment_paths.segment_all``):
+        :meth:`score` (steps 1-4), :func:`refine_foreground` (5) and :meth:`finish`
+        (6-8)."""
         from lcseg_steps.images import ImageError
-        from lcseg_steps.regions import semantic_map
 
         img = _as_image(image)
-        a, arr = self.attrs, self.arrays
         try:
-            f = self.features(img) if features is None else features
+            scored = self.score(img, features)
         except ImageError as exc:  # too small for one patch: name the file when there is one
             where = image if isinstance(image, (str, os.PathLike)) else "image"
             raise ImageError(f"{where}: {exc}") from exc
+        return self.finish(img, scored, refine_foreground(img, *self.refine_args(scored)))
+
+    def score(self, img: np.ndarray, features: Mapping | None = None) -> Scored:
+        """Steps 1-4 of :meth:`segment` for an ``(H, W, 3)`` uint8 image: its features
+        (``features`` when given), the level masks and their merged patch score."""
+        from lcseg_steps import levels as lv
+
+        a, arr = self.attrs, self.arrays
+        f = self.features(img) if features is None else features
         X, grid = f["X"], f["grid"]
         n = X.shape[0]
         il = a["image_level"]
@@ -314,16 +339,19 @@ class Model:
             labels["image"], masks["image"] = res["labels"], res["fg"]
         m = a["merge"]
         merged, score = lv.merge_masks(masks, m["consistency"], m["min_levels"])
-        r = a["refine"]
-        fg = refine_mask(
-            img,
-            score.reshape(grid),
-            crf=r["crf"],
-            threshold=r["threshold"],
-            params=CRFParams(**{k: r[k] for k in CRFParams.__dataclass_fields__}),
-            max_side=refine_max_side(r),
-        )
-        feature_grid = X.reshape(*grid, -1)
+        return Scored(X, grid, masks, labels, merged, score, category)
+
+    def refine_args(self, scored: Scored) -> tuple[np.ndarray, dict]:
+        """What :func:`refine_foreground` takes after the image: the score grid and the
+        model's refine settings (picklable, for a worker process)."""
+        return scored.score.reshape(scored.grid), dict(self.attrs["refine"])
+
+    def finish(self, img: np.ndarray, scored: Scored, fg: np.ndarray) -> Segmentation:
+        """Steps 6-8 of :meth:`segment`: the regions of the refined foreground ``fg``,
+        their classes and the class map."""
+        from lcseg_steps.regions import semantic_map
+
+        feature_grid = scored.X.reshape(*scored.grid, -1)
         regs, region_map = self._regions(fg, feature_grid)
         if regs:
             region_classes = self.region_classes(self._descriptors(img, regs, feature_grid))
@@ -332,12 +360,12 @@ class Model:
         return Segmentation(
             classes=semantic_map(region_map, region_classes),
             foreground=fg,
-            grid=grid,
-            level_masks=masks,
-            level_labels=labels,
-            merged=merged,
-            score=score,
-            category=category,
+            grid=scored.grid,
+            level_masks=scored.level_masks,
+            level_labels=scored.level_labels,
+            merged=scored.merged,
+            score=scored.score,
+            category=scored.category,
             region_map=region_map,
             region_classes=np.asarray(region_classes, dtype=np.int64),
         )
@@ -423,6 +451,23 @@ class Model:
             + (f" (split {o['split']})" if o["regions"] == "split" else "")
         )
         return "\n".join(lines)
+
+
+def refine_foreground(image: np.ndarray, score_grid: np.ndarray, refine: Mapping) -> np.ndarray:
+    """Step 5 of :meth:`Model.segment`: the ``(gh, gw)`` patch score of an ``(H, W, 3)``
+    image -> its ``(H, W)`` uint8 refined foreground (``crf.refine_mask`` with the
+    model's ``refine`` settings). A top-level function, so that a process pool can run it
+    (the dense CRF is single-threaded)."""
+    from lcseg_steps.crf import CRFParams, refine_mask
+
+    return refine_mask(
+        image,
+        score_grid,
+        crf=refine["crf"],
+        threshold=refine["threshold"],
+        params=CRFParams(**{k: refine[k] for k in CRFParams.__dataclass_fields__}),
+        max_side=refine_max_side(refine),
+    )
 
 
 def refine_max_side(refine: Mapping) -> int | None:
