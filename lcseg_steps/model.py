@@ -294,7 +294,8 @@ class Model:
         except ImageError as exc:  # too small for one patch: name the file when there is one
             where = image if isinstance(image, (str, os.PathLike)) else "image"
             raise ImageError(f"{where}: {exc}") from exc
-        return self.finish(img, scored, refine_foreground(img, *self.refine_args(scored)))
+        source = image if isinstance(image, (str, os.PathLike)) else None
+        return self.finish(img, scored, refine_foreground(*self.refine_job(img, scored, source)))
 
     def score(self, img: np.ndarray, features: Mapping | None = None) -> Scored:
         """Steps 1-4 of :meth:`segment` for an ``(H, W, 3)`` uint8 image: its features
@@ -341,10 +342,30 @@ class Model:
         merged, score = lv.merge_masks(masks, m["consistency"], m["min_levels"])
         return Scored(X, grid, masks, labels, merged, score, category)
 
-    def refine_args(self, scored: Scored) -> tuple[np.ndarray, dict]:
-        """What :func:`refine_foreground` takes after the image: the score grid and the
-        model's refine settings (picklable, for a worker process)."""
-        return scored.score.reshape(scored.grid), dict(self.attrs["refine"])
+    def refine_job(self, img: np.ndarray, scored: Scored, source=None) -> tuple:
+        """The arguments of :func:`refine_foreground` for ``img`` (picklable, for a worker
+        process): the image to refine from, the score grid, the model's refine settings
+        and the full size. Given the file the image was read from (``source``), a JPEG of
+        at least twice ``refine.max_side`` is refined from a reduced decode
+        (``crf.refine_input``), as the ``refine`` stage refines it; otherwise from
+        ``img``."""
+        from lcseg_steps.images import decodes_reduced
+
+        refine = dict(self.attrs["refine"])
+        grid = scored.score.reshape(scored.grid)
+        max_side = refine_max_side(refine)
+        if (
+            source is not None
+            and max_side is not None
+            and max(img.shape[:2]) >= 2 * max_side
+            and decodes_reduced(source, max_side)
+        ):
+            from lcseg_steps.crf import refine_input
+
+            work, size = refine_input(source, "exif", max_side)
+            if size == img.shape[:2]:
+                return work, grid, refine, size
+        return img, grid, refine, None
 
     def finish(self, img: np.ndarray, scored: Scored, fg: np.ndarray) -> Segmentation:
         """Steps 6-8 of :meth:`segment`: the regions of the refined foreground ``fg``,
@@ -453,11 +474,17 @@ class Model:
         return "\n".join(lines)
 
 
-def refine_foreground(image: np.ndarray, score_grid: np.ndarray, refine: Mapping) -> np.ndarray:
+def refine_foreground(
+    image: np.ndarray,
+    score_grid: np.ndarray,
+    refine: Mapping,
+    size: tuple[int, int] | None = None,
+) -> np.ndarray:
     """Step 5 of :meth:`Model.segment`: the ``(gh, gw)`` patch score of an ``(H, W, 3)``
     image -> its ``(H, W)`` uint8 refined foreground (``crf.refine_mask`` with the
-    model's ``refine`` settings). A top-level function, so that a process pool can run it
-    (the dense CRF is single-threaded)."""
+    model's ``refine`` settings; ``size``: the full ``(H, W)`` when ``image`` is a reduced
+    copy, :meth:`Model.refine_job`). A top-level function, so that a process pool can run
+    it (the dense CRF is single-threaded)."""
     from lcseg_steps.crf import CRFParams, refine_mask
 
     return refine_mask(
@@ -467,6 +494,7 @@ def refine_foreground(image: np.ndarray, score_grid: np.ndarray, refine: Mapping
         threshold=refine["threshold"],
         params=CRFParams(**{k: refine[k] for k in CRFParams.__dataclass_fields__}),
         max_side=refine_max_side(refine),
+        size=size,
     )
 
 

@@ -15,9 +15,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lcseg_steps.crf import CRFParams, crf_refine, refine_mask, upsample_score  # noqa: F401
+from lcseg_steps.crf import (  # noqa: F401
+    CRFParams,
+    crf_refine,
+    refine_input,
+    refine_mask,
+    upsample_score,
+)
 from lcseg_steps.data.index import ImageRecord, read_index
-from lcseg_steps.images import ImageError, read_rgb
+from lcseg_steps.images import ImageError
 from lcseg_steps.runlog import limit_threads
 from lcseg_steps.store import (
     image_grid_array,
@@ -44,15 +50,18 @@ def _refine_one(
     max_side: int | None = None,
     orientation: int = 1,
 ) -> np.ndarray:
-    """Worker body: read the image here so only the path and grid cross processes."""
+    """Worker body: read the image here so only the path and grid cross processes (a
+    large JPEG at a reduced scale, ``crf.refine_input``)."""
     try:
+        image, size = refine_input(path, orientation, max_side)
         return refine_mask(
-            read_rgb(path, orientation),
+            image,
             score_grid,
             crf=crf,
             threshold=threshold,
             params=params,
             max_side=max_side,
+            size=size,
         )
     except ImageError:
         raise  # already names the file

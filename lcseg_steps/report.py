@@ -26,7 +26,7 @@ from lcseg_steps.data.index import (
     n_images_skipped,
     read_index,
 )
-from lcseg_steps.images import read_record, read_rgb
+from lcseg_steps.images import read_record_reduced, read_rgb
 from lcseg_steps.protocols import published_results
 from lcseg_steps.store import image_grid_array, open_store, pixel_map, records_in_order
 
@@ -662,9 +662,10 @@ def gallery_panels(
     from lcseg_steps.data.voc import voc_palette
 
     palette = voc_palette()
-    img = read_record(record)
+    # a large JPEG decoded at a reduced scale that stays above GALLERY_WORK_SIDE
+    img, (height, width) = read_record_reduced(record, GALLERY_WORK_SIDE)
     # legends from the full-size maps, pictures drawn at most GALLERY_WORK_SIDE px
-    h, w = thumbnail_size(img.shape[0], img.shape[1], GALLERY_WORK_SIDE)
+    h, w = thumbnail_size(height, width, GALLERY_WORK_SIDE)
 
     def shown(a: np.ndarray, labels: bool = True) -> np.ndarray:
         if a.shape[:2] == (h, w):

@@ -136,13 +136,14 @@ class _Refiner:
             # torch's thread pools and the decoding thread
             self.pool = ProcessPoolExecutor(jobs, mp_context=mp.get_context("forkserver"))
 
-    def submit(self, img: np.ndarray, args: tuple) -> Callable[[], np.ndarray]:
-        """Start refining; returns what waits for the ``(H, W)`` foreground."""
+    def submit(self, args: tuple) -> Callable[[], np.ndarray]:
+        """Start ``refine_foreground(*args)`` (``Model.refine_job``); returns what waits for
+        the ``(H, W)`` foreground."""
         from lcseg_steps.model import refine_foreground
 
         if self.pool is None:
-            return lambda: refine_foreground(img, *args)
-        fut = self.pool.submit(refine_foreground, img, *args)
+            return lambda: refine_foreground(*args)
+        fut = self.pool.submit(refine_foreground, *args)
 
         def result() -> np.ndarray:
             from concurrent.futures.process import BrokenProcessPool
@@ -151,7 +152,7 @@ class _Refiner:
                 return fut.result()
             except BrokenProcessPool:
                 self.close()
-                return refine_foreground(img, *args)
+                return refine_foreground(*args)
 
         return result
 
@@ -221,7 +222,9 @@ def segment_all(
         for (item, img), f in zip(fits, feats, strict=True):
             try:
                 scored = model.score(img, f)
-                pending.append((item, img, scored, refiner.submit(img, model.refine_args(scored))))
+                pending.append(
+                    (item, img, scored, refiner.submit(model.refine_job(img, scored, item.path)))
+                )
             except (ImageError, ValueError, RuntimeError) as exc:
                 failed(item, exc)
         batch.clear()
