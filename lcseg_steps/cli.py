@@ -53,6 +53,7 @@ def _segment(args: argparse.Namespace) -> int:
         items,
         write,
         batch_size=args.batch_size,
+        jobs=segment_paths.default_jobs() if args.jobs is None else args.jobs,
         log=lambda m: print(f"lcseg segment: {m}", file=sys.stderr),
     )
     skipped += failed
@@ -61,6 +62,13 @@ def _segment(args: argparse.Namespace) -> int:
         f"{len(items) - len(failed)} image(s) segmented into {out}; {len(skipped)} skipped ({tsv})"
     )
     return 1 if skipped else 0
+
+
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -105,6 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--out", required=True, help="folder for the palette PNGs")
     p.add_argument("--device", help="torch device (default: the run's extract.device)")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    p.add_argument(
+        "--jobs",
+        type=_positive,
+        help="worker processes that run the dense CRF beside the forward passes; 1 runs "
+        "everything in one process, one image after another (default: the usable cores, "
+        "at most 8); the results are the same",
+    )
     p.set_defaults(func=_segment)
     p = sub.add_parser("verify", help="check every chunk of every store of a run")
     p.add_argument("path", help="results/<run> (or any folder of stores, or one .zarr store)")

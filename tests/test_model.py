@@ -154,6 +154,41 @@ def test_the_working_resolution_comes_from_the_model(tiny_run, model_copy):
     np.testing.assert_array_equal(old.segment(image).foreground, refine_mask(image, grid, **kw))
 
 
+def test_a_large_jpeg_is_refined_from_a_reduced_decode(tiny_run, model_copy, tmp_path):
+    """A JPEG file of at least twice ``refine.max_side`` is refined from the reduced decode
+    the ``refine`` stage uses (``crf.refine_input``), by ``segment(path)`` and by ``lcseg
+    segment`` alike (``--jobs`` 1 and 2); the mask has the full size."""
+    import cv2
+
+    from lcseg_steps.apply.model_zarr import refine_foreground
+    from lcseg_steps.perimage.crf import refine_input
+
+    image = read_rgb(tiny_run / "results" / "tiny" / "demo" / "JPEGImages" / "demo_0001.jpg")
+    image = cv2.resize(image, (image.shape[1] * 4, image.shape[0] * 4))
+    refine = dict(load_model(model_copy).attrs["refine"])
+    _set_attr(model_copy, refine={**refine, "max_side": 60})
+    model = load_model(model_copy)
+    path = tmp_path / "photos" / "big.jpg"
+    path.parent.mkdir()
+    from PIL import Image
+
+    Image.fromarray(image).save(path, quality=95)
+    shutil.copy(path, path.parent / "twin.jpg")  # two images: --jobs 2 runs its pool
+    assert max(image.shape[:2]) >= 4 * 60
+    seg = model.segment(path)
+    work, size = refine_input(path, "exif", 60)
+    assert size == image.shape[:2] and max(work.shape[:2]) < max(size)
+    grid = seg.score.reshape(seg.grid)
+    want = refine_foreground(work, grid, model.attrs["refine"], size)
+    np.testing.assert_array_equal(seg.foreground, want)
+    for jobs in ("1", "2"):
+        out = tmp_path / f"out{jobs}"
+        args = ["segment", "--model", str(model_copy), str(path.parent)]
+        assert lcseg([*args, "-o", str(out), "--jobs", jobs]) == 0
+        for name in ("big.jpg", "twin.jpg"):
+            np.testing.assert_array_equal(read_label_png(out / f"{name}.png"), seg.classes)
+
+
 @pytest.mark.parametrize("descriptor", ["masked_keys", "cls"])
 def test_split_regions_come_from_the_model(tiny_run, model_copy, descriptor):
     """A model with regions split cuts the foreground as ``object_regions(...,

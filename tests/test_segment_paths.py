@@ -136,3 +136,35 @@ def test_the_model_may_be_a_runs_folder_or_name(tiny_run, fitted_model, tmp_path
         assert lcseg(["segment", "--model", model, str(demo), "-o", str(out)]) == 0, model
         assert (out / "demo_0001.jpg.png").is_file()
     assert lcseg(["segment", "--model", "results", str(demo), "-o", str(tmp_path / "x")]) == 2
+
+
+@pytest.mark.integration
+def test_refining_in_worker_processes_gives_the_sequential_results(
+    tiny_run, fitted_model, tmp_path
+):
+    """``--jobs 2`` (the CRF of a batch in worker processes while this process finishes the
+    previous batch and runs the next forward passes) writes the PNGs of ``--jobs 1``
+    byte for byte, and each equals ``model.segment`` of the image alone."""
+    from lcseg_steps.apply.segment_paths import segment_all
+
+    demo = tiny_run / "results" / "tiny" / "demo" / "JPEGImages"
+    paths = sorted(demo.glob("*.jpg"))[:5]
+    model = load_model(fitted_model)
+    assert model.attrs["refine"]["crf"]
+    items, _ = plan([str(p) for p in paths])
+    got = {}
+    skipped = segment_all(
+        model, items, lambda it, seg: got.setdefault(it.path, seg), batch_size=2, jobs=2
+    )
+    assert skipped == [] and list(got) == [str(p) for p in paths]  # in order
+    for p in paths:
+        ref = model.segment(p)
+        np.testing.assert_array_equal(got[str(p)].foreground, ref.foreground)
+        np.testing.assert_array_equal(got[str(p)].classes, ref.classes)
+    outs = {}
+    for jobs in ("1", "2"):
+        out = tmp_path / f"jobs{jobs}"
+        args = ["segment", "--model", str(fitted_model), *map(str, paths), "-o", str(out)]
+        assert lcseg([*args, "--batch-size", "2", "--jobs", jobs]) == 0
+        outs[jobs] = {p.name: p.read_bytes() for p in sorted(out.glob("*.png"))}
+    assert len(outs["1"]) == len(paths) and outs["1"] == outs["2"]

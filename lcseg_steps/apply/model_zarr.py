@@ -108,6 +108,21 @@ class Segmentation:
 
 
 @dataclass
+class Scored:
+    """An image scored by :meth:`Model.score`, before its refinement: its patch features
+    ``X`` ``(gh * gw, D)`` on the ``grid``, the level masks and labels, the merged mask,
+    the patch score and the pseudo-category."""
+
+    X: np.ndarray
+    grid: tuple[int, int]
+    level_masks: dict[str, np.ndarray]
+    level_labels: dict[str, np.ndarray]
+    merged: np.ndarray
+    score: np.ndarray
+    category: int
+
+
+@dataclass
 class Model:
     """A loaded ``model.zarr`` (see :func:`load_model`)."""
 
@@ -265,19 +280,30 @@ class Model:
         A file is turned by its EXIF orientation first (``images.read_rgb(path,
         "exif")``), as photo viewers and the ``folder`` dataset show it: the result is
         that of the turned array. An array is taken as given. ``features``: the image's
-        :meth:`features` (or :meth:`features_batch` item) when already computed."""
-        from lcseg_steps.clustering import levels as lv
+        :meth:`features` (or :meth:`features_batch` item) when already computed.
+
+        The three parts, which ``lcseg segment`` also runs apart (the refinement of
+        several images in other processes, ``segment_paths.segment_all``):
+        :meth:`score` (steps 1-4), :func:`refine_foreground` (5) and :meth:`finish`
+        (6-8)."""
         from lcseg_steps.data.images import ImageError
-        from lcseg_steps.perimage.crf import CRFParams, refine_mask
-        from lcseg_steps.perimage.regions import semantic_map
 
         img = _as_image(image)
-        a, arr = self.attrs, self.arrays
         try:
-            f = self.features(img) if features is None else features
+            scored = self.score(img, features)
         except ImageError as exc:  # too small for one patch: name the file when there is one
             where = image if isinstance(image, (str, os.PathLike)) else "image"
             raise ImageError(f"{where}: {exc}") from exc
+        source = image if isinstance(image, (str, os.PathLike)) else None
+        return self.finish(img, scored, refine_foreground(*self.refine_job(img, scored, source)))
+
+    def score(self, img: np.ndarray, features: Mapping | None = None) -> Scored:
+        """Steps 1-4 of :meth:`segment` for an ``(H, W, 3)`` uint8 image: its features
+        (``features`` when given), the level masks and their merged patch score."""
+        from lcseg_steps.clustering import levels as lv
+
+        a, arr = self.attrs, self.arrays
+        f = self.features(img) if features is None else features
         X, grid = f["X"], f["grid"]
         n = X.shape[0]
         il = a["image_level"]
@@ -314,16 +340,39 @@ class Model:
             labels["image"], masks["image"] = res["labels"], res["fg"]
         m = a["merge"]
         merged, score = lv.merge_masks(masks, m["consistency"], m["min_levels"])
-        r = a["refine"]
-        fg = refine_mask(
-            img,
-            score.reshape(grid),
-            crf=r["crf"],
-            threshold=r["threshold"],
-            params=CRFParams(**{k: r[k] for k in CRFParams.__dataclass_fields__}),
-            max_side=refine_max_side(r),
-        )
-        feature_grid = X.reshape(*grid, -1)
+        return Scored(X, grid, masks, labels, merged, score, category)
+
+    def refine_job(self, img: np.ndarray, scored: Scored, source=None) -> tuple:
+        """The arguments of :func:`refine_foreground` for ``img`` (picklable, for a worker
+        process): the image to refine from, the score grid, the model's refine settings
+        and the full size. Given the file the image was read from (``source``), a JPEG of
+        at least twice ``refine.max_side`` is refined from a reduced decode
+        (``crf.refine_input``), as the ``refine`` stage refines it; otherwise from
+        ``img``."""
+        from lcseg_steps.data.images import decodes_reduced
+
+        refine = dict(self.attrs["refine"])
+        grid = scored.score.reshape(scored.grid)
+        max_side = refine_max_side(refine)
+        if (
+            source is not None
+            and max_side is not None
+            and max(img.shape[:2]) >= 2 * max_side
+            and decodes_reduced(source, max_side)
+        ):
+            from lcseg_steps.perimage.crf import refine_input
+
+            work, size = refine_input(source, "exif", max_side)
+            if size == img.shape[:2]:
+                return work, grid, refine, size
+        return img, grid, refine, None
+
+    def finish(self, img: np.ndarray, scored: Scored, fg: np.ndarray) -> Segmentation:
+        """Steps 6-8 of :meth:`segment`: the regions of the refined foreground ``fg``,
+        their classes and the class map."""
+        from lcseg_steps.perimage.regions import semantic_map
+
+        feature_grid = scored.X.reshape(*scored.grid, -1)
         regs, region_map = self._regions(fg, feature_grid)
         if regs:
             region_classes = self.region_classes(self._descriptors(img, regs, feature_grid))
@@ -332,12 +381,12 @@ class Model:
         return Segmentation(
             classes=semantic_map(region_map, region_classes),
             foreground=fg,
-            grid=grid,
-            level_masks=masks,
-            level_labels=labels,
-            merged=merged,
-            score=score,
-            category=category,
+            grid=scored.grid,
+            level_masks=scored.level_masks,
+            level_labels=scored.level_labels,
+            merged=scored.merged,
+            score=scored.score,
+            category=scored.category,
             region_map=region_map,
             region_classes=np.asarray(region_classes, dtype=np.int64),
         )
@@ -445,6 +494,30 @@ class SceneModel(Model):
         from lcseg_steps.apply.scene_model import scene_summary
 
         return scene_summary(self)
+
+
+def refine_foreground(
+    image: np.ndarray,
+    score_grid: np.ndarray,
+    refine: Mapping,
+    size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Step 5 of :meth:`Model.segment`: the ``(gh, gw)`` patch score of an ``(H, W, 3)``
+    image -> its ``(H, W)`` uint8 refined foreground (``crf.refine_mask`` with the
+    model's ``refine`` settings; ``size``: the full ``(H, W)`` when ``image`` is a reduced
+    copy, :meth:`Model.refine_job`). A top-level function, so that a process pool can run
+    it (the dense CRF is single-threaded)."""
+    from lcseg_steps.perimage.crf import CRFParams, refine_mask
+
+    return refine_mask(
+        image,
+        score_grid,
+        crf=refine["crf"],
+        threshold=refine["threshold"],
+        params=CRFParams(**{k: refine[k] for k in CRFParams.__dataclass_fields__}),
+        max_side=refine_max_side(refine),
+        size=size,
+    )
 
 
 def refine_max_side(refine: Mapping) -> int | None:

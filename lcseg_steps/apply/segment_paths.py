@@ -109,26 +109,104 @@ def _reason(path: str, exc: Exception) -> str:
     return text
 
 
+def default_jobs() -> int:
+    """``lcseg segment``'s default ``--jobs``: the cores this process may use (at most 8),
+    the number of worker processes that refine (dense CRF) beside the forward passes; 1
+    on one core (everything in this process)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
+
+
+class _Refiner:
+    """Step 5 of ``Model.segment`` (``model.refine_foreground``) of the images in flight:
+    inline when ``jobs`` is 1, else in a pool of ``jobs`` worker processes (the dense CRF
+    is single-threaded C++ that holds the GIL) while this process runs the forward
+    passes. A pool that breaks (a worker killed) leaves the rest to this process."""
+
+    def __init__(self, jobs: int):
+        self.pool = None
+        if jobs > 1:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            # forkserver: workers forked from a clean process, not from this one with
+            # torch's thread pools and the decoding thread
+            self.pool = ProcessPoolExecutor(jobs, mp_context=mp.get_context("forkserver"))
+
+    def submit(self, args: tuple) -> Callable[[], np.ndarray]:
+        """Start ``refine_foreground(*args)`` (``Model.refine_job``); returns what waits for
+        the ``(H, W)`` foreground."""
+        from lcseg_steps.apply.model_zarr import refine_foreground
+
+        if self.pool is None:
+            return lambda: refine_foreground(*args)
+        fut = self.pool.submit(refine_foreground, *args)
+
+        def result() -> np.ndarray:
+            from concurrent.futures.process import BrokenProcessPool
+
+            try:
+                return fut.result()
+            except BrokenProcessPool:
+                self.close()
+                return refine_foreground(*args)
+
+        return result
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+            self.pool = None
+
+
 def segment_all(
     model,
     items: Sequence[Planned],
     write: Callable[[Planned, object], None],
     *,
     batch_size: int = 8,
+    jobs: int = 1,
     log: Callable[[str], None] = print,
 ) -> list[tuple[str, str]]:
     """Segment every item with ``model`` (a loaded :class:`lcseg_steps.apply.model_zarr.Model`) and
-    hand each :class:`~lcseg_steps.apply.model_zarr.Segmentation` to ``write``; returns ``(path,
-    reason)`` of the items skipped.
+    hand each :class:`~lcseg_steps.apply.model_zarr.Segmentation` to ``write``, in order; returns
+    ``(path, reason)`` of the items skipped.
 
     Images are decoded ahead on a thread; up to ``batch_size`` of them go through the
     backbone together (``Model.features_batch``: one forward pass per run of equal input
-    sizes), then each is segmented from its features.
+    sizes), then each is segmented from its features by the parts of ``Model.segment``
+    (``score``, ``refine_foreground``, ``finish``). With ``jobs`` > 1 the refinement runs
+    in ``jobs`` worker processes: a batch's images are refined there while this process
+    finishes the previous batch (regions, the crops' forward passes, ``write``) and runs
+    the next batch's forward passes. The results are those of ``jobs`` 1, byte for byte
+    (the same functions on the same arrays).
     """
     from lcseg_steps.apply.model_zarr import _as_image
 
     skipped: list[tuple[str, str]] = []
     batch: list[tuple[Planned, np.ndarray]] = []
+    # scored images whose refinement runs: (item, image, scored, wait for the foreground)
+    pending: list[tuple[Planned, np.ndarray, object, Callable[[], np.ndarray]]] = []
+    refiner = _Refiner(jobs if model.attrs["refine"]["crf"] and len(items) > 1 else 1)
+
+    def skip(item: Planned, reason: str) -> None:
+        skipped.append((item.path, reason))
+        log(f"skipped {item.path}: {reason}")
+
+    def failed(item: Planned, exc: Exception) -> None:
+        skip(item, f"{type(exc).__name__}: {exc}")
+
+    def finish(upto: int) -> None:
+        """Finish the pending images until ``upto`` are left, oldest first."""
+        while len(pending) > upto:
+            item, img, scored, fg = pending.pop(0)
+            try:
+                write(item, model.finish(img, scored, fg()))
+            except (ImageError, ValueError, RuntimeError) as exc:
+                failed(item, exc)
 
     def flush() -> None:
         a = model.attrs
@@ -138,27 +216,33 @@ def segment_all(
                 patch_grid_size(*img.shape[:2], a["patch_size"], a["long_side"])
                 fits.append((item, img))
             except ImageError as exc:
-                skipped.append((item.path, _reason(item.path, exc)))
-                log(f"skipped {item.path}: {skipped[-1][1]}")
+                skip(item, _reason(item.path, exc))
         feats = model.features_batch([img for _, img in fits], batch_size=batch_size)
+        n_before = len(pending)
         for (item, img), f in zip(fits, feats, strict=True):
             try:
-                write(item, model.segment(img, features=f))
+                scored = model.score(img, f)
+                pending.append(
+                    (item, img, scored, refiner.submit(model.refine_job(img, scored, item.path)))
+                )
             except (ImageError, ValueError, RuntimeError) as exc:
-                skipped.append((item.path, f"{type(exc).__name__}: {exc}"))
-                log(f"skipped {item.path}: {skipped[-1][1]}")
+                failed(item, exc)
         batch.clear()
+        finish(len(pending) - n_before if refiner.pool is not None else 0)
 
-    for item, img, reason in _decoded(items, _as_image, ahead=max(2, batch_size)):
-        if img is None:
-            skipped.append((item.path, reason))
-            log(f"skipped {item.path}: {reason}")
-            continue
-        batch.append((item, img))
-        if len(batch) >= batch_size:
+    try:
+        for item, img, reason in _decoded(items, _as_image, ahead=max(2, batch_size)):
+            if img is None:
+                skip(item, reason)
+                continue
+            batch.append((item, img))
+            if len(batch) >= batch_size:
+                flush()
+        if batch:
             flush()
-    if batch:
-        flush()
+        finish(0)
+    finally:
+        refiner.close()
     return skipped
 
 

@@ -29,7 +29,7 @@ from lcseg_steps.data.images import (
     orient,
     oriented_size,
     patch_grid_size,
-    read_record,
+    read_record_reduced,
 )
 from lcseg_steps.data.records import ImageRecord, gt_file
 from lcseg_steps.data.registry import dataset_for_gt, get_dataset
@@ -143,13 +143,19 @@ def on_bad_image(dataset: dict) -> str:
     return policy
 
 
+# check_image decodes a JPEG of at least twice this size at a reduced scale
+CHECK_SIDE = 1024
+
+
 def check_image(
     rec: ImageRecord, patch_size: int | None, long_side: int | None
 ) -> tuple[int, int, str]:
     """``(height, width, problem)`` of one image as ``extract`` will see it.
 
-    The file is decoded in full with the decoder ``extract`` uses (``read_record``: turned
-    by ``rec.orientation``), so a missing, empty, corrupt or truncated file is caught here,
+    The file is decoded with the decoder ``extract`` uses (``read_record``: turned by
+    ``rec.orientation``; a JPEG of at least twice ``CHECK_SIDE`` px at a reduced scale,
+    ``read_record_reduced``, which still reads every byte of its compressed data and
+    takes the size from the header), so a missing, empty, corrupt or truncated file is caught here,
     not after GPU work; the decoded (turned) size must match a size the listing already
     knows (COCO's json), and with a ``patch_size`` the resize policy (``patch_grid_size``
     at ``long_side``) must leave at least one patch per side. ``problem`` is ``""`` for a
@@ -157,7 +163,7 @@ def check_image(
     """
     prefix = f"{rec.path}: "
     try:
-        h, w = read_record(rec).shape[:2]
+        h, w = read_record_reduced(rec, CHECK_SIDE)[1]
         frames = animation_frames(rec.path)
         if frames > 1:
             return (

@@ -114,6 +114,75 @@ def read_rgb(path: str | os.PathLike, orientation: int | str = 1) -> np.ndarray:
     return img if orientation == 1 else orient(img, orientation)
 
 
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_REDUCED = {
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
+
+
+def _reduced_scale(path: Path, min_side: int) -> tuple[int, tuple[int, int]]:
+    """``(n, (height, width))``: the scale 1/n :func:`read_rgb_reduced` decodes ``path`` at
+    (1: in full) and the raw size from the header (``(0, 0)`` when not read)."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(3) != _JPEG_MAGIC:
+                return 1, (0, 0)
+        from PIL import Image
+
+        with Image.open(path) as im:
+            width, height = im.size
+    except Exception:
+        return 1, (0, 0)  # read_rgb names the problem
+    scale = 1
+    while scale < 8 and max(height, width) / (2 * scale) >= min_side:
+        scale *= 2
+    return scale, (height, width)
+
+
+def decodes_reduced(path: str | os.PathLike, min_side: int) -> bool:
+    """Whether :func:`read_rgb_reduced` decodes ``path`` at a reduced scale for
+    ``min_side`` (a header read)."""
+    return _reduced_scale(Path(path), min_side)[0] > 1
+
+
+def read_rgb_reduced(
+    path: str | os.PathLike, orientation: int | str, min_side: int
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """``(image, (H, W))``: the image for a step that brings it down to at most
+    ``min_side`` pixels on its longer side anyway, and its full size ``(H, W)`` (turned by
+    ``orientation`` as :func:`read_rgb` turns it).
+
+    A JPEG whose longer side is at least twice ``min_side`` is decoded at the smallest of
+    the scales 1/2, 1/4 and 1/8 that keeps its longer side at least ``min_side``
+    (libjpeg's scaling in the DCT domain, ``cv2.IMREAD_REDUCED_COLOR_n``: a 27 MP photo
+    at 1/4 in a fraction of a full decode's time and memory); the copy is then about
+    ``(H / n, W / n)`` (rounded up), turned. Every other file, and every image under
+    twice ``min_side``, is :func:`read_rgb`'s full decode: byte-identical to it.
+    """
+    p = Path(path)
+    scale, (height, width) = _reduced_scale(p, min_side)
+    if scale == 1:
+        img = read_rgb(p, orientation)
+        return img, img.shape[:2]
+    buf = np.fromfile(str(p), dtype=np.uint8)
+    img = cv2.imdecode(buf, _REDUCED[scale] | cv2.IMREAD_IGNORE_ORIENTATION)
+    if img is None:
+        raise ImageError(f"{p}: not a decodable image (corrupt, truncated or unsupported format)")
+    img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=img)
+    if orientation == "exif":
+        orientation = exif_orientation(p)
+    if orientation != 1:
+        img = orient(img, orientation)
+    return img, oriented_size(height, width, orientation)
+
+
+def read_record_reduced(record, min_side: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`read_rgb_reduced` of an index record (its recorded orientation)."""
+    return read_rgb_reduced(record.path, getattr(record, "orientation", 1), min_side)
+
+
 def read_record(record) -> np.ndarray:
     """The pixels of an index record (``ImageRecord``) as every stage sees them: decoded
     and turned by the orientation the index recorded (1 for VOC and COCO)."""

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from lcseg_steps.data.image_table import ImageRecord, load_ground_truth
-from lcseg_steps.data.images import read_record
+from lcseg_steps.data.images import read_record_reduced
 from lcseg_steps.figures.overlays import (
     MASK_LEGEND,
     MASK_RGB,
@@ -86,9 +86,10 @@ def gallery_panels(
     from lcseg_steps.data.palette import voc_palette
 
     palette = voc_palette()
-    img = read_record(record)
+    # a large JPEG decoded at a reduced scale that stays above GALLERY_WORK_SIDE
+    img, (height, width) = read_record_reduced(record, GALLERY_WORK_SIDE)
     # legends from the full-size maps, pictures drawn at most GALLERY_WORK_SIDE px
-    h, w = thumbnail_size(img.shape[0], img.shape[1], GALLERY_WORK_SIDE)
+    h, w = thumbnail_size(height, width, GALLERY_WORK_SIDE)
 
     def shown(a: np.ndarray, labels: bool = True) -> np.ndarray:
         if a.shape[:2] == (h, w):

@@ -26,6 +26,7 @@ The CRF parameters (``CRFParams``, the ``refine`` config keys) default to values
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import cv2
@@ -106,6 +107,22 @@ def working_size(height: int, width: int, max_side: int | None) -> tuple[int, in
     return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
 
 
+def refine_input(
+    path: str | os.PathLike, orientation: int | str, max_side: int | None
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """The image the refinement of ``path`` starts from and its full ``(H, W)``: a JPEG of
+    at least twice the working resolution decoded at a reduced scale that stays above it
+    (``images.read_rgb_reduced``), any other image in full (``read_rgb``, as before). The
+    ``refine`` stage, ``Model.segment`` of a file and ``lcseg segment`` all refine from
+    this, so that they agree."""
+    from lcseg_steps.data.images import read_rgb, read_rgb_reduced
+
+    if max_side is None:
+        img = read_rgb(path, orientation)
+        return img, img.shape[:2]
+    return read_rgb_reduced(path, orientation, max_side)
+
+
 def refine_mask(
     image: np.ndarray,
     score_grid: np.ndarray,
@@ -114,6 +131,7 @@ def refine_mask(
     threshold: float,
     params: CRFParams,
     max_side: int | None = None,
+    size: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """image ``(H, W, 3)`` uint8 + score grid ``(gh, gw)`` -> ``(H, W)`` uint8 {0, 1}.
 
@@ -121,17 +139,21 @@ def refine_mask(
     (``score >= threshold`` is foreground) when ``crf`` is False; at the working
     resolution of ``max_side`` (:func:`working_size`, module docstring) when the image is
     larger, the mask then brought to ``(H, W)`` by nearest-neighbour resizing.
+
+    ``size``: the full ``(H, W)`` when ``image`` is a reduced copy of the image
+    (``images.read_rgb_reduced``, at least the working size); the copy is resized to the
+    working size and the mask returned at ``size``.
     """
-    full = image.shape[:2]
-    size = working_size(*full, max_side)
-    if size != full:
-        image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
-    prob = upsample_score(score_grid, size)
+    full = image.shape[:2] if size is None else (int(size[0]), int(size[1]))
+    work = working_size(*full, max_side)
+    if image.shape[:2] != work:
+        image = cv2.resize(image, (work[1], work[0]), interpolation=cv2.INTER_AREA)
+    prob = upsample_score(score_grid, work)
     if crf:
         mask = crf_refine(image, prob, params)
     else:
         mask = (prob >= threshold).astype(np.uint8)
-    if size == full:
+    if work == full:
         return mask
     del prob, image
     return cv2.resize(mask, (full[1], full[0]), interpolation=cv2.INTER_NEAREST_EXACT)

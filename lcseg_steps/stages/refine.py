@@ -16,8 +16,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lcseg_steps.data.image_table import ImageRecord, read_index
-from lcseg_steps.data.images import ImageError, read_rgb
-from lcseg_steps.perimage.crf import CRFParams, refine_mask
+from lcseg_steps.data.images import ImageError
+from lcseg_steps.perimage.crf import (
+    CRFParams,
+    refine_input,
+    refine_mask,
+)
 from lcseg_steps.runner.runlog import limit_threads
 from lcseg_steps.stores.layout import (
     image_grid_array,
@@ -44,15 +48,18 @@ def _refine_one(
     max_side: int | None = None,
     orientation: int = 1,
 ) -> np.ndarray:
-    """Worker body: read the image here so only the path and grid cross processes."""
+    """Worker body: read the image here so only the path and grid cross processes (a
+    large JPEG at a reduced scale, ``crf.refine_input``)."""
     try:
+        image, size = refine_input(path, orientation, max_side)
         return refine_mask(
-            read_rgb(path, orientation),
+            image,
             score_grid,
             crf=crf,
             threshold=threshold,
             params=params,
             max_side=max_side,
+            size=size,
         )
     except ImageError:
         raise  # already names the file
