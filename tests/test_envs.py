@@ -9,6 +9,8 @@ import yaml
 from tests.helpers import REPO
 
 KMEANS_RULES = {"image_level", "fit_dataset", "fit_category"}
+# scene mode's k-means rules (in the default config: their analysis rules only)
+SCENE_KMEANS_RULES = {"scene_dataset", "scene_levels"}
 
 
 def rule_envs(tmp_path: Path, device: str) -> dict[str, str]:
@@ -45,7 +47,8 @@ def test_kmeans_rules_get_cupy_only_when_the_config_asks_for_cuda(tmp_path, devi
     for rule, env in envs.items():
         assert (Path(REPO) / "workflow/rules" / env).resolve().is_file(), (rule, env)
         # the analysis reuses each k-means rule as analysis_<rule>, with its env
-        want_gpu = rule.removeprefix("analysis_") in KMEANS_RULES and device == "cuda"
+        kmeans = KMEANS_RULES | SCENE_KMEANS_RULES
+        want_gpu = rule.removeprefix("analysis_") in kmeans and device == "cuda"
         assert env.endswith("cluster-gpu.yaml") == want_gpu, (rule, env)
 
 

@@ -43,6 +43,8 @@ STAGE_OF_STORE = {
     "classes": "assign",
     "semantic": "segment",
     "model": "model",
+    "scene_dataset": "scene_dataset",
+    "scene_levels": "scene_levels",
 }
 
 
