@@ -152,13 +152,22 @@ def _objects_settings(config: Mapping) -> dict:
     return out
 
 
-_MODEL_READS = ("run", "backbone", "extract", "clustering", "refine", "objects", "labels.n_classes")
+_MODEL_READS = ("run", "backbone", "extract", "labels.n_classes")
+# the per-image stages a model.zarr runs on a new image (Model.segment): it records each
+# one's settings exactly as its rule gets them (stage_settings, schema names), and passes
+# them to the same library functions (runner.settings.call_with_settings)
+PER_IMAGE = ("image_level", "merge", "refine", "objects")
 
 
 def _model_settings(config: Mapping) -> dict:
-    """The blocks a new image is segmented with (``objects`` as :func:`objects_block`)."""
+    """What a new image is segmented with: the backbone and extraction, and
+    ``per_image``, the settings of each :data:`PER_IMAGE` stage (the seeded image level's
+    without its seed: the model's own seed, which the model stage adds)."""
     out = {dotted.rsplit(".", 1)[-1]: dotted_get(config, dotted) for dotted in _MODEL_READS}
-    out["objects"] = objects_block(out["objects"])
+    per_image = {s: stage_settings(s, config, seed=0) for s in PER_IMAGE}
+    for settings in per_image.values():
+        settings.pop("seed", None)
+    out["per_image"] = per_image
     return out
 
 

@@ -72,3 +72,16 @@ def test_counts_take_an_integer_or_auto():
     bare = {}
     validate(bare, SCHEMA)  # the defaults stay integers
     assert bare["labels"]["n_classes"] == 20 and bare["clustering"]["n_categories"] == 20
+
+
+def test_call_with_settings_passes_the_settings_a_function_takes():
+    from lcseg_steps.runner.settings import call_with_settings
+
+    def step(x, *, k_image, fg_rule="border", threads=1):
+        return x, k_image, fg_rule, threads
+
+    settings = {"k_image": 3, "fg_rule": "attention", "feature": "k", "threads": 4}
+    # what the function does not take is left out; what the caller gives wins
+    assert call_with_settings(step, 1, settings=settings, threads=2) == (1, 3, "attention", 2)
+    with pytest.raises(TypeError):
+        call_with_settings(step, 1, settings={"fg_rule": "border"})  # k_image missing

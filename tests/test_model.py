@@ -266,3 +266,41 @@ def test_a_truncated_model_stops_naming_the_file(model_copy, damage):
         assert "'dataset_centroids', chunk c/0/0" in str(e.value), e.value
         assert "snakemake --forcerun model" in str(e.value), e.value
     assert lcseg(["segment", "--model", str(model_copy), "x.jpg", "-o", "out"]) == 2
+
+
+def test_the_model_records_each_per_image_stages_settings_as_its_rule_got_them(
+    tiny_run, model_path
+):
+    """One home for a per-image option: model.zarr holds the settings each per-image stage
+    recorded in its own store (pipeline.PER_IMAGE), key for key, and segment() passes them
+    to the same library functions."""
+    from lcseg_steps.pipeline import PER_IMAGE
+
+    res = tiny_run / "results" / "tiny"
+    stores = {
+        "image_level": res / "seed0" / "image_level" / "s0000.zarr",
+        "merge": res / "seed0" / "patch_masks" / "s0000.zarr",
+        "refine": res / "seed0" / "pixel_masks" / "s0000.zarr",
+        "objects": res / "seed0" / "objects" / "s0000.zarr",
+    }
+    a = load_model(model_path).attrs
+    assert set(stores) == set(PER_IMAGE)
+    for stage, store in stores.items():
+        assert a[stage] == dict(open_store(store).attrs)["settings"], stage
+
+
+def test_a_version_1_model_still_loads_and_segments_alike(tiny_run, model_copy, model_path):
+    """A model written before format 2 (its image level's and merge's settings without the
+    clustered feature) loads and segments as the same model written today."""
+    doc = json.loads((model_copy / "zarr.json").read_text())
+    attrs = doc["attributes"]
+    for stage in ("image_level", "merge"):
+        attrs[stage].pop("feature")
+    attrs["format_version"] = 1
+    (model_copy / "zarr.json").write_text(json.dumps(doc))
+    image = read_rgb(tiny_run / "results" / "tiny" / "demo" / "JPEGImages" / "demo_0002.jpg")
+    old, new = load_model(model_copy), load_model(model_path)
+    f = new.features(image)
+    a, b = old.segment(image, features=f), new.segment(image, features=f)
+    np.testing.assert_array_equal(a.classes, b.classes)
+    np.testing.assert_array_equal(a.score, b.score)

@@ -18,6 +18,8 @@ import copy
 import os
 from collections.abc import Mapping
 
+from lcseg_steps import pipeline
+
 # the objects settings that lcseg_steps.pipeline derives from other blocks
 _DERIVED_OBJECTS = ("backbone", "device", "feature")
 
@@ -162,16 +164,18 @@ def apply_config(config: Mapping, path: str) -> dict:
     if scene:
         cfg.update(scene_applied_blocks(config, model))
         return cfg
-    il, mg = a["image_level"], a["merge"]
-    cfg["clustering"] = {
-        **cl,
-        "feature": a["feature"],
-        **{k: il[k] for k in ("image_clusterer", "k_image", "fg_rule", "max_iter", "tol")},
-        "device": il["device"],
-        "levels": list(mg["levels"]),
-        "consistency": mg["consistency"],
-        "min_levels": mg["min_levels"],
-    }
+    # each per-image stage's settings back under their dotted keys, as its declaration
+    # reads them (pipeline.PER_IMAGE; objects reads its whole block)
+    cfg["clustering"] = {**cl, "feature": a["feature"]}
+    for stage in pipeline.PER_IMAGE:
+        reads = pipeline.get_stage(stage).reads
+        if callable(reads):
+            continue
+        for dotted in reads:
+            block, _, key = dotted.rpartition(".")
+            if key in a[stage]:
+                cfg[block] = {**cfg.get(block, {}), key: a[stage][key]}
+    cfg["clustering"]["levels"] = list(cfg["clustering"]["levels"])
     # a model written before refine.max_side refines at full resolution, as it did then
     cfg["refine"] = {"max_side": None, **a["refine"]}
     cfg["objects"] = {k: v for k, v in a["objects"].items() if k not in _DERIVED_OBJECTS}

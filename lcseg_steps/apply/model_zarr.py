@@ -39,8 +39,12 @@ from typing import Any
 
 import numpy as np
 
+from lcseg_steps.runner.settings import call_with_settings
+
 FORMAT = "lcseg-model"
-FORMAT_VERSION = 1
+# 2: each per-image stage's settings exactly as its rule gets them (pipeline.PER_IMAGE);
+# a version-1 model lacks only the clustered feature in two of them (_upgrade)
+FORMAT_VERSION = 2
 # what a model is fitted to: a features store, a config or a caller giving other values
 # for any of these cannot use it
 FITTED_TO = ("backbone", "layer", "feature", "patch_size", "long_side")
@@ -324,22 +328,16 @@ class Model:
                 groups=np.full(n, category, dtype=np.int64),
             )
         if "image" in levels:
-            res = lv.image_level(
+            res = call_with_settings(
+                lv.image_level,
                 X,
                 np.array([0, n]),
                 np.array([grid]),
                 f["cls_attn"],
-                k_image=il["k_image"],
-                fg_rule=il["fg_rule"],
-                max_iter=il["max_iter"],
-                tol=il["tol"],
-                seed=il["seed"],
-                device=il["device"],
-                image_clusterer=il["image_clusterer"],
+                settings=il,
             )
             labels["image"], masks["image"] = res["labels"], res["fg"]
-        m = a["merge"]
-        merged, score = lv.merge_masks(masks, m["consistency"], m["min_levels"])
+        merged, score = call_with_settings(lv.merge_masks, masks, settings=a["merge"])
         return Scored(X, grid, masks, labels, merged, score, category)
 
     def refine_job(self, img: np.ndarray, scored: Scored, source=None) -> tuple:
@@ -398,12 +396,11 @@ class Model:
 
         o = self.attrs["objects"]
         split = o["regions"] == "split"
-        regs = object_regions(
+        regs = call_with_settings(
+            object_regions,
             fg,
-            regions=o["regions"],
-            min_region_area=o["min_region_area"],
+            settings=o,
             features_grid=feature_grid.astype(np.float32) if split else None,
-            split=o.get("split"),
         )
         return regs, region_map(regs, fg.shape)
 
@@ -605,9 +602,21 @@ def load_model(
         from lcseg_steps.perimage.backbone import resolve_device
 
         device = resolve_device(attrs.get("device") or "cpu")
+    attrs = _upgrade(attrs)
     # labels.scope scene: a SceneModel (lcseg_steps.apply.scene_model)
     cls = SceneModel if attrs.get("scope") == "scene" else Model
     model = cls(p, attrs, arrays, device=device)
     if expect:
         model.check(**expect)
     return model
+
+
+def _upgrade(attrs: dict) -> dict:
+    """A version-1 model's attrs as version 2 records them: its image level's and merge's
+    settings lacked the clustered feature, which the model records beside them."""
+    if attrs.get("format_version") != 1 or attrs.get("scope") == "scene":
+        return attrs
+    out = dict(attrs)
+    for stage in ("image_level", "merge"):
+        out[stage] = {"feature": attrs["feature"], **attrs[stage]}
+    return out

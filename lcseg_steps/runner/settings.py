@@ -15,6 +15,19 @@ from typing import Any
 AUTO = "auto"  # labels.n_classes, clustering.n_categories: chosen by the eigengap
 
 
+def call_with_settings(fn, *args, settings: Mapping, **given):
+    """``fn(*args, **given)`` plus every entry of a stage's ``settings`` that ``fn`` takes
+    as a parameter of the same name. Below the stage boundary a setting keeps its schema
+    name (``tests/test_schema_names.py``), so a stage's settings as recorded (a store's,
+    a ``model.zarr``'s) reach the library function that uses them with no list of keys to
+    keep in step: a new per-image option needs no edit here or at the callers."""
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    picked = {k: v for k, v in settings.items() if k in params and k not in given}
+    return fn(*args, **picked, **given)
+
+
 def is_auto(count: Any) -> bool:
     """Whether a count key (``labels.n_classes``, ``clustering.n_categories``) is ``auto``."""
     return count == AUTO

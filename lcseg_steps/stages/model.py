@@ -33,9 +33,7 @@ def run_model(
     run: str,
     backbone: Mapping,
     extract: Mapping,
-    clustering: Mapping,
-    refine: Mapping,
-    objects: Mapping,
+    per_image: Mapping[str, Mapping],
     n_classes: int | str,
     seed: int,
     attrs: dict,
@@ -59,7 +57,12 @@ def run_model(
     fact = facts[0]
     arrays: dict[str, np.ndarray] = {}
     digests = {}
-    levels = list(clustering["levels"])
+    # each per-image stage's settings as its rule gets them (the image level's with this
+    # seed): Model.segment passes them to the same functions
+    per_image = {stage: dict(s) for stage, s in per_image.items()}
+    per_image["image_level"]["seed"] = seed
+    feature = per_image["merge"]["feature"]
+    levels = list(per_image["merge"]["levels"])
     if "dataset" in levels:
         ds = open_store(dataset_level)
         arrays["dataset_centroids"] = np.asarray(ds["centroids"][:], dtype=np.float32)
@@ -100,39 +103,24 @@ def run_model(
         },
         **{k: fact[k] for k in EXTRACTION if k != "weights"},
         "qkv_dim": fact["qkv_dim"],
-        "feature": clustering["feature"],
+        "feature": feature,
         "device": extract["device"],
-        "image_level": {
-            "image_clusterer": clustering["image_clusterer"],
-            "k_image": clustering["k_image"],
-            "fg_rule": clustering["fg_rule"],
-            "max_iter": clustering["max_iter"],
-            "tol": clustering["tol"],
-            "device": clustering["device"],
-            "seed": seed,
-        },
-        "merge": {
-            "levels": levels,
-            "consistency": clustering["consistency"],
-            "min_levels": clustering["min_levels"],
-        },
-        "refine": dict(refine),
-        "objects": dict(objects),
+        **per_image,
         "n_classes": n_classes,
         # clusters are unnamed until evaluate matches them to ground truth
         "class_names": None,
         "fitted_digests": digests,
     }
     log(
-        f"model: {fact['backbone']} layer {fact['layer']} feature {clustering['feature']}, "
+        f"model: {fact['backbone']} layer {fact['layer']} feature {feature}, "
         f"levels {levels}, {n_classes} classes, fitted on {n_images} images"
     )
     return write_model(out, arrays, model_attrs)
 
 
 def run(job: Job) -> Path:
-    """The rule ``model`` (settings: the blocks a new image is segmented with, and the
-    seed); its inputs are every shard's features and the fitted stores."""
+    """The rule ``model`` (settings: the backbone, the extraction, the per-image stages'
+    settings and the seed); its inputs are every shard's features and the fitted stores."""
     return run_model(
         job.input.features,
         job.input.get("dataset_level"),
