@@ -23,8 +23,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from lcseg_steps import stage_reads as derive
 from lcseg_steps.runner import resources as res
-from lcseg_steps.runner.settings import is_auto
 
 KINDS = frozenset({"method", "baseline"})
 # ``snakemake apply``: a fitted model.zarr segments new images; the stages it runs carry
@@ -97,73 +97,19 @@ class Stage:
         return next(iter(self.outputs))
 
 
-def _index_settings(config: Mapping) -> dict:
-    """The dataset, and what decides which images extract can take: the resize policy's
-    long side and the backbone's patch size (the backbone itself only when its name does
-    not tell the patch size)."""
-    from lcseg_steps.data.demo import demo_params
-    from lcseg_steps.perimage.backbone import patch_size_of
-
-    bb = config["backbone"]
-    ds = dict(config["dataset"])
-    if "demo" in ds:  # dataset.demo.touching only when set: other runs index as before
-        ds["demo"] = demo_params(ds["demo"])
-    out = {
-        "dataset": ds,
-        "shard_size": config["shard_size"],
-        "long_side": config["extract"]["long_side"],
-        "patch_size": patch_size_of(bb["name"], bb.get("overrides")),
-    }
-    if out["patch_size"] is None:
-        out["backbone"] = {"name": bb["name"], "overrides": bb.get("overrides") or {}}
-    return out
-
-
-def _dataset_sources(config: Mapping) -> dict:
-    """What the index reads: the registered dataset's listing files (the generated tree
-    for demo) and the optional ``dataset.image_list`` file restricting the listing."""
-    from lcseg_steps.data.registry import get_dataset
-
-    ds = config["dataset"]
-    return {
-        "dataset": list(get_dataset(ds["name"]).inputs(ds)),
-        "image_list": ds["image_list"] or [],
-    }
-
-
-def objects_block(objects: Mapping) -> dict:
-    """The ``objects`` block as a stage reads it: ``split`` only with ``regions: split``
-    (its keys change nothing else, so they rerun nothing else)."""
-    out = dict(objects)
-    if out.get("regions") != "split":
-        out.pop("split", None)
-    return out
-
-
-def _objects_settings(config: Mapping) -> dict:
-    """Region and descriptor settings; the backbone matters only for CLS descriptors, the
-    clustered feature for masked-key descriptors and for split regions."""
-    out = objects_block(config["objects"])
-    if out["descriptor"] == "cls":
-        out["backbone"] = config["backbone"]
-        out["device"] = config["extract"]["device"]
-    if out["descriptor"] == "masked_keys" or out["regions"] == "split":
-        out["feature"] = config["clustering"]["feature"]
-    return out
-
-
-_MODEL_READS = ("run", "backbone", "extract", "labels.n_classes")
 # the per-image stages a model.zarr runs on a new image (Model.segment): it records each
 # one's settings exactly as its rule gets them (stage_settings, schema names), and passes
 # them to the same library functions (runner.settings.call_with_settings)
 PER_IMAGE = ("image_level", "merge", "refine", "objects")
+
+_MODEL_READS = ("run", "backbone", "extract", "labels.n_classes")
 
 
 def _model_settings(config: Mapping) -> dict:
     """What a new image is segmented with: the backbone and extraction, and
     ``per_image``, the settings of each :data:`PER_IMAGE` stage (the seeded image level's
     without its seed: the model's own seed, which the model stage adds)."""
-    out = {dotted.rsplit(".", 1)[-1]: dotted_get(config, dotted) for dotted in _MODEL_READS}
+    out = {dotted.rsplit(".", 1)[-1]: derive.dotted_get(config, dotted) for dotted in _MODEL_READS}
     per_image = {s: stage_settings(s, config, seed=0) for s in PER_IMAGE}
     for settings in per_image.values():
         settings.pop("seed", None)
@@ -171,90 +117,12 @@ def _model_settings(config: Mapping) -> dict:
     return out
 
 
-def _reads_with_auto(keys: tuple[str, ...], count: str, auto_keys: tuple[str, ...]):
-    """``keys``, and ``auto_keys`` too when the count key ``count`` is ``auto`` (so that a
-    run with a fixed count does not rerun when only the auto settings change)."""
-
-    def reads(config: Mapping) -> dict:
-        dotted = keys + (auto_keys if is_auto(dotted_get(config, count)) else ())
-        return {d.rsplit(".", 1)[-1]: dotted_get(config, d) for d in dotted}
-
-    return reads
-
-
-def _cluster_env(config: Mapping) -> str:
-    """The k-means rules' env: the one with CuPy when the config asks for CUDA (with
-    ``auto`` a node without CuPy clusters on the CPU)."""
-    if res.uses_cuda(config["clustering"]["device"]):
-        return "../../envs/cluster-gpu.yaml"
-    return "../../envs/cluster.yaml"
-
-
-def scope_of(config: Mapping) -> str:
-    """``labels.scope``: ``objects`` (the paper's, the default) or ``scene`` (every pixel
-    a class, no background; docs/method.md, scene mode)."""
-    return (config.get("labels") or {}).get("scope", "objects")
-
-
-def _objects_scope(config: Mapping) -> bool:
-    return scope_of(config) == "objects"
-
-
-def _scene_scope(config: Mapping) -> bool:
-    return scope_of(config) == "scene"
-
-
-def _has_level(level: str) -> Callable[[Mapping], bool]:
-    def when(config: Mapping) -> bool:
-        return _objects_scope(config) and level in config["clustering"]["levels"]
-
-    return when
-
-
-def _scene_block(config: Mapping) -> dict:
-    """The ``scene`` block as scene mode reads it: ``k_image`` only when the image level
-    runs (``segment_weight`` above 0)."""
-    sc = dict(config["scene"])
-    if sc["segment_weight"] == 0:
-        sc.pop("k_image")
-    return sc
-
-
-def _scene_model_settings(config: Mapping) -> dict:
-    """What a new image is segmented with in scene mode: the run, backbone, extraction,
-    the clustered feature and k-means keys, ``refine``, ``scene`` and the class count."""
-    out = {d.rsplit(".", 1)[-1]: dotted_get(config, d) for d in ("run", "backbone", "extract")}
-    out["clustering"] = {
-        d.rsplit(".", 1)[-1]: dotted_get(config, d) for d in ("clustering.feature", *_KMEANS_KEYS)
-    }
-    out["refine"] = dict(config["refine"])
-    out["scene"] = _scene_block(config)
-    out["n_classes"] = config["labels"]["n_classes"]
-    return out
-
-
-def _scene_levels_settings(config: Mapping) -> dict:
-    """The ``scene`` keys and the image level's k-means keys; ``k_image`` only when the
-    image level runs (``segment_weight`` above 0), so the k-means baseline (weight 0)
-    does not rerun when it changes."""
-    sc = config["scene"]
-    out = {"feature": config["clustering"]["feature"]}
-    if sc["segment_weight"] > 0:
-        out["k_image"] = sc["k_image"]
-    out["segment_weight"] = sc["segment_weight"]
-    out["temperature"] = sc["temperature"]
-    out.update({d.rsplit(".", 1)[-1]: dotted_get(config, d) for d in _KMEANS_KEYS})
-    return out
-
-
-_KMEANS_KEYS = ("clustering.max_iter", "clustering.tol", "clustering.device")
-
 STAGES: tuple[Stage, ...] = (
     Stage(
         "index",
         outputs={"index": "images.tsv", "skipped": "skipped.tsv"},
-        reads=_index_settings,
-        sources=_dataset_sources,
+        reads=derive.index_settings,
+        sources=derive.dataset_sources,
         per_shard=False,
         kinds=APPLIED,
         folder="index",
@@ -279,15 +147,15 @@ STAGES: tuple[Stage, ...] = (
             "clustering.image_clusterer",
             "clustering.k_image",
             "clustering.fg_rule",
-            *_KMEANS_KEYS,
+            *derive.KMEANS_KEYS,
         ),
         inputs=("extract",),
         seeded=True,
         kinds=frozenset({"method", APPLY}),
-        when=_objects_scope,
+        when=derive.objects_scope,
         # each image's k-means start as Model.segment draws it
         applied={"alone": True},
-        env=_cluster_env,
+        env=derive.cluster_env,
         # one thread: on CPU each image's k-means is a few small calls a pass, and a second
         # worker thread mostly waits for the GIL (slower than one); shards run side by side
         threads=1,
@@ -301,21 +169,21 @@ STAGES: tuple[Stage, ...] = (
             "clustering.k_dataset",
             "clustering.fg_vote",
             "clustering.init_sample",
-            *_KMEANS_KEYS,
+            *derive.KMEANS_KEYS,
         ),
         inputs=("extract", "image_level"),
         per_shard=False,
         seeded=True,
         kinds=frozenset({"method"}),
-        when=_has_level("dataset"),
-        env=_cluster_env,
+        when=derive.has_level("dataset"),
+        env=derive.cluster_env,
         threads=2,
         resources=lambda s: s.fit("dataset"),
     ),
     Stage(
         "fit_category",
         outputs={"category_level": "category_level.zarr/"},
-        reads=_reads_with_auto(
+        reads=derive.reads_with_auto(
             (
                 "clustering.feature",
                 "clustering.n_categories",
@@ -323,7 +191,7 @@ STAGES: tuple[Stage, ...] = (
                 "clustering.k_category",
                 "clustering.fg_vote",
                 "clustering.category_fit_sample",
-                *_KMEANS_KEYS,
+                *derive.KMEANS_KEYS,
             ),
             "clustering.n_categories",
             ("clustering.auto_range",),
@@ -332,8 +200,8 @@ STAGES: tuple[Stage, ...] = (
         per_shard=False,
         seeded=True,
         kinds=frozenset({"method"}),
-        when=_has_level("category"),
-        env=_cluster_env,
+        when=derive.has_level("category"),
+        env=derive.cluster_env,
         threads=2,
         resources=lambda s: s.fit("category"),
     ),
@@ -348,7 +216,7 @@ STAGES: tuple[Stage, ...] = (
         ),
         inputs=("extract", "image_level", "fit_dataset", "fit_category"),
         kinds=frozenset({"method", APPLY}),
-        when=_objects_scope,
+        when=derive.objects_scope,
         env="../../envs/cluster.yaml",
         resources=lambda s: s.shard(512, 64, 2, 0.01),
     ),
@@ -383,7 +251,7 @@ STAGES: tuple[Stage, ...] = (
         ),
         inputs=("index", "merge"),
         kinds=APPLIED,
-        when=_objects_scope,
+        when=derive.objects_scope,
         env="../../envs/crf.yaml",
         threads=2,
         resources=lambda s: s.shard(1024, 256, 2, 1.0),
@@ -391,10 +259,10 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "objects",
         outputs={"objects": "objects/{shard}.zarr/"},
-        reads=_objects_settings,
+        reads=derive.objects_settings,
         inputs=("index", "refine", "extract"),
         kinds=APPLIED,
-        when=_objects_scope,
+        when=derive.objects_scope,
         env="../../envs/torch.yaml",
         threads=2,
         resources=res.objects_resources,
@@ -402,7 +270,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "assign",
         outputs={"classes": "classes.zarr/"},
-        reads=_reads_with_auto(
+        reads=derive.reads_with_auto(
             (
                 "labels.n_classes",
                 "labels.class_clusterer",
@@ -415,7 +283,7 @@ STAGES: tuple[Stage, ...] = (
         inputs=("objects",),
         per_shard=False,
         seeded=True,
-        when=_objects_scope,
+        when=derive.objects_scope,
         env="../../envs/cluster.yaml",
         threads=2,
         resources=res.assign_resources,
@@ -427,7 +295,7 @@ STAGES: tuple[Stage, ...] = (
         outputs={"semantic": "semantic/{shard}.zarr/", "pred": "pred/{shard}/"},
         inputs=("objects", "assign"),
         kinds=APPLIED,
-        when=_objects_scope,
+        when=derive.objects_scope,
         resources=lambda s: s.shard(512, 256, 2, 0.1),
     ),
     # scene mode (labels.scope: scene, docs/method.md): every pixel a class, no
@@ -440,28 +308,28 @@ STAGES: tuple[Stage, ...] = (
             "clustering.feature",
             "labels.n_classes",
             "clustering.init_sample",
-            *_KMEANS_KEYS,
+            *derive.KMEANS_KEYS,
         ),
         inputs=("extract",),
         per_shard=False,
         seeded=True,
         kinds=frozenset({"method"}),
-        when=_scene_scope,
-        env=_cluster_env,
+        when=derive.scene_scope,
+        env=derive.cluster_env,
         threads=2,
         resources=lambda s: s.fit("dataset"),
     ),
     Stage(
         "scene_levels",
         outputs={"scene_levels": "scene_levels/{shard}.zarr/"},
-        reads=_scene_levels_settings,
+        reads=derive.scene_levels_settings,
         inputs=("extract", "scene_dataset"),
         seeded=True,
         kinds=frozenset({"method", APPLY}),
-        when=_scene_scope,
+        when=derive.scene_scope,
         # each image's k-means start as SceneModel.segment draws it
         applied={"alone": True},
-        env=_cluster_env,
+        env=derive.cluster_env,
         resources=lambda s: s.shard(1024, 2 * s.feature_kb_per_image(), 2, 0.2),
     ),
     # the semantic maps and PNGs where segment writes them, for evaluate and the report
@@ -485,7 +353,7 @@ STAGES: tuple[Stage, ...] = (
         inputs=("index", "scene_levels"),
         kinds=frozenset({"method", APPLY}),
         stands_for="segment",
-        when=_scene_scope,
+        when=derive.scene_scope,
         env="../../envs/crf.yaml",
         threads=2,
         resources=lambda s: s.shard(1024, 256, 2, 1.0),
@@ -495,12 +363,12 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "scene_model",
         outputs={"model": "model.zarr/"},
-        reads=_scene_model_settings,
+        reads=derive.scene_model_settings,
         inputs=("extract", "scene_dataset"),
         per_shard=False,
         seeded=True,
         kinds=frozenset({"method"}),
-        when=_scene_scope,
+        when=derive.scene_scope,
         resources=lambda s: s.whole(1024, 2, 5, 0.01),
         target="run",
     ),
@@ -515,7 +383,7 @@ STAGES: tuple[Stage, ...] = (
         seeded=True,
         kinds=frozenset({"method"}),
         # no model of scene mode yet (labels.scope: scene)
-        when=_objects_scope,
+        when=derive.objects_scope,
         resources=lambda s: s.whole(1024, 2, 5, 0.01),
         # not in the analysis: its variants compare scores and need no model each
         target="run",
@@ -561,15 +429,6 @@ def split_ref(ref: str) -> tuple[str, str]:
 # --- settings -------------------------------------------------------------------------
 
 
-def dotted_get(config: Mapping, dotted: str) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            raise KeyError(dotted)
-        node = node[part]
-    return node
-
-
 def stage_settings(stage: str, config: Mapping, seed: int | None = None) -> dict[str, Any]:
     """``stage``'s settings under ``config``: the keys it reads, each under its schema
     name, plus ``seed`` for a seeded stage. A rule passes them as ``params.settings``, so
@@ -579,7 +438,7 @@ def stage_settings(stage: str, config: Mapping, seed: int | None = None) -> dict
     if callable(s.reads):
         out = s.reads(config)
     else:
-        out = {dotted.rsplit(".", 1)[-1]: dotted_get(config, dotted) for dotted in s.reads}
+        out = {dotted.rsplit(".", 1)[-1]: derive.dotted_get(config, dotted) for dotted in s.reads}
     if s.seeded:
         if seed is None:
             raise ValueError(f"stage {stage!r} is seeded: give its seed")

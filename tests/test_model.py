@@ -133,8 +133,7 @@ def test_a_photo_is_segmented_as_viewers_show_it(tiny_run, model_path, tmp_path)
 def test_the_working_resolution_comes_from_the_model(tiny_run, model_copy):
     """segment refines at the model's refine.max_side; a model written before the key
     refines at full resolution, as it did then."""
-    from lcseg_steps.apply.model_zarr import refine_max_side
-    from lcseg_steps.perimage.crf import CRFParams, refine_mask
+    from lcseg_steps.perimage.crf import CRFParams, refine_mask, refine_max_side
 
     image = read_rgb(tiny_run / "results" / "tiny" / "demo" / "JPEGImages" / "demo_0001.jpg")
     refine = dict(load_model(model_copy).attrs["refine"])
@@ -160,8 +159,7 @@ def test_a_large_jpeg_is_refined_from_a_reduced_decode(tiny_run, model_copy, tmp
     segment`` alike (``--jobs`` 1 and 2); the mask has the full size."""
     import cv2
 
-    from lcseg_steps.apply.model_zarr import refine_foreground
-    from lcseg_steps.perimage.crf import refine_input
+    from lcseg_steps.perimage.crf import refine_foreground, refine_input
 
     image = read_rgb(tiny_run / "results" / "tiny" / "demo" / "JPEGImages" / "demo_0001.jpg")
     image = cv2.resize(image, (image.shape[1] * 4, image.shape[0] * 4))

@@ -130,10 +130,13 @@ def test_split_and_touching_reach_the_stages_only_when_set():
     cfg = default_config()
     assert "touching" not in stage_settings("index", cfg)["dataset"]["demo"]
     assert "split" not in stage_settings("objects", cfg)
-    assert "split" not in stage_settings("model", cfg, seed=0)["objects"]
+    assert "split" not in stage_settings("model", cfg, seed=0)["per_image"]["objects"]
     cfg["objects"]["regions"] = "split"
     cfg["dataset"]["demo"]["touching"] = 0.5
     assert stage_settings("index", cfg)["dataset"]["demo"]["touching"] == 0.5
     objects = stage_settings("objects", cfg)
     assert objects["split"] == cfg["objects"]["split"] and objects["feature"] == "k"
-    assert stage_settings("model", cfg, seed=0)["objects"]["split"] == cfg["objects"]["split"]
+    assert (
+        stage_settings("model", cfg, seed=0)["per_image"]["objects"]["split"]
+        == cfg["objects"]["split"]
+    )

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lcseg_steps import pipeline
-from lcseg_steps.pipeline import dotted_get
 from lcseg_steps.runner.settings import check_config, settings_digest
+from lcseg_steps.stage_reads import dotted_get, scope_of
 
 # keys an axis or a variant may not change: they define the images and the run itself
 FIXED = ("run", "dataset", "shard_size", "seeds", "analysis", "report")
@@ -153,7 +153,7 @@ def variants(config: Mapping, validate: Callable[[dict], Any] = lambda c: None) 
     for i, item in enumerate(spec["variants"]):
         where = f"analysis.variants[{i}] ({item['name']})"
         out.append(_variant(item["name"], "method", flatten(item["set"]), base, validate, where))
-    if spec["baselines"] and pipeline.scope_of(base) == "scene":
+    if spec["baselines"] and scope_of(base) == "scene":
         raise ValueError(
             f"analysis.baselines {list(spec['baselines'])} are foreground masks, which "
             "labels.scope scene has none of: set analysis.baselines to [] (scene mode's "

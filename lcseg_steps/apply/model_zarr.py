@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from lcseg_steps.perimage.crf import refine_foreground, refine_max_side
 from lcseg_steps.runner.settings import call_with_settings
 
 FORMAT = "lcseg-model"
@@ -491,36 +492,6 @@ class SceneModel(Model):
         from lcseg_steps.apply.scene_model import scene_summary
 
         return scene_summary(self)
-
-
-def refine_foreground(
-    image: np.ndarray,
-    score_grid: np.ndarray,
-    refine: Mapping,
-    size: tuple[int, int] | None = None,
-) -> np.ndarray:
-    """Step 5 of :meth:`Model.segment`: the ``(gh, gw)`` patch score of an ``(H, W, 3)``
-    image -> its ``(H, W)`` uint8 refined foreground (``crf.refine_mask`` with the
-    model's ``refine`` settings; ``size``: the full ``(H, W)`` when ``image`` is a reduced
-    copy, :meth:`Model.refine_job`). A top-level function, so that a process pool can run
-    it (the dense CRF is single-threaded)."""
-    from lcseg_steps.perimage.crf import CRFParams, refine_mask
-
-    return refine_mask(
-        image,
-        score_grid,
-        crf=refine["crf"],
-        threshold=refine["threshold"],
-        params=CRFParams(**{k: refine[k] for k in CRFParams.__dataclass_fields__}),
-        max_side=refine_max_side(refine),
-        size=size,
-    )
-
-
-def refine_max_side(refine: Mapping) -> int | None:
-    """The working resolution (``refine.max_side``) of a model's refine block. A model
-    written before the key existed refines at full resolution (None), as it did then."""
-    return refine.get("max_side")
 
 
 def _as_image(image) -> np.ndarray:

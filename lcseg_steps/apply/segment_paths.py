@@ -139,7 +139,7 @@ class _Refiner:
     def submit(self, args: tuple) -> Callable[[], np.ndarray]:
         """Start ``refine_foreground(*args)`` (``Model.refine_job``); returns what waits for
         the ``(H, W)`` foreground."""
-        from lcseg_steps.apply.model_zarr import refine_foreground
+        from lcseg_steps.perimage.crf import refine_foreground
 
         if self.pool is None:
             return lambda: refine_foreground(*args)

@@ -27,6 +27,7 @@ The CRF parameters (``CRFParams``, the ``refine`` config keys) default to values
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import cv2
@@ -157,3 +158,31 @@ def refine_mask(
         return mask
     del prob, image
     return cv2.resize(mask, (full[1], full[0]), interpolation=cv2.INTER_NEAREST_EXACT)
+
+
+def refine_max_side(refine: Mapping) -> int | None:
+    """The working resolution (``refine.max_side``) of a model's refine block. A model
+    written before the key existed refines at full resolution (None), as it did then."""
+    return refine.get("max_side")
+
+
+def refine_foreground(
+    image: np.ndarray,
+    score_grid: np.ndarray,
+    refine: Mapping,
+    size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """The ``(gh, gw)`` patch score of an ``(H, W, 3)`` image -> its ``(H, W)`` uint8
+    refined foreground: :func:`refine_mask` with the ``refine`` stage's settings as recorded
+    (a model's ``refine``); ``size``: the full ``(H, W)`` when ``image`` is a reduced copy
+    (``Model.refine_job``). Step 5 of ``Model.segment``; a top-level function, so that a
+    process pool can run it (the dense CRF is single-threaded)."""
+    return refine_mask(
+        image,
+        score_grid,
+        crf=refine["crf"],
+        threshold=refine["threshold"],
+        params=CRFParams(**{k: refine[k] for k in CRFParams.__dataclass_fields__}),
+        max_side=refine_max_side(refine),
+        size=size,
+    )

@@ -31,8 +31,8 @@ from lcseg_steps.evaluation.protocols import HEADLINE, protocol_metrics
 from lcseg_steps.evaluation.protocols_scene import protocol_accumulator
 from lcseg_steps.evaluation.scoring import json_ready, scores
 from lcseg_steps.figures.plots import figure
-from lcseg_steps.pipeline import scope_of
 from lcseg_steps.runner.settings import is_auto, settings_digest
+from lcseg_steps.stage_reads import scope_of
 from lcseg_steps.stores.layout import extraction_facts, open_store, pixel_map, records_in_order
 
 if TYPE_CHECKING:

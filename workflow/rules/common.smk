@@ -7,6 +7,7 @@ from lcseg_steps.data.registry import get_dataset
 from lcseg_steps.data.listing_cache import count_images
 from lcseg_steps.runner.resources import Sizing
 from lcseg_steps.runner.settings import check_config, is_auto
+from lcseg_steps.stage_reads import scope_of
 
 validate(config, schema="../schemas/config.schema.yaml")
 check_config(config)  # keys that contradict each other, before any job runs
@@ -168,7 +169,7 @@ def scored_report_inputs(path_of, seed, shards, results, has_gt, cfg=None):
     def first_seed(stage, output):
         return expand(path_of(stage, output), seed=seed, shard=shards)
 
-    if pipeline.scope_of(config if cfg is None else cfg) == "scene":
+    if scope_of(config if cfg is None else cfg) == "scene":
         # scene mode: the levels' store in place of the patch masks, no pixel masks
         # (the semantic maps are the refined result) and no regions
         semantic = first_seed("scene_refine", "semantic")
