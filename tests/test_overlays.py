@@ -132,3 +132,19 @@ def test_png_data_uri_shrinks_to_the_thumbnail_size():
     assert back.shape == (256, 192, 3) and back[0, 0].tolist() == [0, 0, 200]  # BGR
     with pytest.raises(ValueError, match="uint8 RGB"):
         png_data_uri(np.zeros((4, 4), np.uint8))
+
+
+def test_draw_zero_colours_class_0_as_any_other_class():
+    """Scene mode: label 0 is a class, blended with its palette colour and listed in the
+    legend; by default it is background, left as the picture and out of the legend."""
+    img = np.full((2, 2, 3), 100, np.uint8)
+    labels = np.array([[0, 1], [0, 1]], np.uint8)
+    palette = np.zeros((256, 3), np.uint8)
+    palette[0], palette[1] = (200, 0, 0), (0, 200, 0)
+    plain = overlay(img, labels, palette)
+    drawn = overlay(img, labels, palette, draw_zero=True)
+    np.testing.assert_array_equal(plain[:, 0], img[:, 0])
+    np.testing.assert_array_equal(drawn[:, 0], np.full((2, 3), (150, 50, 50)))
+    np.testing.assert_array_equal(drawn[:, 1], plain[:, 1])
+    names = [n for n, _ in label_legend(labels, palette, str, draw_zero=True)]
+    assert names == ["0", "1"] and [n for n, _ in label_legend(labels, palette, str)] == ["1"]

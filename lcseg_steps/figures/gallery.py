@@ -63,6 +63,10 @@ SCENE_PANELS = (
 )
 
 
+# scene mode's colour of class 0 (the VOC palette's 0 is background black)
+SCENE_ZERO_RGB = (255, 160, 40)
+
+
 def gallery_panels(
     record: ImageRecord,
     patch_masks,
@@ -86,6 +90,13 @@ def gallery_panels(
     from lcseg_steps.data.palette import voc_palette
 
     palette = voc_palette()
+    # scene mode (its pixel_masks hold no binary mask): every pixel has a class, 0 among
+    # them, drawn in a colour of its own rather than left as background
+    every_pixel = "mask" not in pixel_masks
+    if every_pixel:
+        palette = palette.copy()
+        palette[0] = SCENE_ZERO_RGB
+    zero = {"draw_zero": every_pixel}
     # a large JPEG decoded at a reduced scale that stays above GALLERY_WORK_SIDE
     img, (height, width) = read_record_reduced(record, GALLERY_WORK_SIDE)
     # legends from the full-size maps, pictures drawn at most GALLERY_WORK_SIDE px
@@ -102,9 +113,9 @@ def gallery_panels(
     gt = load_ground_truth(record)
     if gt is not None:
         legend = label_legend(
-            gt, palette, lambda i: _class_name(class_names, i), "void (unlabelled)"
+            gt, palette, lambda i: _class_name(class_names, i), "void (unlabelled)", **zero
         )
-        panels.append(("ground truth", overlay(img, shown(gt), palette), legend))
+        panels.append(("ground truth", overlay(img, shown(gt), palette, **zero), legend))
     for name in ("mask_dataset", "mask_category", "mask_image", "merged", "score"):
         if name in patch_masks:
             grid = image_grid_array(patch_masks, name, i_patch).astype(np.float32)
@@ -115,8 +126,8 @@ def gallery_panels(
         if name in patch_masks:
             grid = image_grid_array(patch_masks, name, i_patch).astype(np.uint8)
             up = cv2.resize(grid, (w, h), interpolation=cv2.INTER_NEAREST)
-            legend = label_legend(up, palette, lambda i, what=what: f"{what} {i}")
-            panels.append((caption, overlay(img, up, palette), legend))
+            legend = label_legend(up, palette, lambda i, what=what: f"{what} {i}", **zero)
+            panels.append((caption, overlay(img, up, palette, **zero), legend))
     # a scene run's pixel_masks are its semantic maps (no binary mask): shown below
     if "mask" in pixel_masks:
         refined = pixel_map(pixel_masks, "mask", i_pix)
@@ -133,8 +144,8 @@ def gallery_panels(
         legend = [(f"{n} region(s)", css_rgb(MASK_RGB)), ("region outlines", "#ffffff")]
         panels.append(("regions (split)", region_outlines(img, shown(regions)), legend))
     pred = pixel_map(semantic, "semantic", i_sem)
-    legend = label_legend(pred, palette, lambda i: f"cluster {i}")
-    panels.append(("prediction (cluster ids)", overlay(img, shown(pred), palette), legend))
+    legend = label_legend(pred, palette, lambda i: f"cluster {i}", **zero)
+    panels.append(("prediction (cluster ids)", overlay(img, shown(pred), palette, **zero), legend))
     if mapping is not None:
         matched = matched_labels(pred, mapping)
         clusters: dict[int, list[int]] = {}
@@ -146,11 +157,11 @@ def gallery_panels(
             which = "cluster" if len(ids) == 1 else "clusters"
             return f"{_class_name(class_names, i)} ({which} {', '.join(map(str, ids))})"
 
-        legend = label_legend(matched, palette, name_of, "unmatched cluster")
+        legend = label_legend(matched, palette, name_of, "unmatched cluster", **zero)
         panels.append(
             (
                 f"prediction matched to classes ({matching})",
-                overlay(img, shown(matched), palette),
+                overlay(img, shown(matched), palette, **zero),
                 legend,
             )
         )

@@ -30,14 +30,20 @@ def _blend(base: np.ndarray, colour: np.ndarray, weight: np.ndarray | float) -> 
 
 
 def overlay(
-    image: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: float = 0.5
+    image: np.ndarray,
+    labels: np.ndarray,
+    palette: np.ndarray,
+    alpha: float = 0.5,
+    *,
+    draw_zero: bool = False,
 ) -> np.ndarray:
     """Class labels drawn over an image.
 
     image ``(H, W, 3)`` uint8 RGB, labels ``(H, W)`` integer ids in ``[0, 255]``, palette
     ``(256, 3)`` uint8 -> ``(H, W, 3)`` uint8. Label 0 (background) leaves the pixel
-    unchanged; label c in 1..254 becomes ``round((1 - alpha) * pixel + alpha *
-    palette[c])``; 255 (void) is blended the same way with white.
+    unchanged, unless ``draw_zero`` (scene mode: 0 is a class like the others); label c
+    in 1..254 becomes ``round((1 - alpha) * pixel + alpha * palette[c])``; 255 (void) is
+    blended the same way with white.
     """
     image = _check_image(image)
     labels = np.asarray(labels)
@@ -55,7 +61,7 @@ def overlay(
     colours = palette.astype(np.float64)
     colours[VOID] = VOID_RGB
     out = image.copy()
-    drawn = labels != 0
+    drawn = labels != 0 if not draw_zero else np.ones(labels.shape, dtype=bool)
     out[drawn] = _blend(image[drawn], colours[labels[drawn]], alpha)
     return out
 
@@ -157,10 +163,12 @@ def label_legend(
     palette: np.ndarray,
     name_of,
     void: str = "void",
+    *,
+    draw_zero: bool = False,
 ) -> list[tuple[str, str | None]]:
     """The legend of an ``overlay``: one ``(name_of(id), palette colour)`` per label id
-    present in ``labels`` (ascending), background 0 left out (it is not drawn), 255 as
-    ``void`` in white; a map of background only says so."""
+    present in ``labels`` (ascending), background 0 left out (it is not drawn) unless
+    ``draw_zero``, 255 as ``void`` in white; a map of background only says so."""
     legend: list[tuple[str, str | None]] = []
     labels = np.asarray(labels)
     if labels.dtype == np.uint8 and labels.size:  # a histogram: no sort, no int64 copy
@@ -170,7 +178,7 @@ def label_legend(
     else:
         ids = np.unique(labels).tolist()
     for i in ids:
-        if i == 0:
+        if i == 0 and not draw_zero:
             continue
         legend.append((void, "#ffffff") if i == VOID else (name_of(i), css_rgb(palette[i])))
     return legend or [("background only: nothing drawn", None)]
