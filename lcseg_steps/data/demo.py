@@ -237,29 +237,49 @@ def generate_demo(
         raise ValueError(
             f"dataset.demo: need 1 <= min_size <= max_size, got {min_size}, {max_size}"
         )
-    base = Path(root)
-    (base / "JPEGImages").mkdir(parents=True, exist_ok=True)
-    (base / "SegmentationClass").mkdir(parents=True, exist_ok=True)
-    (base / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
-    ids = demo_ids(n_images)
-    for i, image_id in enumerate(ids):
+
+    def render(i: int) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng([seed, i])
         # a stream of its own: the image's generator draws nothing more for the choice
         touch = touching > 0 and np.random.default_rng([seed, i, 1]).random() < touching
         rgb, labels, _ = render_demo_image(rng, min_size, max_size, touch)
+        return rgb, labels
+
+    ids = write_voc_layout(root, n_images, render, "demo", log)
+    log(f"demo: {n_images} images ({len(DEMO_CLASSES)} classes) written to {root}")
+    return ids
+
+
+def write_voc_layout(
+    root: str | os.PathLike,
+    n_images: int,
+    render: Callable[[int], tuple[np.ndarray, np.ndarray]],
+    what: str,
+    log: Callable[[str], None] = print,
+) -> list[str]:
+    """A generated dataset in VOC layout under ``root``: image ``i`` of ``render(i)``
+    (``(H, W, 3)`` uint8 RGB, ``(H, W)`` uint8 labels) as ``JPEGImages/<id>.jpg`` and the
+    palette PNG ``SegmentationClass/<id>.png``, and the ids (``demo_ids``) in
+    ``ImageSets/Segmentation/val.txt``. ``what`` names the dataset in errors and
+    progress."""
+    base = Path(root)
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    ids = demo_ids(n_images)
+    for i, image_id in enumerate(ids):
+        rgb, labels = render(i)
         jpg = base / "JPEGImages" / f"{image_id}.jpg"
         ok = cv2.imwrite(
             str(jpg), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
         )
         if not ok:
-            raise OSError(f"{jpg}: could not write the demo image")
+            raise OSError(f"{jpg}: could not write the {what} image")
         write_label_png(base / "SegmentationClass" / f"{image_id}.png", labels)
         if (i + 1) % 100 == 0:
-            log(f"demo: {i + 1}/{n_images} images written")
+            log(f"{what}: {i + 1}/{n_images} images written")
     (base / "ImageSets" / "Segmentation" / "val.txt").write_text(
         "".join(f"{i}\n" for i in ids), encoding="utf-8"
     )
-    log(f"demo: {n_images} images ({len(DEMO_CLASSES)} classes) written to {base}")
     return ids
 
 

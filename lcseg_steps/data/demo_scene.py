@@ -18,21 +18,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 import cv2
 import numpy as np
 
 from lcseg_steps.data.demo import (
     DEMO_CLASSES,
-    JPEG_QUALITY,
     _draw_size,
     _shape_mask,
     _texture,
-    demo_ids,
     list_demo,
+    write_voc_layout,
 )
-from lcseg_steps.data.palette import owns_label_png, read_gt_png, write_label_png
+from lcseg_steps.data.palette import owns_label_png, read_gt_png
 from lcseg_steps.data.records import Dataset
 
 STUFF_CLASSES = ["sky", "grass", "road", "water"]
@@ -152,23 +150,13 @@ def generate_demo_scene(
         raise ValueError(
             f"dataset.demo: need 1 <= min_size <= max_size, got {min_size}, {max_size}"
         )
-    base = Path(root)
-    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
-        (base / sub).mkdir(parents=True, exist_ok=True)
-    ids = demo_ids(n_images)
-    for i, image_id in enumerate(ids):
+
+    def render(i: int) -> tuple[np.ndarray, np.ndarray]:
         rgb, labels, _ = render_scene_image(np.random.default_rng([seed, i]), min_size, max_size)
-        jpg = base / "JPEGImages" / f"{image_id}.jpg"
-        ok = cv2.imwrite(
-            str(jpg), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
-        )
-        if not ok:
-            raise OSError(f"{jpg}: could not write the scene demo image")
-        write_label_png(base / "SegmentationClass" / f"{image_id}.png", labels)
-    (base / "ImageSets" / "Segmentation" / "val.txt").write_text(
-        "".join(f"{i}\n" for i in ids), encoding="utf-8"
-    )
-    log(f"demo_scene: {n_images} images ({len(SCENE_CLASSES)} classes) written to {base}")
+        return rgb, labels
+
+    ids = write_voc_layout(root, n_images, render, "demo_scene", log)
+    log(f"demo_scene: {n_images} images ({len(SCENE_CLASSES)} classes) written to {root}")
     return ids
 
 
