@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
+from lcseg_steps.clustering.backend import import_torch_cast_if_worth
 from lcseg_steps.clustering.graph_split import METHODS as GRAPH_METHODS
 from lcseg_steps.clustering.graph_split import bipartition_images
 from lcseg_steps.clustering.kmeans import (
@@ -19,6 +20,7 @@ from lcseg_steps.clustering.kmeans import (
     NonFiniteError,
     kmeans_groups,
     kmeans_ranges,
+    kmeans_stream,
     l2_normalize,
     nearest_centroid,
 )
@@ -307,3 +309,53 @@ def check_levels(levels: Sequence[str]) -> list[str]:
     if bad or not levels:
         raise ValueError(f"clustering.levels must be a non-empty subset of {LEVELS}, got {levels}")
     return [lv for lv in LEVELS if lv in levels]
+
+
+# ---------------------------------------------------------------------------------------
+# dataset level: every shard's patches, streamed
+
+
+def fit_feature_shards(
+    shards: Sequence[tuple],
+    feature: str,
+    k: int,
+    *,
+    init_sample: int | None,
+    max_iter: int,
+    tol: float,
+    seed: int,
+    device: str,
+    threads: int = 1,
+    log: Callable[[str], None] = print,
+):
+    """Cosine k-means of every shard's patch rows, streamed block by block
+    (``kmeans_stream``) -> its ``KMeansResult`` (centroids ``(k, D)``, labels ``(N,)`` in
+    shard order). ``shards``: ``stores.layout.feature_shards``' ``(path, store, array)``.
+    Non-finite rows raise the error of the store that holds them (``check_finite``)."""
+    from lcseg_steps.stores.layout import check_finite, iter_row_blocks
+
+    n_rows = sum(a.shape[0] for _, _, a in shards)
+    # on NumPy kmeans_stream keeps rows as stored and casts every row every pass
+    import_torch_cast_if_worth(n_rows * shards[0][2].shape[1] * max(1, max_iter))
+
+    def blocks():
+        for _, _, arr in shards:
+            yield from iter_row_blocks(arr, lazy=True)
+
+    try:
+        return kmeans_stream(
+            blocks,
+            k,
+            init_sample=init_sample,
+            max_iter=max_iter,
+            tol=tol,
+            seed=seed,
+            device=device,
+            log=log,
+            threads=threads,  # the fit's last pass labels every row: no second read
+        )
+    except NonFiniteError:
+        # the fit checks every row but cannot say in which store; find it (error path only)
+        for path, store, _ in shards:
+            check_finite(store, path, feature)
+        raise

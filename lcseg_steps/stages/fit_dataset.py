@@ -12,15 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lcseg_steps.clustering import levels as lv
-from lcseg_steps.clustering.backend import import_torch_cast_if_worth
-from lcseg_steps.clustering.kmeans import NonFiniteError, kmeans_stream
-from lcseg_steps.stores.layout import (
-    check_finite,
-    feature_shards,
-    iter_row_blocks,
-    read_fg,
-    write_store,
-)
+from lcseg_steps.stores.layout import feature_shards, read_fg, write_store
 
 if TYPE_CHECKING:
     from lcseg_steps.runner.adapter import Job
@@ -49,30 +41,18 @@ def run_fit_dataset(
     shards = feature_shards(features, feature)
     n_rows = sum(a.shape[0] for _, _, a in shards)
     log(f"fit_dataset: {n_rows} patches in {len(shards)} shards, k={k_dataset}")
-    # on NumPy kmeans_stream keeps rows as stored and casts every row every pass
-    import_torch_cast_if_worth(n_rows * shards[0][2].shape[1] * max(1, max_iter))
-
-    def blocks():
-        for _, _, arr in shards:
-            yield from iter_row_blocks(arr, lazy=True)
-
-    try:
-        fit = kmeans_stream(
-            blocks,
-            k_dataset,
-            init_sample=init_sample,
-            max_iter=max_iter,
-            tol=tol,
-            seed=seed,
-            device=device,
-            log=log,
-            threads=threads,  # the fit's last pass labels every row: no second read
-        )
-    except NonFiniteError:
-        # the fit checks every row but cannot say in which store; find it (error path only)
-        for path, store, _ in shards:
-            check_finite(store, path, feature)
-        raise
+    fit = lv.fit_feature_shards(
+        shards,
+        feature,
+        k_dataset,
+        init_sample=init_sample,
+        max_iter=max_iter,
+        tol=tol,
+        seed=seed,
+        device=device,
+        threads=threads,
+        log=log,
+    )
     counts = np.zeros((k_dataset, 2), dtype=np.int64)
     start = 0
     for (_, _, arr), il in zip(shards, image_levels, strict=True):

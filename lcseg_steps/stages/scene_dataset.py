@@ -12,10 +12,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lcseg_steps.clustering.backend import import_torch_cast_if_worth
-from lcseg_steps.clustering.kmeans import NonFiniteError, kmeans_stream
+from lcseg_steps.clustering.levels import fit_feature_shards
 from lcseg_steps.clustering.scene import check_n_classes
-from lcseg_steps.stores.layout import check_finite, feature_shards, iter_row_blocks, write_store
+from lcseg_steps.stores.layout import feature_shards, write_store
 
 if TYPE_CHECKING:
     from lcseg_steps.runner.adapter import Job
@@ -47,28 +46,18 @@ def run_scene_dataset(
         raise ValueError(
             f"scene_dataset: {n_rows} patches cannot form labels.n_classes={n_classes} classes"
         )
-    import_torch_cast_if_worth(n_rows * shards[0][2].shape[1] * max(1, max_iter))
-
-    def blocks():
-        for _, _, arr in shards:
-            yield from iter_row_blocks(arr, lazy=True)
-
-    try:
-        fit = kmeans_stream(
-            blocks,
-            n_classes,
-            init_sample=init_sample,
-            max_iter=max_iter,
-            tol=tol,
-            seed=seed,
-            device=device,
-            log=log,
-            threads=threads,
-        )
-    except NonFiniteError:
-        for path, store, _ in shards:
-            check_finite(store, path, feature)
-        raise
+    fit = fit_feature_shards(
+        shards,
+        feature,
+        n_classes,
+        init_sample=init_sample,
+        max_iter=max_iter,
+        tol=tol,
+        seed=seed,
+        device=device,
+        threads=threads,
+        log=log,
+    )
     counts = np.bincount(np.asarray(fit.labels, dtype=np.int64), minlength=n_classes)
     log(
         f"scene_dataset: objective {fit.objective:.4f} after {fit.n_iter} iterations; "
