@@ -14,13 +14,10 @@ import numpy as np
 from lcseg_steps.apply.model_zarr import write_model
 from lcseg_steps.clustering.class_clustering import class_prototypes
 from lcseg_steps.clustering.kmeans import l2_normalize
-from lcseg_steps.stores.layout import open_store, read_ids
+from lcseg_steps.stores.layout import extraction_attrs, open_store, read_ids
 
 if TYPE_CHECKING:
     from lcseg_steps.runner.adapter import Job
-
-# the extraction facts of the features stores that a model records (and checks)
-EXTRACTION = ("weights", "weights_warning", "layer", "patch_size", "long_side", "precision")
 
 
 def run_model(
@@ -46,15 +43,7 @@ def run_model(
     used: the resolved weights and precision), not from the config.
     """
     stores = [open_store(p) for p in features]
-    facts = [
-        {k: dict(s.attrs).get(k) for k in (*EXTRACTION, "backbone", "qkv_dim")} for s in stores
-    ]
-    if any(f != facts[0] for f in facts[1:]):
-        raise ValueError(
-            f"features stores were extracted differently ({facts[0]} vs another shard); "
-            "rerun extract"
-        )
-    fact = facts[0]
+    fitted_on = extraction_attrs(stores, backbone)
     arrays: dict[str, np.ndarray] = {}
     digests = {}
     # each per-image stage's settings as its rule gets them (the image level's with this
@@ -88,21 +77,12 @@ def run_model(
     digests["classes"] = cl.attrs.get("settings_digest")
     # labels.n_classes may be auto: the count assign chose is its prototypes' rows
     n_classes = int(arrays["class_prototypes"].shape[0])
-    n_images = sum(int(s["image_ids"].shape[0]) for s in stores)
     model_attrs = {
         **attrs,
         "stage": "model",
         "run": run,
         "seed": seed,
-        "n_images": n_images,
-        "backbone": {
-            "name": fact["backbone"],
-            "weights": fact["weights"],
-            "seed": backbone["seed"],
-            "overrides": dict(backbone["overrides"] or {}),
-        },
-        **{k: fact[k] for k in EXTRACTION if k != "weights"},
-        "qkv_dim": fact["qkv_dim"],
+        **fitted_on,
         "feature": feature,
         "device": extract["device"],
         **per_image,
@@ -112,8 +92,8 @@ def run_model(
         "fitted_digests": digests,
     }
     log(
-        f"model: {fact['backbone']} layer {fact['layer']} feature {feature}, "
-        f"levels {levels}, {n_classes} classes, fitted on {n_images} images"
+        f"model: {fitted_on['backbone']['name']} layer {fitted_on['layer']} feature {feature}, "
+        f"levels {levels}, {n_classes} classes, fitted on {fitted_on['n_images']} images"
     )
     return write_model(out, arrays, model_attrs)
 

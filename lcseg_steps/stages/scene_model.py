@@ -14,13 +14,10 @@ import numpy as np
 
 from lcseg_steps.apply.model_zarr import write_model
 from lcseg_steps.apply.scene_model import OBJECTS_ONLY, SCOPE
-from lcseg_steps.stores.layout import open_store
+from lcseg_steps.stores.layout import extraction_attrs, open_store
 
 if TYPE_CHECKING:
     from lcseg_steps.runner.adapter import Job
-
-# the extraction facts of the features stores that a model records (and checks)
-EXTRACTION = ("weights", "weights_warning", "layer", "patch_size", "long_side", "precision")
 
 
 def run_scene_model(
@@ -42,35 +39,18 @@ def run_scene_model(
     """The class centroids and per-image settings of one seed -> ``model.zarr``
     (``scope: scene``). The backbone facts come from the features stores."""
     stores = [open_store(p) for p in features]
-    facts = [
-        {k: dict(s.attrs).get(k) for k in (*EXTRACTION, "backbone", "qkv_dim")} for s in stores
-    ]
-    if any(f != facts[0] for f in facts[1:]):
-        raise ValueError(
-            f"features stores were extracted differently ({facts[0]} vs another shard); "
-            "rerun extract"
-        )
-    fact = facts[0]
+    fitted_on = extraction_attrs(stores, backbone)
     ds = open_store(scene_dataset)
     centroids = np.asarray(ds["centroids"][:], dtype=np.float32)
     if centroids.shape[0] != n_classes:
         raise ValueError(f"{scene_dataset}: {centroids.shape[0]} centroids, not {n_classes}")
-    n_images = sum(int(s["image_ids"].shape[0]) for s in stores)
     model_attrs = {
         **attrs,
         "stage": "scene_model",
         "scope": SCOPE,
         "run": run,
         "seed": seed,
-        "n_images": n_images,
-        "backbone": {
-            "name": fact["backbone"],
-            "weights": fact["weights"],
-            "seed": backbone["seed"],
-            "overrides": dict(backbone["overrides"] or {}),
-        },
-        **{k: fact[k] for k in EXTRACTION if k != "weights"},
-        "qkv_dim": fact["qkv_dim"],
+        **fitted_on,
         "feature": clustering["feature"],
         "device": extract["device"],
         # the image level's k-means (scene.k_image segments)
@@ -89,8 +69,8 @@ def run_scene_model(
         "fitted_digests": {"scene_dataset": ds.attrs.get("settings_digest")},
     }
     log(
-        f"scene_model: {fact['backbone']} layer {fact['layer']} feature "
-        f"{clustering['feature']}, {n_classes} classes, fitted on {n_images} images"
+        f"scene_model: {fitted_on['backbone']['name']} layer {fitted_on['layer']} feature "
+        f"{clustering['feature']}, {n_classes} classes, fitted on {fitted_on['n_images']} images"
     )
     return write_model(out, {"scene_centroids": centroids}, model_attrs)
 

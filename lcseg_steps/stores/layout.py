@@ -383,6 +383,38 @@ def extraction_facts(attrs: Mapping) -> dict:
     return {key: attrs.get(key) for key in EXTRACTION_FACTS}
 
 
+# the extraction facts of the features stores that a model records (and checks)
+MODEL_FACTS = ("weights", "weights_warning", "layer", "patch_size", "long_side", "precision")
+
+
+def extraction_attrs(stores: Sequence, backbone: Mapping) -> dict:
+    """What a model records of the features it was fitted on, from its features stores
+    (what extraction really used: the resolved weights and precision), not from the
+    config: ``n_images``, ``backbone`` (name, weights, and the config's ``seed`` and
+    ``overrides``), the :data:`MODEL_FACTS` facts and ``qkv_dim``. Shards extracted
+    differently are an error."""
+    facts = [
+        {k: dict(s.attrs).get(k) for k in (*MODEL_FACTS, "backbone", "qkv_dim")} for s in stores
+    ]
+    if any(f != facts[0] for f in facts[1:]):
+        raise ValueError(
+            f"features stores were extracted differently ({facts[0]} vs another shard); "
+            "rerun extract"
+        )
+    fact = facts[0]
+    return {
+        "n_images": sum(int(s["image_ids"].shape[0]) for s in stores),
+        "backbone": {
+            "name": fact["backbone"],
+            "weights": fact["weights"],
+            "seed": backbone["seed"],
+            "overrides": dict(backbone["overrides"] or {}),
+        },
+        **{k: fact[k] for k in MODEL_FACTS if k != "weights"},
+        "qkv_dim": fact["qkv_dim"],
+    }
+
+
 def feature_array(store: zarr.Group, path: str | os.PathLike, feature: str) -> zarr.Array:
     """The ``feature`` rows of a feature store, or an error naming the config keys."""
     if feature not in store:
