@@ -17,7 +17,6 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 IGNORE = 255
 
@@ -67,16 +66,10 @@ def read_mapped_png(path: str | os.PathLike, table: LabelMap) -> np.ndarray:
     """A label PNG (grayscale ``L`` or palette indices ``P``) as ``(H, W)`` uint8 coarse
     classes, 255 = ignored. A missing file raises ``FileNotFoundError``; another mode, or
     a value the table does not list, ``ValueError``, both naming the file."""
+    from lcseg_steps.data.palette import open_label_png
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: label PNG not found")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            mode = im.mode
-            raw = np.array(im)
-    except OSError as err:
-        raise ValueError(f"{path}: not a readable label PNG ({err})") from err
+    mode, raw = open_label_png(path)
     if mode not in ("L", "P"):
         raise ValueError(f"{path}: label PNG has mode {mode!r}; expected L (grayscale) or P")
     raw = raw.astype(np.uint8, copy=False)

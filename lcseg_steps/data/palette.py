@@ -32,6 +32,20 @@ def voc_palette() -> np.ndarray:
     return pal
 
 
+def open_label_png(path: str | os.PathLike) -> tuple[str, np.ndarray]:
+    """A label PNG's PIL mode and its stored array, as read (no mapping). A missing file
+    raises ``FileNotFoundError``, an unreadable one ``ValueError``, both naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: label PNG not found")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.mode, np.array(im)
+    except OSError as err:
+        raise ValueError(f"{path}: not a readable label PNG ({err})") from err
+
+
 def read_label_png(path: str | os.PathLike) -> np.ndarray:
     """A label PNG as ``(H, W)`` uint8 class ids.
 
@@ -39,15 +53,7 @@ def read_label_png(path: str | os.PathLike) -> np.ndarray:
     mapped back through the VOC palette; a colour not in it is a ``ValueError``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: label PNG not found")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            mode = im.mode
-            arr = np.array(im)
-    except OSError as err:
-        raise ValueError(f"{path}: not a readable label PNG ({err})") from err
+    mode, arr = open_label_png(path)
     if mode in ("P", "L"):
         return arr.astype(np.uint8, copy=False)
     if mode in ("RGB", "RGBA"):
@@ -77,6 +83,26 @@ def write_label_png(path: str | os.PathLike, labels: np.ndarray) -> None:
     im.putpalette(voc_palette().tobytes())
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     im.save(path, format="PNG")
+
+
+def write_label_pngs(folder: str | os.PathLike, ids, maps) -> Path:
+    """One palette PNG per image, ``folder/<id>.png`` (:func:`write_label_png`), the whole
+    folder built under a temporary sibling and renamed into place, so a killed job never
+    leaves a folder that looks complete."""
+    import shutil
+
+    from lcseg_steps.stores.atomic_write import tmp_sibling
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_sibling(folder)
+    tmp.mkdir()
+    for image_id, labels in zip(ids, maps, strict=True):
+        write_label_png(tmp / f"{image_id}.png", labels)
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return folder
 
 
 def owns_label_png(gt: str) -> bool:

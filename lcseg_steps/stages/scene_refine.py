@@ -7,8 +7,6 @@ for every pixel (upsampling + multi-label dense CRF), ``scene_levels/{shard}.zar
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -21,7 +19,6 @@ from lcseg_steps.data.images import ImageError, read_rgb
 from lcseg_steps.perimage.crf import CRFParams
 from lcseg_steps.perimage.scene_crf import refine_scene
 from lcseg_steps.runner.runlog import limit_threads
-from lcseg_steps.stores.atomic_write import tmp_sibling
 from lcseg_steps.stores.layout import (
     image_grid_array,
     open_store,
@@ -80,7 +77,7 @@ def run_scene_refine(
     ``semantic``) and palette PNGs, as ``segment`` writes them. The keyword settings are
     the ``refine`` block (the CRF's as ``CRFParams``, ``max_side`` the working
     resolution); ``processes`` images are refined at a time."""
-    from lcseg_steps.data.palette import write_label_png
+    from lcseg_steps.data.palette import write_label_pngs
 
     st = open_store(scene_levels)
     recs = records_in_order(st, records, scene_levels)
@@ -107,15 +104,7 @@ def run_scene_refine(
         if m.shape != (r.height, r.width):
             raise ValueError(f"{r.path}: label map {m.shape} != index size {r.height}x{r.width}")
     ids = read_ids(st)
-    pred_dir = Path(pred_dir)
-    pred_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = tmp_sibling(pred_dir)
-    tmp_dir.mkdir()
-    for image_id, sem in zip(ids, maps, strict=True):
-        write_label_png(tmp_dir / f"{image_id}.png", sem)
-    if pred_dir.exists():
-        shutil.rmtree(pred_dir)
-    os.replace(tmp_dir, pred_dir)
+    write_label_pngs(pred_dir, ids, maps)
     used = np.unique(np.concatenate([np.unique(m) for m in maps])) if maps else []
     log(f"scene_refine: {len(used)} classes used, PNGs in {pred_dir}")
     attrs = {**attrs, "extraction": st.attrs.get("extraction"), "scope": "scene"}

@@ -5,8 +5,6 @@ gets the class of its nearest class prototype, as ``Model.segment`` gives it."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,7 +12,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lcseg_steps.perimage.regions import semantic_map
-from lcseg_steps.stores.atomic_write import tmp_sibling
 from lcseg_steps.stores.layout import open_store, pixel_map, read_ids, write_pixel_store
 
 if TYPE_CHECKING:
@@ -37,7 +34,7 @@ def run_segment(
     The store's attrs are ``attrs`` plus the objects store's ``extraction`` facts. With
     ``model`` (``classes`` None) each region's class is its nearest class prototype.
     """
-    from lcseg_steps.data.palette import write_label_png
+    from lcseg_steps.data.palette import write_label_pngs
 
     ob = open_store(objects)
     if model is not None:
@@ -57,21 +54,13 @@ def run_segment(
     if len(labels) != len(image_index):
         raise ValueError(f"{classes}: {len(labels)} classes for {len(image_index)} regions")
     ids = read_ids(ob)
-    pred_dir = Path(pred_dir)
-    pred_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = tmp_sibling(pred_dir)
-    tmp_dir.mkdir()
     maps, start = [], 0
-    for i, image_id in enumerate(ids):
+    for i in range(len(ids)):
         region_map = pixel_map(ob, "region_map", i)
         n_regions = int((image_index == i).sum())
-        sem = semantic_map(region_map, labels[start : start + n_regions])
+        maps.append(semantic_map(region_map, labels[start : start + n_regions]))
         start += n_regions
-        maps.append(sem)
-        write_label_png(tmp_dir / f"{image_id}.png", sem)
-    if pred_dir.exists():
-        shutil.rmtree(pred_dir)
-    os.replace(tmp_dir, pred_dir)
+    write_label_pngs(pred_dir, ids, maps)
     log(f"segment: {len(ids)} images, PNGs in {pred_dir}")
     attrs = {**attrs, "extraction": ob.attrs.get("extraction")}
     return write_pixel_store(out, "semantic", maps, ids, attrs)
