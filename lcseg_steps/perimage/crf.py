@@ -75,7 +75,6 @@ def crf_refine(image: np.ndarray, prob_fg: np.ndarray, params: CRFParams) -> np.
     image ``(H, W, 3)`` uint8 RGB, prob_fg ``(H, W)`` float foreground probability ->
     ``(H, W)`` uint8 in {0, 1} (1 = foreground).
     """
-    import pydensecrf.densecrf as dcrf
     from pydensecrf.utils import unary_from_softmax
 
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -85,7 +84,20 @@ def crf_refine(image: np.ndarray, prob_fg: np.ndarray, params: CRFParams) -> np.
     h, w = prob_fg.shape
     p = np.clip(prob_fg.astype(np.float32), params.clip, 1.0 - params.clip)
     unary = unary_from_softmax(np.stack([1.0 - p, p]), clip=params.clip)
-    crf = dcrf.DenseCRF2D(w, h, 2)
+    return dense_crf_labels(image, unary, params)
+
+
+def dense_crf_labels(image: np.ndarray, unary: np.ndarray, params: CRFParams) -> np.ndarray:
+    """The dense CRF of ``params`` (its Gaussian and bilateral kernels, ``iterations``
+    mean-field steps) on an ``(H, W, 3)`` uint8 image with ``(C, H * W)`` unary energies
+    (negative log-probabilities) -> ``(H, W)`` uint8 label of highest marginal. The
+    binary refinement (:func:`crf_refine`) and scene mode's multi-label one
+    (``scene_crf.crf_multilabel``) differ only in their unaries."""
+    import pydensecrf.densecrf as dcrf
+
+    h, w = image.shape[:2]
+    n_labels = unary.shape[0]
+    crf = dcrf.DenseCRF2D(w, h, n_labels)
     crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
     crf.addPairwiseGaussian(sxy=params.gauss_sxy, compat=params.gauss_compat)
     crf.addPairwiseBilateral(
@@ -94,7 +106,8 @@ def crf_refine(image: np.ndarray, prob_fg: np.ndarray, params: CRFParams) -> np.
         rgbim=np.ascontiguousarray(image, dtype=np.uint8),
         compat=params.bilateral_compat,
     )
-    q = np.asarray(crf.inference(int(params.iterations)), dtype=np.float32).reshape(2, h, w)
+    q = crf.inference(int(params.iterations))
+    q = np.asarray(q, dtype=np.float32).reshape(n_labels, h, w)
     return np.argmax(q, axis=0).astype(np.uint8)
 
 

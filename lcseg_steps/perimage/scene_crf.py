@@ -15,7 +15,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from lcseg_steps.perimage.crf import CRFParams, working_size
+from lcseg_steps.perimage.crf import CRFParams, dense_crf_labels, working_size
 
 
 def upsample_scores(scores: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -51,8 +51,6 @@ def crf_multilabel(image: np.ndarray, prob: np.ndarray, params: CRFParams) -> np
     weights (``gauss_compat``, ``bilateral_compat``) 0 the result is the argmax of
     ``prob`` (ties to the lowest class).
     """
-    import pydensecrf.densecrf as dcrf
-
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
     if prob.ndim != 3 or prob.shape[:2] != image.shape[:2]:
@@ -63,17 +61,7 @@ def crf_multilabel(image: np.ndarray, prob: np.ndarray, params: CRFParams) -> np
     p = np.clip(prob.astype(np.float32), params.clip, 1.0)
     p /= p.sum(axis=2, keepdims=True)
     unary = -np.log(p).transpose(2, 0, 1).reshape(C, h * w)
-    crf = dcrf.DenseCRF2D(w, h, C)
-    crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
-    crf.addPairwiseGaussian(sxy=params.gauss_sxy, compat=params.gauss_compat)
-    crf.addPairwiseBilateral(
-        sxy=params.bilateral_sxy,
-        srgb=params.bilateral_srgb,
-        rgbim=np.ascontiguousarray(image, dtype=np.uint8),
-        compat=params.bilateral_compat,
-    )
-    q = np.asarray(crf.inference(int(params.iterations)), dtype=np.float32).reshape(C, h, w)
-    return np.argmax(q, axis=0).astype(np.uint8)
+    return dense_crf_labels(image, unary, params)
 
 
 def refine_scene(
